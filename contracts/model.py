@@ -1,0 +1,122 @@
+"""The compiled form of a data contract: what ingestion, checks and assets read.
+
+The ODCS document stays the source of truth; this is the small, typed view of it that plumbline
+needs, built once per load by contracts.loader.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+# ODCS logical type -> the DuckDB type used when no physicalType is given.
+LOGICAL_TO_DUCKDB = {
+    "string": "VARCHAR",
+    "integer": "BIGINT",
+    "number": "DOUBLE",
+    "boolean": "BOOLEAN",
+    "date": "DATE",
+    "timestamp": "TIMESTAMPTZ",
+    "time": "TIME",
+}
+
+# physicalTypes a contract may ask for, per logical type; anything else is a lint error.
+ALLOWED_PHYSICAL = {
+    "string": {"VARCHAR"},
+    "integer": {"TINYINT", "SMALLINT", "INTEGER", "BIGINT"},
+    "number": {"FLOAT", "DOUBLE", "DECIMAL(18,3)"},
+    "boolean": {"BOOLEAN"},
+    "date": {"DATE"},
+    "timestamp": {"TIMESTAMPTZ", "TIMESTAMP"},
+    "time": {"TIME"},
+}
+
+SEVERITIES = ("error", "warning", "info")
+EVOLUTION_MODES = ("evolve", "freeze", "discard_row", "discard_value")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    logical_type: str
+    duckdb_type: str
+    required: bool = False
+    primary_key_position: int | None = None
+    description: str = ""
+    null_sentinels: tuple = ()
+    source_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One quality rule; row rules decide dead-lettering, every rule becomes an asset check."""
+
+    id: str
+    kind: str  # required | type | range | allowed_values | pattern | not_null | row_count | foreign_key
+    severity: str
+    column: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    values: tuple = ()
+    pattern: str | None = None
+    reference: tuple[str, str] | None = None  # (source, column) for foreign_key
+    threshold: float | None = None  # row_count lower bound (exclusive)
+    description: str = ""
+
+    @property
+    def is_row_rule(self) -> bool:
+        return self.kind in {"required", "type", "range", "allowed_values", "pattern", "not_null"}
+
+    @property
+    def blocks(self) -> bool:
+        return self.severity == "error"
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    event_date: tuple[str, ...]  # one date/timestamp column, or (year, month, day)
+    granularity: str
+    timezone: str
+    start: dt.date
+    end: dt.date | None
+
+
+@dataclass(frozen=True)
+class Contract:
+    name: str
+    id: str
+    version: str
+    path: str
+    description: str
+    table: str  # schema-qualified target, e.g. raw.flights
+    owners: tuple[str, ...]
+    columns: tuple[Column, ...]
+    rules: tuple[Rule, ...]
+    partitioning: Partitioning | None
+    allowed_lateness: dt.timedelta | None
+    dead_letter: dict = field(default_factory=dict)
+    schema_evolution: dict = field(default_factory=dict)
+    sla: dict = field(default_factory=dict)
+
+    @property
+    def primary_key(self) -> tuple[str, ...]:
+        keyed = [c for c in self.columns if c.primary_key_position is not None]
+        return tuple(c.name for c in sorted(keyed, key=lambda c: c.primary_key_position))
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def row_rules(self) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.is_row_rule)
+
+    def rejecting_rules(self) -> tuple[Rule, ...]:
+        """Row rules whose failure sends the row to the dead-letter queue."""
+        return tuple(r for r in self.row_rules if r.severity == "error")

@@ -1,0 +1,192 @@
+"""Bronze: take every new delivery exactly once per content hash, keep it as an immutable parquet
+file of text columns, and record it in ops.landed_files.
+
+A file that cannot be taken gets a status and a reason and never stops the others.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from contracts.model import Contract
+from orchestration import dead_letter, settings
+from orchestration.landing import Delivery, content_hash, discover
+from orchestration.readers import TEMP_TABLE, Loaded, UnreadableFile, load_delivery
+from orchestration.warehouse import ident, literal
+
+
+@dataclass
+class LandedFile:
+    source: str
+    path: str
+    file_id: str
+    status: str
+    rows: int = 0
+    event_dates: tuple[str, ...] = ()
+    reason: str | None = None
+
+
+def _quote_any(name: str) -> str:
+    """Quote a column name exactly as delivered (it may be anything, including SQL)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def event_date_sql(contract: Contract) -> str:
+    """The partition date of a bronze row, from text; NULL when it cannot be formed."""
+    p = contract.partitioning
+    if p is None:
+        return "NULL::DATE"
+
+    def strict_int(col: str) -> str:
+        # 2.7 is not a month: only whole numbers form a date
+        return f"CASE WHEN TRY_CAST({ident(col)} AS DOUBLE) = TRY_CAST({ident(col)} AS INTEGER) THEN TRY_CAST({ident(col)} AS INTEGER) END"
+
+    if len(p.event_date) == 3:
+        y, m, d = (strict_int(c) for c in p.event_date)
+        return f"try(make_date({y}, {m}, {d}))"
+    col = contract.column(p.event_date[0])
+    if col.logical_type == "timestamp":
+        return f"CAST(timezone({literal(p.timezone)}, TRY_CAST({ident(col.name)} AS TIMESTAMPTZ)) AS DATE)"
+    return f"TRY_CAST({ident(col.name)} AS DATE)"
+
+
+def pending(con: duckdb.DuckDBPyConnection, contract: Contract, landing: Path) -> list[Delivery]:
+    """Deliveries whose (path, content) pair is not yet in ops.landed_files."""
+    seen = {
+        (p, fid) for p, fid in con.execute(
+            "SELECT path, file_id FROM ops.landed_files WHERE source = ?", [contract.name]).fetchall()
+    }
+    seen_paths = {p for p, _ in seen}
+    out = []
+    for d in discover(landing, contract.name):
+        if d.relative not in seen_paths:
+            out.append(d)
+            continue
+        if d.problem is None:
+            fid, _ = content_hash(d.path)
+            if (d.relative, fid) not in seen:
+                out.append(d)  # same path, new content: a new delivery
+    return out
+
+
+def ingest_source(con, contract: Contract, run_id: str, log=None) -> list[LandedFile]:
+    """Ingest every pending delivery of one source; return what happened to each file."""
+    landing = settings.landing_dir()
+    results = []
+    deliveries = pending(con, contract, landing)
+    for i, delivery in enumerate(deliveries, 1):
+        result = ingest_file(con, contract, delivery, run_id)
+        results.append(result)
+        if log and (i % 50 == 0 or i == len(deliveries) or result.status != "loaded"):
+            log(f"{contract.name}: {i}/{len(deliveries)} files; {delivery.relative}: {result.status}"
+                + (f" ({result.reason})" if result.reason else ""))
+    return results
+
+
+def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str) -> LandedFile:
+    now = dt.datetime.now(dt.timezone.utc)
+    base = dict(source=contract.name, path=delivery.relative, format=delivery.format,
+                compression=delivery.compression, delivered_at=delivery.delivered_at, landed_at=now)
+    if delivery.problem:
+        return _record(con, LandedFile(contract.name, delivery.relative, "-", "rejected", reason=delivery.problem), base, None, None)
+    file_id, size = content_hash(delivery.path)
+    base["size_bytes"] = size
+    already = con.execute(
+        "SELECT path FROM ops.landed_files WHERE source = ? AND file_id = ? AND status = 'loaded' LIMIT 1",
+        [contract.name, file_id]).fetchall()
+    if already:
+        return _record(con, LandedFile(contract.name, delivery.relative, file_id, "duplicate",
+                                       reason=f"identical content already loaded from {already[0][0]}; skipped"), base, None, None)
+    try:
+        loaded = load_delivery(con, delivery)
+    except UnreadableFile as e:
+        return _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
+                                       reason=f"{e}; the file was not loaded: re-deliver it (a new file or new content is picked up automatically)"),
+                       base, None, None)
+    return _land(con, contract, delivery, file_id, loaded, base, run_id)
+
+
+def _column_mapping(contract: Contract, delivered: list[str]) -> tuple[dict[str, str], list[str], list[str]]:
+    """contract column -> delivered column; plus missing required and unexpected delivered columns."""
+    mapping, missing = {}, []
+    for col in contract.columns:
+        found = next((n for n in (col.name, *col.source_names) if n in delivered), None)
+        if found is not None:
+            mapping[col.name] = found
+        elif col.required:
+            missing.append(col.name)
+    extra = [n for n in delivered if n not in mapping.values()]
+    return mapping, missing, extra
+
+
+def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loaded, base: dict, run_id: str) -> LandedFile:
+    rel = delivery.relative
+    mapping, missing, extra = _column_mapping(contract, loaded.columns)
+    schema = loaded.observed_schema
+    if missing:
+        reason = (f"missing required column(s) {missing} (delivered: {loaded.columns[:30]}); "
+                  f"fix the export, or map the delivered name with sourceNames in {contract.path}")
+        return _record(con, LandedFile(contract.name, rel, file_id, "rejected", loaded.rows, reason=reason), base, schema, None)
+    policy = contract.schema_evolution.get("columns", "discard_value")
+    notes = []
+    if extra and policy == "freeze":
+        reason = (f"unexpected column(s) {extra}; schemaEvolution.columns is 'freeze' in {contract.path}: "
+                  "add the column to the contract or change the policy, then replay")
+        return _record(con, LandedFile(contract.name, rel, file_id, "rejected", loaded.rows, reason=reason), base, schema, None)
+    if extra:
+        notes.append(f"unexpected column(s) {extra} kept in _extra only (schemaEvolution.columns = {policy})")
+
+    select = [f"{_quote_any(mapping[c.name])} AS {ident(c.name)}" if c.name in mapping else f"NULL::VARCHAR AS {ident(c.name)}"
+              for c in contract.columns]
+    extra_sql = ("json_object(" + ", ".join(f"{literal(n)}, {_quote_any(n)}" for n in extra) + ")::VARCHAR") if extra else "NULL::VARCHAR"
+    out = settings.bronze_dir() / contract.name / file_id[:2] / f"{file_id}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".parquet.tmp")
+    delivered_at = literal(delivery.delivered_at.isoformat()) + "::TIMESTAMPTZ" if delivery.delivered_at else "NULL::TIMESTAMPTZ"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _bronze AS
+        SELECT *, {event_date_sql(contract)} AS _event_date FROM (
+            SELECT {', '.join(select)}, {extra_sql} AS _extra, _row_offset,
+                   {literal(file_id)} AS _file_id, {literal(rel)} AS _file_path, {delivered_at} AS _delivered_at
+            FROM {TEMP_TABLE})""")
+    # Written beside, then renamed: a crash never leaves a half bronze file under its final name.
+    con.execute(f"COPY _bronze TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
+    tmp.replace(out)
+
+    dates = [r[0].isoformat() for r in con.execute(
+        f"SELECT DISTINCT _event_date FROM _bronze WHERE {_in_range_sql(contract)} ORDER BY 1").fetchall()] \
+        if contract.partitioning else []
+    dead_letter.record_bronze_rejects(con, contract, file_id, rel, loaded.rejects, run_id)
+    if contract.partitioning is not None:
+        dead_letter.record_event_date_failures(con, contract, run_id, _in_range_sql(contract))
+    status = "loaded" if loaded.rows or loaded.rejects else "empty"
+    if status == "empty":
+        notes.append("header only: no data rows")
+    result = LandedFile(contract.name, rel, file_id, status, loaded.rows, tuple(dates), "; ".join(notes) or None)
+    return _record(con, result, base, schema, str(out.relative_to(settings.plumbline_home())))
+
+
+def _in_range_sql(contract: Contract) -> str:
+    p = contract.partitioning
+    if p is None:
+        return "TRUE"
+    end = f" AND _event_date < {literal(p.end.isoformat())}::DATE" if p.end else ""
+    return f"_event_date >= {literal(p.start.isoformat())}::DATE{end}"
+
+
+def _record(con, f: LandedFile, base: dict, schema, bronze_path) -> LandedFile:
+    con.execute(
+        """INSERT INTO ops.landed_files (source, path, file_id, size_bytes, format, compression, delivered_at,
+               observed_schema, rows, event_dates, status, reason, bronze_path, landed_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT DO NOTHING""",
+        [f.source, f.path, f.file_id, base.get("size_bytes"), base["format"], base["compression"], base["delivered_at"],
+         json.dumps(schema) if schema is not None else None, f.rows, json.dumps(list(f.event_dates)), f.status,
+         f.reason, bronze_path, base["landed_at"]],
+    )
+    return f

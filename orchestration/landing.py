@@ -1,0 +1,88 @@
+"""The landing zone: which files are deliveries, for which source, and what they are."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+# The delivery time a feed stamps into a name, e.g. flights_20130102T0600Z.csv
+_DELIVERED_AT = re.compile(r"(\d{8})T(\d{4})(\d{2})?Z")
+_SAFE_NAME = re.compile(r"^[^\x00-\x1f\x7f]+$")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    source: str
+    path: Path            # absolute
+    relative: str         # POSIX path relative to the landing zone
+    format: str | None    # csv | jsonl | parquet; None when the name is not a delivery
+    compression: str | None
+    problem: str | None = None  # set when the file must be rejected before it is read
+
+    @property
+    def delivered_at(self) -> dt.datetime | None:
+        m = _DELIVERED_AT.search(self.path.name)
+        if not m:
+            return None
+        day, hhmm, ss = m.group(1), m.group(2), m.group(3) or "00"
+        try:
+            return dt.datetime.strptime(day + hhmm + ss, "%Y%m%d%H%M%S").replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            return None
+
+
+def classify(name: str) -> tuple[str | None, str | None]:
+    """(format, compression) from a file name, or (None, None) when it is not a delivery."""
+    lower = name.lower()
+    compression = None
+    if lower.endswith(".gz"):
+        compression, lower = "gzip", lower[:-3]
+    for ext, fmt in FORMATS.items():
+        if lower.endswith(ext):
+            return fmt, compression
+    return None, None
+
+
+def is_in_progress(name: str) -> bool:
+    return name.startswith((".", "_"))
+
+
+def discover(landing: Path, source: str) -> list[Delivery]:
+    """Every delivery under landing/<source>/, sorted by path; unsafe files come back with a problem."""
+    root = landing / source
+    if not root.is_dir():
+        return []
+    real_root = root.resolve()
+    found = []
+    for path in sorted(root.rglob("*")):
+        rel_parts = path.relative_to(root).parts
+        if any(is_in_progress(p) for p in rel_parts) or path.is_dir():
+            continue
+        fmt, compression = classify(path.name)
+        if fmt is None:
+            continue
+        relative = path.relative_to(landing).as_posix()
+        problem = None
+        resolved = path.resolve()
+        if not resolved.is_relative_to(real_root):
+            problem = f"path resolves to {resolved}, outside the landing zone {real_root}: refused (move the file into landing/{source}/)"
+        elif not _SAFE_NAME.match(relative):
+            problem = "file name contains control characters: refused (rename the file)"
+        elif not resolved.is_file():
+            problem = "not a regular file"
+        found.append(Delivery(source, path, relative, fmt, compression, problem))
+    return found
+
+
+def content_hash(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size

@@ -1,0 +1,142 @@
+"""Partition replacement: the one mechanism that rebuilds raw.<source> partitions from bronze.
+
+A partition is rebuilt from every bronze row whose event date falls in it, whatever file delivered
+it: contract casts, row rules, dedup by primary key with a deterministic winner (latest delivery
+by the time in its name, then file id, then row offset). Delete, insert, dead-letter and
+accounting commit in one transaction, so readers see the old partition or the new one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+from contracts.model import Contract
+from orchestration import dead_letter, settings
+from orchestration.conform import stage_select
+from orchestration.warehouse import SNAPSHOT_PARTITION, ident, literal
+
+PROVENANCE_COLUMNS = ("_source_file", "_source_row")
+
+
+@dataclass(frozen=True)
+class PartitionAccount:
+    partition: str
+    delivered: int
+    accepted: int
+    dead_lettered: int
+    superseded: int
+    built_from: tuple[str, ...]
+
+
+def raw_table_ddl(contract: Contract) -> str:
+    cols = [f"{ident(c.name)} {c.duckdb_type}" for c in contract.columns]
+    if contract.partitioning:
+        cols.append("event_date DATE NOT NULL")
+    cols += ["_source_file VARCHAR NOT NULL", "_source_row BIGINT NOT NULL"]
+    return f"CREATE TABLE IF NOT EXISTS {contract.table} ({', '.join(cols)})"
+
+
+def loaded_files(con, source: str) -> list[tuple[str, str, list[str]]]:
+    """(file_id, bronze path, event dates) of every loaded delivery of a source."""
+    return [(fid, bp, json.loads(ev or "[]")) for fid, bp, ev in con.execute(
+        "SELECT file_id, bronze_path, event_dates FROM ops.landed_files WHERE source = ? AND status = 'loaded' "
+        "ORDER BY file_id", [source]).fetchall()]
+
+
+def files_by_partition(con, contract: Contract) -> dict[str, set[str]]:
+    """partition -> file ids that touch it, from the manifest alone."""
+    out: dict[str, set[str]] = {}
+    for fid, _, dates in loaded_files(con, contract.name):
+        for d in (dates if contract.partitioning else [SNAPSHOT_PARTITION]):
+            out.setdefault(d, set()).add(fid)
+    return out
+
+
+def stale_partitions(con, contract: Contract) -> list[str]:
+    """Partitions whose set of delivering files differs from the set they were last built from."""
+    built = {str(p): set(json.loads(b)) for p, b in con.execute(
+        "SELECT partition_date, built_from FROM ops.partition_accounting WHERE source = ?", [contract.name]).fetchall()}
+    return sorted(p for p, files in files_by_partition(con, contract).items() if built.get(p) != files)
+
+
+def _order_key(contract: Contract) -> str:
+    return "_delivered_at DESC NULLS LAST, _file_id DESC, _row_offset DESC"
+
+
+def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) -> list[PartitionAccount]:
+    """Replace the given daily partitions (or the whole snapshot when partitions is None)."""
+    con.execute(raw_table_ddl(contract))
+    home = settings.plumbline_home()
+    snapshot = contract.partitioning is None
+    keys = [SNAPSHOT_PARTITION] if snapshot else sorted(partitions or [])
+    wanted = set(keys)
+    files = [(fid, bp) for fid, bp, dates in loaded_files(con, contract.name)
+             if snapshot or wanted.intersection(dates)]
+    date_list = ", ".join(f"{literal(k)}::DATE" for k in keys)
+    if files:
+        paths = ", ".join(literal(str(home / bp)) for _, bp in files)
+        where = "" if snapshot else f" WHERE _event_date IN ({date_list})"
+        source_sql = f"SELECT * FROM read_parquet([{paths}], union_by_name = true){where}"
+    else:
+        source_sql = stage_empty_source(contract)
+    pk = ", ".join(ident(c) for c in contract.primary_key)
+    cols = ", ".join(ident(c.name) for c in contract.columns)
+    part_filter = "TRUE" if snapshot else f"event_date IN ({date_list})"
+    dlq_filter = "d.partition_date IS NULL" if snapshot else f"d.partition_date IN ({date_list})"
+    event_col = "" if snapshot else ", _event_date"
+
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {stage_select(contract, source_sql)}")
+        con.execute(f"DELETE FROM {contract.table} WHERE {part_filter}")
+        con.execute(f"""
+            INSERT INTO {contract.table}
+            SELECT {cols}{event_col}, _file_id, _row_offset FROM (
+                SELECT *, row_number() OVER (PARTITION BY {pk} ORDER BY {_order_key(contract)}) AS _rank
+                FROM _stage WHERE _failed = '')
+            WHERE _rank = 1
+            ORDER BY {'' if snapshot else '_event_date, '}{pk}""")
+        dead_letter.record_stage_failures(con, contract, run_id, dlq_filter)
+        accounts = _account(con, contract, keys, snapshot)
+        con.execute("DELETE FROM ops.partition_accounting WHERE source = ? AND partition_date IN "
+                    f"({date_list if not snapshot else literal(SNAPSHOT_PARTITION) + '::DATE'})", [contract.name])
+        con.executemany(
+            "INSERT INTO ops.partition_accounting VALUES (?, ?::DATE, ?, ?, ?, ?, ?, ?)",
+            [(contract.name, a.partition, a.delivered, a.accepted, a.dead_lettered, a.superseded,
+              json.dumps(list(a.built_from)), contract.version) for a in accounts])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return accounts
+
+
+def stage_empty_source(contract: Contract) -> str:
+    """An empty bronze-shaped relation, so a partition with no deliveries rebuilds to empty."""
+    cols = ", ".join(f"NULL::VARCHAR AS {ident(c.name)}" for c in contract.columns)
+    return (f"SELECT {cols}, NULL::VARCHAR AS _extra, NULL::BIGINT AS _row_offset, NULL::VARCHAR AS _file_id, "
+            "NULL::VARCHAR AS _file_path, NULL::TIMESTAMPTZ AS _delivered_at, NULL::DATE AS _event_date WHERE FALSE")
+
+
+def _account(con, contract: Contract, keys: list[str], snapshot: bool) -> list[PartitionAccount]:
+    group = literal(SNAPSHOT_PARTITION) + "::DATE" if snapshot else "_event_date"
+    staged = {str(p): (n, dl, files) for p, n, dl, files in con.execute(
+        f"""SELECT {group} AS p, count(*), count(*) FILTER (WHERE _failed <> ''), list(DISTINCT _file_id ORDER BY _file_id)
+        FROM _stage GROUP BY ALL""").fetchall()}
+    table_group = literal(SNAPSHOT_PARTITION) + "::DATE" if snapshot else "event_date"
+    key_filter = "TRUE" if snapshot else "event_date IN (" + ", ".join(f"{literal(k)}::DATE" for k in keys) + ")"
+    accepted = {str(p): n for p, n in con.execute(
+        f"SELECT {table_group}, count(*) FROM {contract.table} WHERE {key_filter} GROUP BY ALL").fetchall()}
+    out = []
+    for k in keys:
+        delivered, dead, files = staged.get(k, (0, 0, []))
+        acc = accepted.get(k, 0)
+        out.append(PartitionAccount(k, delivered, acc, dead, delivered - acc - dead, tuple(files)))
+    return out
+
+
+def partition_range(start: str, end: str) -> list[str]:
+    a, b = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    return [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]

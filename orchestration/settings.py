@@ -1,0 +1,31 @@
+"""Where plumbline keeps its state: everything lives under PLUMBLINE_HOME (default ./data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SOURCES = ("flights", "weather", "planes", "airlines", "airports")
+
+
+def plumbline_home() -> Path:
+    """The root of every file plumbline writes; read at call time so tests can point it elsewhere."""
+    return Path(os.environ.get("PLUMBLINE_HOME", "./data")).resolve()
+
+
+def landing_dir(home: Path | None = None) -> Path:
+    return (home or plumbline_home()) / "landing"
+
+
+def bronze_dir(home: Path | None = None) -> Path:
+    return (home or plumbline_home()) / "bronze"
+
+
+def warehouse_path(home: Path | None = None) -> Path:
+    return (home or plumbline_home()) / "warehouse.duckdb"
+
+
+def dagster_home(home: Path | None = None) -> Path:
+    """The Dagster instance used by `plumbline sync` and `make ui` unless DAGSTER_HOME is set."""
+    env = os.environ.get("DAGSTER_HOME")
+    return Path(env) if env else (home or plumbline_home()) / "dagster"

@@ -1,0 +1,143 @@
+"""The DuckDB warehouse: one place that opens connections and owns the ops tables' DDL."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from orchestration import settings
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+OPS_DDL = """
+CREATE SCHEMA IF NOT EXISTS raw;
+CREATE SCHEMA IF NOT EXISTS core;
+CREATE SCHEMA IF NOT EXISTS marts;
+CREATE SCHEMA IF NOT EXISTS ops;
+CREATE TABLE IF NOT EXISTS ops.landed_files (
+    source VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,            -- relative to the landing zone
+    file_id VARCHAR NOT NULL,         -- sha256 of the content
+    size_bytes BIGINT,
+    format VARCHAR,
+    compression VARCHAR,
+    delivered_at TIMESTAMPTZ,         -- from the file name; orders deliveries deterministically
+    observed_schema JSON,             -- [{name, type}] as delivered
+    rows BIGINT,
+    event_dates JSON,                 -- sorted ISO dates the file touches
+    status VARCHAR NOT NULL,          -- loaded | duplicate | unreadable | rejected | empty
+    reason VARCHAR,
+    bronze_path VARCHAR,
+    landed_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (source, path, file_id)
+);
+CREATE TABLE IF NOT EXISTS ops.dead_letter (
+    source VARCHAR NOT NULL,
+    partition_date DATE,              -- null when the event date itself is unreadable
+    file_id VARCHAR NOT NULL,
+    file_path VARCHAR NOT NULL,
+    row_offset BIGINT NOT NULL,       -- 0-based data row in the file; csv line number for unparseable lines
+    rule_id VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL,
+    severity VARCHAR NOT NULL,
+    payload JSON,
+    contract_version VARCHAR,
+    run_id VARCHAR,
+    first_seen TIMESTAMPTZ NOT NULL,
+    last_seen TIMESTAMPTZ NOT NULL,
+    attempts INTEGER NOT NULL,
+    status VARCHAR NOT NULL,          -- open | resolved
+    resolved_by_run VARCHAR,
+    PRIMARY KEY (source, file_id, row_offset, rule_id)
+);
+CREATE TABLE IF NOT EXISTS ops.partition_accounting (
+    source VARCHAR NOT NULL,
+    partition_date DATE NOT NULL,     -- 1970-01-01 for unpartitioned snapshots
+    delivered BIGINT NOT NULL,
+    accepted BIGINT NOT NULL,
+    dead_lettered BIGINT NOT NULL,
+    superseded BIGINT NOT NULL,
+    built_from JSON NOT NULL,         -- sorted file ids the partition was rebuilt from
+    contract_version VARCHAR NOT NULL,
+    PRIMARY KEY (source, partition_date)
+);
+CREATE TABLE IF NOT EXISTS ops.schema_versions (
+    source VARCHAR NOT NULL,
+    schema_hash VARCHAR NOT NULL,
+    observed_schema JSON NOT NULL,
+    first_file VARCHAR NOT NULL,
+    last_file VARCHAR NOT NULL,
+    PRIMARY KEY (source, schema_hash)
+);
+CREATE TABLE IF NOT EXISTS ops.restatements (
+    asset VARCHAR NOT NULL,
+    partition_date DATE NOT NULL,
+    rows_before BIGINT,
+    rows_after BIGINT,
+    caused_by JSON,
+    run_id VARCHAR,
+    restated_at TIMESTAMPTZ NOT NULL
+);
+"""
+
+SNAPSHOT_PARTITION = "1970-01-01"  # the single "partition" of an unpartitioned snapshot source
+
+
+def ident(name: str) -> str:
+    """Quote an identifier after checking it; names from data never reach SQL unchecked."""
+    if not _IDENT.match(name):
+        raise ValueError(f"not a safe SQL identifier: {name!r}")
+    return f'"{name}"'
+
+
+def literal(value) -> str:
+    """A SQL literal for a contract value (strings quoted, numbers validated)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+class Warehouse(dg.ConfigurableResource):
+    """DuckDB file under PLUMBLINE_HOME; every writer goes through connect()."""
+
+    path: str = ""
+
+    def db_path(self) -> Path:
+        return Path(self.path) if self.path else settings.warehouse_path()
+
+    @contextlib.contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        path = self.db_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        con = _connect_with_retry(path, read_only)
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            if not read_only:
+                con.execute(OPS_DDL)
+            yield con
+        finally:
+            con.close()
+
+
+def _connect_with_retry(path: Path, read_only: bool, timeout_s: float = 120.0) -> duckdb.DuckDBPyConnection:
+    """DuckDB allows one writing process per file: wait for the lock instead of failing the run."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
