@@ -11,9 +11,9 @@ import json
 
 from contracts.model import Contract
 from orchestration.readers import Reject
-from orchestration.warehouse import literal
+from orchestration.warehouse import ident, literal
 
-COLUMNS = ("source, partition_date, file_id, file_path, row_offset, rule_id, reason, severity, payload, "
+COLUMNS = ("source, partition_date, file_id, file_path, row_offset, rule_id, stage, reason, severity, payload, "
            "contract_version, run_id, first_seen, last_seen, attempts, status")
 
 
@@ -25,29 +25,29 @@ def record_bronze_rejects(con, contract: Contract, file_id: str, path: str, reje
     """Lines the reader could not parse: no partition is known, the raw line is the payload."""
     now = _now()
     rows = [
-        (contract.name, None, file_id, path, r.row_offset, f"{contract.name}_{r.kind}",
+        (contract.name, None, file_id, path, r.row_offset, f"{contract.name}_{r.kind}", "bronze",
          f"{r.message}; fix the line in the source and re-deliver", "error", json.dumps({"line": r.raw}),
          contract.version, run_id, now, now, 1, "open")
         for r in rejects
     ]
     if rows:
-        con.executemany(f"INSERT INTO ops.dead_letter ({COLUMNS}) VALUES ({', '.join('?' * 15)}) ON CONFLICT DO NOTHING", rows)
+        con.executemany(f"INSERT INTO ops.dead_letter ({COLUMNS}) VALUES ({', '.join('?' * 16)}) ON CONFLICT DO NOTHING", rows)
 
 
 def record_event_date_failures(con, contract: Contract, run_id: str, in_range_sql: str) -> None:
     """Rows of the temp table _bronze whose event date is unreadable or outside the partitions."""
     p = contract.partitioning
-    cols = ", ".join(f"{literal(c)}, _b.{c}" for c in p.event_date)
+    cols = ", ".join(f"{literal(c.name)}, _b.{ident(c.name)}" for c in contract.columns)
     end = p.end.isoformat() if p.end else "open"
     con.execute(
         f"""INSERT INTO ops.dead_letter ({COLUMNS})
         SELECT {literal(contract.name)}, _event_date, _file_id, _file_path, _row_offset,
                CASE WHEN _event_date IS NULL THEN {literal(contract.name + '_event_date_valid')}
-                    ELSE {literal(contract.name + '_event_date_in_range')} END,
+                    ELSE {literal(contract.name + '_event_date_in_range')} END, 'bronze',
                CASE WHEN _event_date IS NULL
                     THEN {literal(f"event date from {list(p.event_date)} is not a valid date; fix the values in the source and re-deliver")}
                     ELSE 'event date ' || _event_date || {literal(f" is outside the partitions [{p.start}, {end}) of {contract.path}")} END,
-               'error', json_object({cols}), {literal(contract.version)}, {literal(run_id)},
+               'error', json_object({cols}, '_extra', _b._extra::JSON), {literal(contract.version)}, {literal(run_id)},
                now(), now(), 1, 'open'
         FROM _bronze AS _b WHERE _event_date IS NULL OR NOT ({in_range_sql})
         ON CONFLICT DO NOTHING"""
@@ -59,7 +59,7 @@ def record_stage_failures(con, contract: Contract, run_id: str, partitions_sql: 
     con.execute(
         f"""INSERT INTO ops.dead_letter ({COLUMNS})
         SELECT {literal(contract.name)}, _event_date, _file_id, _file_path, _row_offset,
-               split_part(_failed, ',', 1), _reason, 'error', _payload, {literal(contract.version)},
+               split_part(_failed, ',', 1), 'raw', _reason, 'error', _payload, {literal(contract.version)},
                {literal(run_id)}, now(), now(), 1, 'open'
         FROM _stage WHERE _failed <> ''
         ON CONFLICT DO NOTHING"""
@@ -68,9 +68,9 @@ def record_stage_failures(con, contract: Contract, run_id: str, partitions_sql: 
     con.execute(
         f"""UPDATE ops.dead_letter AS d SET status = 'resolved', resolved_by_run = {literal(run_id)}
         WHERE d.source = {literal(contract.name)} AND d.status = 'open' AND ({partitions_sql})
-          AND d.rule_id NOT LIKE '%\\_event\\_date\\_%' ESCAPE '\\'
+          AND d.stage = 'raw'
           AND NOT EXISTS (SELECT 1 FROM _stage s WHERE s._file_id = d.file_id AND s._row_offset = d.row_offset
-                          AND s._failed <> '')"""
+                          AND split_part(s._failed, ',', 1) = d.rule_id)"""
     )
 
 

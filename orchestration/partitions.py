@@ -8,6 +8,7 @@ accounting commit in one transaction, so readers see the old partition or the ne
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from dataclasses import dataclass
@@ -87,8 +88,7 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
     dlq_filter = "d.partition_date IS NULL" if snapshot else f"d.partition_date IN ({date_list})"
     event_col = "" if snapshot else ", _event_date"
 
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {stage_select(contract, source_sql)}")
         con.execute(f"DELETE FROM {contract.table} WHERE {part_filter}")
         con.execute(f"""
@@ -106,11 +106,36 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
             "INSERT INTO ops.partition_accounting VALUES (?, ?::DATE, ?, ?, ?, ?, ?, ?)",
             [(contract.name, a.partition, a.delivered, a.accepted, a.dead_lettered, a.superseded,
               json.dumps(list(a.built_from)), contract.version) for a in accounts])
-        con.execute("COMMIT")
+    return accounts
+
+
+@contextlib.contextmanager
+def transaction(con):
+    """All or nothing: a crash or error anywhere inside leaves the tables as they were."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    return accounts
+    con.execute("COMMIT")
+
+
+def replace_partitions(con, table: str, ddl: str, keys: list[str], select_template: str) -> dict[str, int]:
+    """Delete-then-insert the event_date partitions `keys` of a derived table in one transaction.
+
+    select_template holds `{partition_filter}`, the predicate on event_date to build from.
+    Returns rows per partition.
+    """
+    con.execute(ddl)
+    dates = ", ".join(f"{literal(k)}::DATE" for k in keys)
+    partition_filter = f"event_date IN ({dates})"
+    with transaction(con):
+        con.execute(f"DELETE FROM {table} WHERE {partition_filter}")
+        con.execute(f"INSERT INTO {table} {select_template.format(partition_filter=partition_filter)}")
+        counts = dict(con.execute(
+            f"SELECT strftime(event_date, '%Y-%m-%d'), count(*) FROM {table} WHERE {partition_filter} GROUP BY ALL ORDER BY 1").fetchall())
+    return {k: counts.get(k, 0) for k in keys}
 
 
 def stage_empty_source(contract: Contract) -> str:

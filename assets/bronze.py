@@ -1,0 +1,39 @@
+"""bronze.<source>: every delivery in the landing zone taken once per content hash."""
+
+from collections import Counter
+
+import dagster as dg
+
+from contracts.model import Contract
+from orchestration import bronze, catalog
+from orchestration.warehouse import Warehouse
+
+
+def bronze_asset(contract: Contract) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["bronze", contract.name],
+        group_name="bronze",
+        description=(f"Deliveries of {contract.name} from landing/{contract.name}/, each kept once per content "
+                     "hash as an immutable parquet file of text columns, with a row in ops.landed_files. "
+                     "Unreadable or refused files get a status and a reason and never stop the others."),
+        owners=catalog.owners(contract),
+        kinds={"duckdb", "parquet"},
+        code_version=catalog.code_version(contract),
+        tags={"plumbline/source": contract.name, "plumbline/layer": "bronze"},
+        pool="warehouse",
+    )
+    def _bronze(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+        with warehouse.connect() as con:
+            landed = bronze.ingest_source(con, contract, context.run_id, log=context.log.info)
+        statuses = Counter(f.status for f in landed)
+        touched = sorted({d for f in landed if f.status == "loaded" for d in f.event_dates})
+        problems = [f"{f.path}: {f.status}: {f.reason}" for f in landed if f.status not in ("loaded", "empty")]
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": sum(f.rows for f in landed if f.status == "loaded"),
+            "files_seen": len(landed),
+            "files_by_status": dg.MetadataValue.json(dict(statuses)),
+            "partitions_touched": dg.MetadataValue.json(touched),
+            "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
+        })
+
+    return _bronze

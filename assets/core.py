@@ -1,0 +1,94 @@
+"""core.flights: conformed flights with timezone-correct UTC times and their dimensions joined."""
+
+import dagster as dg
+
+from orchestration import catalog, partitions
+from orchestration.warehouse import Warehouse
+
+FLIGHTS = catalog.contracts()["flights"]
+
+# Local HHMM at an airport on a local date, as a UTC instant (NULL when the zone is unknown).
+_LOCAL = "timezone({tz}, make_date(f.year, f.month, f.day)::TIMESTAMP + to_minutes(({hhmm} // 100) * 60 + {hhmm} % 100))"
+SELECT = f"""
+SELECT f.year, f.month, f.day, f.carrier, al.name AS carrier_name, f.flight, f.origin, f.dest, f.tailnum,
+       pl.model AS plane_model, pl.manufacturer AS plane_manufacturer,
+       sched_dep_utc, dep_utc, sched_arr_utc, arr_utc,
+       f.dep_delay, f.arr_delay, f.air_time, f.distance,
+       f.dep_time IS NULL AS cancelled,
+       f.dep_time IS NOT NULL AND f.arr_delay IS NULL AS diverted,
+       f.event_date
+FROM (
+    SELECT f.*, sched_dep_utc, dep_utc,
+           sched_arr_base + to_days(CAST(ceil(greatest(0, epoch(sched_dep_utc) - epoch(sched_arr_base)) / 86400) AS INTEGER)) AS sched_arr_utc,
+           arr_base + to_days(CAST(ceil(greatest(0, epoch(dep_utc) - epoch(arr_base)) / 86400) AS INTEGER)) AS arr_utc
+    FROM (
+        SELECT f.*,
+               {_LOCAL.format(tz="o.tzone", hhmm="f.sched_dep_time")} AS sched_dep_utc,
+               {_LOCAL.format(tz="o.tzone", hhmm="f.sched_dep_time")} + to_minutes(f.dep_delay) AS dep_utc,
+               {_LOCAL.format(tz="d.tzone", hhmm="f.sched_arr_time")} AS sched_arr_base,
+               {_LOCAL.format(tz="d.tzone", hhmm="f.arr_time")} AS arr_base
+        FROM raw.flights f
+        LEFT JOIN raw.airports o ON o.faa = f.origin
+        LEFT JOIN raw.airports d ON d.faa = f.dest
+        WHERE {{partition_filter}}
+    ) f
+) f
+LEFT JOIN raw.airlines al ON al.carrier = f.carrier
+LEFT JOIN raw.planes pl ON pl.tailnum = f.tailnum
+"""
+
+COLUMNS = [
+    ("year", "SMALLINT", ["year"]), ("month", "SMALLINT", ["month"]), ("day", "SMALLINT", ["day"]),
+    ("carrier", "VARCHAR", ["carrier"]), ("carrier_name", "VARCHAR", []), ("flight", "INTEGER", ["flight"]),
+    ("origin", "VARCHAR", ["origin"]), ("dest", "VARCHAR", ["dest"]), ("tailnum", "VARCHAR", ["tailnum"]),
+    ("plane_model", "VARCHAR", []), ("plane_manufacturer", "VARCHAR", []),
+    ("sched_dep_utc", "TIMESTAMPTZ", ["year", "month", "day", "sched_dep_time", "origin"]),
+    ("dep_utc", "TIMESTAMPTZ", ["year", "month", "day", "sched_dep_time", "dep_delay", "origin"]),
+    ("sched_arr_utc", "TIMESTAMPTZ", ["year", "month", "day", "sched_arr_time", "sched_dep_time", "dest"]),
+    ("arr_utc", "TIMESTAMPTZ", ["year", "month", "day", "arr_time", "dep_delay", "dest"]),
+    ("dep_delay", "INTEGER", ["dep_delay"]), ("arr_delay", "INTEGER", ["arr_delay"]),
+    ("air_time", "SMALLINT", ["air_time"]), ("distance", "SMALLINT", ["distance"]),
+    ("cancelled", "BOOLEAN", ["dep_time"]), ("diverted", "BOOLEAN", ["dep_time", "arr_delay"]),
+    ("event_date", "DATE", ["event_date"]),
+]
+# Columns that come from the dimension snapshots rather than raw.flights.
+DIMENSION_LINEAGE = {
+    "carrier_name": [("airlines", "name")], "plane_model": [("planes", "model")],
+    "plane_manufacturer": [("planes", "manufacturer")], "sched_dep_utc": [("airports", "tzone")],
+    "dep_utc": [("airports", "tzone")], "sched_arr_utc": [("airports", "tzone")], "arr_utc": [("airports", "tzone")],
+}
+
+
+def column_lineage() -> dg.TableColumnLineage:
+    deps = {}
+    for name, _, sources in COLUMNS:
+        deps[name] = [dg.TableColumnDep(asset_key=dg.AssetKey(["raw", "flights"]), column_name=s) for s in sources] + [
+            dg.TableColumnDep(asset_key=dg.AssetKey(["raw", t]), column_name=c) for t, c in DIMENSION_LINEAGE.get(name, [])]
+    return dg.TableColumnLineage(deps_by_column=deps)
+
+
+@dg.asset(
+    key=["core", "flights"],
+    deps=[dg.AssetKey(["raw", s]) for s in ("flights", "airlines", "airports", "planes")],
+    group_name="core",
+    owners=catalog.owners(FLIGHTS),
+    kinds={"duckdb"},
+    code_version="1",
+    partitions_def=catalog.partitions_def(FLIGHTS),
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t, _ in COLUMNS]),
+              "dagster/column_lineage": column_lineage(),
+              "dagster/table_name": "warehouse.core.flights"},
+    tags={"plumbline/layer": "core"},
+    pool="warehouse",
+)
+def core_flights(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    """Flights with departure and arrival as UTC instants computed from each airport's time zone
+    (arrival times are local to the destination and may fall on a later day), cancelled and
+    diverted flags, carrier name and plane model where known. Daily partitions by local
+    scheduled-departure date, like raw.flights."""
+    ddl = "CREATE TABLE IF NOT EXISTS core.flights (" + ", ".join(f"{n} {t}" for n, t, _ in COLUMNS) + ")"
+    with warehouse.connect() as con:
+        rows = partitions.replace_partitions(con, "core.flights", ddl, list(context.partition_keys), SELECT)
+    return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values()),
+                                          "rows_by_partition": dg.MetadataValue.json(dict(list(rows.items())[:400]))})

@@ -1,0 +1,59 @@
+"""marts.carrier_daily: the day's punctuality per carrier and origin airport."""
+
+import dagster as dg
+
+from orchestration import catalog, partitions
+from orchestration.warehouse import Warehouse
+
+ON_TIME_MINUTES = 15
+
+COLUMNS = [
+    ("event_date", "DATE"), ("carrier", "VARCHAR"), ("carrier_name", "VARCHAR"), ("origin", "VARCHAR"),
+    ("flights", "BIGINT"), ("cancellations", "BIGINT"), ("on_time_share", "DOUBLE"),
+    ("mean_dep_delay", "DOUBLE"), ("mean_arr_delay", "DOUBLE"),
+]
+SELECT = f"""
+SELECT event_date, carrier, any_value(carrier_name) AS carrier_name, origin,
+       count(*) AS flights,
+       count(*) FILTER (WHERE cancelled) AS cancellations,
+       avg(CASE WHEN arr_delay <= {ON_TIME_MINUTES} THEN 1.0 ELSE 0.0 END) FILTER (WHERE arr_delay IS NOT NULL) AS on_time_share,
+       avg(dep_delay) AS mean_dep_delay,
+       avg(arr_delay) AS mean_arr_delay
+FROM core.flights
+WHERE {{partition_filter}}
+GROUP BY event_date, carrier, origin
+"""
+
+
+@dg.asset(
+    key=["marts", "carrier_daily"],
+    deps=[dg.AssetKey(["core", "flights"])],
+    group_name="marts",
+    owners=catalog.owners(catalog.contracts()["flights"]),
+    kinds={"duckdb"},
+    code_version="1",
+    partitions_def=catalog.partitions_def(catalog.contracts()["flights"]),
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in COLUMNS]),
+              "dagster/column_lineage": dg.TableColumnLineage(deps_by_column={
+                  "event_date": [dg.TableColumnDep(dg.AssetKey(["core", "flights"]), "event_date")],
+                  "carrier": [dg.TableColumnDep(dg.AssetKey(["core", "flights"]), "carrier")],
+                  "carrier_name": [dg.TableColumnDep(dg.AssetKey(["core", "flights"]), "carrier_name")],
+                  "origin": [dg.TableColumnDep(dg.AssetKey(["core", "flights"]), "origin")],
+                  "flights": [dg.TableColumnDep(dg.AssetKey(["core", "flights"]), "flight")],
+                  "cancellations": [dg.TableColumnDep(dg.AssetKey(["core", "flights"]), "cancelled")],
+                  "on_time_share": [dg.TableColumnDep(dg.AssetKey(["core", "flights"]), "arr_delay")],
+                  "mean_dep_delay": [dg.TableColumnDep(dg.AssetKey(["core", "flights"]), "dep_delay")],
+                  "mean_arr_delay": [dg.TableColumnDep(dg.AssetKey(["core", "flights"]), "arr_delay")],
+              }),
+              "dagster/table_name": "warehouse.marts.carrier_daily"},
+    tags={"plumbline/layer": "marts"},
+    pool="warehouse",
+)
+def carrier_daily(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    """Per day, carrier and origin: flights, cancellations, on-time share (arrival delay at most
+    15 minutes, among flights with a known arrival delay) and mean departure and arrival delays."""
+    ddl = "CREATE TABLE IF NOT EXISTS marts.carrier_daily (" + ", ".join(f"{n} {t}" for n, t in COLUMNS) + ")"
+    with warehouse.connect() as con:
+        rows = partitions.replace_partitions(con, "marts.carrier_daily", ddl, list(context.partition_keys), SELECT)
+    return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values())})

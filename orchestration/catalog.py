@@ -1,0 +1,53 @@
+"""What Dagster shows about a source, derived from its contract in one place: partitions, column
+schema, owners, code version."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+import dagster as dg
+
+from contracts.loader import load_contracts
+from contracts.model import Contract
+
+CODE_VERSION = "1"  # bump when the rebuild logic changes in a way that alters outputs
+
+
+def contracts() -> dict[str, Contract]:
+    return load_contracts()
+
+
+def code_version(contract: Contract) -> str:
+    """Contract version plus a digest of its file: editing the contract makes partitions stale in the UI."""
+    digest = hashlib.sha256(Path(contract.path).read_bytes()).hexdigest()[:8]
+    return f"{CODE_VERSION}-{contract.version}-{digest}"
+
+
+@lru_cache(maxsize=None)
+def _daily(start: str, end: str | None, timezone: str) -> dg.DailyPartitionsDefinition:
+    return dg.DailyPartitionsDefinition(start_date=start, end_date=end, timezone=timezone)
+
+
+def partitions_def(contract: Contract) -> dg.DailyPartitionsDefinition | None:
+    """Sources with the same window share one definition object, so jobs can span them."""
+    p = contract.partitioning
+    if p is None:
+        return None
+    return _daily(p.start.isoformat(), p.end.isoformat() if p.end else None, p.timezone)
+
+
+def column_schema(contract: Contract, partitioned: bool) -> dg.TableSchema:
+    cols = [dg.TableColumn(c.name, c.duckdb_type, description=c.description,
+                           constraints=dg.TableColumnConstraints(nullable=not c.required, unique=False))
+            for c in contract.columns]
+    if partitioned:
+        cols.append(dg.TableColumn("event_date", "DATE", description="partition: local event date"))
+    cols += [dg.TableColumn("_source_file", "VARCHAR", description="sha256 of the delivery the row came from"),
+             dg.TableColumn("_source_row", "BIGINT", description="0-based data row in that delivery")]
+    return dg.TableSchema(columns=cols)
+
+
+def owners(contract: Contract) -> list[str]:
+    return list(contract.owners)

@@ -1,0 +1,44 @@
+"""What the main job prints at the end: what was loaded, what was rejected and why."""
+
+from __future__ import annotations
+
+from orchestration import settings
+from orchestration.warehouse import Warehouse
+
+
+def summary_text(warehouse: Warehouse | None = None) -> str:
+    warehouse = warehouse or Warehouse()
+    lines = []
+    with warehouse.connect(read_only=True) as con:
+        lines.append("Deliveries (ops.landed_files):")
+        for source, status, files, rows in con.execute(
+                "SELECT source, status, count(*), sum(rows) FROM ops.landed_files GROUP BY ALL ORDER BY 1, 2").fetchall():
+            lines.append(f"  {source:<9} {status:<11} {files:>4} file(s) {rows or 0:>9} row(s)")
+        problems = con.execute(
+            "SELECT path, status, reason FROM ops.landed_files WHERE status NOT IN ('loaded') OR reason IS NOT NULL ORDER BY path").fetchall()
+        for path, status, reason in problems:
+            lines.append(f"    {status}: {path}: {reason}")
+        lines.append("")
+        lines.append("Tables:")
+        for schema, table in con.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema IN ('raw', 'core', 'marts') "
+                "ORDER BY 1, 2").fetchall():
+            n = con.execute(f'SELECT count(*) FROM "{schema}"."{table}"').fetchone()[0]
+            lines.append(f"  {schema}.{table:<16} {n:>9} rows")
+        lines.append("")
+        acc = con.execute("SELECT source, sum(delivered), sum(accepted), sum(dead_lettered), sum(superseded) "
+                          "FROM ops.partition_accounting GROUP BY ALL ORDER BY 1").fetchall()
+        lines.append("Accounting (delivered = accepted + dead-lettered + superseded):")
+        for source, d, a, dl, s in acc:
+            lines.append(f"  {source:<9} {d:>9} = {a:>9} + {dl:>5} + {s:>5}{'' if d == a + dl + s else '   <-- MISMATCH'}")
+        lines.append("")
+        lines.append("Rejected (ops.dead_letter, open) by rule:")
+        rows = con.execute("SELECT source, rule_id, count(*), min(reason) FROM ops.dead_letter WHERE status = 'open' "
+                           "GROUP BY ALL ORDER BY 1, 3 DESC").fetchall()
+        for source, rule, n, reason in rows:
+            lines.append(f"  {source:<9} {rule:<34} {n:>5}  e.g. {reason[:110]}")
+        if not rows:
+            lines.append("  none")
+    lines += ["", "Inspect rejects:  .venv/bin/plumbline dlq list   |   .venv/bin/plumbline dlq show --rule <rule_id>",
+              f"Open the UI:      make ui   (then http://127.0.0.1:3000; runs above are in {settings.dagster_home()})"]
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""`plumbline sync`: in one process, what the sensors do over time.
+
+Ingest every pending delivery, then materialize every partition that the ingest made stale (and
+everything downstream of it), one Dagster run per contiguous range of partitions. Runs are
+recorded in the Dagster instance, so they show in the UI like any other run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from orchestration import partitions, settings
+from orchestration.warehouse import Warehouse
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+# The console shows plumbline's progress lines; Dagster's step events stay in the instance (UI).
+RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+DAGSTER_YAML = """\
+# Written by plumbline for its local instance. DuckDB takes one writer per file, so every step
+# that writes the warehouse sits in the "warehouse" pool, one at a time.
+concurrency:
+  pools:
+    default_limit: 1
+telemetry:
+  enabled: false
+"""
+
+
+@dataclass
+class SyncReport:
+    runs: list[tuple[str, str, bool]] = field(default_factory=list)  # (job, partitions, success)
+    stale: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(success for _, _, success in self.runs)
+
+
+def instance() -> dg.DagsterInstance:
+    """The persistent instance under PLUMBLINE_HOME (or DAGSTER_HOME), created on first use."""
+    home = settings.dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
+def contiguous_ranges(keys: list[str]) -> list[tuple[str, str]]:
+    """['2013-01-01','2013-01-02','2013-01-05'] -> [('2013-01-01','2013-01-02'), ('2013-01-05','2013-01-05')]"""
+    out: list[tuple[str, str]] = []
+    for k in sorted(keys):
+        day = dt.date.fromisoformat(k)
+        if out and dt.date.fromisoformat(out[-1][1]) + dt.timedelta(days=1) == day:
+            out[-1] = (out[-1][0], k)
+        else:
+            out.append((k, k))
+    return out
+
+
+def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncReport:
+    from orchestration import definitions
+
+    defs = definitions.defs
+    inst = dagster_instance or instance()
+    report = SyncReport()
+    started = time.monotonic()
+
+    def run(job_name: str, label: str, tags: dict | None = None, selection=None) -> bool:
+        t0 = time.monotonic()
+        say(f"[{time.monotonic() - started:6.1f}s] {job_name} {label} ...")
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            run_config=RUN_CONFIG, instance=inst, tags=tags or {}, asset_selection=selection, raise_on_error=False)
+        failed = [e.step_key for e in result.all_events if e.is_step_failure]
+        say(f"[{time.monotonic() - started:6.1f}s]   {'ok' if result.success else 'FAILED ' + str(failed)} "
+            f"in {time.monotonic() - t0:.1f}s (run {result.run_id[:8]})")
+        report.runs.append((job_name, label, result.success))
+        return result.success
+
+    run(definitions.INGEST_JOB, "(every pending delivery)")
+    warehouse = Warehouse()
+    with warehouse.connect() as con:
+        for c in definitions.CONTRACTS.values():
+            report.stale[c.name] = partitions.stale_partitions(con, c)
+
+    stale_snapshots = [c.name for c in definitions.SNAPSHOTS if report.stale[c.name]]
+    if stale_snapshots:
+        run(definitions.SNAPSHOTS_JOB, f"({', '.join(stale_snapshots)})",
+            selection=[dg.AssetKey(["raw", s]) for s in stale_snapshots])
+
+    for c in definitions.PARTITIONED:
+        keys = report.stale[c.name]
+        if not keys:
+            say(f"raw.{c.name}: no stale partitions")
+            continue
+        ranges = contiguous_ranges(keys)
+        say(f"raw.{c.name}: {len(keys)} stale partition(s) in {len(ranges)} range(s)")
+        for start, end in ranges:
+            run(definitions.rebuild_job_name(c.name), f"[{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end})
+
+    if stale_snapshots:
+        _refresh_downstream_of_snapshots(con_factory=warehouse, run=run, stale_partitioned=report.stale)
+    say(f"sync finished in {time.monotonic() - started:.1f}s: {len(report.runs)} run(s), "
+        f"{'all succeeded' if report.ok else 'SOME FAILED'}")
+    return report
+
+
+def _refresh_downstream_of_snapshots(con_factory: Warehouse, run, stale_partitioned: dict) -> None:
+    """A changed dimension changes every built partition downstream of it (minus those just rebuilt)."""
+    from orchestration import definitions
+
+    todo = []
+    with con_factory.connect(read_only=True) as con:
+        for c in definitions.PARTITIONED:
+            job = definitions.rebuild_job_name(c.name)
+            downstream = [k for k in definitions.defs.resolve_job_def(job).asset_layer.selected_asset_keys
+                          if k != dg.AssetKey(["raw", c.name])]
+            built = [str(p) for (p,) in con.execute(
+                "SELECT partition_date FROM ops.partition_accounting WHERE source = ? ORDER BY 1", [c.name]).fetchall()]
+            keys = sorted(set(built) - set(stale_partitioned.get(c.name, [])))
+            if downstream and keys:
+                todo.append((job, downstream, keys))
+    for job, downstream, keys in todo:
+        for start, end in contiguous_ranges(keys):
+            run(job, f"downstream [{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end}, selection=downstream)
