@@ -20,11 +20,12 @@ def bronze_asset(contract: Contract) -> dg.AssetsDefinition:
         kinds={"duckdb", "parquet"},
         code_version=catalog.code_version(contract),
         tags={"plumbline/source": contract.name, "plumbline/layer": "bronze"},
+        metadata={"dagster/column_schema": catalog.bronze_schema(contract)},
         pool="warehouse",
     )
     def _bronze(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
         with warehouse.connect() as con:
-            landed = bronze.ingest_source(con, contract, context.run_id, log=context.log.info)
+            landed = bronze.ingest_source(con, contract, context.run.run_id, log=context.log.info)
         statuses = Counter(f.status for f in landed)
         touched = sorted({d for f in landed if f.status == "loaded" for d in f.event_dates})
         problems = [f"{f.path}: {f.status}: {f.reason}" for f in landed if f.status not in ("loaded", "empty")]

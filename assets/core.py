@@ -89,6 +89,9 @@ def core_flights(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.
     scheduled-departure date, like raw.flights."""
     ddl = "CREATE TABLE IF NOT EXISTS core.flights (" + ", ".join(f"{n} {t}" for n, t, _ in COLUMNS) + ")"
     with warehouse.connect() as con:
+        # Flights may land before a dimension has: build with empty dimensions, refreshed when they land.
+        for source in ("flights", "airlines", "airports", "planes"):
+            con.execute(partitions.raw_table_ddl(catalog.contracts()[source]))
         rows = partitions.replace_partitions(con, "core.flights", ddl, list(context.partition_keys), SELECT)
     return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values()),
                                           "rows_by_partition": dg.MetadataValue.json(dict(list(rows.items())[:400]))})

@@ -33,11 +33,11 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
     def _raw(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
         keys = list(context.partition_keys) if part_def else None
         with warehouse.connect() as con:
-            accounts = partitions.rebuild(con, contract, keys, context.run_id)
+            accounts = partitions.rebuild(con, contract, keys, context.run.run_id)
             frame, dead, references = _observe(con, contract, keys)
             accounting_ok, accounting_meta = _verify_accounting(con, contract, accounts)
         for a in accounts:
-            context.log.info(f"{contract.table} {a.partition}: delivered {a.delivered}, accepted {a.accepted}, "
+            context.log.debug(f"{contract.table} {a.partition}: delivered {a.delivered}, accepted {a.accepted}, "
                              f"dead-lettered {a.dead_lettered}, superseded {a.superseded}")
         checks = quality.validate(contract, frame, references, dead)
         checks.append(dg.AssetCheckResult(check_name=quality.ACCOUNTING, passed=accounting_ok, metadata=accounting_meta))

@@ -51,3 +51,16 @@ def column_schema(contract: Contract, partitioned: bool) -> dg.TableSchema:
 
 def owners(contract: Contract) -> list[str]:
     return list(contract.owners)
+
+
+def bronze_schema(contract: Contract) -> dg.TableSchema:
+    """Bronze keeps every contract column as delivered text, plus where each row came from."""
+    cols = [dg.TableColumn(c.name, "VARCHAR", description=f"as delivered; contract type {c.duckdb_type}")
+            for c in contract.columns]
+    cols += [dg.TableColumn("_extra", "VARCHAR", description="JSON of delivered columns the contract does not name"),
+             dg.TableColumn("_row_offset", "BIGINT", description="0-based data row in the delivery"),
+             dg.TableColumn("_file_id", "VARCHAR", description="sha256 of the delivery"),
+             dg.TableColumn("_file_path", "VARCHAR", description="path in the landing zone"),
+             dg.TableColumn("_delivered_at", "TIMESTAMPTZ", description="delivery time from the file name"),
+             dg.TableColumn("_event_date", "DATE", description="partition the row belongs to")]
+    return dg.TableSchema(columns=cols)

@@ -32,7 +32,6 @@ jobs = [
         dg.define_asset_job(
             rebuild_job_name(c.name),
             selection=dg.AssetSelection.assets(["raw", c.name]).downstream(),
-            partitions_def=catalog.partitions_def(c),
             description=f"Rebuild raw.{c.name} partitions and everything downstream of them.",
         )
         for c in PARTITIONED

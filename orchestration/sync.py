@@ -21,7 +21,7 @@ RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 
 # The console shows plumbline's progress lines; Dagster's step events stay in the instance (UI).
-RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 DAGSTER_YAML = """\
 # Written by plumbline for its local instance. DuckDB takes one writer per file, so every step
