@@ -67,6 +67,13 @@ def _check_columns(columns: list[str]) -> None:
     dupes = sorted({c for c in columns if columns.count(c) > 1})
     if dupes:
         raise UnreadableFile(f"duplicate column names in the header: {dupes}")
+    _check_reserved(columns)
+
+
+def _check_reserved(columns) -> None:
+    # _row_offset is added to every row: a delivered column of that name would replace it.
+    if "_row_offset" in columns:
+        raise UnreadableFile("a delivered column is named '_row_offset', a name plumbline reserves: rename it in the export")
 
 
 def _load_csv(con, delivery: Delivery) -> Loaded:
@@ -81,8 +88,13 @@ def _load_csv(con, delivery: Delivery) -> Loaded:
     except UnicodeDecodeError as e:
         raise UnreadableFile(f"header is not UTF-8 ({e.reason} at byte {e.start}): re-export the file as UTF-8") from e
     _check_columns(header)
-    columns_sql = "{" + ", ".join(f"'{_escape(c)}': 'VARCHAR'" for c in header) + "}"
+    # Positional names inside DuckDB: a delivered column named rowid would otherwise hide the row id.
+    columns_sql = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(header))) + "}"
+    named = ", ".join(f'c{i} AS "{c.replace(chr(34), chr(34) * 2)}"' for i, c in enumerate(header))
     path_sql = _escape(str(delivery.path))
+    # DuckDB appends to an existing rejects table: without this, earlier files' bad lines land on this file.
+    con.execute("DROP TABLE IF EXISTS temp._rejects")
+    con.execute("DROP TABLE IF EXISTS temp._rejects_scan")
     # Fixed dialect: a feed declares its format, so a wrong delimiter is an error, not a guess.
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _delivery_data AS
@@ -90,14 +102,17 @@ def _load_csv(con, delivery: Delivery) -> Loaded:
             escape = '"', columns = {columns_sql}, store_rejects = true, max_line_size = {MAX_LINE_BYTES},
             rejects_table = '_rejects', rejects_scan = '_rejects_scan')"""
     )
-    # rowid follows file order (insertion order is preserved), so it is the data-row offset.
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {TEMP_TABLE} AS SELECT *, rowid AS _row_offset FROM _delivery_data")
     rejects = [
         Reject(int(line), "csv_unparseable_line", (csv_line or "")[:2000], f"line {line}: {err_type.lower()}: {msg}")
         for line, err_type, csv_line, msg in con.execute(
             "SELECT line, error_type, csv_line, error_message FROM _rejects ORDER BY line"
         ).fetchall()
     ]
+    # rowid follows file order (insertion order is preserved) but skips rejected lines: add back each
+    # rejected data row (line - 2, the header is line 1) that comes before, so offsets are file positions.
+    slots = [line - 2 - i for i, line in enumerate(sorted({r.row_offset for r in rejects}))]
+    offset = f"rowid + len(list_filter({slots}::BIGINT[], lambda s: s <= rowid))" if slots else "rowid"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {TEMP_TABLE} AS SELECT {named}, {offset} AS _row_offset FROM _delivery_data")
     rows = con.execute(f"SELECT count(*) FROM {TEMP_TABLE}").fetchone()[0]
     if len(header) == 1 and any(d in header[0] for d in ";\t|"):
         raise UnreadableFile(f"one column named {header[0][:80]!r}: the file is not comma-delimited (fix the export's delimiter to ',')")
@@ -127,10 +142,13 @@ def _load_jsonl(con, delivery: Delivery) -> Loaded:
     columns: dict[str, str] = {}
     with _open_text(delivery) as f:
         for offset, line in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b"")):
-            if len(line) > MAX_LINE_BYTES:
+            # MAX_LINE_BYTES + 1 bytes ending in a newline is a line of exactly MAX_LINE_BYTES: not over-long.
+            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
                 rejects.append(Reject(offset, "jsonl_line_too_long", line[:2000].decode("utf-8", "replace"),
                                       f"line {offset + 1} is longer than {MAX_LINE_BYTES} bytes"))
-                f.readline()  # skip the rest of the over-long line
+                # Skip the rest of the over-long line in bounded chunks, never the line after it.
+                while (rest := f.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                    pass
                 continue
             if not line.strip():
                 continue
@@ -157,7 +175,11 @@ def _load_jsonl(con, delivery: Delivery) -> Loaded:
             offsets.append(offset)
     if not records and not rejects:
         raise UnreadableFile("empty file: no records")
+    if not records:
+        # No record means no columns: say why the lines failed, not that required columns are missing.
+        raise UnreadableFile(f"no line is a readable record ({len(rejects)} tried); first: {rejects[0].message}")
     names = list(columns)
+    _check_reserved(names)
     arrays = {n: pa.array([_text(r.get(n)) for r in records], type=pa.string()) for n in names}
     arrays["_row_offset"] = pa.array(offsets, type=pa.int64())
     _register(con, pa.table(arrays))

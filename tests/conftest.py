@@ -1,0 +1,25 @@
+"""Shared fixtures: an isolated PLUMBLINE_HOME per test and an open warehouse connection into it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def plumbline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh PLUMBLINE_HOME with an empty landing zone; settings read it at call time."""
+    home = tmp_path / "home"
+    (home / "landing").mkdir(parents=True)
+    monkeypatch.setenv("PLUMBLINE_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def warehouse_con(plumbline_home: Path):
+    """A writable connection to the warehouse under plumbline_home, closed after the test."""
+    from orchestration.warehouse import Warehouse
+
+    with Warehouse().connect() as con:
+        yield con
