@@ -94,4 +94,4 @@ def core_flights(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.
             con.execute(partitions.raw_table_ddl(catalog.contracts()[source]))
         rows = partitions.replace_partitions(con, "core.flights", ddl, list(context.partition_keys), SELECT)
     return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values()),
-                                          "rows_by_partition": dg.MetadataValue.json(dict(list(rows.items())[:400]))})
+                                          "partitions": len(rows)})

@@ -60,7 +60,12 @@ def discover(landing: Path, source: str) -> list[Delivery]:
     found = []
     for path in sorted(root.rglob("*")):
         rel_parts = path.relative_to(root).parts
-        if any(is_in_progress(p) for p in rel_parts) or path.is_dir():
+        if any(is_in_progress(p) for p in rel_parts):
+            continue
+        if path.is_dir():
+            if path.is_symlink():  # never followed: it could lead anywhere; say so instead of skipping silently
+                found.append(Delivery(source, path, path.relative_to(landing).as_posix(), None, None,
+                                      "a symlinked directory is not followed: move its files into the landing zone"))
             continue
         fmt, compression = classify(path.name)
         if fmt is None:

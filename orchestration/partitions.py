@@ -72,6 +72,8 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
     home = settings.plumbline_home()
     snapshot = contract.partitioning is None
     keys = [SNAPSHOT_PARTITION] if snapshot else sorted(partitions or [])
+    if not keys:
+        return []
     wanted = set(keys)
     files = [(fid, bp) for fid, bp, dates in loaded_files(con, contract.name)
              if snapshot or wanted.intersection(dates)]

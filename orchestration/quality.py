@@ -16,7 +16,6 @@ import pandas as pd
 
 from contracts.model import Contract, Rule
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # GX progress bars would flood run logs
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
@@ -70,9 +69,11 @@ def _expectation(rule: Rule, reference_values: dict):
 def validate(contract: Contract, frame: pd.DataFrame, reference_values: dict, dead_lettered: dict[str, int]) -> list[dg.AssetCheckResult]:
     """Run every checked rule on `frame`; dead_lettered maps rule id -> rows it rejected in this run."""
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     rules = checked_rules(contract)
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     batch = (context.data_sources.add_pandas("plumbline").add_dataframe_asset(contract.name)
              .add_batch_definition_whole_dataframe("materialized").get_batch(batch_parameters={"dataframe": frame}))
     suite = gx.ExpectationSuite(name=f"{contract.name}_{contract.version}")

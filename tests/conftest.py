@@ -23,3 +23,24 @@ def warehouse_con(plumbline_home: Path):
 
     with Warehouse().connect() as con:
         yield con
+
+
+
+@pytest.fixture(scope="session")
+def dagster_home_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Make real Dagster instance directories; on tmpfs when the machine has one, because the
+    SQLite event log fsyncs every event and a year of partitions is thousands of events."""
+    import shutil
+    import tempfile
+
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        shm = Path("/dev/shm")
+        path = Path(tempfile.mkdtemp(prefix=f"plumbline-{name}-", dir=shm)) if shm.is_dir() else tmp_path_factory.mktemp(name)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)

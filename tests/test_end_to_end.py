@@ -42,11 +42,11 @@ def all_hashes(exclude=(), skip=()) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def demo_home(tmp_path_factory):
+def demo_home(tmp_path_factory, dagster_home_dir):
     home = tmp_path_factory.mktemp("demo")
     mp = pytest.MonkeyPatch()
     mp.setenv("PLUMBLINE_HOME", str(home))
-    mp.setenv("DAGSTER_HOME", str(home / "dagster"))
+    mp.setenv("DAGSTER_HOME", str(dagster_home_dir("demo")))
     manifest = write_feed(home, profile="demo", seed=13)
     report = sync(say=lambda *_: None)
     assert report.ok, report.runs
@@ -173,7 +173,7 @@ def test_idempotent_sync_and_rematerialization(demo_home):
     assert all_hashes() == before
 
 
-def test_same_deliveries_in_another_order_give_identical_tables(demo_home, tmp_path, monkeypatch):
+def test_same_deliveries_in_another_order_give_identical_tables(demo_home, tmp_path, dagster_home_dir, monkeypatch):
     home, _ = demo_home
     # ops.landed_files is the arrival log itself: which copy of a re-sent file counts as the
     # duplicate depends on arrival order by design. Every table built from deliveries must not.
@@ -181,7 +181,7 @@ def test_same_deliveries_in_another_order_give_identical_tables(demo_home, tmp_p
     expected = all_hashes(exclude=VOLATILE, skip=skip)
     other = tmp_path / "other"
     monkeypatch.setenv("PLUMBLINE_HOME", str(other))
-    monkeypatch.setenv("DAGSTER_HOME", str(other / "dagster"))
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home_dir("reordered")))
     files = sorted(p for p in (home / "landing").rglob("*") if p.is_file())
     # the second half of the year arrives first, then the first half, then the resends
     batches = [files[len(files) // 2:], files[: len(files) // 2]]
