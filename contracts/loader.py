@@ -11,10 +11,12 @@ import datetime as dt
 import importlib.resources
 import json
 import re
+import zoneinfo
 from functools import lru_cache
 from pathlib import Path
 
 import jsonschema
+import pydantic
 import yaml
 from open_data_contract_standard.model import OpenDataContractStandard
 
@@ -32,6 +34,10 @@ from contracts.model import (
 CONTRACTS_DIR = Path(__file__).parent
 VENDOR = "plumbline"
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+RULE_ID = re.compile(r"^[A-Za-z0-9_]+$")  # rule ids name Dagster asset checks, which allow only these
+RESERVED_PREFIX = "_"  # bronze and raw add _extra, _row_offset, _file_id, _source_file, ... to every table
+EVOLUTION_KEYS = ("tables", "columns", "dataType")
+DEAD_LETTER = {"rowRuleFailure": "dead_letter", "unreadableFile": "quarantine"}  # the only behaviour implemented
 DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?)?$")
 
 
@@ -59,7 +65,8 @@ def _line_index(text: str) -> dict[tuple, int]:
     index: dict[tuple, int] = {}
 
     def walk(node, path):
-        index[path] = node.start_mark.line + 1
+        # a key's own line wins over its block value's, which starts on the next line
+        index.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 index[path + (key.value,)] = key.start_mark.line + 1
@@ -81,17 +88,33 @@ def _dotted(path) -> str:
     return out
 
 
+def _custom_at(props, name) -> tuple[int | None, object]:
+    """(index, value) of plumbline's custom property `name`; other vendors' properties are not ours."""
+    for i, p in enumerate(props or ()):
+        if p.property == name and p.vendor in (None, VENDOR):
+            return i, p.value
+    return None, None
+
+
 def _custom(props, name):
-    for p in props or ():
-        if p.property == name:
-            return p.value
-    return None
+    return _custom_at(props, name)[1]
 
 
-def _duration(value, file, path) -> dt.timedelta:
+def _custom_list(props, name, loc, fail, types) -> list:
+    """A property-level list custom property; a scalar would otherwise be split into characters."""
+    i, value = _custom_at(props, name)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, types) and not isinstance(v, bool) for v in value):
+        kinds = " or ".join(t.__name__ for t in types)
+        fail(loc + ("customProperties", i, "value"), f"{name} must be a list of {kinds}, got {value!r}")
+    return value
+
+
+def _duration(value, loc, fail) -> dt.timedelta:
     m = DURATION.match(str(value))
     if not m or not any(m.groups()):
-        raise ContractError(file, path, f"'{value}' is not an ISO-8601 duration like P30D or PT6H")
+        fail(loc, f"'{value}' is not an ISO-8601 duration like P30D or PT6H")
     d, h, mi = (int(g or 0) for g in m.groups())
     return dt.timedelta(days=d, hours=h, minutes=mi)
 
@@ -116,7 +139,12 @@ def load_contract(path: str | Path) -> Contract:
         loc = tuple(worst.absolute_path)
         raise ContractError(path, _dotted(loc), f"{worst.message} (ODCS JSON schema rule '{worst.validator}')", _nearest_line(lines, loc))
 
-    model = OpenDataContractStandard(**data)
+    try:
+        model = OpenDataContractStandard(**data)
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        loc = tuple(first["loc"])
+        raise ContractError(path, _dotted(loc), f"{first['msg']} (ODCS model)", _nearest_line(lines, loc)) from e
     return _compile(model, path, lines)
 
 
@@ -137,11 +165,15 @@ def _compile(model: OpenDataContractStandard, file: Path, lines: dict) -> Contra
         fail(("name",), "name must be a lowercase identifier (letters, digits, _): it names the source and the table")
 
     columns: list[Column] = []
-    rules: list[Rule] = []
+    rules: list[tuple[Rule, tuple]] = []  # with where each rule is declared, to point at duplicates
     for i, prop in enumerate(obj.properties or ()):
         loc = ("schema", 0, "properties", i)
         if not IDENTIFIER.match(prop.name or ""):
             fail(loc + ("name",), f"column name {prop.name!r} must be a lowercase identifier")
+        if prop.name.startswith(RESERVED_PREFIX):
+            fail(loc + ("name",), f"column name {prop.name!r} starts with '_', reserved for plumbline's provenance columns")
+        if prop.name in (c.name for c in columns):
+            fail(loc + ("name",), f"column {prop.name!r} is declared twice")
         if prop.logicalType not in LOGICAL_TO_DUCKDB:
             fail(loc + ("logicalType",), f"logicalType must be one of {sorted(LOGICAL_TO_DUCKDB)}")
         physical = (prop.physicalType or LOGICAL_TO_DUCKDB[prop.logicalType]).upper()
@@ -149,8 +181,11 @@ def _compile(model: OpenDataContractStandard, file: Path, lines: dict) -> Contra
             fail(loc + ("physicalType",), f"physicalType {physical} does not fit logicalType {prop.logicalType}; use one of {sorted(ALLOWED_PHYSICAL[prop.logicalType])}")
         if prop.primaryKey and not prop.required:
             fail(loc + ("required",), f"primary key column '{prop.name}' must be required: true")
-        sentinels = _custom(prop.customProperties, "nullSentinels") or []
-        source_names = _custom(prop.customProperties, "sourceNames") or []
+        if prop.primaryKey and (prop.primaryKeyPosition is None or prop.primaryKeyPosition < 1):
+            fail(loc + ("primaryKeyPosition",), f"primary key column '{prop.name}' needs primaryKeyPosition: 1, 2, ... (its place in the key)")
+        numeric = prop.logicalType in ("integer", "number")  # conform.py compares numeric sentinels as DOUBLE
+        sentinels = _custom_list(prop.customProperties, "nullSentinels", loc, fail, (int, float) if numeric else (str, int, float))
+        source_names = _custom_list(prop.customProperties, "sourceNames", loc, fail, (str,))
         columns.append(Column(
             name=prop.name,
             logical_type=prop.logicalType,
@@ -162,50 +197,93 @@ def _compile(model: OpenDataContractStandard, file: Path, lines: dict) -> Contra
             source_names=tuple(source_names),
         ))
         if prop.required:
-            rules.append(Rule(id=f"{model.name}_{prop.name}_required", kind="required", severity="error",
-                              column=prop.name, description=f"{prop.name} is required"))
+            rules.append((Rule(id=f"{model.name}_{prop.name}_required", kind="required", severity="error",
+                               column=prop.name, description=f"{prop.name} is required"), loc + ("required",)))
         if prop.logicalType != "string":
-            rules.append(Rule(id=f"{model.name}_{prop.name}_type", kind="type", severity="error", column=prop.name,
-                              description=f"{prop.name} parses as {prop.logicalType} ({physical})"))
+            rules.append((Rule(id=f"{model.name}_{prop.name}_type", kind="type", severity="error", column=prop.name,
+                               description=f"{prop.name} parses as {prop.logicalType} ({physical})"), loc + ("logicalType",)))
         for j, q in enumerate(prop.quality or ()):
-            rules.append(_quality_rule(q, prop.name, loc + ("quality", j), fail))
+            rules.append((_quality_rule(q, prop.name, loc + ("quality", j), fail), loc + ("quality", j)))
         for j, rel in enumerate(prop.relationships or ()):
-            rules.append(_relationship_rule(rel, prop.name, loc + ("relationships", j), fail))
+            rules.append((_relationship_rule(rel, prop.name, loc + ("relationships", j), fail), loc + ("relationships", j)))
     for j, q in enumerate(obj.quality or ()):
-        rules.append(_quality_rule(q, None, ("schema", 0, "quality", j), fail))
+        rules.append((_quality_rule(q, None, ("schema", 0, "quality", j), fail), ("schema", 0, "quality", j)))
 
     names = [c.name for c in columns]
-    ids = [r.id for r in rules]
-    dupes = {i for i in ids if ids.count(i) > 1}
-    if dupes:
-        fail(("schema", 0), f"rule ids must be unique; repeated: {sorted(dupes)}")
-    if not any(c.primary_key_position for c in columns):
+    for i, name in enumerate(names):
+        # conform.py stages n_<col> and t_<col> beside the delivered columns; a clash would read the wrong one
+        if name[:2] in ("n_", "t_") and name[2:] in names:
+            fail(("schema", 0, "properties", i, "name"), f"column name {name!r} clashes with plumbline's staging name for column {name[2:]!r}")
+    seen: dict[str, tuple] = {}
+    for rule, rule_loc in rules:
+        if rule.id in seen:
+            fail(rule_loc, f"rule id {rule.id!r} is already used at {_dotted(seen[rule.id])}; rule ids must be unique")
+        seen[rule.id] = rule_loc
+    if not any(c.primary_key_position is not None for c in columns):
         fail(("schema", 0, "properties"), "at least one column needs primaryKey: true (deduplication key)")
+    positions = [c.primary_key_position for c in columns if c.primary_key_position is not None]
+    if sorted(positions) != list(range(1, len(positions) + 1)):
+        fail(("schema", 0, "properties"), f"primaryKeyPosition values must be 1..{len(positions)} without gaps or repeats; got {sorted(positions)}")
+
+    custom = model.customProperties
+
+    def custom_map(name: str) -> tuple[tuple, dict | None]:
+        i, value = _custom_at(custom, name)
+        loc = ("customProperties", i, "value")
+        if value is not None and not isinstance(value, dict):
+            fail(loc, f"{name} must be a mapping, got {type(value).__name__} {value!r}")
+        return loc, value
 
     partitioning = None
-    part = _custom(model.customProperties, "partitioning")
+    loc, part = custom_map("partitioning")
     if part is not None:
-        loc = ("customProperties",)
-        event = tuple(part.get("eventDate") or ())
+        raw_event = part.get("eventDate")
+        event = (raw_event,) if isinstance(raw_event, str) else tuple(raw_event or ())
         if len(event) not in (1, 3) or any(c not in names for c in event):
-            fail(loc, f"partitioning.eventDate must name one date column or [year, month, day] columns of the schema; got {list(event)}")
+            fail(loc + ("eventDate",), f"partitioning.eventDate must name one date column or [year, month, day] columns of the schema; got {list(event)}")
+        by_name = {c.name: c for c in columns}
+        if len(event) == 1 and by_name[event[0]].logical_type not in ("date", "timestamp"):
+            fail(loc + ("eventDate",), f"partitioning.eventDate column {event[0]!r} must have logicalType date or timestamp")
+        if len(event) == 3 and any(by_name[c].logical_type != "integer" for c in event):
+            fail(loc + ("eventDate",), f"partitioning.eventDate columns {list(event)} must have logicalType integer")
+        if "event_date" in names:
+            fail(("schema", 0, "properties", names.index("event_date"), "name"),
+                 "a partitioned table gets its own event_date column; rename this column")
         if part.get("granularity", "day") != "day":
-            fail(loc, "partitioning.granularity: only 'day' is supported")
+            fail(loc + ("granularity",), "partitioning.granularity: only 'day' is supported")
         try:
             start = dt.date.fromisoformat(str(part["start"]))
             end = dt.date.fromisoformat(str(part["end"])) if part.get("end") else None
         except (KeyError, ValueError):
-            fail(loc, "partitioning.start (and optional end) must be ISO dates like 2013-01-01")
-        partitioning = Partitioning(event, "day", part.get("timezone", "UTC"), start, end)
+            fail(loc + ("start",), "partitioning.start (and optional end) must be ISO dates like 2013-01-01")
+        if end is not None and end <= start:
+            fail(loc + ("end",), f"partitioning.end {end} must be after start {start} (end is exclusive)")
+        timezone = part.get("timezone", "UTC")
+        try:
+            zoneinfo.ZoneInfo(str(timezone))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            fail(loc + ("timezone",), f"partitioning.timezone {timezone!r} is not an IANA time zone like America/New_York")
+        partitioning = Partitioning(event, "day", timezone, start, end)
 
-    lateness = _custom(model.customProperties, "allowedLateness")
-    evolution = _custom(model.customProperties, "schemaEvolution") or {}
-    for key, mode in evolution.items():
+    lateness_at, lateness = _custom_at(custom, "allowedLateness")
+    lateness_loc = ("customProperties", lateness_at, "value")
+    evolution_loc, evolution = custom_map("schemaEvolution")
+    for key, mode in (evolution or {}).items():
+        if key not in EVOLUTION_KEYS:
+            fail(evolution_loc + (key,), f"schemaEvolution.{key} is unknown; use {list(EVOLUTION_KEYS)}")
         if mode not in EVOLUTION_MODES:
-            fail(("customProperties",), f"schemaEvolution.{key} = {mode!r}; use one of {list(EVOLUTION_MODES)}")
+            fail(evolution_loc + (key,), f"schemaEvolution.{key} = {mode!r}; use one of {list(EVOLUTION_MODES)}")
+    dead_letter_loc, dead_letter = custom_map("deadLetter")
+    for key, value in (dead_letter or {}).items():
+        if DEAD_LETTER.get(key) != value:
+            fail(dead_letter_loc + (key,), f"deadLetter.{key} = {value!r}; plumbline implements {DEAD_LETTER}")
+    dedup_loc, dedup = custom_map("deduplication")
+    if dedup and dedup != {"winner": "latest_delivery"}:
+        fail(dedup_loc, f"deduplication {dedup!r}: plumbline implements only winner: latest_delivery")
 
-    owners = tuple(m.username for m in (model.team.members or ()) if m.username and "@" in m.username) \
-        if model.team and not isinstance(model.team, list) else ()
+    # ODCS v3.0's deprecated team is a bare list of members; v3.1+ wraps them in a Team object.
+    members = model.team if isinstance(model.team, list) else (model.team.members or () if model.team else ())
+    owners = tuple(m.username for m in members if m.username and "@" in m.username)
     sla = {p.property: (p.value, p.unit) for p in model.slaProperties or ()}
     description = (model.description.purpose if model.description else None) or obj.description or ""
 
@@ -218,26 +296,28 @@ def _compile(model: OpenDataContractStandard, file: Path, lines: dict) -> Contra
         table=f"raw.{model.name}",
         owners=owners,
         columns=tuple(columns),
-        rules=tuple(rules),
+        rules=tuple(r for r, _ in rules),
         partitioning=partitioning,
-        allowed_lateness=_duration(lateness, file, "customProperties.allowedLateness") if lateness else None,
-        dead_letter=_custom(model.customProperties, "deadLetter") or {},
-        schema_evolution=evolution,
+        allowed_lateness=_duration(lateness, lateness_loc, fail) if lateness is not None else None,
+        dead_letter=dead_letter or {},
+        schema_evolution=evolution or {},
         sla=sla,
     )
 
 
-def _severity(q_severity, loc, fail) -> str:
-    sev = (q_severity or "error").lower()
+def _severity(value, loc, fail) -> str:
+    sev = str(value).lower()
     if sev not in SEVERITIES:
-        fail(loc + ("severity",), f"severity {q_severity!r} must be one of {list(SEVERITIES)}")
+        fail(loc, f"severity {value!r} must be one of {list(SEVERITIES)}")
     return sev
 
 
 def _quality_rule(q, column, loc, fail) -> Rule:
     if not q.id:
         fail(loc, "every quality rule needs an id: it names the rule in dead-letter rows and asset checks")
-    sev = _severity(q.severity, loc, fail)
+    if not RULE_ID.match(q.id):
+        fail(loc + ("id",), f"rule id {q.id!r} may hold only letters, digits and _ (it names a Dagster asset check)")
+    sev = _severity(q.severity or "error", loc + ("severity",), fail)
     args = q.arguments or {}
     metric = q.metric or q.rule
     if metric == "rowCount":
@@ -252,9 +332,13 @@ def _quality_rule(q, column, loc, fail) -> Rule:
         if q.mustBe != 0:
             fail(loc, "invalidValues rules take mustBe: 0 (no invalid values allowed)")
         if "validValues" in args:
+            if not isinstance(args["validValues"], list):
+                fail(loc + ("arguments", "validValues"), f"validValues must be a list, got {args['validValues']!r}")
             return Rule(id=q.id, kind="allowed_values", severity=sev, column=column, values=tuple(args["validValues"]),
                         description=q.description or f"{column} in {args['validValues']}")
         if "pattern" in args:
+            if not isinstance(args["pattern"], str):
+                fail(loc + ("arguments", "pattern"), f"pattern must be a string, got {args['pattern']!r}")
             try:
                 re.compile(args["pattern"])
             except re.error as e:
@@ -263,7 +347,7 @@ def _quality_rule(q, column, loc, fail) -> Rule:
                         description=q.description or f"{column} matches {args['pattern']}")
         if "minimum" in args or "maximum" in args:
             lo, hi = args.get("minimum"), args.get("maximum")
-            if not all(isinstance(v, (int, float)) for v in (lo, hi) if v is not None):
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi) if v is not None):
                 fail(loc + ("arguments",), "minimum and maximum must be numbers")
             return Rule(id=q.id, kind="range", severity=sev, column=column, minimum=lo, maximum=hi,
                         description=q.description or f"{column} between {lo} and {hi}")
@@ -274,11 +358,14 @@ def _quality_rule(q, column, loc, fail) -> Rule:
 def _relationship_rule(rel, column, loc, fail) -> Rule:
     if not rel.id:
         fail(loc, "every relationship needs an id: it names the referential check")
+    if not RULE_ID.match(rel.id):
+        fail(loc + ("id",), f"relationship id {rel.id!r} may hold only letters, digits and _ (it names a Dagster asset check)")
     target = rel.to if isinstance(rel.to, str) else None
     if not target or target.count(".") != 1:
         fail(loc + ("to",), "plumbline supports single-column references written <source>.<column>")
     source, ref_col = target.split(".")
-    sev = _severity(_custom(rel.customProperties, "severity") or "warning", loc, fail)
+    i, severity = _custom_at(rel.customProperties, "severity")
+    sev = _severity(severity or "warning", loc if i is None else loc + ("customProperties", i, "value"), fail)
     return Rule(id=rel.id, kind="foreign_key", severity=sev, column=column, reference=(source, ref_col),
                 description=f"{column} exists in {target}")
 
@@ -293,9 +380,30 @@ def _load_all(directory: str) -> dict[str, Contract]:
     for f in contract_files(Path(directory)):
         c = load_contract(f)
         if c.name != f.stem:
-            raise ContractError(f, "name", f"name {c.name!r} must equal the file name {f.stem!r}")
+            line = _line_index(f.read_text(encoding="utf-8")).get(("name",))
+            raise ContractError(f, "name", f"name {c.name!r} must equal the file name {f.stem!r}", line)
         contracts[c.name] = c
+    for c in contracts.values():
+        for rule in c.rules:
+            if rule.kind != "foreign_key":
+                continue
+            source, column = rule.reference
+            if source not in contracts or column not in contracts[source].column_names:
+                loc = _relationship_loc(c, rule.id)
+                raise ContractError(c.path, _dotted(loc), f"relationship {rule.id!r} points at {source}.{column}, "
+                                    f"which is not a column of a contract in {directory}",
+                                    _nearest_line(_line_index(Path(c.path).read_text(encoding="utf-8")), loc))
     return contracts
+
+
+def _relationship_loc(contract: Contract, rule_id: str) -> tuple:
+    """Where a relationship is declared, found again in the file for the error message."""
+    data = yaml.safe_load(Path(contract.path).read_text(encoding="utf-8"))
+    for i, prop in enumerate(data["schema"][0].get("properties") or ()):
+        for j, rel in enumerate(prop.get("relationships") or ()):
+            if rel.get("id") == rule_id:
+                return ("schema", 0, "properties", i, "relationships", j, "to")
+    return ("schema", 0)
 
 
 def load_contracts(directory: Path = CONTRACTS_DIR) -> dict[str, Contract]:
