@@ -148,15 +148,16 @@ def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loa
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".parquet.tmp")
     delivered_at = literal(delivery.delivered_at.isoformat()) + "::TIMESTAMPTZ" if delivery.delivered_at else "NULL::TIMESTAMPTZ"
+    # Written beside, then renamed: a crash never leaves a half bronze file under its final name.
+    # Streamed straight to parquet; rows carry _row_offset, so their order in the file need not be kept.
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _bronze AS
-        SELECT *, {event_date_sql(contract)} AS _event_date FROM (
+        COPY (SELECT *, {event_date_sql(contract)} AS _event_date FROM (
             SELECT {', '.join(select)}, {extra_sql} AS _extra, _row_offset,
                    {literal(file_id)} AS _file_id, {literal(rel)} AS _file_path, {delivered_at} AS _delivered_at
-            FROM {TEMP_TABLE})""")
-    # Written beside, then renamed: a crash never leaves a half bronze file under its final name.
-    con.execute(f"COPY _bronze TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
+            FROM {TEMP_TABLE}))
+        TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd, PRESERVE_ORDER false)""")
     tmp.replace(out)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _bronze AS SELECT * FROM read_parquet({literal(str(out))})")
 
     dates = [r[0].isoformat() for r in con.execute(
         f"SELECT DISTINCT _event_date FROM _bronze WHERE {_in_range_sql(contract)} ORDER BY 1").fetchall()] \

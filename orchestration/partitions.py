@@ -93,12 +93,18 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
     with transaction(con):
         con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {stage_select(contract, source_sql)}")
         con.execute(f"DELETE FROM {contract.table} WHERE {part_filter}")
+        # Only keys delivered more than once need ranking; sorting every row by key is the expensive part.
+        dup_match = " AND ".join(f"s.{ident(c)} = d.{ident(c)}" for c in contract.primary_key)
         con.execute(f"""
             INSERT INTO {contract.table}
+            WITH dup AS (SELECT {pk} FROM _stage WHERE _failed = '' GROUP BY ALL HAVING count(*) > 1)
             SELECT {cols}{event_col}, _file_id, _row_offset FROM (
-                SELECT *, row_number() OVER (PARTITION BY {pk} ORDER BY {_order_key(contract)}) AS _rank
-                FROM _stage WHERE _failed = '')
-            WHERE _rank = 1
+                SELECT * FROM _stage s WHERE _failed = '' AND NOT EXISTS (SELECT 1 FROM dup d WHERE {dup_match})
+                UNION ALL
+                SELECT * EXCLUDE (_rank) FROM (
+                    SELECT *, row_number() OVER (PARTITION BY {pk} ORDER BY {_order_key(contract)}) AS _rank
+                    FROM _stage s WHERE _failed = '' AND EXISTS (SELECT 1 FROM dup d WHERE {dup_match}))
+                WHERE _rank = 1)
             ORDER BY {'' if snapshot else '_event_date, '}{pk}""")
         dead_letter.record_stage_failures(con, contract, run_id, dlq_filter)
         accounts = _account(con, contract, keys, snapshot)
