@@ -193,3 +193,28 @@ def test_same_deliveries_in_another_order_give_identical_tables(demo_home, tmp_p
         assert sync(say=lambda *_: None).ok
     got = all_hashes(exclude=VOLATILE, skip=skip)
     assert got == expected
+
+
+def test_cli_shows_what_was_rejected_and_why(demo_home):
+    import os
+    import subprocess
+    import sys
+
+    home, manifest = demo_home
+    env = {**os.environ, "PLUMBLINE_HOME": str(home)}
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-m", "orchestration.cli", *args], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    listed = cli("dlq", "list", "--source", "flights")
+    assert "flights_dep_delay_type" in listed and "flights_event_date_valid" in listed
+    shown = json.loads("[" + cli("dlq", "show", "--rule", "flights_dep_delay_type", "--limit", "1").replace("}\n{", "},{") + "]")
+    assert shown[0]["rule_id"] == "flights_dep_delay_type" and "does not parse as integer" in shown[0]["reason"]
+    assert json.loads(shown[0]["payload"])["dep_delay"].endswith("x"), "the payload keeps the delivered text"
+    summary = cli("summary")
+    assert "unreadable" in summary and "flights_event_date_valid" in summary and "MISMATCH" not in summary
+    bad = subprocess.run([sys.executable, "-m", "orchestration.cli", "dlq", "list", "--partition", "2013-02-30"],
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a date like" in bad.stderr
