@@ -4,7 +4,7 @@ import dagster as dg
 
 from contracts.model import Contract
 from orchestration import catalog, partitions, quality
-from orchestration.warehouse import SNAPSHOT_PARTITION, Warehouse, ident
+from orchestration.warehouse import Warehouse, ident
 
 
 def raw_asset(contract: Contract) -> dg.AssetsDefinition:

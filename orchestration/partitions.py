@@ -9,7 +9,6 @@ accounting commit in one transaction, so readers see the old partition or the ne
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 from dataclasses import dataclass
 
@@ -17,9 +16,6 @@ from contracts.model import Contract
 from orchestration import dead_letter, settings
 from orchestration.conform import stage_select
 from orchestration.warehouse import SNAPSHOT_PARTITION, ident, literal
-
-PROVENANCE_COLUMNS = ("_source_file", "_source_row")
-
 
 @dataclass(frozen=True)
 class PartitionAccount:
@@ -62,8 +58,8 @@ def stale_partitions(con, contract: Contract) -> list[str]:
     return sorted(p for p, files in files_by_partition(con, contract).items() if built.get(p) != files)
 
 
-def _order_key(contract: Contract) -> str:
-    return "_delivered_at DESC NULLS LAST, _file_id DESC, _row_offset DESC"
+# The deterministic winner among rows with the same key: latest delivery, then file id, then row.
+WINNER_ORDER = "_delivered_at DESC NULLS LAST, _file_id DESC, _row_offset DESC"
 
 
 def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) -> list[PartitionAccount]:
@@ -102,7 +98,7 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
                 SELECT * FROM _stage s WHERE _failed = '' AND NOT EXISTS (SELECT 1 FROM dup d WHERE {dup_match})
                 UNION ALL
                 SELECT * EXCLUDE (_rank) FROM (
-                    SELECT *, row_number() OVER (PARTITION BY {pk} ORDER BY {_order_key(contract)}) AS _rank
+                    SELECT *, row_number() OVER (PARTITION BY {pk} ORDER BY {WINNER_ORDER}) AS _rank
                     FROM _stage s WHERE _failed = '' AND EXISTS (SELECT 1 FROM dup d WHERE {dup_match}))
                 WHERE _rank = 1)
             ORDER BY {'' if snapshot else '_event_date, '}{pk}""")
@@ -168,8 +164,3 @@ def _account(con, contract: Contract, keys: list[str], snapshot: bool) -> list[P
         acc = accepted.get(k, 0)
         out.append(PartitionAccount(k, delivered, acc, dead, delivered - acc - dead, tuple(files)))
     return out
-
-
-def partition_range(start: str, end: str) -> list[str]:
-    a, b = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
-    return [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]

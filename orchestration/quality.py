@@ -24,10 +24,6 @@ ACCOUNTING = "accounting"
 EXAMPLES = 5
 
 
-def check_name(rule_or_name) -> str:
-    return rule_or_name.id if isinstance(rule_or_name, Rule) else rule_or_name
-
-
 def checked_rules(contract: Contract) -> list[Rule]:
     """The rules that get their own asset check (type/required fold into schema_conformance)."""
     return [r for r in contract.rules if r.kind not in ("type", "required")]

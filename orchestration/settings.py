@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SOURCES = ("flights", "weather", "planes", "airlines", "airports")
-
-
 def plumbline_home() -> Path:
     """The root of every file plumbline writes; read at call time so tests can point it elsewhere."""
     return Path(os.environ.get("PLUMBLINE_HOME", "./data")).resolve()

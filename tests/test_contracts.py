@@ -3,7 +3,6 @@ names the file, the path inside the YAML, its line and what is wrong."""
 
 from __future__ import annotations
 
-import copy
 import importlib.resources
 import json
 import shutil
