@@ -59,3 +59,23 @@ def errors(event: dict) -> list[str]:
 
 def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def rebuilt_edges(events: list[dict]) -> set:
+    """Dataset edges read from COMPLETE events alone: input -> output, where the input is itself
+    written by some asset job (delivered files are sources, not assets)."""
+    done = [e for e in events if e["eventType"] == "COMPLETE" and e["job"]["facets"]["jobType"]["jobType"] == "ASSET"]
+    written = {(o["namespace"], o["name"]) for e in done for o in e["outputs"]}
+    return {((i["namespace"], i["name"]), (o["namespace"], o["name"]))
+            for e in done for o in e["outputs"] for i in e["inputs"] if (i["namespace"], i["name"]) in written}
+
+
+def asset_graph_edges() -> set:
+    """The Dagster asset graph's edges, each asset named by where its data lives."""
+    from orchestration.definitions import defs
+    from orchestration.lineage import datasets
+
+    graph = defs.resolve_asset_graph()
+    place = {k: datasets.place(graph.get(k)) for k in graph.get_all_asset_keys()}
+    return {((place[p].namespace, place[p].name), (place[k].namespace, place[k].name))
+            for k in graph.get_all_asset_keys() for p in graph.get(k).parent_keys}
