@@ -58,9 +58,12 @@ def already_spooled(marker: str) -> bool:
     return (spool_dir().parent / "emitted" / marker).exists()
 
 
-def append(events: list[dict], marker: str | None = None) -> None:
-    """Write events to the spool in order; `marker` records a Dagster run as done, once."""
+def append(events: list[dict], marker: str | None = None) -> bool:
+    """Write events to the spool in order; `marker` records a Dagster run as spooled, so a run that
+    both a sensor and `plumbline sync` hand over is spooled once (checked under the lock)."""
     with _locked() as d:
+        if marker and already_spooled(marker):
+            return False
         for event in events:
             path = d / f"{_next_sequence(d):012d}.json"
             tmp = path.with_suffix(".tmp")
@@ -70,6 +73,7 @@ def append(events: list[dict], marker: str | None = None) -> None:
             done = d.parent / "emitted"
             done.mkdir(exist_ok=True)
             (done / marker).touch()
+        return True
 
 
 def pending() -> list[Path]:
