@@ -309,3 +309,25 @@ def Serde_to_dict(event) -> dict:
     from openlineage.client.serde import Serde
 
     return Serde.to_dict(event)
+
+
+def test_run_status_sensor_emits_for_runs_dagster_launched(lineage_home):
+    """Runs from the UI, schedules, sensors and backfills reach lineage through the run-status sensor."""
+    home, inst, _ = lineage_home
+    from orchestration.lineage.sensors import sensors
+
+    sensor = next(s for s in sensors if s.name == "lineage_on_success")
+    result = defs.resolve_job_def("refresh_snapshots").execute_in_process(instance=inst, raise_on_error=False)
+    assert result.success
+    events_file = home / "lineage" / "events.jsonl"
+    assert result.run_id not in events_file.read_text()
+    success = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_SUCCESS)
+    context = dg.build_run_status_sensor_context(sensor_name=sensor.name, dagster_event=success,
+                                                 dagster_instance=inst, dagster_run=result.dagster_run)
+    sensor(context)
+    mine = [e for e in read_events(events_file) if e["run"]["runId"] == result.run_id
+            or e["run"]["facets"].get("parent", {}).get("run", {}).get("runId") == result.run_id]
+    seen = [(e["job"]["name"], e["eventType"]) for e in mine]
+    assert seen[0] == ("refresh_snapshots", "START") and seen[-1] == ("refresh_snapshots", "COMPLETE")
+    assert sorted(seen[1:-1]) == sorted((f"raw.{s}", t) for s in ("airlines", "airports", "planes") for t in ("START", "COMPLETE"))
+    assert all(seen.index((n, "START")) < seen.index((n, "COMPLETE")) for n, _ in seen)
