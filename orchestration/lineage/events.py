@@ -38,6 +38,9 @@ set_producer(PRODUCER)
 
 ET = dg.DagsterEventType
 TERMINAL_RUN = {ET.RUN_SUCCESS: RunState.COMPLETE, ET.RUN_FAILURE: RunState.FAIL, ET.RUN_CANCELED: RunState.ABORT}
+# The event types lineage needs; reading only these keeps emission cheap on long range runs.
+READ = {ET.RUN_START, *TERMINAL_RUN, ET.ASSET_MATERIALIZATION_PLANNED, ET.STEP_START, ET.STEP_SUCCESS,
+        ET.STEP_FAILURE, ET.ASSET_MATERIALIZATION, ET.ASSET_CHECK_EVALUATION}
 RUN_ID_NAMESPACE = uuid.UUID("0b5c4e36-5d1c-4f53-9d0e-6f1d1e6a9a13")  # plumbline's uuid5 namespace for lineage run ids
 
 
@@ -80,8 +83,8 @@ def read_log(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions):
     steps: dict[str, Step] = {}
     started = ended = None
     state, run_error = RunState.ABORT, None
-    planned_without_step: dict[dg.AssetKey, set] = defaultdict(set)
-    for entry in instance.all_logs(run_id):
+    planned: dict[dg.AssetKey, set] = defaultdict(set)
+    for entry in instance.all_logs(run_id, of_type=READ):
         ev = entry.dagster_event
         if ev is None:
             continue
@@ -96,7 +99,7 @@ def read_log(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions):
             data = ev.event_specific_data
             keys = set(data.partitions_subset.get_partition_keys()) if data.partitions_subset else (
                 {data.partition} if data.partition else set())
-            planned_without_step[data.asset_key] |= keys
+            planned[data.asset_key] |= keys
         elif ev.step_key:
             step = steps.setdefault(ev.step_key, Step(ev.step_key))
             if t == ET.STEP_START:
@@ -113,8 +116,8 @@ def read_log(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions):
                 step.checks[c.asset_key].append(c)
     for step in steps.values():
         for key in step_assets.get(step.key.split("[")[0], []):
-            if key in planned_without_step or key in step.materializations:
-                step.planned[key] = planned_without_step.get(key, set()) | {
+            if key in planned or key in step.materializations:
+                step.planned[key] = planned.get(key, set()) | {
                     m.partition for m in step.materializations.get(key, []) if m.partition}
     return started, ended, state, run_error, steps
 
