@@ -48,6 +48,8 @@ def demo_home(tmp_path_factory, dagster_home_dir):
     mp = pytest.MonkeyPatch()
     mp.setenv("PLUMBLINE_HOME", str(home))
     mp.setenv("DAGSTER_HOME", str(dagster_home_dir("demo")))
+    for var in ("OPENLINEAGE_URL", "OPENLINEAGE_DISABLED", "OPENLINEAGE_CONFIG"):
+        mp.delenv(var, raising=False)  # lineage goes to the default JSON lines, which the tests read
     manifest = write_feed(home, profile="demo", seed=13)
     report = sync(say=lambda *_: None)
     assert report.ok, report.runs
