@@ -5,7 +5,7 @@ from collections import Counter
 import dagster as dg
 
 from contracts.model import Contract
-from orchestration import bronze, catalog
+from orchestration import bronze, catalog, settings
 from orchestration.warehouse import Warehouse
 
 
@@ -35,6 +35,10 @@ def bronze_asset(contract: Contract) -> dg.AssetsDefinition:
             "files_by_status": dg.MetadataValue.json(dict(statuses)),
             "partitions_touched": dg.MetadataValue.json(touched),
             "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
+            # The files this run read (identical re-sends and unsafe paths were not): lineage inputs.
+            "deliveries": dg.MetadataValue.json([
+                {"path": str(settings.landing_dir() / f.path), "file_id": f.file_id, "status": f.status, "rows": f.rows}
+                for f in landed if f.status not in ("duplicate",) and f.file_id != "-"]),
         })
 
     return _bronze

@@ -46,7 +46,10 @@ GROUP BY event_date, carrier, origin
                   "mean_dep_delay": [dg.TableColumnDep(dg.AssetKey(["core", "flights"]), "dep_delay")],
                   "mean_arr_delay": [dg.TableColumnDep(dg.AssetKey(["core", "flights"]), "arr_delay")],
               }),
-              "dagster/table_name": "warehouse.marts.carrier_daily"},
+              "dagster/table_name": "warehouse.marts.carrier_daily",
+              # Columns computed by GROUP BY aggregates, so lineage can say so (transformation subtype).
+              "plumbline/aggregated_columns": dg.MetadataValue.json(
+                  ["flights", "cancellations", "on_time_share", "mean_dep_delay", "mean_arr_delay"])},
     tags={"plumbline/layer": "marts"},
     pool="warehouse",
 )

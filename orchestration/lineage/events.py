@@ -1,0 +1,266 @@
+"""OpenLineage events for one finished Dagster run, built from its event log alone.
+
+The run is the parent job (START and its terminal event); every asset step in it is a child run
+with one START and one terminal event (COMPLETE, FAIL or ABORT), a run id deterministic for
+(asset, partition or range, Dagster run), inputs (upstream datasets; delivered files for bronze),
+outputs named by where the data lives, and the facets the asset and its checks know. No asset code
+emits anything: the event log carries times, asset keys, partitions, metadata, checks and errors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import dagster as dg
+from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState, set_producer
+from openlineage.client.facet_v2 import (
+    base_subset_dataset,
+    data_quality_assertions_dataset,
+    dataset_version_dataset,
+    documentation_job,
+    error_message_run,
+    input_statistics_input_dataset,
+    job_type_job,
+    nominal_time_run,
+    output_statistics_output_dataset,
+    ownership_job,
+    parent_run,
+)
+
+from orchestration.lineage import datasets
+from orchestration.lineage.facets import PRODUCER, DataQualityMetricsDatasetFacet, DeadLetterDatasetFacet
+from orchestration.lineage.transport import namespace
+
+set_producer(PRODUCER)
+
+ET = dg.DagsterEventType
+TERMINAL_RUN = {ET.RUN_SUCCESS: RunState.COMPLETE, ET.RUN_FAILURE: RunState.FAIL, ET.RUN_CANCELED: RunState.ABORT}
+# The event types lineage needs; reading only these keeps emission cheap on long range runs.
+READ = {ET.RUN_START, *TERMINAL_RUN, ET.ASSET_MATERIALIZATION_PLANNED, ET.STEP_START, ET.STEP_SUCCESS,
+        ET.STEP_FAILURE, ET.ASSET_MATERIALIZATION, ET.ASSET_CHECK_EVALUATION}
+RUN_ID_NAMESPACE = uuid.UUID("0b5c4e36-5d1c-4f53-9d0e-6f1d1e6a9a13")  # plumbline's uuid5 namespace for lineage run ids
+
+
+@dataclass
+class Step:
+    key: str
+    started: float | None = None
+    ended: float | None = None
+    error: object | None = None  # SerializableErrorInfo of a STEP_FAILURE
+    materializations: dict = field(default_factory=lambda: defaultdict(list))  # asset key -> [AssetMaterialization]
+    planned: dict = field(default_factory=lambda: defaultdict(set))  # asset key -> partition keys
+    checks: dict = field(default_factory=lambda: defaultdict(list))  # asset key -> [AssetCheckEvaluation]
+
+
+def _time(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
+
+
+def lineage_run_id(dagster_run_id: str, asset: dg.AssetKey, partitions: list[str]) -> str:
+    label = f"{partitions[0]}..{partitions[-1]}" if partitions else "unpartitioned"
+    return str(uuid.uuid5(RUN_ID_NAMESPACE, f"{dagster_run_id}/{asset.to_user_string()}/{label}"))
+
+
+def _value(metadata: dict, key: str, default=None):
+    v = metadata.get(key)
+    return default if v is None else getattr(v, "value", v)
+
+
+def _steps_by_asset(defs: dg.Definitions) -> dict[str, list[dg.AssetKey]]:
+    out: dict[str, list[dg.AssetKey]] = {}
+    graph = defs.resolve_asset_graph()
+    for ad in graph.assets_defs:
+        out.setdefault(ad.node_def.name, []).extend(ad.keys)
+    return out
+
+
+def read_log(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions):
+    """(run start time, run end time, terminal state, run error, steps) from the event log."""
+    step_assets = _steps_by_asset(defs)
+    steps: dict[str, Step] = {}
+    started = ended = None
+    state, run_error = RunState.ABORT, None
+    planned: dict[dg.AssetKey, set] = defaultdict(set)
+    for entry in instance.all_logs(run_id, of_type=READ):
+        ev = entry.dagster_event
+        if ev is None:
+            continue
+        t = ev.event_type
+        if t == ET.RUN_START:
+            started = entry.timestamp
+        elif t in TERMINAL_RUN:
+            ended, state = entry.timestamp, TERMINAL_RUN[t]
+            if t == ET.RUN_FAILURE:
+                run_error = ev.message
+        elif t == ET.ASSET_MATERIALIZATION_PLANNED:
+            data = ev.event_specific_data
+            keys = set(data.partitions_subset.get_partition_keys()) if data.partitions_subset else (
+                {data.partition} if data.partition else set())
+            planned[data.asset_key] |= keys
+        elif ev.step_key:
+            step = steps.setdefault(ev.step_key, Step(ev.step_key))
+            if t == ET.STEP_START:
+                step.started = entry.timestamp
+            elif t == ET.STEP_SUCCESS:
+                step.ended = entry.timestamp
+            elif t == ET.STEP_FAILURE:
+                step.ended, step.error = entry.timestamp, ev.event_specific_data.error
+            elif t == ET.ASSET_MATERIALIZATION:
+                m = ev.event_specific_data.materialization
+                step.materializations[m.asset_key].append(m)
+            elif t == ET.ASSET_CHECK_EVALUATION:
+                c = ev.event_specific_data
+                step.checks[c.asset_key].append(c)
+    for step in steps.values():
+        for key in step_assets.get(step.key.split("[")[0], []):
+            if key in planned or key in step.materializations:
+                step.planned[key] = planned.get(key, set()) | {
+                    m.partition for m in step.materializations.get(key, []) if m.partition}
+    return started, ended, state, run_error, steps
+
+
+def _nominal_time(node, partitions: list[str]):
+    part_def = node.partitions_def
+    if not partitions or not isinstance(part_def, dg.TimeWindowPartitionsDefinition):
+        return None
+    first = part_def.time_window_for_partition_key(partitions[0])
+    last = part_def.time_window_for_partition_key(partitions[-1])
+    return nominal_time_run.NominalTimeRunFacet(nominalStartTime=first.start.isoformat(), nominalEndTime=last.end.isoformat())
+
+
+def _job(name: str, job_type: str, node=None) -> Job:
+    facets = {"jobType": job_type_job.JobTypeJobFacet(processingType="BATCH", integration="DAGSTER", jobType=job_type)}
+    if node is not None and node.description:
+        facets["documentation"] = documentation_job.DocumentationJobFacet(description=node.description)
+    if node is not None and node.owners:
+        facets["ownership"] = ownership_job.OwnershipJobFacet(
+            owners=[ownership_job.Owner(name=o, type="MAINTAINER") for o in node.owners])
+    return Job(namespace=namespace(), name=name, facets=facets)
+
+
+def _inputs(graph, node, metadata: dict) -> list[InputDataset]:
+    out = []
+    for parent in sorted(node.parent_keys, key=lambda k: k.to_user_string()):
+        p = datasets.place(graph.get(parent))
+        input_facets = {}
+        if parent.path[0] == "bronze" and _value(metadata, "delivered") is not None:
+            input_facets["inputStatistics"] = input_statistics_input_dataset.InputStatisticsInputDatasetFacet(
+                rowCount=int(_value(metadata, "delivered")), fileCount=_value(metadata, "bronze_files"))
+        out.append(InputDataset(namespace=p.namespace, name=p.name, inputFacets=input_facets))
+    for delivery in _value(metadata, "deliveries", []) or []:
+        p = datasets.file_place(delivery["path"])
+        out.append(InputDataset(namespace=p.namespace, name=p.name, inputFacets={
+            "inputStatistics": input_statistics_input_dataset.InputStatisticsInputDatasetFacet(
+                rowCount=delivery.get("rows"), size=delivery.get("size_bytes"), fileCount=1)}))
+    return out
+
+
+def _assertions(checks) -> data_quality_assertions_dataset.DataQualityAssertionsDatasetFacet | None:
+    if not checks:
+        return None
+    return data_quality_assertions_dataset.DataQualityAssertionsDatasetFacet(assertions=[
+        data_quality_assertions_dataset.Assertion(
+            assertion=c.check_name, success=bool(c.passed),
+            severity=c.severity.value.lower() if c.severity else None,
+            description=_value(c.metadata, "rule"))
+        for c in checks])
+
+
+def _dead_letters(checks) -> DeadLetterDatasetFacet | None:
+    """Per-rule dead-letter counts as the raw asset's checks report them."""
+    by_rule: dict[str, int] = {}
+    seen = False
+    for c in checks:
+        if "dead_lettered_by_rule" in c.metadata:
+            seen = True
+            by_rule.update({r: int(n) for r, n in (_value(c.metadata, "dead_lettered_by_rule") or {}).items()})
+        elif "dead_lettered_rows" in c.metadata:
+            seen = True
+            n = int(_value(c.metadata, "dead_lettered_rows") or 0)
+            if n:
+                by_rule[c.check_name] = n
+    if not seen:
+        return None
+    return DeadLetterDatasetFacet(rows=sum(by_rule.values()), byRule=dict(sorted(by_rule.items())))
+
+
+def _output(graph, node, partitions: list[str], materialization, checks, complete: bool) -> OutputDataset:
+    p = datasets.place(node)
+    facets = {k: v for k, v in {
+        "schema": datasets.schema_facet(node),
+        "documentation": datasets.documentation_facet(node),
+        "ownership": datasets.ownership_facet(node),
+        "columnLineage": datasets.column_lineage_facet(graph, node),
+    }.items() if v is not None}
+    output_facets = {}
+    if partitions:
+        output_facets["subset"] = base_subset_dataset.OutputSubsetOutputDatasetFacet(
+            outputCondition=base_subset_dataset.PartitionSubsetCondition(partitions=[
+                base_subset_dataset.Partition(dimensions={"event_date": k}, identifier=k) for k in partitions]))
+    if complete and materialization is not None:
+        meta = materialization.metadata
+        rows = _value(meta, "dagster/row_count")
+        if rows is not None:
+            output_facets["outputStatistics"] = output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(rowCount=int(rows))
+            facets["dataQualityMetrics"] = DataQualityMetricsDatasetFacet(columnMetrics={}, rowCount=int(rows))
+        version = (materialization.tags or {}).get("dagster/data_version")
+        if version:
+            facets["version"] = dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=version)
+        if (a := _assertions(checks)) is not None:
+            facets["dataQualityAssertions"] = a
+        if (d := _dead_letters(checks)) is not None:
+            facets["deadLetter"] = d
+    return OutputDataset(namespace=p.namespace, name=p.name, facets=facets, outputFacets=output_facets)
+
+
+def for_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions) -> list[RunEvent]:
+    run = instance.get_run_by_id(run_id)
+    graph = defs.resolve_asset_graph()
+    started, ended, state, run_error, steps = read_log(instance, run_id, defs)
+    parent_job = _job(run.job_name, "JOB")
+    if started is None:  # a run canceled before it started still gets its pair of events
+        started = min((s.started for s in steps.values() if s.started),
+                      default=instance.get_run_record_by_id(run_id).create_timestamp.timestamp())
+    ended = ended or max((s.ended for s in steps.values() if s.ended), default=started)
+    parent = parent_run.ParentRunFacet(
+        run=parent_run.Run(runId=run_id), job=parent_run.Job(namespace=parent_job.namespace, name=parent_job.name),
+        root=parent_run.Root(run=parent_run.RootRun(runId=run_id),
+                             job=parent_run.RootJob(namespace=parent_job.namespace, name=parent_job.name)))
+
+    events = [RunEvent(eventType=RunState.START, eventTime=_time(started), run=Run(runId=run_id), job=parent_job)]
+    children = []
+    for step in steps.values():
+        if step.started is None:
+            continue  # never ran (skipped after an upstream failure): nothing was materialized
+        for key, partitions in step.planned.items():
+            node = graph.get(key)
+            partitions = sorted(partitions)
+            mats = step.materializations.get(key, [])
+            meta = mats[0].metadata if mats else {}
+            terminal = RunState.FAIL if step.error is not None else (RunState.COMPLETE if step.ended else RunState.ABORT)
+            lineage_id = lineage_run_id(run_id, key, partitions)
+            run_facets = {"parent": parent}
+            if (nominal := _nominal_time(node, partitions)) is not None:
+                run_facets["nominalTime"] = nominal
+            job = _job(key.to_user_string().replace("/", "."), "ASSET", node)
+            start = RunEvent(eventType=RunState.START, eventTime=_time(step.started), run=Run(runId=lineage_id, facets=run_facets),
+                             job=job, inputs=_inputs(graph, node, {}), outputs=[_output(graph, node, partitions, None, [], False)])
+            end_facets = dict(run_facets)
+            if step.error is not None:
+                end_facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(
+                    message=step.error.message.strip(), programmingLanguage="python", stackTrace=step.error.to_string())
+            end = RunEvent(eventType=terminal, eventTime=_time(step.ended or ended), run=Run(runId=lineage_id, facets=end_facets),
+                           job=job, inputs=_inputs(graph, node, meta),
+                           outputs=[_output(graph, node, partitions, mats[0] if mats else None,
+                                            step.checks.get(key, []), terminal == RunState.COMPLETE)])
+            children.append((step.started, start))
+            children.append((step.ended or ended, end))
+    events += [e for _, e in sorted(children, key=lambda c: c[0])]
+    end_facets = {}
+    if state == RunState.FAIL and run_error:
+        end_facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(message=run_error, programmingLanguage="python")
+    events.append(RunEvent(eventType=state, eventTime=_time(ended), run=Run(runId=run_id, facets=end_facets), job=parent_job))
+    return events

@@ -1,0 +1,35 @@
+"""Lineage for runs launched from the UI, sensors, schedules and backfills: a run-status sensor per
+terminal status hands the finished run to the emitter, and a sensor retries the spool while the
+backend is down. The run itself never waits on a lineage backend."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from orchestration import lineage
+
+
+def _emitter(status: dg.DagsterRunStatus, name: str) -> dg.RunStatusSensorDefinition:
+    @dg.run_status_sensor(run_status=status, name=name, default_status=dg.DefaultSensorStatus.RUNNING,
+                          description=f"Emit OpenLineage events for every run that ends {status.value}.")
+    def _sensor(context: dg.RunStatusSensorContext):
+        result = lineage.emit_run(context.instance, context.dagster_run.run_id)
+        if result and result.pending:
+            context.log.warning(f"OpenLineage backend unreachable; {result.pending} event(s) spooled: {result.error}")
+
+    return _sensor
+
+
+@dg.sensor(name="lineage_spool", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Deliver OpenLineage events kept in the spool while the backend was unreachable.")
+def lineage_spool(context: dg.SensorEvaluationContext):
+    result = lineage.flush()
+    return dg.SkipReason(f"lineage spool: {result.sent} sent, {result.pending} pending" if result else "lineage disabled")
+
+
+sensors = [
+    _emitter(dg.DagsterRunStatus.SUCCESS, "lineage_on_success"),
+    _emitter(dg.DagsterRunStatus.FAILURE, "lineage_on_failure"),
+    _emitter(dg.DagsterRunStatus.CANCELED, "lineage_on_cancel"),
+    lineage_spool,
+]
