@@ -4,6 +4,7 @@ schema, owners, code version."""
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -17,7 +18,9 @@ CODE_VERSION = "1"  # bump when the rebuild logic changes in a way that alters o
 
 
 def contracts() -> dict[str, Contract]:
-    return load_contracts()
+    """The deployed contracts: $PLUMBLINE_CONTRACTS when set (a fixed copy under review), else the package's."""
+    directory = os.environ.get("PLUMBLINE_CONTRACTS")
+    return load_contracts(Path(directory)) if directory else load_contracts()
 
 
 def code_version(contract: Contract) -> str:
