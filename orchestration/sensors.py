@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import dagster as dg
 
 from orchestration import landing, settings
 from orchestration.sync import RANGE_END, RANGE_START, contiguous_ranges
 
-INTERVAL_SECONDS = 30
+# How often the daemon evaluates each sensor; a test deployment may shorten it.
+INTERVAL_SECONDS = int(os.environ.get("PLUMBLINE_SENSOR_INTERVAL_SECONDS", "30"))
 
 
 def scan(previous: dict[str, list]) -> dict[str, list]:
