@@ -87,13 +87,14 @@ def plan(defs: dg.Definitions, selection: str, start: str, end: str) -> Plan:
     if last < first:
         raise BackfillError(f"--to {last} is before --from {first}")
     graph = defs.resolve_asset_graph()
+    known = ", ".join(sorted(k.to_user_string() for k in graph.get_all_asset_keys()))
     try:
         keys = sorted(dg.AssetSelection.from_string(selection).resolve(graph), key=lambda k: k.to_user_string())
     except Exception as e:  # Dagster raises several types for unknown keys and bad syntax
-        known = ", ".join(sorted(k.to_user_string() for k in graph.get_all_asset_keys()))
         raise BackfillError(f"--assets {selection!r}: {e}. Known assets: {known}") from None
     if not keys:
-        raise BackfillError(f"--assets {selection!r} selects no asset (try key:raw/flights+ for raw.flights and downstream)")
+        raise BackfillError(f"--assets {selection!r} matches no known asset (e.g. key:raw/flights+ is raw.flights and "
+                            f"everything downstream). Known assets: {known}")
     partitions: dict[dg.AssetKey, list[str]] = {}
     for key in keys:
         pdef = graph.get(key).partitions_def

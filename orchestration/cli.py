@@ -1,4 +1,4 @@
-"""The `plumbline` command: feed, sync, summary, dlq, backfill."""
+"""The `plumbline` command: feed, sync, summary, restatements, dlq, backfill."""
 
 from __future__ import annotations
 
@@ -119,6 +119,30 @@ def _backfill(args) -> int:
     return 0 if status in backfill.SUCCESS else 1
 
 
+def _restatements(args) -> int:
+    from orchestration.warehouse import Warehouse
+
+    where, params = ["TRUE"], []
+    if args.source:
+        where.append("asset = ?")
+        params.append(f"raw.{args.source}")
+    if args.partition:
+        where.append("partition_date = ?::DATE")
+        params.append(args.partition)
+    with Warehouse().connect(read_only=True) as con:
+        rows = con.execute(
+            f"""SELECT asset, partition_date, rows_before, rows_after, measures_before, measures_after, caused_by, run_id, restated_at
+            FROM ops.restatements WHERE {' AND '.join(where)} ORDER BY restated_at DESC, asset, partition_date LIMIT ?""",
+            [*params, args.limit]).fetchall()
+    if not rows:
+        print("no restatements match")
+    for asset, day, before, after, m_before, m_after, caused, run_id, at in rows:
+        files = ", ".join(c.get("path") or c["change"] for c in json.loads(caused))
+        print(f"{at:%Y-%m-%d %H:%M} {asset} {day} rows {before} -> {after}  {m_before} -> {m_after}  "
+              f"run {run_id[:8]}  caused by {files}")
+    return 0
+
+
 def _dlq(args) -> int:
     from orchestration import dead_letter
     from orchestration.warehouse import Warehouse
@@ -156,7 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     summary = sub.add_parser("summary", help="print what is loaded and what was rejected, and why")
     summary.set_defaults(func=_summary)
 
-    dlq = sub.add_parser("dlq", help="inspect the dead-letter queue")
+    rs = sub.add_parser("restatements", help="partitions rebuilt with different contents, newest first (ops.restatements)")
+    rs.add_argument("--source")
+    rs.add_argument("--partition", type=_date, help="YYYY-MM-DD")
+    rs.add_argument("--limit", type=int, default=30)
+    rs.set_defaults(func=_restatements)
+
+    dlq = sub.add_parser("dlq", help="inspect and repair the dead-letter queue")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     for name, help_text in (("list", "rejected rows grouped by source, partition and rule"),
                             ("show", "rejected rows one by one, with payload, file and reason")):
