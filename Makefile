@@ -22,6 +22,7 @@ test: $(BIN)/plumbline
 
 ui: $(BIN)/plumbline
 	mkdir -p $(PLUMBLINE_HOME)/dagster
+	test -f $(PLUMBLINE_HOME)/dagster/dagster.yaml || cp orchestration/dagster.yaml $(PLUMBLINE_HOME)/dagster/dagster.yaml
 	DAGSTER_HOME=$(abspath $(PLUMBLINE_HOME))/dagster $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p 3000
 
 clean:

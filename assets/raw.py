@@ -3,8 +3,8 @@
 import dagster as dg
 
 from contracts.model import Contract
-from orchestration import catalog, partitions, quality
-from orchestration.warehouse import Warehouse, ident
+from orchestration import catalog, partitions, quality, restatements
+from orchestration.warehouse import SNAPSHOT_PARTITION, Warehouse, ident
 
 
 def raw_asset(contract: Contract) -> dg.AssetsDefinition:
@@ -24,7 +24,8 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
         code_version=catalog.code_version(contract),
         partitions_def=part_def,
         backfill_policy=dg.BackfillPolicy.single_run() if part_def else None,
-        check_specs=quality.check_specs(contract, key),
+        check_specs=[*quality.check_specs(contract, key), restatements.check_spec(contract, key)],
+        freshness_policy=catalog.freshness_policy(contract),
         metadata={"dagster/column_schema": catalog.column_schema(contract, part_def is not None),
                   "dagster/table_name": f"warehouse.{contract.table}"},
         tags={"plumbline/source": contract.name, "plumbline/layer": "raw"},
@@ -33,9 +34,11 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
     def _raw(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
         keys = list(context.partition_keys) if part_def else None
         with warehouse.connect() as con:
-            accounts = partitions.rebuild(con, contract, keys, context.run.run_id)
+            rebuilt = partitions.rebuild(con, contract, keys, context.run.run_id)
+            accounts = rebuilt.accounts
             frame, dead, references = _observe(con, contract, keys)
             accounting_ok, accounting_meta = _verify_accounting(con, contract, accounts)
+            restatement_check = restatements.check_result(con, contract, [a.partition for a in accounts], rebuilt.restated)
         for a in accounts:
             context.log.debug(f"{contract.table} {a.partition}: delivered {a.delivered}, accepted {a.accepted}, "
                              f"dead-lettered {a.dead_lettered}, superseded {a.superseded}")
@@ -46,8 +49,10 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
             check_name=quality.CONFORMANCE, passed=not conformance, severity=dg.AssetCheckSeverity.WARN,
             metadata={"dead_lettered_by_rule": dg.MetadataValue.json(conformance),
                       "dead_lettered_rows": sum(conformance.values())}))
+        checks.append(restatement_check)
         return dg.MaterializeResult(
             metadata={
+                **restatements.metadata(rebuilt.restated),
                 "dagster/row_count": sum(a.accepted for a in accounts),
                 "delivered": sum(a.delivered for a in accounts),
                 "dead_lettered": sum(a.dead_lettered for a in accounts),

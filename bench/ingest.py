@@ -154,7 +154,7 @@ def child_raw(work: Path) -> dict:
     c = load_contracts()["flights"]
     with Timer() as t, Warehouse().connect() as con:
         stale = partitions.stale_partitions(con, c)
-        accounts = partitions.rebuild(con, c, stale, "bench")
+        accounts = partitions.rebuild(con, c, stale, "bench").accounts
     with Warehouse().connect(read_only=True) as con:
         raw_rows = con.execute(f"SELECT count(*) FROM {c.table}").fetchone()[0]
         dead = dict(con.execute("SELECT stage, count(*) FROM ops.dead_letter GROUP BY ALL").fetchall())

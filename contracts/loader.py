@@ -28,6 +28,7 @@ from contracts.model import (
     Column,
     Contract,
     Partitioning,
+    Restatement,
     Rule,
 )
 
@@ -281,6 +282,8 @@ def _compile(model: OpenDataContractStandard, file: Path, lines: dict) -> Contra
     if dedup and dedup != {"winner": "latest_delivery"}:
         fail(dedup_loc, f"deduplication {dedup!r}: plumbline implements only winner: latest_delivery")
 
+    restatement = _restatement(custom_map("restatement"), columns, fail)
+
     # ODCS v3.0's deprecated team is a bare list of members; v3.1+ wraps them in a Team object.
     members = model.team if isinstance(model.team, list) else (model.team.members or () if model.team else ())
     owners = tuple(m.username for m in members if m.username and "@" in m.username)
@@ -302,7 +305,28 @@ def _compile(model: OpenDataContractStandard, file: Path, lines: dict) -> Contra
         dead_letter=dead_letter or {},
         schema_evolution=evolution or {},
         sla=sla,
+        restatement=restatement,
     )
+
+
+def _restatement(at, columns, fail) -> Restatement:
+    loc, value = at
+    if value is None:
+        return Restatement()
+    unknown = set(value) - {"keyMeasures", "maxRestatements", "maxChangePercent"}
+    if unknown:
+        fail(loc, f"restatement has unknown key(s) {sorted(unknown)}; use keyMeasures, maxRestatements, maxChangePercent")
+    by_name = {c.name: c for c in columns}
+    measures = value.get("keyMeasures", [])
+    if not isinstance(measures, list) or any(by_name.get(m) is None or by_name[m].logical_type not in ("integer", "number")
+                                             for m in measures):
+        fail(loc + ("keyMeasures",), f"restatement.keyMeasures must list integer or number columns of the schema; got {measures!r}")
+    n, pct = value.get("maxRestatements", 3), value.get("maxChangePercent", 5.0)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        fail(loc + ("maxRestatements",), f"restatement.maxRestatements must be a whole number >= 0; got {n!r}")
+    if not isinstance(pct, (int, float)) or isinstance(pct, bool) or pct < 0:
+        fail(loc + ("maxChangePercent",), f"restatement.maxChangePercent must be a number >= 0; got {pct!r}")
+    return Restatement(tuple(measures), n, float(pct))
 
 
 def _severity(value, loc, fail) -> str:

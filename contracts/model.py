@@ -82,6 +82,15 @@ class Partitioning:
 
 
 @dataclass(frozen=True)
+class Restatement:
+    """What a restatement records and when it is suspicious (customProperties.restatement)."""
+
+    key_measures: tuple[str, ...] = ()  # numeric columns whose per-partition sum is recorded before and after
+    max_restatements: int = 3           # a partition restated more often fails the restatements check
+    max_change_percent: float = 5.0     # a row count or measure moving more than this fails it too
+
+
+@dataclass(frozen=True)
 class Contract:
     name: str
     id: str
@@ -97,6 +106,7 @@ class Contract:
     dead_letter: dict = field(default_factory=dict)
     schema_evolution: dict = field(default_factory=dict)
     sla: dict = field(default_factory=dict)
+    restatement: Restatement = field(default_factory=Restatement)
 
     @property
     def primary_key(self) -> tuple[str, ...]:

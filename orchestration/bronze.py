@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 
 from contracts.model import Contract
-from orchestration import dead_letter, settings
+from orchestration import dead_letter, lateness, settings
 from orchestration.landing import Delivery, content_hash, discover
 from orchestration.readers import TEMP_TABLE, Loaded, UnreadableFile, load_delivery
 from orchestration.warehouse import ident, literal
@@ -79,8 +79,10 @@ def ingest_source(con, contract: Contract, run_id: str, log=None) -> list[Landed
     landing = settings.landing_dir()
     results = []
     deliveries = pending(con, contract, landing)
+    # Fixed for the whole ingestion, so files arriving together are judged alike, in any order.
+    mark = lateness.watermark(con, contract)
     for i, delivery in enumerate(deliveries, 1):
-        result = ingest_file(con, contract, delivery, run_id)
+        result = ingest_file(con, contract, delivery, run_id, mark)
         results.append(result)
         if log and (i % 50 == 0 or i == len(deliveries) or result.status != "loaded"):
             log(f"{contract.name}: {i}/{len(deliveries)} files; {delivery.relative}: {result.status}"
@@ -88,7 +90,7 @@ def ingest_source(con, contract: Contract, run_id: str, log=None) -> list[Landed
     return results
 
 
-def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str) -> LandedFile:
+def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, watermark: dt.date | None = None) -> LandedFile:
     now = dt.datetime.now(dt.timezone.utc)
     base = dict(source=contract.name, path=delivery.relative, format=delivery.format,
                 compression=delivery.compression, delivered_at=delivery.delivered_at, landed_at=now)
@@ -108,7 +110,7 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str) -> Lan
         return _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
                                        reason=f"{e}; the file was not loaded: re-deliver it (a new file or new content is picked up automatically)"),
                        base, None, None)
-    return _land(con, contract, delivery, file_id, loaded, base, run_id)
+    return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark)
 
 
 def _column_mapping(contract: Contract, delivered: list[str]) -> tuple[dict[str, str], list[str], list[str]]:
@@ -124,7 +126,8 @@ def _column_mapping(contract: Contract, delivered: list[str]) -> tuple[dict[str,
     return mapping, missing, extra
 
 
-def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loaded, base: dict, run_id: str) -> LandedFile:
+def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loaded, base: dict, run_id: str,
+          watermark: dt.date | None) -> LandedFile:
     rel = delivery.relative
     mapping, missing, extra = _column_mapping(contract, loaded.columns)
     schema = loaded.observed_schema
@@ -162,6 +165,12 @@ def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loa
     dates = [r[0].isoformat() for r in con.execute(
         f"SELECT DISTINCT _event_date FROM _bronze WHERE {_in_range_sql(contract)} ORDER BY 1").fetchall()] \
         if contract.partitioning else []
+    if watermark is not None:
+        held = lateness.hold(con, contract, watermark, run_id, _in_range_sql(contract))
+        if held:
+            dates = [d for d in dates if d not in held]  # a held date is touched only once it is released
+            notes.append(f"{len(held)} date(s) {held[0]} .. {held[-1]} older than the watermark {watermark}: "
+                         f"held in ops.dead_letter ({lateness.REASON})")
     dead_letter.record_bronze_rejects(con, contract, file_id, rel, loaded.rejects, run_id)
     if contract.partitioning is not None:
         dead_letter.record_event_date_failures(con, contract, run_id, _in_range_sql(contract))

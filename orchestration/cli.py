@@ -1,10 +1,11 @@
-"""The `plumbline` command: feed, sync, summary, dlq."""
+"""The `plumbline` command: feed, sync, summary, restatements, dlq, backfill."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 
 from orchestration import settings
@@ -47,6 +48,101 @@ def _date(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2013-01-31") from None
 
 
+def _dlq_release(args) -> int:
+    from orchestration import catalog, replay
+    from orchestration.sync import Runner
+
+    contracts = catalog.contracts()
+    if args.source not in contracts or not contracts[args.source].partitioning:
+        print(f"--source {args.source!r}: late rows are held only for partitioned sources "
+              f"{sorted(c.name for c in contracts.values() if c.partitioning)}", file=sys.stderr)
+        return 2
+    partitions = [args.partition] if args.partition else None
+    _, ok = replay.release(Runner(), contracts[args.source], partitions)
+    return 0 if ok else 1
+
+
+def _dlq_replay(args) -> int:
+    from orchestration import catalog, replay
+    from orchestration.sync import Runner
+
+    contracts = catalog.contracts()
+    if args.source and args.source not in contracts:
+        print(f"--source {args.source!r} is not a source; sources: {sorted(contracts)}", file=sys.stderr)
+        return 2
+    outcomes = replay.replay(Runner(), contracts, args.source, args.rule, args.partition)
+    if not outcomes:
+        print("no open contract-rule dead-letter rows match (bronze-stage rows are fixed by re-delivering the file; "
+              "late rows by `plumbline dlq release`)")
+    return 0 if all(o.runs_ok for o in outcomes) else 1
+
+
+def _backfill(args) -> int:
+    from orchestration import backfill, definitions
+
+    try:
+        plan = backfill.plan(definitions.defs, args.assets, args.date_from, args.date_to)
+        server = None if args.in_process or args.dry_run and not args.failed_only else backfill.Server(args.url)
+        if args.failed_only:
+            if server is None:
+                from orchestration.sync import instance
+
+                failed = backfill.failed_in_instance(instance(), definitions.defs, plan.assets, plan)
+            else:
+                failed = server.failed_partitions(plan.assets)
+            plan = backfill.only_failed(plan, failed)
+    except backfill.BackfillError as e:
+        print(f"plumbline backfill: {e}", file=sys.stderr)
+        return 2
+    for key in plan.assets:
+        ks = plan.partitions[key]
+        spans = ", ".join(a if a == b else f"{a} .. {b}" for a, b in backfill.ranges(ks)) or "none"
+        print(f"{key.to_user_string():<22} {len(ks):>4} partition(s): {spans}")
+    if not plan.keys:
+        print("nothing to backfill")
+        return 0
+    if args.dry_run:
+        print(f"dry run: {len(plan.assets)} asset(s), {len(plan.keys)} partition(s); nothing launched")
+        return 0
+    if server is None:
+        from orchestration.sync import Runner
+
+        return 0 if backfill.run_in_process(Runner(), definitions.defs, plan) else 1
+    try:
+        backfill_id = server.launch(plan, title=f"plumbline backfill {args.assets} {args.date_from}..{args.date_to}")
+        print(f"backfill {backfill_id} launched on {server.url}")
+        status = server.follow(backfill_id)
+    except backfill.BackfillError as e:
+        print(f"plumbline backfill: {e}", file=sys.stderr)
+        return 1
+    print(f"backfill {backfill_id} finished: {status}")
+    return 0 if status in backfill.SUCCESS else 1
+
+
+def _restatements(args) -> int:
+    from orchestration.warehouse import Warehouse
+
+    where, params = ["TRUE"], []
+    if args.source:
+        where.append("asset = ?")
+        params.append(f"raw.{args.source}")
+    if args.partition:
+        where.append("partition_date = ?::DATE")
+        params.append(args.partition)
+    with Warehouse().connect(read_only=True) as con:
+        rows = con.execute(
+            f"""SELECT asset, partition_date, rows_before, rows_after, measures_before, measures_after, caused_by, run_id, restated_at
+            FROM ops.restatements WHERE {' AND '.join(where)} ORDER BY restated_at DESC, asset, partition_date LIMIT ?""",
+            [*params, args.limit]).fetchall()
+    if not rows:
+        print("no restatements match")
+    for asset, day, before, after, m_before, m_after, caused, run_id, at in rows:
+        files = ", ".join(c.get("path") or c["change"] for c in json.loads(caused))
+        print(f"{at:%Y-%m-%d %H:%M} {asset} {day} rows {before} -> {after}  {m_before} -> {m_after}  "
+              f"run {run_id[:8]}  caused by {files}")
+    return 0
+
+
 def _dlq(args) -> int:
     from orchestration import dead_letter
     from orchestration.warehouse import Warehouse
@@ -84,7 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     summary = sub.add_parser("summary", help="print what is loaded and what was rejected, and why")
     summary.set_defaults(func=_summary)
 
-    dlq = sub.add_parser("dlq", help="inspect the dead-letter queue")
+    rs = sub.add_parser("restatements", help="partitions rebuilt with different contents, newest first (ops.restatements)")
+    rs.add_argument("--source")
+    rs.add_argument("--partition", type=_date, help="YYYY-MM-DD")
+    rs.add_argument("--limit", type=int, default=30)
+    rs.set_defaults(func=_restatements)
+
+    dlq = sub.add_parser("dlq", help="inspect and repair the dead-letter queue")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     for name, help_text in (("list", "rejected rows grouped by source, partition and rule"),
                             ("show", "rejected rows one by one, with payload, file and reason")):
@@ -96,6 +198,27 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "list":
             p.add_argument("--status", choices=["open", "resolved"], default="open")
         p.set_defaults(func=_dlq)
+    release = dlq_sub.add_parser("release", help="let late rows held beyond allowedLateness in, restating their partitions")
+    release.add_argument("--source", required=True)
+    release.add_argument("--partition", type=_date, help="YYYY-MM-DD (default: every held partition of the source)")
+    release.set_defaults(func=_dlq_release)
+    replay = dlq_sub.add_parser("replay", help="re-validate contract-rule dead letters (after a contract fix) and "
+                                               "rebuild their partitions; rows that pass are resolved by that run")
+    replay.add_argument("--source")
+    replay.add_argument("--rule")
+    replay.add_argument("--partition", type=_date, help="YYYY-MM-DD")
+    replay.set_defaults(func=_dlq_replay)
+
+    bf = sub.add_parser("backfill", help="backfill a date range of assets on the running Dagster webserver (or --in-process)")
+    bf.add_argument("--assets", required=True, help="Dagster asset selection, e.g. 'key:raw/flights+' (raw.flights and downstream)")
+    bf.add_argument("--from", dest="date_from", required=True, help="first partition, YYYY-MM-DD")
+    bf.add_argument("--to", dest="date_to", required=True, help="last partition (inclusive), YYYY-MM-DD")
+    bf.add_argument("--failed-only", action="store_true", help="only the partitions whose last materialization failed")
+    bf.add_argument("--dry-run", action="store_true", help="list the assets and partitions it would touch; launch nothing")
+    bf.add_argument("--in-process", action="store_true", help="run here (one run per range) instead of on a webserver")
+    bf.add_argument("--url", default=os.environ.get("PLUMBLINE_DAGSTER_URL", "http://127.0.0.1:3000"),
+                    help="Dagster webserver (default $PLUMBLINE_DAGSTER_URL or http://127.0.0.1:3000)")
+    bf.set_defaults(func=_backfill)
     return parser
 
 

@@ -8,7 +8,7 @@ from assets.bronze import bronze_asset
 from assets.core import core_flights
 from assets.marts import carrier_daily
 from assets.raw import raw_asset
-from orchestration import catalog
+from orchestration import catalog, sensors
 from orchestration.lineage.sensors import sensors as lineage_sensors
 from orchestration.warehouse import Warehouse
 
@@ -39,10 +39,18 @@ jobs = [
     ],
 ]
 
+schedules = [
+    dg.build_schedule_from_partitioned_job(job, hour_of_day=6, name=f"{job.name}_daily")
+    for job in jobs if job.name.startswith("rebuild_")
+]
+
 defs = dg.Definitions(
     assets=[*(bronze_asset(c) for c in CONTRACTS.values()), *(raw_asset(c) for c in CONTRACTS.values()),
             core_flights, carrier_daily],
     jobs=jobs,
-    sensors=lineage_sensors,
+    sensors=[*lineage_sensors, sensors.landing_sensor(INGEST_JOB),
+             *(sensors.rebuild_sensor(c.name, rebuild_job_name(c.name), True) for c in PARTITIONED),
+             *(sensors.rebuild_sensor(c.name, SNAPSHOTS_JOB, False) for c in SNAPSHOTS)],
+    schedules=schedules,
     resources={"warehouse": Warehouse()},
 )

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 
 from contracts.model import Contract
-from orchestration import dead_letter, settings
+from orchestration import dead_letter, lateness, restatements, settings
 from orchestration.conform import stage_select
 from orchestration.warehouse import SNAPSHOT_PARTITION, ident, literal
 
@@ -62,21 +62,27 @@ def stale_partitions(con, contract: Contract) -> list[str]:
 WINNER_ORDER = "_delivered_at DESC NULLS LAST, _file_id DESC, _row_offset DESC"
 
 
-def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) -> list[PartitionAccount]:
+@dataclass(frozen=True)
+class Rebuilt:
+    accounts: list[PartitionAccount]
+    restated: list[dict]  # the ops.restatements rows this rebuild wrote
+
+
+def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) -> Rebuilt:
     """Replace the given daily partitions (or the whole snapshot when partitions is None)."""
     con.execute(raw_table_ddl(contract))
     home = settings.plumbline_home()
     snapshot = contract.partitioning is None
     keys = [SNAPSHOT_PARTITION] if snapshot else sorted(partitions or [])
     if not keys:
-        return []
+        return Rebuilt([], [])
     wanted = set(keys)
     files = [(fid, bp) for fid, bp, dates in loaded_files(con, contract.name)
              if snapshot or wanted.intersection(dates)]
     date_list = ", ".join(f"{literal(k)}::DATE" for k in keys)
     if files:
         paths = ", ".join(literal(str(home / bp)) for _, bp in files)
-        where = "" if snapshot else f" WHERE _event_date IN ({date_list})"
+        where = "" if snapshot else f" WHERE _event_date IN ({date_list}) AND {lateness.held_filter(con, contract)}"
         source_sql = f"SELECT * FROM read_parquet([{paths}], union_by_name = true){where}"
     else:
         source_sql = stage_empty_source(contract)
@@ -86,7 +92,13 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
     dlq_filter = "d.partition_date IS NULL" if snapshot else f"d.partition_date IN ({date_list})"
     event_col = "" if snapshot else ", _event_date"
 
+    accounting_keys = literal(SNAPSHOT_PARTITION) + "::DATE" if snapshot else date_list
+    previous = {str(p): set(json.loads(b)) for p, b in con.execute(
+        "SELECT partition_date, built_from FROM ops.partition_accounting WHERE source = ? AND partition_date IN "
+        f"({accounting_keys})", [contract.name]).fetchall()}
+
     with transaction(con):
+        before = restatements.measure(con, contract, sorted(previous)) if previous else {}
         con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {stage_select(contract, source_sql)}")
         con.execute(f"DELETE FROM {contract.table} WHERE {part_filter}")
         # Only keys delivered more than once need ranking; sorting every row by key is the expensive part.
@@ -103,14 +115,22 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
                 WHERE _rank = 1)
             ORDER BY {'' if snapshot else '_event_date, '}{pk}""")
         dead_letter.record_stage_failures(con, contract, run_id, dlq_filter)
+        if not snapshot:
+            lateness.resolve_released(con, contract, dlq_filter, run_id)
         accounts = _account(con, contract, keys, snapshot)
-        con.execute("DELETE FROM ops.partition_accounting WHERE source = ? AND partition_date IN "
-                    f"({date_list if not snapshot else literal(SNAPSHOT_PARTITION) + '::DATE'})", [contract.name])
+        if previous:
+            after = restatements.measure(con, contract, sorted(previous))
+            restated = restatements.record(con, contract, previous, before, after,
+                                           {a.partition: a.built_from for a in accounts}, run_id)
+        else:
+            restated = []
+        con.execute(f"DELETE FROM ops.partition_accounting WHERE source = ? AND partition_date IN ({accounting_keys})",
+                    [contract.name])
         con.executemany(
             "INSERT INTO ops.partition_accounting VALUES (?, ?::DATE, ?, ?, ?, ?, ?, ?)",
             [(contract.name, a.partition, a.delivered, a.accepted, a.dead_lettered, a.superseded,
               json.dumps(list(a.built_from)), contract.version) for a in accounts])
-    return accounts
+    return Rebuilt(accounts, restated)
 
 
 @contextlib.contextmanager

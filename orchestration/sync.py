@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 
@@ -23,15 +25,8 @@ RANGE_END = "dagster/asset_partition_range_end"
 # The console shows plumbline's progress lines; Dagster's step events stay in the instance (UI).
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
-DAGSTER_YAML = """\
-# Written by plumbline for its local instance. DuckDB takes one writer per file, so every step
-# that writes the warehouse sits in the "warehouse" pool, one at a time.
-concurrency:
-  pools:
-    default_limit: 1
-telemetry:
-  enabled: false
-"""
+# The instance configuration shipped with the project (pools that serialize warehouse writers).
+DAGSTER_YAML = Path(__file__).with_name("dagster.yaml")
 
 
 @dataclass
@@ -50,7 +45,7 @@ def instance() -> dg.DagsterInstance:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text(DAGSTER_YAML)
+        shutil.copyfile(DAGSTER_YAML, config)
     os.environ["DAGSTER_HOME"] = str(home)
     return dg.DagsterInstance.get()
 
@@ -67,27 +62,56 @@ def contiguous_ranges(keys: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+class Runner:
+    """Runs plumbline jobs in this process against the instance, printing one line per run."""
+
+    def __init__(self, say=print, dagster_instance: dg.DagsterInstance | None = None):
+        from orchestration import definitions
+
+        self.defs = definitions.defs
+        self.instance = dagster_instance or instance()
+        self.say = say
+        self.started = time.monotonic()
+        self.runs: list[tuple[str, str, bool, str]] = []  # (job, label, success, run id)
+
+    def run(self, job_name: str, label: str, tags: dict | None = None, selection=None) -> bool:
+        t0 = time.monotonic()
+        self.say(f"[{time.monotonic() - self.started:6.1f}s] {job_name} {label} ...")
+        result = self.defs.resolve_job_def(job_name).execute_in_process(
+            run_config=RUN_CONFIG, instance=self.instance, tags=tags or {}, asset_selection=selection, raise_on_error=False)
+        failed = [e.step_key for e in result.all_events if e.is_step_failure]
+        self.say(f"[{time.monotonic() - self.started:6.1f}s]   {'ok' if result.success else 'FAILED ' + str(failed)} "
+                 f"in {time.monotonic() - t0:.1f}s (run {result.run_id[:8]})")
+        self.runs.append((job_name, label, result.success, result.run_id))
+        emitted = lineage.emit_run(self.instance, result.run_id, self.defs)  # the same emitter the run-status sensors use
+        if emitted and emitted.pending:
+            self.say(f"  lineage backend unreachable: {emitted.pending} event(s) spooled ({emitted.error})")
+        return result.success
+
+    def rematerialize(self, source: str, keys: list[str] | None, selection=None) -> bool:
+        """Rebuild these partitions of raw.<source> and everything downstream, one run per contiguous range."""
+        from orchestration import definitions
+
+        if not definitions.CONTRACTS[source].partitioning:
+            return self.run(definitions.SNAPSHOTS_JOB, f"({source})", selection=selection or [dg.AssetKey(["raw", source])])
+        ok = True
+        for start, end in contiguous_ranges(keys or []):
+            ok &= self.run(definitions.rebuild_job_name(source), f"[{start} .. {end}]",
+                           tags={RANGE_START: start, RANGE_END: end}, selection=selection)
+        return ok
+
+
 def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncReport:
     from orchestration import definitions
 
-    defs = definitions.defs
-    inst = dagster_instance or instance()
+    runner = Runner(say, dagster_instance)
     report = SyncReport()
-    started = time.monotonic()
+    started = runner.started
 
     def run(job_name: str, label: str, tags: dict | None = None, selection=None) -> bool:
-        t0 = time.monotonic()
-        say(f"[{time.monotonic() - started:6.1f}s] {job_name} {label} ...")
-        result = defs.resolve_job_def(job_name).execute_in_process(
-            run_config=RUN_CONFIG, instance=inst, tags=tags or {}, asset_selection=selection, raise_on_error=False)
-        failed = [e.step_key for e in result.all_events if e.is_step_failure]
-        say(f"[{time.monotonic() - started:6.1f}s]   {'ok' if result.success else 'FAILED ' + str(failed)} "
-            f"in {time.monotonic() - t0:.1f}s (run {result.run_id[:8]})")
-        report.runs.append((job_name, label, result.success))
-        emitted = lineage.emit_run(inst, result.run_id, defs)  # the same emitter the run-status sensors use
-        if emitted and emitted.pending:
-            say(f"  lineage backend unreachable: {emitted.pending} event(s) spooled ({emitted.error})")
-        return result.success
+        ok = runner.run(job_name, label, tags, selection)
+        report.runs.append((job_name, label, ok))
+        return ok
 
     lineage.flush()  # deliver what an unreachable backend left behind last time, before anything new
     run(definitions.INGEST_JOB, "(every pending delivery)")

@@ -77,12 +77,15 @@ CREATE TABLE IF NOT EXISTS ops.schema_versions (
     PRIMARY KEY (source, schema_hash)
 );
 CREATE TABLE IF NOT EXISTS ops.restatements (
-    asset VARCHAR NOT NULL,
-    partition_date DATE NOT NULL,
-    rows_before BIGINT,
-    rows_after BIGINT,
-    caused_by JSON,
-    run_id VARCHAR,
+    asset VARCHAR NOT NULL,           -- raw.<source>
+    partition_date DATE NOT NULL,     -- 1970-01-01 for unpartitioned snapshots
+    rows_before BIGINT NOT NULL,
+    rows_after BIGINT NOT NULL,
+    measures_before JSON NOT NULL,    -- {column: sum} of the contract's restatement.keyMeasures
+    measures_after JSON NOT NULL,
+    caused_by JSON NOT NULL,          -- [{file_id, path, change: added|removed}] or [{change: revalidated, ...}]
+    contract_version VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
     restated_at TIMESTAMPTZ NOT NULL
 );
 """

@@ -95,7 +95,7 @@ def ingest(con, contract, run_id: str = "test-run") -> tuple[dict, dict]:
     landed = {f.path: f for f in bronze.ingest_source(con, contract, run_id)}
     stale = partitions.stale_partitions(con, contract)
     # rebuild([]) fails in executemany (partitions.py), so an ingest with nothing stale skips it.
-    accounts = {a.partition: a for a in partitions.rebuild(con, contract, stale, run_id)} if stale else {}
+    accounts = {a.partition: a for a in partitions.rebuild(con, contract, stale, run_id).accounts} if stale else {}
     return landed, accounts
 
 
