@@ -9,6 +9,7 @@ accounting commit in one transaction, so readers see the old partition or the ne
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 from dataclasses import dataclass
 
@@ -184,3 +185,9 @@ def _account(con, contract: Contract, keys: list[str], snapshot: bool) -> list[P
         acc = accepted.get(k, 0)
         out.append(PartitionAccount(k, delivered, acc, dead, delivered - acc - dead, tuple(files)))
     return out
+
+
+def partition_range(start: str, end: str) -> list[str]:
+    """Every daily partition key from start to end, inclusive."""
+    a, b = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    return [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]

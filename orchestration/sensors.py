@@ -17,7 +17,7 @@ import os
 
 import dagster as dg
 
-from orchestration import landing, settings
+from orchestration import catalog, landing, settings
 from orchestration.sync import RANGE_END, RANGE_START, contiguous_ranges
 
 # How often the daemon evaluates each sensor; a test deployment may shorten it.
@@ -28,7 +28,7 @@ def scan(previous: dict[str, list]) -> dict[str, list]:
     """relative path -> [size, mtime_ns, sha256] of every delivery; unchanged files are not re-hashed."""
     out = {}
     root = settings.landing_dir()
-    for source in settings.SOURCES:
+    for source in catalog.contracts():  # every source with a contract has a landing folder
         for d in landing.discover(root, source):
             if d.problem:
                 out[d.relative] = [0, 0, "problem:" + d.problem]  # bronze records the refusal with its reason
