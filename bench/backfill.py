@@ -43,6 +43,9 @@ def tables_hash() -> str:
         return h.hexdigest()
 
 
+INSTANCE_HOMES: list[Path] = []
+
+
 def fresh_instance(name: str):
     import dagster as dg
 
@@ -51,6 +54,7 @@ def fresh_instance(name: str):
     home = Path(tempfile.mkdtemp(prefix=f"plumbline-bench-{name}-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
     shutil.copyfile(sync.DAGSTER_YAML, home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
+    INSTANCE_HOMES.append(home)
     return dg.DagsterInstance.get(), home
 
 
@@ -77,7 +81,7 @@ def main() -> int:
     quiet = lambda *_: None  # noqa: E731
     days = partition_range("2013-01-01", (dt.date(2013, 1, 1) + dt.timedelta(days=args.days - 1)).isoformat())
     write_feed(home, profile="clean", seed=13)
-    inst, dhome = fresh_instance("setup")
+    inst, _ = fresh_instance("setup")
     setup = Runner(quiet, inst)
     assert setup.run(definitions.INGEST_JOB, "setup") and setup.run(definitions.SNAPSHOTS_JOB, "setup")
     db = home / "warehouse.duckdb"
@@ -128,7 +132,8 @@ def main() -> int:
     for name in ("single-run", "per-day", "late day"):
         secs, runs, _ = results[name]
         print(f"| {name} | {runs} | {secs:.1f} | {secs / base:.2f}x |")
-    shutil.rmtree(dhome, ignore_errors=True)
+    for h in INSTANCE_HOMES:
+        shutil.rmtree(h, ignore_errors=True)
     return 0 if same and all(ok for _, _, ok in results.values()) else 1
 
 
