@@ -36,7 +36,7 @@ VENDOR = "plumbline"
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 RULE_ID = re.compile(r"^[A-Za-z0-9_]+$")  # rule ids name Dagster asset checks, which allow only these
 RESERVED_PREFIX = "_"  # bronze and raw add _extra, _row_offset, _file_id, _source_file, ... to every table
-EVOLUTION_KEYS = ("tables", "columns", "dataType")
+EVOLUTION_KEYS = ("tables", "columns", "dataType", "primaryKey")
 DEAD_LETTER = {"rowRuleFailure": "dead_letter", "unreadableFile": "quarantine"}  # the only behaviour implemented
 DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?)?$")
 
