@@ -238,7 +238,7 @@ def record_version(con, contract: Contract, verdict: Verdict, path: str, deliver
     """Upsert the delivery's schema version: first/last delivery by delivery time, partitions touched."""
     shape = json.dumps([{"name": c["name"], "type": c["type"]} for c in verdict.schema])
     con.execute(
-        """INSERT INTO ops.schema_versions VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)
+        """INSERT INTO ops.schema_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (source, schema_hash) DO UPDATE SET
              first_file = CASE WHEN (excluded.first_delivered_at, excluded.first_file) < (first_delivered_at, first_file)
                                THEN excluded.first_file ELSE first_file END,
@@ -246,12 +246,12 @@ def record_version(con, contract: Contract, verdict: Verdict, path: str, deliver
              last_file = CASE WHEN (excluded.last_delivered_at, excluded.last_file) > (last_delivered_at, last_file)
                               THEN excluded.last_file ELSE last_file END,
              last_delivered_at = greatest(last_delivered_at, excluded.last_delivered_at),
-             files = files + 1,
+             files = files + excluded.files,
              partitions = to_json(list_sort(list_distinct(
                  flatten([CAST(partitions AS VARCHAR[]), CAST(excluded.partitions AS VARCHAR[])])))),
              quarantined_files = quarantined_files + excluded.quarantined_files""",
         [contract.name, verdict.schema_hash, shape, path, delivered_at, path, delivered_at,
-         json.dumps(sorted(dates)), 1 if status == "quarantined" else 0])
+         0 if status == "quarantined" else 1, json.dumps(sorted(dates)), 1 if status == "quarantined" else 0])
 
 
 def versions(con, source: str) -> list[dict]:
