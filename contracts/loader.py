@@ -183,9 +183,18 @@ def _compile(model: OpenDataContractStandard, file: Path, lines: dict) -> Contra
             fail(loc + ("required",), f"primary key column '{prop.name}' must be required: true")
         if prop.primaryKey and (prop.primaryKeyPosition is None or prop.primaryKeyPosition < 1):
             fail(loc + ("primaryKeyPosition",), f"primary key column '{prop.name}' needs primaryKeyPosition: 1, 2, ... (its place in the key)")
-        numeric = prop.logicalType in ("integer", "number")  # conform.py compares numeric sentinels as DOUBLE
-        sentinels = _custom_list(prop.customProperties, "nullSentinels", loc, fail, (int, float) if numeric else (str, int, float))
+        # conform.py compares a numeric column's number sentinels as DOUBLE and its text sentinels ("NA") as text
+        sentinels = _custom_list(prop.customProperties, "nullSentinels", loc, fail, (str, int, float))
         source_names = _custom_list(prop.customProperties, "sourceNames", loc, fail, (str,))
+        tz_at, source_tz = _custom_at(prop.customProperties, "sourceTimezone")
+        if source_tz is not None:
+            tz_loc = loc + ("customProperties", tz_at, "value")
+            if prop.logicalType != "timestamp":
+                fail(tz_loc, f"sourceTimezone applies to timestamp columns; '{prop.name}' is {prop.logicalType}")
+            try:
+                zoneinfo.ZoneInfo(str(source_tz))
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                fail(tz_loc, f"sourceTimezone {source_tz!r} is not an IANA time zone like America/New_York")
         columns.append(Column(
             name=prop.name,
             logical_type=prop.logicalType,
@@ -195,6 +204,7 @@ def _compile(model: OpenDataContractStandard, file: Path, lines: dict) -> Contra
             description=prop.description or "",
             null_sentinels=tuple(sentinels),
             source_names=tuple(source_names),
+            source_timezone=str(source_tz) if source_tz is not None else None,
         ))
         if prop.required:
             rules.append((Rule(id=f"{model.name}_{prop.name}_required", kind="required", severity="error",

@@ -4,6 +4,7 @@ schema, owners, code version."""
 from __future__ import annotations
 
 import hashlib
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,7 +17,9 @@ CODE_VERSION = "1"  # bump when the rebuild logic changes in a way that alters o
 
 
 def contracts() -> dict[str, Contract]:
-    return load_contracts()
+    """The shipped contracts, or those in $PLUMBLINE_CONTRACTS (a folder) to try a contract change."""
+    folder = os.environ.get("PLUMBLINE_CONTRACTS")
+    return load_contracts(Path(folder)) if folder else load_contracts()
 
 
 def code_version(contract: Contract) -> str:

@@ -44,9 +44,10 @@ def contract_type(contract: Contract, column: str) -> str:
     return {"time": "string"}.get(col.logical_type, col.logical_type)
 
 
-def fits(observed: str, expected: str) -> bool:
+def fits(observed: str, expected: str, source_timezone: str | None = None) -> bool:
     """Can every value of the observed type be read as the expected type without changing it?"""
-    return observed in ("null", expected) or expected == "string" or (observed, expected) == ("integer", "number")
+    return (observed in ("null", expected) or expected == "string" or (observed, expected) == ("integer", "number")
+            or (observed, expected, bool(source_timezone)) == ("timestamp", "timestamptz", True))
 
 
 @dataclass(frozen=True)
@@ -84,15 +85,18 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def observe(con, table: str, delivered: list[dict], expected: dict[str, str]) -> list[dict]:
+def observe(con, table: str, delivered: list[dict], expected: dict[str, str], nulls: dict[str, list[str]] | None = None) -> list[dict]:
     """One aggregate query over the delivery: per column the type all its values fit, and a value
     profile (min, max, distinct) used to suggest renames. expected: delivered name -> contract type,
-    whose misfits are counted for discard_value/discard_row."""
+    whose misfits are counted for discard_value/discard_row; nulls: delivered name -> text the
+    contract reads as null (nullSentinels such as "NA")."""
     if not delivered:
         return []
     parts = []
     for i, col in enumerate(delivered):
         v = f"NULLIF(trim(CAST({_q(col['name'])} AS VARCHAR)), '')"
+        if (nulls or {}).get(col["name"]):
+            v = f"CASE WHEN {v} IN ({', '.join(literal(t) for t in nulls[col['name']])}) THEN NULL ELSE {v} END"
         parts.append(f"count({v}) AS n{i}")
         parts += [f"count({v}) FILTER (WHERE NOT regexp_full_match({v}, {literal(p)})) AS {t}{i}" for t, p in PATTERNS.items()]
         parts += [f"min({v}) AS lo{i}", f"max({v}) AS hi{i}", f"approx_count_distinct({v}) AS d{i}"]
@@ -137,8 +141,8 @@ def previous_schema(con, contract: Contract, delivered_at, path: str) -> list[di
     return schema if schema and "non_null" in schema[0] else None
 
 
-def _type_change(column: str, before: str, after: str, expected: str, misfit: int, n: int) -> Change:
-    breaking = not fits(after, expected)
+def _type_change(column: str, before: str, after: str, expected: str, misfit: int, n: int, tz: str | None) -> Change:
+    breaking = not fits(after, expected, tz)
     if {before, after} == {"timestamptz", "timestamp"}:
         kind, what = "timezone_changed", ("offset-aware to naive" if after == "timestamp" else "naive to offset-aware")
     elif (before, after) in WIDENINGS:
@@ -175,12 +179,12 @@ def compare(contract: Contract, schema: list[dict], mapping: dict[str, str], mis
                                       f"if it is the same column, add {added!r} to its sourceNames", False))
     for name, delivered in mapping.items():
         obs = by_name[delivered]
-        expected = contract_type(contract, name)
+        expected, tz = contract_type(contract, name), contract.column(name).source_timezone
         before = prev.get(delivered, {}).get("type") or prev.get(name, {}).get("type") or expected
         if obs["type"] != "null" and before != "null" and obs["type"] != before:
-            changes.append(_type_change(name, before, obs["type"], expected, obs["misfit"], obs["non_null"]))
-        elif not fits(obs["type"], expected):
-            changes.append(_type_change(name, expected, obs["type"], expected, obs["misfit"], obs["non_null"]))
+            changes.append(_type_change(name, before, obs["type"], expected, obs["misfit"], obs["non_null"], tz))
+        elif not fits(obs["type"], expected, tz):
+            changes.append(_type_change(name, expected, obs["type"], expected, obs["misfit"], obs["non_null"], tz))
     return changes
 
 
@@ -224,7 +228,8 @@ def row_checks(con, contract: Contract, table: str, mapping: dict[str, str], sch
 def examine(con, contract: Contract, table: str, delivered_schema: list[dict], mapping, missing, extra,
             delivered_at, path: str) -> Verdict:
     expected = {mapping[c]: contract_type(contract, c) for c in mapping}
-    schema = observe(con, table, delivered_schema, expected)
+    nulls = {mapping[c.name]: [v for v in c.null_sentinels if isinstance(v, str)] for c in contract.columns if c.name in mapping}
+    schema = observe(con, table, delivered_schema, expected, nulls)
     previous = previous_schema(con, contract, delivered_at, path)
     changes = compare(contract, schema, mapping, missing, extra, previous)
     changes += row_checks(con, contract, table, mapping, schema)

@@ -92,9 +92,9 @@ def decide(contract: Contract, verdict: Verdict, missing: list[str]) -> Decision
             continue  # grouped below, one note for all added columns
         else:
             m = mode(contract, c.policy_key)
-            if m == "freeze":
-                d.quarantine.append(c)
-            elif m == "discard_row" and c.kind != "column_removed":
+            if m == "freeze" or (c.kind == "column_removed" and m != "evolve"):
+                d.quarantine.append(c)  # NULL in place of a column the source stopped sending would be a wrong value
+            elif m == "discard_row":
                 d.discard_rows.append(c)
             elif m == "discard_value" and c.policy_key == "dataType":
                 d.discard_values.append(c)
