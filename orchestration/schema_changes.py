@@ -63,7 +63,7 @@ class Change:
 
     def describe(self) -> str:
         grade = "breaking" if self.breaking else "non-breaking"
-        return f"{self.kind} {self.column or ''}: {self.detail} ({grade})".replace("  ", " ")
+        return f"{self.kind}{' ' + self.column if self.column else ''}: {self.detail} ({grade})"
 
 
 @dataclass
@@ -112,6 +112,8 @@ def observe(con, table: str, delivered: list[dict], expected: dict[str, str], nu
             best = min(TYPE_ORDER, key=lambda t: (miss[t], TYPE_ORDER.index(t)))
             kind = best if miss[best] <= TYPE_CHANGE_SHARE * n or miss[best] < TYPE_CHANGE_MIN else "string"
         exp = expected.get(col["name"])
+        if exp is not None and (kind == "null" or exp == "string" or (kind, exp) == ("integer", "number")):
+            kind = exp  # how the contract reads it: a week of whole-number or missing gusts is not a schema change
         misfit = 0 if exp in (None, "string") or n == 0 else (
             miss["number"] if exp == "number" else miss.get(exp, 0))
         out.append({"name": col["name"], "type": kind, "delivered_type": col.get("type"), "non_null": n,
@@ -145,7 +147,7 @@ def _type_change(column: str, before: str, after: str, expected: str, misfit: in
     breaking = not fits(after, expected, tz)
     if {before, after} == {"timestamptz", "timestamp"}:
         kind, what = "timezone_changed", ("offset-aware to naive" if after == "timestamp" else "naive to offset-aware")
-    elif (before, after) in WIDENINGS:
+    elif (before, after) in WIDENINGS and not breaking:  # wider than the contract reads is a change, not a widening
         kind, what = "type_widened", f"{before} -> {after}"
     else:
         kind, what = "type_changed", f"{before} -> {after}"

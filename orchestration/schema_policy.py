@@ -96,8 +96,11 @@ def decide(contract: Contract, verdict: Verdict, missing: list[str]) -> Decision
                 d.quarantine.append(c)  # NULL in place of a column the source stopped sending would be a wrong value
             elif m == "discard_row":
                 d.discard_rows.append(c)
+                d.notes.append(f"{c.describe()}; rows carrying it dead-lettered (schemaEvolution.{c.policy_key} = {m})")
             elif m == "discard_value" and c.policy_key == "dataType":
                 d.discard_values.append(c)
+                d.notes.append(f"{c.describe()}; values that do not fit loaded as NULL and dead-lettered as warnings "
+                               f"(schemaEvolution.{c.policy_key} = {m})")
             else:
                 d.notes.append(f"{c.describe()}; accepted (schemaEvolution.{c.policy_key} = {m})")
     if added:
@@ -167,6 +170,8 @@ def replay_command(contract: Contract, path: str) -> str:
 
 def quarantine_reason(contract: Contract, path: str, decision: Decision) -> str:
     parts = [f"{c.describe()} — {fix_hint(contract, c)}" for c in decision.quarantine]
+    others = [c.describe() for c in decision.changes if c not in decision.quarantine]
     return (f"quarantined: {contract.name} delivery {path} carries a schema change the contract does not accept "
             f"(schemaEvolution freeze or a missing required column): " + "; ".join(parts)
+            + (f". Other changes: {'; '.join(others)}" if others else "")
             + f". Once the contract is fixed, replay with `{replay_command(contract, path)}`")
