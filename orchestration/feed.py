@@ -350,6 +350,7 @@ def _schema_drift(flights: SourceFeed, weather: SourceFeed, rng: np.random.Gener
     drifted = _drifted(flights)
     for delivery in drifted:
         frame = delivery.frame
+        frame[ADDED_COLUMN] = pd.Series(_terminals(rng, len(frame)), index=frame.index, dtype="str")
         if delivery in flights.deliveries:  # a correction re-sends records, it does not repeat them
             free = frame.index[~frame.index.isin(flights.taken_rows)]
             picked = free[np.sort(rng.choice(len(free), size=REPEATED_ROWS, replace=False))]
@@ -358,7 +359,6 @@ def _schema_drift(flights: SourceFeed, weather: SourceFeed, rng: np.random.Gener
             frame = pd.concat([frame, copies])
         local = pd.to_datetime(frame["time_hour"], utc=True).dt.tz_convert(DRIFT_TIMEZONE)
         frame["time_hour"] = local.dt.strftime("%Y-%m-%d %H:%M:%S").astype("str")
-        frame[ADDED_COLUMN] = pd.Series(_terminals(rng, len(frame)), index=frame.index, dtype="str")
         delivery.frame = frame.rename(columns={RENAMED[0]: RENAMED[1]})
     column, missing = RETYPED
     retyped = _drifted(weather)
