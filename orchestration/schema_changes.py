@@ -19,6 +19,9 @@ from orchestration.warehouse import literal
 # no longer fit; fewer misfits are bad rows, dead-lettered one by one by the contract's type rules.
 TYPE_CHANGE_SHARE = 0.05
 TYPE_CHANGE_MIN = 10
+# Types and value profiles are read from every k-th row, so at most about this many rows: a type
+# change is a share of the values, which a sample shows; keys and categories are checked on all rows.
+SAMPLE_ROWS = 50_000
 
 # Patterns that name a delivered text value's type; a column's type is the narrowest all fit.
 _TS = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?"
@@ -100,7 +103,7 @@ def observe(con, table: str, delivered: list[dict], expected: dict[str, str], nu
         parts.append(f"count({v}) AS n{i}")
         parts += [f"count({v}) FILTER (WHERE NOT regexp_full_match({v}, {literal(p)})) AS {t}{i}" for t, p in PATTERNS.items()]
         parts += [f"min({v}) AS lo{i}", f"max({v}) AS hi{i}", f"approx_count_distinct({v}) AS d{i}"]
-    row = con.execute(f"SELECT {', '.join(parts)} FROM {table}").fetchall()[0]
+    row = con.execute(f"SELECT {', '.join(parts)} FROM {sample(con, table)}").fetchall()[0]
     width = 4 + len(PATTERNS)
     out = []
     for i, col in enumerate(delivered):
@@ -119,6 +122,13 @@ def observe(con, table: str, delivered: list[dict], expected: dict[str, str], nu
         out.append({"name": col["name"], "type": kind, "delivered_type": col.get("type"), "non_null": n,
                     "misfit": misfit, "min": lo, "max": hi, "distinct": distinct})
     return out
+
+
+def sample(con, table: str) -> str:
+    """A deterministic sample of a delivery: every k-th row by row offset (all rows of a small file)."""
+    rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+    k = max(1, -(-rows // SAMPLE_ROWS))
+    return table if k == 1 else f"(SELECT * FROM {table} WHERE _row_offset % {k} = 0)"
 
 
 def schema_hash(schema: list[dict]) -> str:
@@ -203,11 +213,12 @@ def row_checks(con, contract: Contract, table: str, mapping: dict[str, str], sch
     """Changes only the values show: required columns with nulls, a key no longer unique, new categories."""
     by_name = {c["name"]: c for c in schema}
     changes = []
-    rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+    rows = con.execute(f"SELECT count(*) FROM {sample(con, table)}").fetchall()[0][0]
+    sampled = "" if sample(con, table) == table else f" (every k-th row, {rows} rows)"
     for col in contract.columns:
         if col.required and col.name in mapping and by_name[mapping[col.name]]["non_null"] < rows:
             n = rows - by_name[mapping[col.name]]["non_null"]
-            changes.append(Change("nullability_changed", col.name, f"required, but {n} of {rows} values are null", True))
+            changes.append(Change("nullability_changed", col.name, f"required, but {n} of {rows} values are null{sampled}", True))
     key = contract.primary_key
     if key and all(k in mapping for k in key):
         cols = ", ".join(_q(mapping[k]) for k in key)
