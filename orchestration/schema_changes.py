@@ -74,11 +74,6 @@ class Verdict:
     schema: list[dict]  # [{name, type, delivered_type, non_null, misfit, min, max, distinct}]
     schema_hash: str
     changes: list[Change] = field(default_factory=list)
-    previous_hash: str | None = None
-
-    @property
-    def breaking(self) -> list[Change]:
-        return [c for c in self.changes if c.breaking]
 
 
 # ---------------------------------------------------------------------------- observing
@@ -222,7 +217,8 @@ def row_checks(con, contract: Contract, table: str, mapping: dict[str, str], sch
     key = contract.primary_key
     if key and all(k in mapping for k in key):
         cols = ", ".join(_q(mapping[k]) for k in key)
-        dup = con.execute(f"SELECT count(*) - count(DISTINCT ({cols})) FROM {table}").fetchall()[0][0]
+        dup = con.execute(f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {table} GROUP BY {cols} "
+                          "HAVING count(*) > 1)").fetchall()[0][0]
         if dup:
             changes.append(Change("primary_key_changed", None, f"declared key {list(key)} is not unique: "
                                   f"{dup} rows repeat a key within the delivery", True, "primaryKey"))
@@ -246,7 +242,7 @@ def examine(con, contract: Contract, table: str, delivered_schema: list[dict], m
     previous = previous_schema(con, contract, delivered_at, path)
     changes = compare(contract, schema, mapping, missing, extra, previous)
     changes += row_checks(con, contract, table, mapping, schema)
-    return Verdict(schema, schema_hash(schema), changes, schema_hash(previous) if previous else None)
+    return Verdict(schema, schema_hash(schema), changes)
 
 
 # ---------------------------------------------------------------------------- versions

@@ -6,6 +6,7 @@ deliveries are retried, and every partition equals the clean data."""
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import json
 import shutil
@@ -94,7 +95,7 @@ def keys_of(rows, source: str, contract) -> list[tuple]:
     for r in rows:
         key = [r[i] for i in idx]
         if source == "weather":  # time_hour: compare as the feed's ISO text
-            key[1] = key[1].astimezone(__import__("datetime").timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            key[1] = key[1].astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         out.append(tuple(str(v) for v in key))
     return sorted(out)
 
