@@ -99,6 +99,12 @@ def diff(old: Contract, new: Contract) -> list[ContractChange]:
         added_sources = sorted(set(col.source_names) - set(old_col.source_names))
         if added_sources:
             out.append(ContractChange("source_names_added", name, f"also read from {added_sources} (a declared rename)", False))
+        if old_col.source_timezone != col.source_timezone:
+            out.append(ContractChange("source_timezone_changed", name, f"naive delivered times read in "
+                                      f"{old_col.source_timezone or 'UTC'} -> {col.source_timezone or 'UTC'}", False))
+        if set(map(str, old_col.null_sentinels)) != set(map(str, col.null_sentinels)):
+            out.append(ContractChange("null_sentinels_changed", name,
+                                      f"{list(old_col.null_sentinels)} -> {list(col.null_sentinels)}", False))
         removed_sources = sorted(set(old_col.source_names) - set(col.source_names))
         if removed_sources:
             out.append(ContractChange("source_names_removed", name, f"no longer read from {removed_sources}", False))

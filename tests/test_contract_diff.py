@@ -112,6 +112,14 @@ def _source_name_added(d):
     custom(prop(d, "carrier"), "sourceNames", ["carrier_code"])
 
 
+def _source_timezone_removed(d):
+    prop(d, "time_hour").pop("customProperties")
+
+
+def _text_sentinel_added(d):
+    custom(prop(d, "arr_delay"), "nullSentinels", [-999, "NA"])
+
+
 def _policy_changed(d):
     for p in d["customProperties"]:
         if p["property"] == "schemaEvolution":
@@ -155,6 +163,8 @@ CASES = [
     ("rule_removed", _rule_removed, {("rule_removed", "flights_dep_delay_range", True)}),
     ("severity_lowered", _severity_lowered, {("severity_changed", "flights_origin_nyc", True)}),
     ("source_name_added", _source_name_added, {("source_names_added", "carrier", False)}),
+    ("source_timezone_removed", _source_timezone_removed, {("source_timezone_changed", "time_hour", False)}),
+    ("text_sentinel_added", _text_sentinel_added, {("null_sentinels_changed", "arr_delay", False)}),
     ("policy_changed", _policy_changed, {("policy_changed", "schemaEvolution.columns", False)}),
     ("partitioning_changed", _partitioning_changed, {("partitioning_changed", "partitioning", True)}),
 ]
