@@ -31,6 +31,7 @@ def bronze_asset(contract: Contract) -> dg.AssetsDefinition:
         problems = [f"{f.path}: {f.status}: {f.reason}" for f in landed if f.status not in ("loaded", "empty")]
         return dg.MaterializeResult(metadata={
             "dagster/row_count": sum(f.rows for f in landed if f.status == "loaded"),
+            "dagster/column_schema": catalog.bronze_schema(contract),
             "files_seen": len(landed),
             "files_by_status": dg.MetadataValue.json(dict(statuses)),
             "partitions_touched": dg.MetadataValue.json(touched),

@@ -67,6 +67,9 @@ def column_lineage() -> dg.TableColumnLineage:
     return dg.TableColumnLineage(deps_by_column=deps)
 
 
+COLUMN_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t, _ in COLUMNS])
+
+
 @dg.asset(
     key=["core", "flights"],
     deps=[dg.AssetKey(["raw", s]) for s in ("flights", "airlines", "airports", "planes")],
@@ -76,7 +79,7 @@ def column_lineage() -> dg.TableColumnLineage:
     code_version="1",
     partitions_def=catalog.partitions_def(FLIGHTS),
     backfill_policy=dg.BackfillPolicy.single_run(),
-    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t, _ in COLUMNS]),
+    metadata={"dagster/column_schema": COLUMN_SCHEMA,
               "dagster/column_lineage": column_lineage(),
               "dagster/table_name": "warehouse.core.flights"},
     tags={"plumbline/layer": "core"},
@@ -94,4 +97,5 @@ def core_flights(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.
             con.execute(partitions.raw_table_ddl(catalog.contracts()[source]))
         rows = partitions.replace_partitions(con, "core.flights", ddl, list(context.partition_keys), SELECT)
     return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values()),
+                                          "dagster/column_schema": COLUMN_SCHEMA,
                                           "partitions": len(rows)})

@@ -25,6 +25,9 @@ GROUP BY event_date, carrier, origin
 """
 
 
+COLUMN_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in COLUMNS])
+
+
 @dg.asset(
     key=["marts", "carrier_daily"],
     deps=[dg.AssetKey(["core", "flights"])],
@@ -34,7 +37,7 @@ GROUP BY event_date, carrier, origin
     code_version="1",
     partitions_def=catalog.partitions_def(catalog.contracts()["flights"]),
     backfill_policy=dg.BackfillPolicy.single_run(),
-    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in COLUMNS]),
+    metadata={"dagster/column_schema": COLUMN_SCHEMA,
               "dagster/column_lineage": dg.TableColumnLineage(deps_by_column={
                   "event_date": [dg.TableColumnDep(dg.AssetKey(["core", "flights"]), "event_date")],
                   "carrier": [dg.TableColumnDep(dg.AssetKey(["core", "flights"]), "carrier")],
@@ -59,4 +62,4 @@ def carrier_daily(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg
     ddl = "CREATE TABLE IF NOT EXISTS marts.carrier_daily (" + ", ".join(f"{n} {t}" for n, t in COLUMNS) + ")"
     with warehouse.connect() as con:
         rows = partitions.replace_partitions(con, "marts.carrier_daily", ddl, list(context.partition_keys), SELECT)
-    return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values())})
+    return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values()), "dagster/column_schema": COLUMN_SCHEMA})

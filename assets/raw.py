@@ -3,7 +3,7 @@
 import dagster as dg
 
 from contracts.model import Contract
-from orchestration import catalog, partitions, quality, restatements
+from orchestration import catalog, partitions, quality, restatements, schema_checks
 from orchestration.warehouse import SNAPSHOT_PARTITION, Warehouse, ident
 
 
@@ -24,7 +24,8 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
         code_version=catalog.code_version(contract),
         partitions_def=part_def,
         backfill_policy=dg.BackfillPolicy.single_run() if part_def else None,
-        check_specs=[*quality.check_specs(contract, key), restatements.check_spec(contract, key)],
+        check_specs=[*quality.check_specs(contract, key), restatements.check_spec(contract, key),
+                     *schema_checks.check_specs(key)],
         freshness_policy=catalog.freshness_policy(contract),
         metadata={"dagster/column_schema": catalog.column_schema(contract, part_def is not None),
                   "dagster/table_name": f"warehouse.{contract.table}"},
@@ -39,10 +40,12 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
             frame, dead, references = _observe(con, contract, keys)
             accounting_ok, accounting_meta = _verify_accounting(con, contract, accounts)
             restatement_check = restatements.check_result(con, contract, [a.partition for a in accounts], rebuilt.restated)
+            schema_results = schema_checks.results(con, contract, keys)
         for a in accounts:
             context.log.debug(f"{contract.table} {a.partition}: delivered {a.delivered}, accepted {a.accepted}, "
                              f"dead-lettered {a.dead_lettered}, superseded {a.superseded}")
         checks = quality.validate(contract, frame, references, dead)
+        checks += schema_results
         checks.append(dg.AssetCheckResult(check_name=quality.ACCOUNTING, passed=accounting_ok, metadata=accounting_meta))
         conformance = {r: n for r, n in dead.items() if r.endswith(("_type", "_required"))}
         checks.append(dg.AssetCheckResult(
@@ -54,6 +57,7 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
             metadata={
                 **restatements.metadata(rebuilt.restated),
                 "dagster/row_count": sum(a.accepted for a in accounts),
+                "dagster/column_schema": catalog.column_schema(contract, part_def is not None),
                 "delivered": sum(a.delivered for a in accounts),
                 "dead_lettered": sum(a.dead_lettered for a in accounts),
                 "superseded": sum(a.superseded for a in accounts),

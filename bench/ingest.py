@@ -146,6 +146,15 @@ def child_bronze(work: Path) -> dict:
     return t.result(files=[(f.path, f.status, f.rows, f.reason) for f in landed])
 
 
+def child_bronze_nodetect(work: Path) -> dict:
+    """bronze with schema-change detection switched off: the baseline for its cost."""
+    from orchestration import schema_changes
+
+    schema_changes.examine = lambda con, contract, table, delivered, *rest: schema_changes.Verdict(delivered, "-", [])
+    schema_changes.record_version = lambda *args, **kwargs: None
+    return child_bronze(work)
+
+
 def child_raw(work: Path) -> dict:
     from contracts.loader import load_contracts
     from orchestration import partitions
@@ -172,7 +181,7 @@ def child_raw(work: Path) -> dict:
     )
 
 
-CHILDREN = {"bare": child_bare, "bronze": child_bronze, "raw": child_raw}
+CHILDREN = {"bare": child_bare, "bronze_nodetect": child_bronze_nodetect, "bronze": child_bronze, "raw": child_raw}
 
 
 def _own_peak_mib() -> float:
@@ -193,7 +202,7 @@ def reset(work: Path, phase: str) -> None:
         for p in (work / "bare.duckdb", work / "bare.duckdb.wal"):
             p.unlink(missing_ok=True)
         shutil.rmtree(work / "bare.duckdb.tmp", ignore_errors=True)
-    elif phase == "bronze":
+    elif phase in ("bronze", "bronze_nodetect"):
         for p in (home / "warehouse.duckdb", home / "warehouse.duckdb.wal"):
             p.unlink(missing_ok=True)
         shutil.rmtree(home / "warehouse.duckdb.tmp", ignore_errors=True)
@@ -247,14 +256,16 @@ def report(runs: dict[str, list[dict]], copies: int, rows: int, csv_path: Path) 
     print()
     print("| phase | wall s | vs bare | CPU s | CPU vs bare | process s | peak RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    names = {"bare": "bare: read_csv -> table", "bronze": "plumbline bronze", "raw": "plumbline raw (rebuild)",
-             "total": "**plumbline total**"}
+    names = {"bare": "bare: read_csv -> table", "bronze_nodetect": "plumbline bronze, schema detection off",
+             "bronze": "plumbline bronze", "raw": "plumbline raw (rebuild)", "total": "**plumbline total**"}
     for p, name in names.items():
         print(f"| {name} | {wall[p]:.2f} | {wall[p] / wall['bare']:.2f}x | {cpu[p]:.2f} | {cpu[p] / cpu['bare']:.2f}x "
               f"| {proc[p]:.2f} | {peak[p]:.0f} |")
     print()
     print(f"target ratio <= {TARGET_RATIO:.0f}x: {'met' if ratio <= TARGET_RATIO else 'MISSED'} ({ratio:.2f}x); "
           f"target peak < {TARGET_PEAK_MIB} MiB: {'met' if peak['total'] < TARGET_PEAK_MIB else 'MISSED'} ({peak['total']:.0f} MiB)")
+    print(f"schema-change detection: bronze {wall['bronze']:.2f}s with, {wall['bronze_nodetect']:.2f}s without "
+          f"({wall['bronze'] / wall['bronze_nodetect']:.2f}x wall, {cpu['bronze'] / cpu['bronze_nodetect']:.2f}x CPU)")
     print("wall/CPU s: the phase's own work, timed in the child (CPU = user + system, all threads); "
           "process s adds interpreter start and imports; peak RSS is the child's, from wait4.")
 
@@ -303,13 +314,13 @@ def run(args: argparse.Namespace, work: Path) -> int:
     csv_path, rows = work / "home" / DELIVERY, json.loads((work / "input.json").read_text())["rows"]
     print(f"input ready in {time.perf_counter() - t0:.1f}s: {csv_path}", flush=True)
 
-    runs: dict[str, list[dict]] = {"bare": [], "bronze": [], "raw": []}
+    runs: dict[str, list[dict]] = {"bare": [], "bronze_nodetect": [], "bronze": [], "raw": []}
     for i in range(args.repeat):
-        for phase in ("bare", "bronze", "raw"):  # interleaved, so drift hits every phase alike
+        for phase in runs:  # interleaved, so drift hits every phase alike; raw reads the bronze phase's output
             reset(work, phase)
             r = measure(work, phase)
             runs[phase].append(r)
-            print(f"run {i + 1}/{args.repeat} {phase:6s}: {r['seconds']:7.2f}s wall, {r['cpu_seconds']:7.2f}s CPU, "
+            print(f"run {i + 1}/{args.repeat} {phase:15s}: {r['seconds']:7.2f}s wall, {r['cpu_seconds']:7.2f}s CPU, "
                   f"{r['process_seconds']:7.2f}s process, "
                   f"peak {r['peak_mib']:6.0f} MiB (child's VmHWM {r['vm_hwm_mib']:.0f})", flush=True)
         bad = [f for f in runs["bronze"][-1]["files"] if f[1] != "loaded"]

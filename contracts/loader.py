@@ -37,7 +37,7 @@ VENDOR = "plumbline"
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 RULE_ID = re.compile(r"^[A-Za-z0-9_]+$")  # rule ids name Dagster asset checks, which allow only these
 RESERVED_PREFIX = "_"  # bronze and raw add _extra, _row_offset, _file_id, _source_file, ... to every table
-EVOLUTION_KEYS = ("tables", "columns", "dataType")
+EVOLUTION_KEYS = ("tables", "columns", "dataType", "primaryKey")
 DEAD_LETTER = {"rowRuleFailure": "dead_letter", "unreadableFile": "quarantine"}  # the only behaviour implemented
 DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?)?$")
 
@@ -184,9 +184,18 @@ def _compile(model: OpenDataContractStandard, file: Path, lines: dict) -> Contra
             fail(loc + ("required",), f"primary key column '{prop.name}' must be required: true")
         if prop.primaryKey and (prop.primaryKeyPosition is None or prop.primaryKeyPosition < 1):
             fail(loc + ("primaryKeyPosition",), f"primary key column '{prop.name}' needs primaryKeyPosition: 1, 2, ... (its place in the key)")
-        numeric = prop.logicalType in ("integer", "number")  # conform.py compares numeric sentinels as DOUBLE
-        sentinels = _custom_list(prop.customProperties, "nullSentinels", loc, fail, (int, float) if numeric else (str, int, float))
+        # conform.py compares a numeric column's number sentinels as DOUBLE and its text sentinels ("NA") as text
+        sentinels = _custom_list(prop.customProperties, "nullSentinels", loc, fail, (str, int, float))
         source_names = _custom_list(prop.customProperties, "sourceNames", loc, fail, (str,))
+        tz_at, source_tz = _custom_at(prop.customProperties, "sourceTimezone")
+        if source_tz is not None:
+            tz_loc = loc + ("customProperties", tz_at, "value")
+            if prop.logicalType != "timestamp":
+                fail(tz_loc, f"sourceTimezone applies to timestamp columns; '{prop.name}' is {prop.logicalType}")
+            try:
+                zoneinfo.ZoneInfo(str(source_tz))
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                fail(tz_loc, f"sourceTimezone {source_tz!r} is not an IANA time zone like America/New_York")
         columns.append(Column(
             name=prop.name,
             logical_type=prop.logicalType,
@@ -196,6 +205,7 @@ def _compile(model: OpenDataContractStandard, file: Path, lines: dict) -> Contra
             description=prop.description or "",
             null_sentinels=tuple(sentinels),
             source_names=tuple(source_names),
+            source_timezone=str(source_tz) if source_tz is not None else None,
         ))
         if prop.required:
             rules.append((Rule(id=f"{model.name}_{prop.name}_required", kind="required", severity="error",

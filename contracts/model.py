@@ -45,6 +45,7 @@ class Column:
     description: str = ""
     null_sentinels: tuple = ()
     source_names: tuple[str, ...] = ()
+    source_timezone: str | None = None  # naive delivered times are local to this zone
 
 
 @dataclass(frozen=True)

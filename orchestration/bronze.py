@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 
 from contracts.model import Contract
-from orchestration import dead_letter, lateness, settings
+from orchestration import dead_letter, lateness, schema_changes, schema_policy, settings
 from orchestration.landing import Delivery, content_hash, discover
 from orchestration.readers import TEMP_TABLE, Loaded, UnreadableFile, load_delivery
 from orchestration.warehouse import ident, literal
@@ -130,41 +130,46 @@ def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loa
           watermark: dt.date | None) -> LandedFile:
     rel = delivery.relative
     mapping, missing, extra = _column_mapping(contract, loaded.columns)
-    schema = loaded.observed_schema
-    if missing:
-        reason = (f"missing required column(s) {missing} (delivered: {loaded.columns[:30]}); "
-                  f"fix the export, or map the delivered name with sourceNames in {contract.path}")
-        return _record(con, LandedFile(contract.name, rel, file_id, "rejected", loaded.rows, reason=reason), base, schema, None)
-    policy = contract.schema_evolution.get("columns", "discard_value")
-    notes = []
-    if extra and policy == "freeze":
-        reason = (f"unexpected column(s) {extra}; schemaEvolution.columns is 'freeze' in {contract.path}: "
-                  "add the column to the contract or change the policy, then replay")
-        return _record(con, LandedFile(contract.name, rel, file_id, "rejected", loaded.rows, reason=reason), base, schema, None)
-    if extra:
-        notes.append(f"unexpected column(s) {extra} kept in _extra only (schemaEvolution.columns = {policy})")
-
+    verdict = schema_changes.examine(con, contract, TEMP_TABLE, loaded.observed_schema, mapping, missing, extra,
+                                     delivery.delivered_at, rel)
+    schema = verdict.schema
     select = [f"{_quote_any(mapping[c.name])} AS {ident(c.name)}" if c.name in mapping else f"NULL::VARCHAR AS {ident(c.name)}"
               for c in contract.columns]
     extra_sql = ("json_object(" + ", ".join(f"{literal(n)}, {_quote_any(n)}" for n in extra) + ")::VARCHAR") if extra else "NULL::VARCHAR"
+    delivered_at = literal(delivery.delivered_at.isoformat()) + "::TIMESTAMPTZ" if delivery.delivered_at else "NULL::TIMESTAMPTZ"
+    dates_known = contract.partitioning is not None and all(c in mapping for c in contract.partitioning.event_date)
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW _mapped AS
+        SELECT *, {event_date_sql(contract) if dates_known else 'NULL::DATE'} AS _event_date FROM (
+            SELECT {', '.join(select)}, {extra_sql} AS _extra, _row_offset,
+                   {literal(file_id)} AS _file_id, {literal(rel)} AS _file_path, {delivered_at} AS _delivered_at
+            FROM {TEMP_TABLE})""")
+    dates = [r[0].isoformat() for r in con.execute(
+        f"SELECT DISTINCT _event_date FROM _mapped WHERE {_in_range_sql(contract)} ORDER BY 1").fetchall()] \
+        if dates_known else []
+
+    decision = schema_policy.decide(contract, verdict, missing)
+    if decision.quarantine:
+        reason = schema_policy.quarantine_reason(contract, rel, decision)
+        schema_changes.record_version(con, contract, verdict, rel, delivery.delivered_at, dates, "quarantined")
+        return _record(con, LandedFile(contract.name, rel, file_id, "quarantined", loaded.rows, tuple(dates), reason),
+                       base, schema, None)
+
     out = settings.bronze_dir() / contract.name / file_id[:2] / f"{file_id}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".parquet.tmp")
-    delivered_at = literal(delivery.delivered_at.isoformat()) + "::TIMESTAMPTZ" if delivery.delivered_at else "NULL::TIMESTAMPTZ"
     # Written beside, then renamed: a crash never leaves a half bronze file under its final name.
     # Streamed straight to parquet; rows carry _row_offset, so their order in the file need not be kept.
     con.execute(f"""
-        COPY (SELECT *, {event_date_sql(contract)} AS _event_date FROM (
-            SELECT {', '.join(select)}, {extra_sql} AS _extra, _row_offset,
-                   {literal(file_id)} AS _file_id, {literal(rel)} AS _file_path, {delivered_at} AS _delivered_at
-            FROM {TEMP_TABLE}))
+        COPY ({decision.select_sql(contract)})
         TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd, PRESERVE_ORDER false)""")
     tmp.replace(out)
     con.execute(f"CREATE OR REPLACE TEMP VIEW _bronze AS SELECT * FROM read_parquet({literal(str(out))})")
+    schema_policy.record_discards(con, contract, decision, run_id)
 
-    dates = [r[0].isoformat() for r in con.execute(
-        f"SELECT DISTINCT _event_date FROM _bronze WHERE {_in_range_sql(contract)} ORDER BY 1").fetchall()] \
-        if contract.partitioning else []
+    notes = decision.notes
+    if contract.partitioning is not None:
+        dates = [r[0].isoformat() for r in con.execute(
+            f"SELECT DISTINCT _event_date FROM _bronze WHERE {_in_range_sql(contract)} ORDER BY 1").fetchall()]
     if watermark is not None:
         held = lateness.hold(con, contract, watermark, run_id, _in_range_sql(contract))
         if held:
@@ -177,6 +182,8 @@ def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loa
     status = "loaded" if loaded.rows or loaded.rejects else "empty"
     if status == "empty":
         notes.append("header only: no data rows")
+    if status == "loaded":
+        schema_changes.record_version(con, contract, verdict, rel, delivery.delivered_at, dates, status)
     result = LandedFile(contract.name, rel, file_id, status, loaded.rows, tuple(dates), "; ".join(notes) or None)
     return _record(con, result, base, schema, str(out.relative_to(settings.plumbline_home())))
 

@@ -1,4 +1,4 @@
-"""The `plumbline` command: feed, sync, summary, restatements, dlq, backfill."""
+"""The `plumbline` command: feed, sync, summary, restatements, dlq, backfill, contracts, deliveries."""
 
 from __future__ import annotations
 
@@ -163,6 +163,72 @@ def _dlq(args) -> int:
     return 0
 
 
+def _contracts(args) -> int:
+    from contracts.loader import ContractError, contract_files, load_contract, load_contracts
+
+    if args.contracts_command == "lint":
+        from pathlib import Path
+
+        files = [Path(f) for f in args.files] or contract_files()
+        failed = 0
+        for f in files:
+            try:
+                c = load_contract(f)
+                print(f"ok    {f} ({c.name} v{c.version}, {len(c.columns)} columns, {len(c.rules)} rules)")
+            except ContractError as e:
+                failed += 1
+                print(f"FAIL  {e}")
+        if not args.files and not failed:
+            try:
+                load_contracts()
+            except ContractError as e:  # cross-contract rules: file names, relationships
+                failed += 1
+                print(f"FAIL  {e}")
+        print(f"{len(files)} contract(s), {failed} failing")
+        return 1 if failed else 0
+    from orchestration.contract_diff import diff, verdict
+
+    try:
+        old, new = load_contract(args.old), load_contract(args.new)
+    except ContractError as e:
+        print(f"FAIL  {e}")
+        return 2
+    changes = diff(old, new)
+    for c in changes:
+        print(c.line())
+    ok, message = verdict(old, new, changes)
+    print(message)
+    return 0 if ok else 1
+
+
+def _deliveries(args) -> int:
+    from orchestration import deliveries
+    from orchestration.warehouse import Warehouse
+
+    if args.deliveries_command == "list":
+        with Warehouse().connect(read_only=True) as con:
+            rows = deliveries.quarantined(con, args.source)
+        if not rows:
+            print("no quarantined deliveries")
+        for source, _, path, dates, reason in rows:
+            print(f"{source:<9} {path}  partitions {dates[0] if dates else '-'}..{dates[-1] if dates else '-'}\n    {reason}")
+        return 0
+    with Warehouse().connect() as con:
+        released = deliveries.release(con, args.source, args.file)
+    if not released:
+        print(f"no quarantined delivery of {args.source}" + (f" at {args.file}" if args.file else ""))
+        return 1
+    print(f"re-examining {len(released)} delivery(ies) of {args.source} against the current contract")
+    from orchestration.sync import sync
+
+    report = sync()
+    with Warehouse().connect(read_only=True) as con:
+        still = [p for _, _, p, _, _ in deliveries.quarantined(con, args.source) if p in released]
+    for p in still:
+        print(f"still quarantined: {p} (plumbline deliveries list --source {args.source})")
+    return 0 if report.ok and not still else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plumbline", description="Contract-enforced, partitioned ingestion on Dagster. "
                                      "State lives under $PLUMBLINE_HOME (default ./data).")
@@ -219,6 +285,27 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--url", default=os.environ.get("PLUMBLINE_DAGSTER_URL", "http://127.0.0.1:3000"),
                     help="Dagster webserver (default $PLUMBLINE_DAGSTER_URL or http://127.0.0.1:3000)")
     bf.set_defaults(func=_backfill)
+
+    contracts = sub.add_parser("contracts", help="validate contracts and compare their versions")
+    c_sub = contracts.add_subparsers(dest="contracts_command", required=True)
+    lint = c_sub.add_parser("lint", help="validate contracts: ODCS schema plus plumbline's own rules")
+    lint.add_argument("files", nargs="*", help="contract files (default: every contract in contracts/)")
+    lint.set_defaults(func=_contracts)
+    cdiff = c_sub.add_parser("diff", help="every change between two versions of a contract, graded for consumers; "
+                                          "exits 1 on a breaking change unless the major version was raised")
+    cdiff.add_argument("old")
+    cdiff.add_argument("new")
+    cdiff.set_defaults(func=_contracts)
+
+    deliveries = sub.add_parser("deliveries", help="deliveries quarantined by a schema change")
+    d_sub = deliveries.add_subparsers(dest="deliveries_command", required=True)
+    dl = d_sub.add_parser("list", help="quarantined deliveries with the change, the contract line and the fix")
+    dl.add_argument("--source")
+    dl.set_defaults(func=_deliveries)
+    retry = d_sub.add_parser("retry", help="re-examine quarantined deliveries against the current contract, then sync")
+    retry.add_argument("--source", required=True)
+    retry.add_argument("--file", help="one delivery, as its path under landing/")
+    retry.set_defaults(func=_deliveries)
     return parser
 
 

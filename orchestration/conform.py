@@ -21,17 +21,26 @@ def normalized_expr(col: Column) -> str:
     text = f"NULLIF({src}, '')" if col.logical_type != "string" else src
     if not col.null_sentinels:
         return text
-    if col.logical_type in NUMERIC:
-        values = ", ".join(literal(float(v)) for v in col.null_sentinels)
-        return f"CASE WHEN TRY_CAST({text} AS DOUBLE) IN ({values}) THEN NULL ELSE {text} END"
-    values = ", ".join(literal(str(v)) for v in col.null_sentinels)
-    return f"CASE WHEN {text} IN ({values}) THEN NULL ELSE {text} END"
+    numeric = col.logical_type in NUMERIC
+    numbers = [v for v in col.null_sentinels if numeric and not isinstance(v, str)]
+    texts = [str(v) for v in col.null_sentinels if not (numeric and not isinstance(v, str))]
+    tests = []
+    if numbers:
+        tests.append(f"TRY_CAST({text} AS DOUBLE) IN ({', '.join(literal(float(v)) for v in numbers)})")
+    if texts:
+        tests.append(f"{text} IN ({', '.join(literal(v) for v in texts)})")
+    return f"CASE WHEN {' OR '.join(tests)} THEN NULL ELSE {text} END"
 
 
 def typed_expr(col: Column) -> str:
     n = ident("n_" + col.name)
     if col.logical_type == "string":
         return n
+    if col.source_timezone and col.duckdb_type == "TIMESTAMPTZ":
+        # a time without an offset is local to the source's zone, not UTC
+        naive = f"NOT regexp_matches({n}, '(Z|[+-]\\d{{2}}(:?\\d{{2}})?)$')"
+        return (f"CASE WHEN {naive} THEN timezone({literal(col.source_timezone)}, TRY_CAST({n} AS TIMESTAMP)) "
+                f"ELSE TRY_CAST({n} AS TIMESTAMPTZ) END")
     return f"TRY_CAST({n} AS {col.duckdb_type})"
 
 

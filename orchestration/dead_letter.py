@@ -54,6 +54,24 @@ def record_event_date_failures(con, contract: Contract, run_id: str, in_range_sq
     )
 
 
+def record_rows(con, contract: Contract, rows_sql: str, rule_id: str, reason: str, severity: str, run_id: str) -> None:
+    """Rows of a bronze-shaped query (contract columns, _extra, provenance) a schema policy discarded."""
+    cols = ", ".join(f"{literal(c.name)}, _b.{ident(c.name)}" for c in contract.columns)
+    in_range = "TRUE"
+    if contract.partitioning is not None:
+        p = contract.partitioning
+        in_range = f"_event_date >= {literal(p.start.isoformat())}::DATE" + (
+            f" AND _event_date < {literal(p.end.isoformat())}::DATE" if p.end else "")
+    con.execute(
+        f"""INSERT INTO ops.dead_letter ({COLUMNS})
+        SELECT {literal(contract.name)}, CASE WHEN {in_range} THEN _event_date END, _file_id, _file_path, _row_offset,
+               {literal(rule_id)}, 'bronze', {literal(reason)}, {literal(severity)},
+               json_object({cols}, '_extra', _b._extra::JSON), {literal(contract.version)}, {literal(run_id)},
+               now(), now(), 1, 'open'
+        FROM ({rows_sql}) AS _b
+        ON CONFLICT DO NOTHING""")
+
+
 def record_stage_failures(con, contract: Contract, run_id: str, partitions_sql: str) -> None:
     """Rows of the temp table _stage that broke an error rule; resolve open rows that now pass."""
     con.execute(

@@ -14,6 +14,14 @@ Layout (the delivery time in the file name decides which delivery is later):
 
 Formats rotate csv, csv.gz, jsonl, jsonl.gz, parquet over the periodic files.
 
+Schema drift (demo, from ``DRIFT_DATE``): every flights delivery scheduled on or after it renames
+``tailnum`` to ``tail_number``, adds a ``terminal`` column, writes ``time_hour`` as naive local time
+(America/New_York) instead of UTC with an offset, and repeats ``REPEATED_ROWS`` records at its end
+(exact copies, so the declared key is no longer unique); every weather delivery writes ``wind_gust``
+as text with ``NA`` for missing values. Each change is one fault in the manifest whose ``path`` is
+the first delivery carrying it and ``paths`` all of them; the shipped contracts accept each change
+(sourceNames, a tolerated added column, nullSentinels "NA", sourceTimezone, primaryKey: evolve).
+
 Profiles: ``clean`` delivers every record exactly once in its own period's file; ``demo`` starts
 from clean and plants the faults listed in ``FAULT_TYPES``, chosen with
 ``numpy.random.default_rng(seed)``. Each fault in the manifest has ``type``, ``source``, ``path``,
@@ -50,7 +58,19 @@ FAULT_TYPES = (
     "sentinel_values",
     "unreadable_file",
     "extra_column",
+    # schema drift from DRIFT_DATE on: every delivery of that date or later carries it
+    "renamed_column",
+    "added_column",
+    "type_changed",
+    "primary_key_changed",
+    "timezone_changed",
 )
+DRIFT_DATE = date(2013, 7, 1)
+DRIFT_TIMEZONE = "America/New_York"  # flights' time_hour turns naive, local to the departure airports
+RENAMED = ("tailnum", "tail_number")  # flights
+ADDED_COLUMN = "terminal"  # flights
+RETYPED = ("wind_gust", "NA")  # weather: numbers become text, missing values become "NA"
+REPEATED_ROWS = 3  # flights: exact copies appended to each drifted delivery, so the key repeats
 # (format, gzip-compressed) in the order periodic files cycle through them.
 FORMAT_ROTATION = (("csv", False), ("csv", True), ("jsonl", False), ("jsonl", True), ("parquet", False))
 PRIMARY_KEYS = {
@@ -190,6 +210,7 @@ def _inject_faults(periodic: list[SourceFeed], rng: np.random.Generator) -> list
     faults += _unreadable_file(flights, rng)
     faults += _extra_column(flights, rng, "gate", _gate_values)
     faults += _extra_column(weather, rng, "station_note", _station_notes)
+    faults += _schema_drift(flights, weather, rng)
     # Duplicates are picked last so the resent file carries no other planted fault.
     for feed in periodic:
         faults += _duplicate_file(feed, rng)
@@ -316,6 +337,58 @@ def _extra_column(feed: SourceFeed, rng: np.random.Generator, column: str, make_
     delivery.frame[column] = pd.Series(values, index=delivery.frame.index, dtype="str")
     fault = _fault("extra_column", feed, delivery, "column_ignored", f"unexpected last column {column!r}", [])
     return [{**fault, "column": column}]
+
+
+def _drifted(feed: SourceFeed) -> list[Delivery]:
+    """Deliveries (scheduled and extra) from DRIFT_DATE on, in delivery order; raw payloads are left alone."""
+    carrying = [d for d in feed.deliveries + feed.extras if d.first_date >= DRIFT_DATE and d.payload is None]
+    return sorted(carrying, key=lambda d: (d.delivered_at, d.path))
+
+
+def _schema_drift(flights: SourceFeed, weather: SourceFeed, rng: np.random.Generator) -> list[dict]:
+    faults = []
+    drifted = _drifted(flights)
+    for delivery in drifted:
+        frame = delivery.frame
+        frame[ADDED_COLUMN] = pd.Series(_terminals(rng, len(frame)), index=frame.index, dtype="str")
+        if delivery in flights.deliveries:  # a correction re-sends records, it does not repeat them
+            free = frame.index[~frame.index.isin(flights.taken_rows)]
+            picked = free[np.sort(rng.choice(len(free), size=REPEATED_ROWS, replace=False))]
+            copies = frame.loc[picked].copy()
+            copies.index = -(copies.index + 1)  # labels of their own: offsets of the originals stay valid
+            frame = pd.concat([frame, copies])
+        local = pd.to_datetime(frame["time_hour"], utc=True).dt.tz_convert(DRIFT_TIMEZONE)
+        frame["time_hour"] = local.dt.strftime("%Y-%m-%d %H:%M:%S").astype("str")
+        delivery.frame = frame.rename(columns={RENAMED[0]: RENAMED[1]})
+    column, missing = RETYPED
+    retyped = _drifted(weather)
+    for delivery in retyped:
+        values = delivery.frame[column]
+        delivery.frame[column] = pd.Series([missing if pd.isna(v) else repr(float(v)) for v in values],
+                                           index=values.index, dtype="str")
+
+    def drift(fault_type, feed, carrying, expected, detail, **extra):
+        fault = _fault(fault_type, feed, carrying[0], expected, detail, [])
+        return {**fault, "since": DRIFT_DATE.isoformat(), "paths": [d.path for d in carrying], **extra}
+
+    faults.append(drift("renamed_column", flights, drifted, "loaded_via_source_names",
+                        f"{RENAMED[0]} delivered as {RENAMED[1]}", column=RENAMED[0], delivered_as=RENAMED[1]))
+    faults.append(drift("added_column", flights, drifted, "column_ignored",
+                        f"new last column {ADDED_COLUMN!r}", column=ADDED_COLUMN))
+    faults.append(drift("timezone_changed", flights, drifted, "read_as_local_time",
+                        f"time_hour written as naive {DRIFT_TIMEZONE} time instead of UTC with an offset",
+                        column="time_hour", timezone=DRIFT_TIMEZONE))
+    repeated = [d for d in drifted if d in flights.deliveries]
+    faults.append(drift("primary_key_changed", flights, repeated, "later_duplicate_wins",
+                        f"the last {REPEATED_ROWS} rows repeat earlier rows of the file: the key is not unique",
+                        repeated_rows=REPEATED_ROWS))
+    faults.append(drift("type_changed", weather, retyped, "loaded_with_sentinel_as_null",
+                        f"{column} written as text, {missing!r} for a missing value", column=column, null_text=missing))
+    return faults
+
+
+def _terminals(rng: np.random.Generator, n: int) -> list[str]:
+    return [f"T{number}" for number in rng.integers(1, 9, n)]
 
 
 def _gate_values(rng: np.random.Generator, n: int) -> list[str]:

@@ -9,6 +9,7 @@ accounting commit in one transaction, so readers see the old partition or the ne
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 from dataclasses import dataclass
@@ -43,12 +44,25 @@ def loaded_files(con, source: str) -> list[tuple[str, str, list[str]]]:
         "ORDER BY file_id", [source]).fetchall()]
 
 
+def quarantined_files(con, source: str) -> list[tuple[str, str, list[str], str]]:
+    """(file_id, path, event dates, reason) of every delivery held back by a schema change."""
+    return [(fid, path, json.loads(ev or "[]"), reason) for fid, path, ev, reason in con.execute(
+        "SELECT file_id, path, event_dates, reason FROM ops.landed_files WHERE source = ? AND status = 'quarantined' "
+        "ORDER BY path", [source]).fetchall()]
+
+
+QUARANTINED = "quarantined:"  # marks a held-back delivery in built_from, so its partition is built (and checked) once
+
+
 def files_by_partition(con, contract: Contract) -> dict[str, set[str]]:
-    """partition -> file ids that touch it, from the manifest alone."""
+    """partition -> file ids that touch it (quarantined ones marked), from the manifest alone."""
     out: dict[str, set[str]] = {}
     for fid, _, dates in loaded_files(con, contract.name):
         for d in (dates if contract.partitioning else [SNAPSHOT_PARTITION]):
             out.setdefault(d, set()).add(fid)
+    for fid, _, dates, _ in quarantined_files(con, contract.name):
+        for d in (dates if contract.partitioning else [SNAPSHOT_PARTITION]):
+            out.setdefault(d, set()).add(QUARANTINED + fid)
     return out
 
 
@@ -119,6 +133,9 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
         if not snapshot:
             lateness.resolve_released(con, contract, dlq_filter, run_id)
         accounts = _account(con, contract, keys, snapshot)
+        held = files_by_partition(con, contract)  # a quarantined delivery stays part of what a partition was built from
+        accounts = [dataclasses.replace(a, built_from=tuple(sorted(
+            set(a.built_from) | {f for f in held.get(a.partition, ()) if f.startswith(QUARANTINED)}))) for a in accounts]
         if previous:
             after = restatements.measure(con, contract, sorted(previous))
             restated = restatements.record(con, contract, previous, before, after,

@@ -117,8 +117,10 @@ def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncR
     run(definitions.INGEST_JOB, "(every pending delivery)")
     warehouse = Warehouse()
     with warehouse.connect() as con:
+        held: dict[str, set[str]] = {}
         for c in definitions.CONTRACTS.values():
             report.stale[c.name] = partitions.stale_partitions(con, c)
+            held[c.name] = {d for _, _, dates, _ in partitions.quarantined_files(con, c.name) for d in dates}
 
     stale_snapshots = [c.name for c in definitions.SNAPSHOTS if report.stale[c.name]]
     if stale_snapshots:
@@ -130,8 +132,11 @@ def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncR
         if not keys:
             say(f"raw.{c.name}: no stale partitions")
             continue
-        ranges = contiguous_ranges(keys)
-        say(f"raw.{c.name}: {len(keys)} stale partition(s) in {len(ranges)} range(s)")
+        # a quarantined delivery fails its partitions' blocking check: run them apart, so the rest load downstream
+        blocked = [k for k in keys if k in held[c.name]]
+        ranges = contiguous_ranges([k for k in keys if k not in held[c.name]]) + contiguous_ranges(blocked)
+        say(f"raw.{c.name}: {len(keys)} stale partition(s) in {len(ranges)} range(s)"
+            + (f"; {len(blocked)} held back by quarantined deliveries (plumbline summary)" if blocked else ""))
         for start, end in ranges:
             run(definitions.rebuild_job_name(c.name), f"[{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end})
 

@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS ops.landed_files (
     observed_schema JSON,             -- [{name, type}] as delivered
     rows BIGINT,
     event_dates JSON,                 -- sorted ISO dates the file touches
-    status VARCHAR NOT NULL,          -- loaded | duplicate | unreadable | rejected | empty
+    status VARCHAR NOT NULL,          -- loaded | duplicate | unreadable | rejected | empty | quarantined
     reason VARCHAR,
     bronze_path VARCHAR,
     landed_at TIMESTAMPTZ NOT NULL,
@@ -71,9 +71,14 @@ CREATE TABLE IF NOT EXISTS ops.partition_accounting (
 CREATE TABLE IF NOT EXISTS ops.schema_versions (
     source VARCHAR NOT NULL,
     schema_hash VARCHAR NOT NULL,
-    observed_schema JSON NOT NULL,
-    first_file VARCHAR NOT NULL,
+    observed_schema JSON NOT NULL,    -- [{name, type}]: types observed from the values (schema_changes)
+    first_file VARCHAR NOT NULL,      -- first and last delivery by delivery time, not arrival
+    first_delivered_at TIMESTAMPTZ,
     last_file VARCHAR NOT NULL,
+    last_delivered_at TIMESTAMPTZ,
+    files BIGINT NOT NULL,
+    partitions JSON NOT NULL,         -- sorted event dates the version's deliveries touch
+    quarantined_files BIGINT NOT NULL,
     PRIMARY KEY (source, schema_hash)
 );
 CREATE TABLE IF NOT EXISTS ops.restatements (

@@ -263,9 +263,16 @@ def _null_sentinels_not_a_list(d):
     return f"schema[0].properties[{i}].customProperties[0].value", "value: -999"
 
 
-def _text_sentinel_on_numeric_column(d):
+def _unknown_source_timezone(d):
+    i, p = prop(d, "time_hour")
+    p["customProperties"][0]["value"] = "Mars/Olympus"
+    return f"schema[0].properties[{i}].customProperties[0].value", "value:"
+
+
+def _boolean_sentinel_on_numeric_column(d):
+    # text sentinels ("NA") are allowed on numeric columns since a feed may send numbers as text
     i, p = prop(d, "dep_delay")
-    p["customProperties"][0]["value"] = ["NA"]
+    p["customProperties"][0]["value"] = [-999, True]
     return f"schema[0].properties[{i}].customProperties[0].value", "value:"
 
 
@@ -297,7 +304,8 @@ BROKEN = [
     Broken("duplicated_column", _duplicated_column, "'origin' is declared twice"),
     Broken("reserved_column_name", _reserved_column_name, "reserved for plumbline"),
     Broken("null_sentinels_not_a_list", _null_sentinels_not_a_list, "nullSentinels must be a list"),
-    Broken("text_sentinel_on_numeric_column", _text_sentinel_on_numeric_column, "nullSentinels must be a list of int or float"),
+    Broken("unknown_source_timezone", _unknown_source_timezone, "sourceTimezone 'Mars/Olympus' is not an IANA time zone"),
+    Broken("boolean_sentinel_on_numeric_column", _boolean_sentinel_on_numeric_column, "nullSentinels must be a list of str or int or float"),
 ]
 
 

