@@ -7,6 +7,7 @@ import dagster as dg
 from assets.bronze import bronze_asset
 from assets.core import core_flights
 from assets.marts import carrier_daily
+from assets import ml
 from assets.raw import raw_asset
 from orchestration import catalog, sensors
 from orchestration.lineage.sensors import sensors as lineage_sensors
@@ -18,6 +19,10 @@ SNAPSHOTS = [c for c in CONTRACTS.values() if not c.partitioning]
 
 INGEST_JOB = "ingest_deliveries"
 SNAPSHOTS_JOB = "refresh_snapshots"
+FEATURES_JOB = "build_features"
+TRAIN_JOB = "train_model"
+SCORE_JOB = "score_flights"
+ML = dg.AssetSelection.groups("ml")
 
 
 def rebuild_job_name(source: str) -> str:
@@ -32,11 +37,19 @@ jobs = [
     *[
         dg.define_asset_job(
             rebuild_job_name(c.name),
-            selection=dg.AssetSelection.assets(["raw", c.name]).downstream(),
-            description=f"Rebuild raw.{c.name} partitions and everything downstream of them.",
+            # ML partitions read a rolling window of days, so they run as their own ranges (build_features)
+            selection=dg.AssetSelection.assets(["raw", c.name]).downstream() - ML,
+            description=f"Rebuild raw.{c.name} partitions and everything downstream of them, up to the ML layer.",
         )
         for c in PARTITIONED
     ],
+    dg.define_asset_job(FEATURES_JOB, selection=dg.AssetSelection.assets(ml.FEATURES),
+                        description="Rebuild ml.flight_features partitions (a changed flights day changes the next "
+                                    f"{ml.CFG.rolling_days} days' rolling features too)."),
+    dg.define_asset_job(TRAIN_JOB, selection=dg.AssetSelection.assets(ml.TRAINING_SET, ml.MODEL, ml.EVALUATION),
+                        description="Build the training set, train (or reuse) the model, evaluate it and run the promotion gate."),
+    dg.define_asset_job(SCORE_JOB, selection=dg.AssetSelection.assets(ml.PREDICTIONS),
+                        description="Score partitions with the champion model and measure their drift."),
 ]
 
 schedules = [
@@ -46,7 +59,9 @@ schedules = [
 
 defs = dg.Definitions(
     assets=[*(bronze_asset(c) for c in CONTRACTS.values()), *(raw_asset(c) for c in CONTRACTS.values()),
-            core_flights, carrier_daily],
+            core_flights, carrier_daily,
+            ml.flight_features, ml.training_set, ml.delay_model, ml.model_evaluation, ml.flight_predictions],
+    asset_checks=[ml.promotion_gate],
     jobs=jobs,
     sensors=[*lineage_sensors, sensors.landing_sensor(INGEST_JOB),
              *(sensors.rebuild_sensor(c.name, rebuild_job_name(c.name), True) for c in PARTITIONED),

@@ -142,6 +142,7 @@ def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncR
 
     if stale_snapshots:
         _refresh_downstream_of_snapshots(con_factory=warehouse, run=run, stale_partitioned=report.stale)
+    _refresh_ml(warehouse, run, say, report.stale, bool(stale_snapshots))
     say(f"sync finished in {time.monotonic() - started:.1f}s: {len(report.runs)} run(s), "
         f"{'all succeeded' if report.ok else 'SOME FAILED'}")
     return report
@@ -165,3 +166,36 @@ def _refresh_downstream_of_snapshots(con_factory: Warehouse, run, stale_partitio
     for job, downstream, keys in todo:
         for start, end in contiguous_ranges(keys):
             run(job, f"downstream [{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end}, selection=downstream)
+
+
+def _refresh_ml(warehouse: Warehouse, run, say, stale: dict[str, list[str]], snapshots_changed: bool) -> None:
+    """Features for every day the data changed (and the days whose rolling window reads it), then
+    training, evaluation and the promotion gate when the training windows changed, then scoring."""
+    from assets import ml
+    from orchestration import definitions
+    from orchestration.ml import plan, registry
+
+    with warehouse.connect(read_only=True) as con:
+        built = sorted(plan.days_in(con, "core.flights"))
+        has_set = "ml.training_set_provenance" in {f"{s}.{t}" for s, t in con.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables").fetchall()}
+        todo = plan.plan(con, ml.CFG, ml.DAILY, built if snapshots_changed else stale.get("flights", []),
+                         stale.get("weather", []), has_set)
+    if not built:
+        say("ml: no flights loaded yet")
+        return
+    for start, end in contiguous_ranges(todo.feature_days):
+        run(definitions.FEATURES_JOB, f"[{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end})
+    before = registry.champion(ml.CFG)
+    if todo.retrain:
+        run(definitions.TRAIN_JOB, "(training set, model, evaluation, promotion gate)")
+    after = registry.champion(ml.CFG)
+    score_days = todo.score_days
+    if after is None:
+        say("ml: no champion model, nothing scored (plumbline model list; plumbline summary)")
+        return
+    if after != before:  # a new champion re-scores every scoring partition, so each says which version scored it
+        say(f"ml: champion is now v{after} (was {'v' + before if before else 'none'}): re-scoring from {ml.CFG.scoring_start}")
+        score_days = [d for d in built if d >= ml.CFG.scoring_start.isoformat()]
+    for start, end in contiguous_ranges(score_days):
+        run(definitions.SCORE_JOB, f"[{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end})

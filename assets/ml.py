@@ -1,0 +1,221 @@
+"""The ML layer: features, training set, model, evaluation with its promotion gate, predictions.
+
+Assets say what is built; how lives in orchestration.ml. Configuration (split windows, model
+parameters, promotion margins, drift thresholds) comes from orchestration/ml/config.yaml or
+$PLUMBLINE_ML_CONFIG.
+"""
+
+import dagster as dg
+
+from orchestration import catalog, partitions
+from orchestration.ml import config, evaluation, features, registry, scoring, training
+from orchestration.ml import training_set as split
+from orchestration.warehouse import Warehouse
+
+CFG = config.load()
+FLIGHTS = catalog.contracts()["flights"]
+DAILY = catalog.partitions_def(FLIGHTS)
+OWNERS = catalog.owners(FLIGHTS)
+
+FEATURES = dg.AssetKey(["ml", "flight_features"])
+TRAINING_SET = dg.AssetKey(["ml", "training_set"])
+MODEL = dg.AssetKey(["ml", "delay_model"])
+EVALUATION = dg.AssetKey(["ml", "model_evaluation"])
+PREDICTIONS = dg.AssetKey(["ml", "flight_predictions"])
+MODEL_VERSION = "model_version"  # materialization metadata of ml/delay_model: the registered version
+
+COMMON = dict(group_name="ml", owners=OWNERS, pool="warehouse", tags={"plumbline/layer": "ml"})
+
+
+def _column_lineage() -> dg.TableColumnLineage:
+    return dg.TableColumnLineage(deps_by_column={
+        col: [dg.TableColumnDep(dg.AssetKey([schema, table]), c) for schema, table, c in deps]
+        for col, deps in features.SOURCES.items()})
+
+
+@dg.asset(
+    key=FEATURES,
+    deps=[dg.AssetDep(dg.AssetKey(["core", "flights"]), partition_mapping=features.partition_mapping(CFG.rolling_days)),
+          dg.AssetDep(dg.AssetKey(["raw", "weather"])), dg.AssetKey(["raw", "planes"]), dg.AssetKey(["raw", "airports"])],
+    partitions_def=DAILY, backfill_policy=dg.BackfillPolicy.single_run(), kinds={"duckdb"}, code_version=training.MODEL_CODE_VERSION,
+    metadata={"dagster/column_schema": features.COLUMN_SCHEMA, "dagster/column_lineage": _column_lineage(),
+              "dagster/table_name": "warehouse.ml.flight_features",
+              "plumbline/aggregated_columns": dg.MetadataValue.json(features.AGGREGATED)},
+    **COMMON,
+)
+def flight_features(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    """Per flight: scheduled hour, weekday, month, carrier, origin, destination, distance, plane age
+    and seats, the origin's weather at the scheduled (UTC) hour, and carrier-at-origin aggregates of
+    the previous days only. Label: arrival delay above the threshold; cancelled and diverted flights
+    have outcome 'cancelled'/'diverted' and no label."""
+    keys = list(context.partition_keys)
+    with warehouse.connect() as con:
+        rows = partitions.replace_partitions(con, "ml.flight_features", features.DDL, keys,
+                                             features.select(CFG.rolling_days, CFG.delay_minutes))
+        dates = ", ".join(f"'{k}'::DATE" for k in keys)  # keys come from the partitions definition
+        outcomes = dict(con.execute(f"SELECT outcome, count(*) FROM ml.flight_features WHERE event_date IN ({dates}) "
+                                    "GROUP BY ALL ORDER BY 1").fetchall())
+    context.log.info(f"ml.flight_features: {sum(rows.values())} flights in {len(keys)} partition(s); outcomes {outcomes}")
+    return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values()), "partitions": len(keys),
+                                          "outcomes": dg.MetadataValue.json(outcomes),
+                                          "rolling_days": CFG.rolling_days})
+
+
+@dg.asset(
+    key=TRAINING_SET, deps=[FEATURES], kinds={"duckdb"}, code_version=training.MODEL_CODE_VERSION,
+    check_specs=[dg.AssetCheckSpec("training_set_split", asset=TRAINING_SET, blocking=True,
+                                   description="Train, validation and test windows do not overlap and no flight is in two of them.")],
+    metadata={"dagster/table_name": "warehouse.ml.training_set"},
+    **COMMON,
+)
+def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
+    """Labelled flights of the train, validation and test windows (config split), with provenance:
+    each feature partition's content hash, contract versions, row counts and label balance."""
+    with warehouse.connect() as con:
+        provenance = split.build(con, CFG)
+        problems = split.split_problems(con, CFG)
+    splits = provenance["splits"]
+    context.log.info("ml.training_set " + provenance["version"] + ": " +
+                     ", ".join(f"{n} {s['rows']} rows ({s['delayed_share']} delayed)" for n, s in splits.items()))
+    yield dg.MaterializeResult(
+        metadata={"dagster/row_count": sum(s["rows"] for s in splits.values()), "training_set_version": provenance["version"],
+                  "provenance": dg.MetadataValue.json(provenance), "config": str(CFG.path)},
+        data_version=dg.DataVersion(provenance["version"]))
+    ok = not problems["overlapping_windows"] and not problems["keys_in_two_splits"]
+    yield dg.AssetCheckResult(
+        check_name="training_set_split", passed=ok, severity=dg.AssetCheckSeverity.ERROR,
+        description=None if ok else (
+            f"the split in {CFG.path} is unsound: windows overlapping: {problems['overlapping_windows'] or 'none'}; "
+            f"{problems['keys_in_two_splits']} flight(s) in two splits. Fix split.* so the windows are disjoint."),
+        metadata={"overlapping_windows": dg.MetadataValue.json(problems["overlapping_windows"]),
+                  "keys_in_two_splits": problems["keys_in_two_splits"],
+                  "examples": dg.MetadataValue.json(problems["examples"])})
+
+
+@dg.asset(key=MODEL, deps=[TRAINING_SET], kinds={"scikit-learn", "mlflow"}, code_version=training.MODEL_CODE_VERSION,
+          metadata={"plumbline/registered_model": CFG.model_name}, **COMMON)
+def delay_model(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    """A gradient-boosting classifier of P(arrival delay > threshold), trained with fixed seeds on the
+    train window and registered in MLflow with its parameters, metrics, the training set's provenance,
+    the code version and library versions. The same training set and parameters reuse the version."""
+    with warehouse.connect(read_only=True) as con:
+        trained = training.train(con, CFG)
+    v = registry.version(CFG, trained.version)
+    context.log.info(f"{CFG.model_name} v{trained.version} ({'reused: same fingerprint' if trained.reused else 'trained'}); "
+                     f"validation AUC {trained.metrics.get('validation_auc')}")
+    return dg.MaterializeResult(
+        metadata={MODEL_VERSION: trained.version, "model_uri": f"models:/{CFG.model_name}/{trained.version}",
+                  "mlflow_run_id": v.run_id, "mlflow_tracking_uri": registry.tracking_uri(), "reused": trained.reused,
+                  "training_set_version": trained.provenance["version"], "fingerprint": trained.fingerprint,
+                  **{k: float(val) for k, val in sorted(trained.metrics.items()) if isinstance(val, (int, float))}},
+        data_version=dg.DataVersion(trained.fingerprint))
+
+
+def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:
+    event = instance.get_latest_materialization_event(key)
+    mat = event.asset_materialization if event else None
+    return {k: v.value for k, v in mat.metadata.items()} if mat else {}
+
+
+@dg.asset(key=EVALUATION, deps=[MODEL, TRAINING_SET], kinds={"duckdb", "mlflow"}, code_version=training.MODEL_CODE_VERSION,
+          metadata={"dagster/table_name": "warehouse.ml.model_evaluation",
+                    "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in evaluation.COLUMNS])},
+          **COMMON)
+def model_evaluation(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    """AUC, log loss, Brier score and calibration error on the test window, overall and per carrier,
+    for the challenger (the latest ml/delay_model), the current champion and the baseline."""
+    challenger = str(_latest(context.instance, MODEL)[MODEL_VERSION])
+    with warehouse.connect() as con:
+        rows, champion = training.evaluate(con, CFG, challenger)
+    overall = {r["model"]: r for r in rows if r["scope"] == evaluation.OVERALL}
+    table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows if r["scope"] == evaluation.OVERALL]
+    context.log.info("test window: " + "; ".join(f"{m} AUC {r['auc']:.4f}" for m, r in overall.items() if r["auc"] is not None))
+    return dg.MaterializeResult(metadata={
+        "challenger_version": challenger, "champion_version": champion or "none",
+        "dagster/row_count": len(rows), "overall": dg.MetadataValue.json(table),
+        **{f"{m}_{k}": float(r[k]) for m, r in overall.items() for k in ("auc", "log_loss", "brier", "ece") if r[k] is not None}})
+
+
+@dg.asset_check(asset=EVALUATION, blocking=True, name="promotion_gate",
+                description="Promotes the challenger to champion only if it beats the champion (or the baseline) by the "
+                            "configured margin with no carrier regressing beyond the configured amount.")
+def promotion_gate(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+    challenger = str(_latest(context.instance, EVALUATION)["challenger_version"])
+    with warehouse.connect() as con:
+        rows = evaluation.load(con, challenger)
+        champion = registry.champion(CFG)
+        decision = evaluation.decide(rows, challenger, champion, CFG.promotion)
+        if decision.promote:
+            registry.promote(con, CFG, challenger, actor="promotion_gate", reason=decision.reason)
+        elif champion != challenger:
+            registry.reject(con, CFG, challenger, actor="promotion_gate", reason=decision.reason)
+    now = registry.champion(CFG)
+    context.log.info(f"promotion gate: v{challenger} {'promoted' if decision.promote else 'not promoted'}: {decision.reason}")
+    kept = decision.promote or champion == challenger
+    return dg.AssetCheckResult(
+        passed=kept,
+        # a rejected challenger leaves the champion serving (a warning); with no champion at all, scoring must stop
+        severity=dg.AssetCheckSeverity.WARN if now else dg.AssetCheckSeverity.ERROR,
+        description=decision.reason,
+        metadata={"challenger_version": challenger, "champion_version": now or "none", "previous_champion": champion or "none",
+                  "decision": "promoted" if decision.promote else ("already champion" if champion == challenger else "rejected"),
+                  "compared_with": decision.compared_with, "auc_gain": decision.auc_gain if decision.auc_gain is not None else float("nan"),
+                  "regressed_carriers": dg.MetadataValue.json(decision.regressed_carriers)})
+
+
+DRIFT_CHECKS = {
+    "feature_drift": "PSI of each feature against the training reference, per partition",
+    "prediction_drift": "PSI of the predicted probability against its training distribution, per partition",
+    "performance_drift": "the partition's AUC against the test-window AUC, where labels are known",
+}
+
+
+@dg.asset(
+    key=PREDICTIONS, deps=[dg.AssetDep(FEATURES), EVALUATION],
+    partitions_def=DAILY, backfill_policy=dg.BackfillPolicy.single_run(), kinds={"duckdb", "scikit-learn"},
+    code_version=training.MODEL_CODE_VERSION,
+    check_specs=[dg.AssetCheckSpec(name, asset=PREDICTIONS, description=d) for name, d in DRIFT_CHECKS.items()],
+    metadata={"dagster/table_name": "warehouse.ml.flight_predictions",
+              "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in scoring.PREDICTION_COLUMNS])},
+    **COMMON,
+)
+def flight_predictions(context: dg.AssetExecutionContext, warehouse: Warehouse):
+    """The champion's P(delayed) for every flight of the partition, with the model version that
+    scored it; drift of the partition against the training reference in ml.drift. When the
+    champion changes, re-scoring is a backfill of these partitions."""
+    keys = list(context.partition_keys)
+    with warehouse.connect() as con:
+        scored = scoring.score(con, CFG, keys)
+    context.log.info(f"ml.flight_predictions: {sum(scored.rows.values())} flights in {len(keys)} partition(s) scored by "
+                     f"{CFG.model_name} v{scored.version}")
+    yield dg.MaterializeResult(metadata={
+        "dagster/row_count": sum(scored.rows.values()), MODEL_VERSION: scored.version,
+        "model_uri": f"models:/{CFG.model_name}/{scored.version}", "mlflow_tracking_uri": registry.tracking_uri(),
+        "partitions": len(keys)})
+    yield from drift_results(scored.drift)
+
+
+def drift_results(measured) -> list[dg.AssetCheckResult]:
+    d = CFG.drift
+    out = []
+    for check, rows in (("feature_drift", measured[(measured.measure == "psi") & (measured.feature != "prediction")]),
+                        ("prediction_drift", measured[(measured.measure == "psi") & (measured.feature == "prediction")]),
+                        ("performance_drift", measured[measured.measure == "auc"])):
+        worst = rows.sort_values("value", ascending=check == "performance_drift").head(10) if len(rows) else rows
+        grades = set(rows["grade"])
+        severity = dg.AssetCheckSeverity.ERROR if "fail" in grades else dg.AssetCheckSeverity.WARN
+        table = [{"partition": str(r.event_date)[:10], "feature": r.feature, "value": round(float(r.value), 4), "grade": r.grade,
+                  **({"reference_auc": round(float(r.reference), 4)} if r.reference == r.reference and r.reference is not None else {})}
+                 for r in worst.itertuples()]
+        by_feature = rows[rows.grade != "ok"].groupby("feature").size().sort_values(ascending=False).to_dict() if len(rows) else {}
+        thresholds = ({"warn_drop": d["auc_drop_warn"], "fail_drop": d["auc_drop_fail"]} if check == "performance_drift"
+                      else {"warn": d["psi_warn"], "fail": d["psi_fail"]})
+        out.append(dg.AssetCheckResult(
+            check_name=check, passed=grades <= {"ok"}, severity=severity,
+            description=(f"{len(rows)} measurement(s), none beyond the thresholds" if grades <= {"ok"} else
+                         f"beyond the thresholds in {len(rows[rows.grade != 'ok'])} of {len(rows)} measurement(s); worst: " +
+                         ", ".join(f"{t['feature']} {t['value']} on {t['partition']}" for t in table[:3])),
+            metadata={"worst": dg.MetadataValue.json(table), "partitions_beyond_threshold_by_feature": dg.MetadataValue.json(
+                {str(k): int(v) for k, v in by_feature.items()}), "thresholds": dg.MetadataValue.json(thresholds),
+                      "measurements": len(rows)}))
+    return out

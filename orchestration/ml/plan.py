@@ -1,0 +1,43 @@
+"""Which ML partitions a change in the data makes stale, in one place for `plumbline sync` and the
+sensors: feature days that read a changed day (its rolling window included), whether the training
+set's windows are touched, and which days need scoring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dagster as dg
+
+from orchestration.ml import features
+from orchestration.ml.config import MlConfig
+
+
+@dataclass(frozen=True)
+class MlPlan:
+    feature_days: list[str]
+    retrain: bool
+    score_days: list[str]
+
+
+def days_in(con, table: str) -> set[str]:
+    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema || '.' || table_name = ?",
+                         [table]).fetchall()[0][0]
+    if not exists:
+        return set()
+    return {str(d) for (d,) in con.execute(f"SELECT DISTINCT strftime(event_date, '%Y-%m-%d') FROM {table}").fetchall()}
+
+
+def plan(con, cfg: MlConfig, partitions_def: dg.PartitionsDefinition, changed_flights: list[str],
+         changed_other: list[str], has_training_set: bool) -> MlPlan:
+    """changed_flights: core.flights days rebuilt; changed_other: days whose other inputs (weather) changed."""
+    built = days_in(con, "core.flights")
+    featured = days_in(con, "ml.flight_features")
+    days = set(features.affected_days(changed_flights, partitions_def, cfg.rolling_days)) | set(changed_other)
+    days |= built - featured  # days loaded but never featured (a first run, or a run that failed)
+    feature_days = sorted(days & built)
+    split_days = {d for w in cfg.windows for d in w.days()}
+    retrain = not has_training_set or bool(split_days & set(feature_days))
+    scored = days_in(con, "ml.flight_predictions")
+    start = cfg.scoring_start.isoformat()
+    score_days = sorted(d for d in (set(feature_days) | (built - scored)) if d >= start and d in built)
+    return MlPlan(feature_days, retrain, score_days)

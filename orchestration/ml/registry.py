@@ -1,0 +1,225 @@
+"""The model registry: MLflow, where ML engineers already look.
+
+Tracking and registry default to a SQLite store with artifacts under $PLUMBLINE_HOME/mlflow;
+MLFLOW_TRACKING_URI (and MLFLOW_REGISTRY_URI) point elsewhere the standard way. The champion is
+the MLflow alias `champion`; every promotion, rejection and rollback is recorded twice: as tags on
+the model version (what the MLflow UI shows) and as a row in ops.model_promotions (who, when, why).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from orchestration import settings
+from orchestration.partitions import transaction
+from orchestration.ml.config import MlConfig
+
+CHAMPION = "champion"
+STATUS_TAG = "plumbline.status"      # candidate, champion, rejected, retired, rolled_back
+REASON_TAG = "plumbline.reason"
+TRAINING_SET_TAG = "plumbline.training_set_version"
+FINGERPRINT_TAG = "plumbline.fingerprint"  # training set + parameters + code: same fingerprint, same model
+LIBRARIES = ("scikit-learn", "numpy", "pandas", "duckdb", "dagster", "mlflow-skinny", "pyarrow")
+
+PROMOTIONS_DDL = """CREATE TABLE IF NOT EXISTS ops.model_promotions (
+    decided_at TIMESTAMPTZ NOT NULL, action VARCHAR NOT NULL, model VARCHAR NOT NULL, version VARCHAR NOT NULL,
+    previous_champion VARCHAR, actor VARCHAR NOT NULL, reason VARCHAR NOT NULL)"""
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+def local_dir() -> Path:
+    return settings.plumbline_home() / "mlflow"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{local_dir() / 'mlflow.db'}"
+
+
+def client():
+    """An MLflow client on the configured store (the fluent API is pointed at it too)."""
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
+        local_dir().mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    return mlflow.MlflowClient()
+
+
+def experiment_id(cfg: MlConfig) -> str:
+    c = client()
+    found = c.get_experiment_by_name(cfg.experiment)
+    if found is not None:
+        return found.experiment_id
+    # with the default local store, artifacts go under PLUMBLINE_HOME too (MLflow would use ./mlruns)
+    location = None if "MLFLOW_TRACKING_URI" in os.environ else (local_dir() / "artifacts").as_uri()
+    return c.create_experiment(cfg.experiment, artifact_location=location)
+
+
+def code_version() -> str:
+    """plumbline's package version plus the git commit of the checkout when there is one."""
+    version = metadata.version("plumbline")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{version}+{commit}" if commit else version
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def versions(cfg: MlConfig) -> list:
+    """Every registered version of the model, oldest first (none when it is not registered yet)."""
+    c = client()
+    try:
+        found = c.search_model_versions(f"name = '{cfg.model_name}'")
+    except Exception as e:  # noqa: BLE001 - MLflow raises its own exception types per store
+        if "RESOURCE_DOES_NOT_EXIST" in str(e):
+            return []
+        raise
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def find(cfg: MlConfig, fingerprint: str):
+    return next((v for v in versions(cfg) if v.tags.get(FINGERPRINT_TAG) == fingerprint), None)
+
+
+def champion(cfg: MlConfig) -> str | None:
+    c = client()
+    try:
+        return c.get_model_version_by_alias(cfg.model_name, CHAMPION).version
+    except Exception as e:  # noqa: BLE001
+        if "RESOURCE_DOES_NOT_EXIST" in str(e) or "not found" in str(e).lower():
+            return None
+        raise
+
+
+def version(cfg: MlConfig, number: str):
+    c = client()
+    try:
+        return c.get_model_version(cfg.model_name, str(number))
+    except Exception as e:  # noqa: BLE001
+        raise RegistryError(f"model {cfg.model_name} has no version {number} in {tracking_uri()} "
+                            f"(list them: plumbline model list)") from e
+
+
+def load(cfg: MlConfig, number: str):
+    import mlflow.sklearn
+
+    client()
+    return mlflow.sklearn.load_model(f"models:/{cfg.model_name}/{number}")
+
+
+def register(cfg: MlConfig, model, *, fingerprint: str, provenance: dict, metrics: dict, reference: dict) -> str:
+    """One MLflow run with everything needed to trace the model, and the model version it registers."""
+    import mlflow
+    import mlflow.sklearn
+    import skops.io
+
+    experiment = experiment_id(cfg)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"train {provenance['version']}"):
+        mlflow.log_params(cfg.params)
+        mlflow.log_params({"features": ",".join(provenance["features"]), **{
+            f"split.{name}": f"{s['start']}..{s['end']}" for name, s in provenance["splits"].items()}})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        mlflow.set_tags({"plumbline.code_version": code_version(), TRAINING_SET_TAG: provenance["version"],
+                         FINGERPRINT_TAG: fingerprint, **{f"plumbline.library.{k}": v for k, v in library_versions().items()},
+                         **{f"plumbline.contract.{k}": v for k, v in provenance["contracts"].items()}})
+        mlflow.log_dict(provenance, "provenance.json")
+        mlflow.log_dict(reference, "drift_reference.json")
+        # the model was built in this process: trust exactly the types it is made of, nothing else
+        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=cfg.model_name,
+                                        skops_trusted_types=trusted)
+    number = str(info.registered_model_version)
+    c = client()
+    for key, value in {STATUS_TAG: "candidate", TRAINING_SET_TAG: provenance["version"], FINGERPRINT_TAG: fingerprint,
+                       "plumbline.code_version": code_version()}.items():
+        c.set_model_version_tag(cfg.model_name, number, key, value)
+    return number
+
+
+def reference(cfg: MlConfig, number: str) -> dict:
+    import mlflow
+
+    client()
+    run_id = version(cfg, number).run_id
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/drift_reference.json")
+
+
+def _record(con, cfg: MlConfig, action: str, number: str, previous: str | None, actor: str, reason: str) -> None:
+    con.execute(PROMOTIONS_DDL)
+    con.execute("INSERT INTO ops.model_promotions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [dt.datetime.now(dt.timezone.utc), action, cfg.model_name, str(number), previous, actor, reason])
+
+
+def promote(con, cfg: MlConfig, number: str, *, actor: str, reason: str) -> str | None:
+    """Make `number` the champion; returns the previous champion."""
+    c = client()
+    version(cfg, number)  # refuses an unknown version with the list command
+    previous = champion(cfg)
+    with transaction(con):  # the record commits only once the alias has moved
+        _record(con, cfg, "promote", number, previous, actor, reason)
+        c.set_registered_model_alias(cfg.model_name, CHAMPION, str(number))
+    c.set_model_version_tag(cfg.model_name, str(number), STATUS_TAG, "champion")
+    c.set_model_version_tag(cfg.model_name, str(number), REASON_TAG, reason)
+    if previous and previous != str(number):
+        c.set_model_version_tag(cfg.model_name, previous, STATUS_TAG, "retired")
+    return previous
+
+
+def reject(con, cfg: MlConfig, number: str, *, actor: str, reason: str) -> None:
+    c = client()
+    c.set_model_version_tag(cfg.model_name, str(number), STATUS_TAG, "rejected")
+    c.set_model_version_tag(cfg.model_name, str(number), REASON_TAG, reason)
+    _record(con, cfg, "reject", number, champion(cfg), actor, reason)
+
+
+def rollback(con, cfg: MlConfig, *, actor: str, reason: str) -> tuple[str, str]:
+    """Restore the champion before the current one; returns (restored, replaced)."""
+    current = champion(cfg)
+    if current is None:
+        raise RegistryError(f"model {cfg.model_name} has no champion to roll back")
+    con.execute(PROMOTIONS_DDL)
+    row = con.execute("""SELECT previous_champion FROM ops.model_promotions
+        WHERE model = ? AND version = ? AND action = 'promote' ORDER BY decided_at DESC LIMIT 1""",
+                      [cfg.model_name, current]).fetchall()
+    previous = row[0][0] if row else None
+    if not previous:
+        raise RegistryError(f"model {cfg.model_name} version {current} was the first champion: there is nothing to roll "
+                            "back to (promote a version instead: plumbline model promote <version>)")
+    c = client()
+    with transaction(con):
+        _record(con, cfg, "rollback", previous, current, actor, reason)
+        c.set_registered_model_alias(cfg.model_name, CHAMPION, previous)
+    c.set_model_version_tag(cfg.model_name, previous, STATUS_TAG, "champion")
+    c.set_model_version_tag(cfg.model_name, current, STATUS_TAG, "rolled_back")
+    c.set_model_version_tag(cfg.model_name, current, REASON_TAG, reason)
+    return previous, current
+
+
+def history(con, cfg: MlConfig) -> list[tuple]:
+    con.execute(PROMOTIONS_DDL)
+    return con.execute("SELECT decided_at, action, version, previous_champion, actor, reason FROM ops.model_promotions "
+                       "WHERE model = ? ORDER BY decided_at", [cfg.model_name]).fetchall()

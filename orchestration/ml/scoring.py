@@ -1,0 +1,88 @@
+"""ml.flight_predictions and ml.drift: the champion's predictions per daily partition, and how far
+each partition has drifted from the training reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from orchestration import partitions
+from orchestration.ml import drift, evaluation, features, model, registry
+from orchestration.ml.config import MlConfig
+from orchestration.warehouse import literal
+
+PREDICTION_COLUMNS = [("event_date", "DATE"), ("carrier", "VARCHAR"), ("flight", "INTEGER"), ("origin", "VARCHAR"),
+                      ("p_delayed", "DOUBLE"), ("model_version", "VARCHAR"), ("outcome", "VARCHAR"), ("delayed", "BOOLEAN")]
+PREDICTIONS_DDL = "CREATE TABLE IF NOT EXISTS ml.flight_predictions (" + ", ".join(f"{n} {t}" for n, t in PREDICTION_COLUMNS) + ")"
+DRIFT_COLUMNS = [("event_date", "DATE"), ("model_version", "VARCHAR"), ("measure", "VARCHAR"), ("feature", "VARCHAR"),
+                 ("value", "DOUBLE"), ("reference", "DOUBLE"), ("grade", "VARCHAR")]
+DRIFT_DDL = "CREATE TABLE IF NOT EXISTS ml.drift (" + ", ".join(f"{n} {t}" for n, t in DRIFT_COLUMNS) + ")"
+
+
+class NoChampion(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Scored:
+    version: str
+    rows: dict[str, int]
+    drift: pd.DataFrame  # one row per partition and measure
+
+
+def evaluation_auc(con, version: str) -> float | None:
+    """The version's AUC on the test window, as measured when it was evaluated (None if it never was)."""
+    con.execute(evaluation.DDL)
+    rows = con.execute("""SELECT auc FROM ml.model_evaluation WHERE model_version = ? AND scope = 'overall'
+                          AND model IN ('challenger', 'champion') AND auc IS NOT NULL LIMIT 1""", [version]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def score(con, cfg: MlConfig, keys: list[str]) -> Scored:
+    champion = registry.champion(cfg)
+    if champion is None:
+        raise NoChampion(f"model {cfg.model_name} has no champion in {registry.tracking_uri()}: train and evaluate one "
+                         "(materialize ml/delay_model and ml/model_evaluation; the promotion gate sets it) or "
+                         "promote a version: plumbline model promote <version>")
+    fitted, ref = registry.load(cfg, champion), registry.reference(cfg, champion)
+    dates = ", ".join(f"{literal(k)}::DATE" for k in keys)
+    con.execute(features.DDL)
+    df = model.frame(con, "ml.flight_features", f"event_date IN ({dates})")
+    outcome = con.execute(f"SELECT outcome FROM ml.flight_features WHERE event_date IN ({dates}) "
+                          f"ORDER BY {', '.join(features.KEY)}").df()["outcome"]
+    p = model.predict(fitted, df)
+    scored = df[features.KEY].assign(p_delayed=p, model_version=champion, outcome=outcome.to_numpy(), delayed=df["delayed"])
+    con.register("_scored", scored)
+    try:
+        rows = partitions.replace_partitions(con, "ml.flight_predictions", PREDICTIONS_DDL, keys,
+                                             "SELECT event_date, carrier, flight, origin, p_delayed, model_version, outcome, delayed "
+                                             "FROM _scored WHERE {partition_filter}")
+        measured = measure(cfg, ref, scored, df, evaluation_auc(con, champion))
+        con.register("_drift", measured)
+        partitions.replace_partitions(con, "ml.drift", DRIFT_DDL, keys,
+                                      "SELECT event_date, model_version, measure, feature, value, reference, grade "
+                                      "FROM _drift WHERE {partition_filter}")
+    finally:
+        con.unregister("_scored")
+        con.unregister("_drift")
+    return Scored(champion, rows, measured)
+
+
+def measure(cfg: MlConfig, ref: dict, scored: pd.DataFrame, df: pd.DataFrame, reference_auc: float | None) -> pd.DataFrame:
+    """PSI per feature and of the prediction per partition; AUC where enough labels are known."""
+    d = cfg.drift
+    out = []
+    version = scored["model_version"].iloc[0] if len(scored) else None
+    for day, idx in scored.groupby("event_date").groups.items():
+        part = df.loc[idx]
+        for name, value in drift.stability(ref, part, scored.loc[idx, "p_delayed"].to_numpy()).items():
+            out.append((day, version, "psi", name, value, None, drift.grade(value, float(d["psi_warn"]), float(d["psi_fail"]))))
+        labelled = part["delayed"].notna()
+        y = part.loc[labelled, "delayed"].astype(int).to_numpy()
+        if reference_auc is not None and labelled.sum() >= int(d["min_labelled_flights"]) and len(np.unique(y)) == 2:
+            auc = model.metrics(y, scored.loc[idx][labelled.to_numpy()]["p_delayed"].to_numpy())["auc"]
+            out.append((day, version, "auc", "prediction", auc, reference_auc,
+                        drift.grade(reference_auc - auc, float(d["auc_drop_warn"]), float(d["auc_drop_fail"]))))
+    return pd.DataFrame(out, columns=[c for c, _ in DRIFT_COLUMNS])
