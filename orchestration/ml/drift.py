@@ -1,9 +1,15 @@
 """Drift: how far a scored partition has moved from what the model was trained on.
 
-The reference is taken from the training split when the model is trained (bin edges and shares of
-each feature and of the prediction) and travels with the model version in MLflow. Per partition:
-the population stability index (PSI) of each feature and of the prediction, and, where labels are
-known, the partition's AUC against the AUC measured on the test window.
+The reference is taken from the training split when the model is trained and travels with the
+model version in MLflow: per feature (and for the prediction) the bins of the training
+distribution, with two extra bins below the training minimum and above its maximum, and the
+share of training rows in each.
+
+A daily partition is not a sample of the whole training window: one day has one month, one
+weekday and a few dozen weather observations, so its PSI against the whole window is high even
+for an ordinary day. Each feature's reference therefore also records its typical daily PSI (a
+quantile of the PSI of every training day), and a partition is graded on its excess over that:
+a day that looks like no training day did. Values outside the training range always count.
 """
 
 from __future__ import annotations
@@ -18,56 +24,66 @@ OTHER = "<other>"
 EPSILON = 1e-4  # a bin empty on one side would make PSI infinite
 
 
-def _numeric_reference(values: pd.Series, bins: int) -> dict:
+def _numeric(values: pd.Series, bins: int) -> dict:
     known = values.dropna().to_numpy(dtype=float)
-    edges = np.unique(np.quantile(known, np.linspace(0, 1, bins + 1)[1:-1])) if len(known) else np.array([])
-    return {"kind": "numeric", "edges": [float(e) for e in edges], "shares": _numeric_shares(values, edges)}
+    if not len(known):
+        return {"kind": "numeric", "edges": []}
+    inner = np.unique(np.quantile(known, np.linspace(0, 1, bins + 1)[1:-1]))
+    # [< min] [min, q1) ... [q_last, max] (> max]: values beyond the training range get bins of their own
+    return {"kind": "numeric", "min": float(known.min()), "max": float(known.max()), "edges": [float(e) for e in inner]}
 
 
-def _numeric_shares(values: pd.Series, edges) -> list[float]:
+def shares(ref: dict, values: pd.Series) -> np.ndarray:
+    """The share of values in each of the reference's bins (missing values last)."""
+    n = max(len(values), 1)
+    if ref["kind"] == "categorical":
+        v = values.astype(object).where(values.notna(), MISSING).astype(str)
+        cats = list(ref["categories"])
+        counts = v.value_counts()
+        other = len(v) - sum(int(counts.get(c, 0)) for c in cats)
+        return np.array([counts.get(c, 0) for c in cats] + [other], dtype=float) / n
     v = values.to_numpy(dtype=float)
     missing = np.isnan(v)
-    idx = np.searchsorted(np.asarray(edges, dtype=float), v[~missing], side="right")
-    counts = np.bincount(idx, minlength=len(edges) + 1).astype(float)
-    counts = np.append(counts, missing.sum())
-    return [float(c) for c in counts / max(len(v), 1)]
+    known = v[~missing]
+    edges = np.asarray(ref["edges"], dtype=float)
+    if "min" not in ref:
+        return np.array([0.0] * (len(edges) + 3) + [missing.sum() / n])
+    below, above = known < ref["min"], known > ref["max"]
+    inside = known[~below & ~above]
+    counts = np.bincount(np.searchsorted(edges, inside, side="right"), minlength=len(edges) + 1).astype(float)
+    return np.concatenate([[below.sum()], counts, [above.sum(), missing.sum()]]) / n
 
 
-def _categorical_reference(values: pd.Series) -> dict:
-    shares = values.fillna(MISSING).astype(str).value_counts(normalize=True)
-    return {"kind": "categorical", "shares": {str(k): float(s) for k, s in sorted(shares.items())}}
-
-
-def _categorical_shares(values: pd.Series, categories: list[str]) -> list[float]:
-    v = values.fillna(MISSING).astype(str)
-    v = v.where(v.isin(categories), OTHER)
-    counts = v.value_counts()
-    return [float(counts.get(c, 0)) / max(len(v), 1) for c in [*categories, OTHER]]
-
-
-def reference(train: pd.DataFrame, predictions: np.ndarray, bins: int) -> dict:
-    out = {c: _categorical_reference(train[c]) for c in features.CATEGORICAL}
-    out.update({c: _numeric_reference(train[c], bins) for c in features.NUMERIC})
-    out["prediction"] = _numeric_reference(pd.Series(predictions, dtype=float), bins)
-    return out
-
-
-def psi(expected: list[float], actual: list[float]) -> float:
+def psi(expected, actual) -> float:
     e = np.clip(np.asarray(expected, dtype=float), EPSILON, None)
     a = np.clip(np.asarray(actual, dtype=float), EPSILON, None)
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def stability(ref: dict, df: pd.DataFrame, predictions: np.ndarray) -> dict[str, float]:
-    """PSI of every feature and of the prediction for one partition's rows."""
+def reference(train: pd.DataFrame, predictions: np.ndarray, bins: int, quantile: float) -> dict:
+    """Bins and training shares of every feature and of the prediction, and their typical daily PSI."""
+    columns = {c: train[c] for c in features.MODEL_INPUTS}
+    columns["prediction"] = pd.Series(predictions, index=train.index, dtype=float)
+    out = {}
+    for name, values in columns.items():
+        if name in features.CATEGORICAL:
+            cats = sorted(values.astype(object).where(values.notna(), MISSING).astype(str).unique())
+            ref = {"kind": "categorical", "categories": cats}
+        else:
+            ref = _numeric(values, bins)
+        ref["shares"] = [float(s) for s in shares(ref, values)]
+        daily = [psi(ref["shares"], shares(ref, values[idx])) for _, idx in train.groupby("event_date").groups.items()]
+        ref["typical_daily_psi"] = float(np.quantile(daily, quantile)) if daily else 0.0
+        out[name] = ref
+    return out
+
+
+def stability(ref: dict, df: pd.DataFrame, predictions: np.ndarray) -> dict[str, tuple[float, float]]:
+    """feature -> (PSI of this partition, typical daily PSI in training)."""
     out = {}
     for name, r in ref.items():
-        values = pd.Series(predictions, dtype=float) if name == "prediction" else df[name]
-        if r["kind"] == "numeric":
-            out[name] = psi(r["shares"], _numeric_shares(values.astype(float), r["edges"]))
-        else:
-            cats = list(r["shares"])
-            out[name] = psi([*r["shares"].values(), 0.0], _categorical_shares(values, cats))
+        values = pd.Series(predictions, dtype=float) if name == "prediction" else df[name].reset_index(drop=True)
+        out[name] = (psi(r["shares"], shares(r, values)), float(r.get("typical_daily_psi", 0.0)))
     return out
 
 

@@ -10,22 +10,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from orchestration.ml import model
 
 COLUMNS = [("challenger_version", "VARCHAR"), ("model", "VARCHAR"), ("model_version", "VARCHAR"), ("scope", "VARCHAR"),
-           ("flights", "BIGINT"), ("auc", "DOUBLE"), ("log_loss", "DOUBLE"), ("brier", "DOUBLE"), ("ece", "DOUBLE")]
+           ("flights", "BIGINT"), ("auc", "DOUBLE"), ("log_loss", "DOUBLE"), ("brier", "DOUBLE"), ("ece", "DOUBLE"),
+           ("daily_auc", "DOUBLE")]  # median AUC of single test days: what a scored partition is compared with
 DDL = "CREATE TABLE IF NOT EXISTS ml.model_evaluation (" + ", ".join(f"{n} {t}" for n, t in COLUMNS) + ")"
 OVERALL = "overall"
 
 
-def measure(label: str, version: str | None, test: pd.DataFrame, p) -> list[dict]:
+def measure(label: str, version: str | None, test: pd.DataFrame, p, min_daily_flights: int) -> list[dict]:
     """Overall and per-carrier metrics of one model's predictions p on the test rows."""
-    rows = [{"model": label, "model_version": version, "scope": OVERALL, **model.metrics(test["delayed"], p)}]
-    frame = pd.DataFrame({"carrier": test["carrier"].to_numpy(), "y": test["delayed"].astype(int).to_numpy(), "p": p})
+    frame = pd.DataFrame({"day": test["event_date"].to_numpy(), "carrier": test["carrier"].to_numpy(),
+                          "y": test["delayed"].astype(int).to_numpy(), "p": p})
+    daily = [model.metrics(part["y"], part["p"])["auc"] for _, part in frame.groupby("day")
+             if len(part) >= min_daily_flights]
+    daily = [a for a in daily if a is not None]
+    rows = [{"model": label, "model_version": version, "scope": OVERALL, **model.metrics(test["delayed"], p),
+             "daily_auc": float(np.median(daily)) if daily else None}]
     for carrier, part in frame.groupby("carrier", sort=True):
-        rows.append({"model": label, "model_version": version, "scope": carrier, **model.metrics(part["y"], part["p"])})
+        rows.append({"model": label, "model_version": version, "scope": carrier, **model.metrics(part["y"], part["p"]),
+                     "daily_auc": None})
     return rows
 
 
@@ -35,7 +43,7 @@ def store(con, challenger: str, rows: list[dict]) -> None:
     con.execute("DELETE FROM ml.model_evaluation WHERE challenger_version = ?", [challenger])
     con.executemany(f"INSERT INTO ml.model_evaluation VALUES ({', '.join('?' * len(COLUMNS))})",
                     [[challenger, r["model"], r["model_version"], r["scope"], r["flights"], r["auc"], r["log_loss"],
-                      r["brier"], r["ece"]] for r in rows])
+                      r["brier"], r["ece"], r["daily_auc"]] for r in rows])
 
 
 def load(con, challenger: str) -> list[dict]:

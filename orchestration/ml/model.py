@@ -35,20 +35,20 @@ def build(params: dict) -> Pipeline:
     encode = make_column_transformer(
         (OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan),
          features.CATEGORICAL),
-        ("passthrough", features.NUMERIC), verbose_feature_names_out=False)
+        ("passthrough", features.MODEL_NUMERIC), verbose_feature_names_out=False)
     classifier = HistGradientBoostingClassifier(categorical_features=features.CATEGORICAL, **params)
     return make_pipeline(encode, classifier).set_output(transform="pandas")
 
 
 def fit(train: pd.DataFrame, params: dict) -> Pipeline:
-    return build(params).fit(train[features.FEATURES], train["delayed"].astype(int))
+    return build(params).fit(train[features.MODEL_INPUTS], train["delayed"].astype(int))
 
 
 def predict(model: Pipeline, df: pd.DataFrame) -> np.ndarray:
     """P(delayed) per row."""
     if df.empty:
         return np.zeros(0)
-    return model.predict_proba(df[features.FEATURES])[:, 1]
+    return model.predict_proba(df[features.MODEL_INPUTS])[:, 1]
 
 
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> tuple[float, list[dict]]:

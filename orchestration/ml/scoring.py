@@ -33,10 +33,10 @@ class Scored:
 
 
 def evaluation_auc(con, version: str) -> float | None:
-    """The version's AUC on the test window, as measured when it was evaluated (None if it never was)."""
+    """The version's median daily AUC on the test window when it was evaluated (None if it never was)."""
     con.execute(evaluation.DDL)
-    rows = con.execute("""SELECT auc FROM ml.model_evaluation WHERE model_version = ? AND scope = 'overall'
-                          AND model IN ('challenger', 'champion') AND auc IS NOT NULL LIMIT 1""", [version]).fetchall()
+    rows = con.execute("""SELECT daily_auc FROM ml.model_evaluation WHERE model_version = ? AND scope = 'overall'
+                          AND model IN ('challenger', 'champion') AND daily_auc IS NOT NULL LIMIT 1""", [version]).fetchall()
     return rows[0][0] if rows else None
 
 
@@ -77,8 +77,10 @@ def measure(cfg: MlConfig, ref: dict, scored: pd.DataFrame, df: pd.DataFrame, re
     version = scored["model_version"].iloc[0] if len(scored) else None
     for day, idx in scored.groupby("event_date").groups.items():
         part = df.loc[idx]
-        for name, value in drift.stability(ref, part, scored.loc[idx, "p_delayed"].to_numpy()).items():
-            out.append((day, version, "psi", name, value, None, drift.grade(value, float(d["psi_warn"]), float(d["psi_fail"]))))
+        for name, (value, typical) in drift.stability(ref, part, scored.loc[idx, "p_delayed"].to_numpy()).items():
+            # graded on the excess over what an ordinary training day shows
+            out.append((day, version, "psi", name, value, typical,
+                        drift.grade(value - typical, float(d["psi_warn"]), float(d["psi_fail"]))))
         labelled = part["delayed"].notna()
         y = part.loc[labelled, "delayed"].astype(int).to_numpy()
         if reference_auc is not None and labelled.sum() >= int(d["min_labelled_flights"]) and len(np.unique(y)) == 2:

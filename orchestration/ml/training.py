@@ -24,7 +24,7 @@ class Trained:
 
 def fingerprint(cfg: MlConfig, provenance: dict) -> str:
     """Same training set, parameters, features and model code: the same model, so it is not trained twice."""
-    spec = {"training_set": provenance["version"], "params": cfg.params, "features": features.FEATURES,
+    spec = {"training_set": provenance["version"], "params": cfg.params, "features": features.MODEL_INPUTS,
             "code": MODEL_CODE_VERSION, "model": cfg.model_name}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -41,7 +41,7 @@ def fit(con, cfg: MlConfig):
     p_train = model.predict(m, train)
     metrics = {f"train_{k}": v for k, v in model.metrics(train["delayed"], p_train).items()}
     metrics.update({f"validation_{k}": v for k, v in model.metrics(validation["delayed"], model.predict(m, validation)).items()})
-    return m, metrics, drift.reference(train, p_train, int(cfg.drift["bins"]))
+    return m, metrics, drift.reference(train, p_train, int(cfg.drift["bins"]), float(cfg.drift["typical_daily_quantile"]))
 
 
 def train(con, cfg: MlConfig) -> Trained:
@@ -64,10 +64,11 @@ def evaluate(con, cfg: MlConfig, challenger: str) -> tuple[list[dict], str | Non
     """Measure challenger, champion and baseline on the test window; store and return the rows."""
     test = model.frame(con, "ml.training_set", "split = 'test'")
     train = model.frame(con, "ml.training_set", "split = 'train'")
-    rows = evaluation.measure("challenger", challenger, test, model.predict(registry.load(cfg, challenger), test))
-    rows += evaluation.measure("baseline", None, test, model.Baseline(train).predict(test))
+    daily = int(cfg.drift["min_labelled_flights"])
+    rows = evaluation.measure("challenger", challenger, test, model.predict(registry.load(cfg, challenger), test), daily)
+    rows += evaluation.measure("baseline", None, test, model.Baseline(train).predict(test), daily)
     champion = registry.champion(cfg)
     if champion and champion != challenger:
-        rows += evaluation.measure("champion", champion, test, model.predict(registry.load(cfg, champion), test))
+        rows += evaluation.measure("champion", champion, test, model.predict(registry.load(cfg, champion), test), daily)
     evaluation.store(con, challenger, rows)
     return rows, champion

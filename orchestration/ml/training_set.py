@@ -65,7 +65,7 @@ def build(con, cfg: MlConfig) -> dict:
     provenance = {
         "source": "ml.flight_features",
         "label": f"arrival delay above {cfg.delay_minutes} minutes; cancelled and diverted flights excluded",
-        "features": features.FEATURES,
+        "features": features.MODEL_INPUTS,
         "splits": splits,
         "partitions": versions,
         "missing_partitions": [d for d in days if d not in versions],
