@@ -111,9 +111,10 @@ def specs(defs) -> dict[str, dg.AssetSpec]:
     return {s.key.to_user_string(): s for s in defs.resolve_all_asset_specs()}
 
 
-def test_every_contract_has_bronze_and_raw_assets_plus_core_and_marts(specs):
+def test_every_contract_has_bronze_and_raw_assets_plus_core_marts_and_ml(specs):
     sources = load_contracts()
     expected = {f"{layer}/{s}" for s in sources for layer in ("bronze", "raw")} | {"core/flights", "marts/carrier_daily"}
+    expected |= {f"ml/{a}" for a in ("flight_features", "training_set", "delay_model", "model_evaluation", "flight_predictions")}
     assert set(specs) == expected
 
 
