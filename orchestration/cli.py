@@ -1,4 +1,4 @@
-"""The `plumbline` command: feed, sync, summary, restatements, dlq, backfill, contracts, deliveries."""
+"""The `plumbline` command: feed, sync, summary, restatements, dlq, backfill, contracts, deliveries, model."""
 
 from __future__ import annotations
 
@@ -229,6 +229,35 @@ def _deliveries(args) -> int:
     return 0 if report.ok and not still else 1
 
 
+def _model(args) -> int:
+    from assets.ml import CFG
+    from orchestration.ml import oncall, registry
+    from orchestration.warehouse import Warehouse
+
+    try:
+        if args.model_command in ("list", "history"):
+            with Warehouse().connect(read_only=True) as con:
+                print(oncall.versions_text(con, CFG) if args.model_command == "list" else oncall.history_text(con, CFG))
+            return 0
+        with Warehouse().connect() as con:
+            if args.model_command == "promote":
+                previous = registry.promote(con, CFG, args.version, actor=oncall.actor(),
+                                            reason=args.reason or "promoted by hand (plumbline model promote)")
+                print(f"{CFG.model_name}: v{args.version} is the champion (was {'v' + previous if previous else 'none'}); "
+                      "recorded in ops.model_promotions")
+                champion = args.version
+            else:
+                restored, replaced = registry.rollback(con, CFG, actor=oncall.actor(),
+                                                       reason=args.reason or "rolled back by hand (plumbline model rollback)")
+                print(f"{CFG.model_name}: rolled back from v{replaced} to v{restored}; recorded in ops.model_promotions")
+                champion = restored
+            print(oncall.rescore_hint(con, CFG, champion))
+    except registry.RegistryError as e:
+        print(f"plumbline model {args.model_command}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plumbline", description="Contract-enforced, partitioned ingestion on Dagster. "
                                      "State lives under $PLUMBLINE_HOME (default ./data).")
@@ -306,6 +335,18 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--source", required=True)
     retry.add_argument("--file", help="one delivery, as its path under landing/")
     retry.set_defaults(func=_deliveries)
+
+    model = sub.add_parser("model", help="the flight-delay model in MLflow: versions, promotion, rollback")
+    m_sub = model.add_subparsers(dest="model_command", required=True)
+    m_sub.add_parser("list", help="every registered version with its status, test AUC and training set").set_defaults(func=_model)
+    m_sub.add_parser("history", help="every promotion, rejection and rollback, oldest first").set_defaults(func=_model)
+    promote = m_sub.add_parser("promote", help="make a version the champion (recorded with who and why)")
+    promote.add_argument("version", help="the MLflow model version number (plumbline model list)")
+    promote.add_argument("--reason", help="why, for the record")
+    promote.set_defaults(func=_model)
+    rollback = m_sub.add_parser("rollback", help="restore the champion that the current one replaced (recorded)")
+    rollback.add_argument("--reason", help="why, for the record")
+    rollback.set_defaults(func=_model)
     return parser
 
 

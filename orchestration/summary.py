@@ -45,6 +45,42 @@ def summary_text(warehouse: Warehouse | None = None) -> str:
             lines.append(f"  {source:<9} {rule:<34} {n:>5}  e.g. {reason[:110]}")
         if not rows:
             lines.append("  none")
+        lines += model_lines(con)
     lines += ["", "Inspect rejects:  .venv/bin/plumbline dlq list   |   .venv/bin/plumbline dlq show --rule <rule_id>",
+              "Model versions:   .venv/bin/plumbline model list   |   .venv/bin/plumbline model history",
               f"Open the UI:      make ui   (then http://127.0.0.1:3000; runs above are in {settings.dagster_home()})"]
     return "\n".join(lines)
+
+
+def model_lines(con) -> list[str]:
+    """The champion's test-window metrics against the baseline, what it scored, and drift."""
+    from orchestration.ml import config, oncall, registry
+
+    if not oncall._table_exists(con, "ml", "model_evaluation"):
+        return []
+    cfg = config.load()
+    champion = registry.champion(cfg)
+    test = cfg.window("test")
+    lines = ["", f"Model {cfg.model_name} ({registry.tracking_uri()}):"]
+    if champion is None:
+        return lines + ["  no champion: the promotion gate rejected every version (plumbline model list)"]
+    latest = con.execute("SELECT challenger_version FROM ml.model_evaluation WHERE model = 'challenger' "
+                         "ORDER BY CAST(challenger_version AS INTEGER) DESC LIMIT 1").fetchall()
+    rows = con.execute("""SELECT model, model_version, flights, auc, log_loss, brier, ece FROM ml.model_evaluation
+        WHERE challenger_version = ? AND scope = 'overall' ORDER BY CASE model WHEN 'challenger' THEN 0 WHEN 'champion' THEN 1 ELSE 2 END""",
+                       [latest[0][0] if latest else champion]).fetchall()
+    lines.append(f"  champion v{champion}; latest evaluation on the test window {test.start} .. {test.end}:")
+    lines.append(f"    {'':<24} {'flights':>8} {'AUC':>7} {'log loss':>9} {'Brier':>7} {'calib. err':>10}")
+    for model, version, flights, auc, ll, brier, ece in rows:
+        name = (f"{'champion' if version == champion else model} v{version}" if version
+                else "baseline (on-time share)")
+        lines.append(f"    {name:<24} {flights:>8} {auc or float('nan'):>7.4f} {ll:>9.4f} {brier:>7.4f} {ece:>10.4f}")
+    for version, first, last, n in oncall.scored_by(con):
+        lines.append(f"  predictions {first} .. {last}: {n} partition(s) scored by v{version}")
+    if oncall._table_exists(con, "ml", "drift"):
+        graded = con.execute("""SELECT measure, grade, count(*) FROM ml.drift WHERE grade <> 'ok' GROUP BY ALL ORDER BY 1, 2""").fetchall()
+        worst = con.execute("""SELECT feature, count(*) FROM ml.drift WHERE grade <> 'ok' AND measure = 'psi'
+                               GROUP BY ALL ORDER BY 2 DESC, 1 LIMIT 3""").fetchall()
+        lines.append("  drift beyond thresholds: " + (", ".join(f"{m} {g} {n}" for m, g, n in graded) or "none")
+                     + (f" (most often: {', '.join(f'{f} {n}' for f, n in worst)}; table ml.drift)" if worst else ""))
+    return lines

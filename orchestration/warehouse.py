@@ -94,6 +94,15 @@ CREATE TABLE IF NOT EXISTS ops.restatements (
     run_id VARCHAR NOT NULL,
     restated_at TIMESTAMPTZ NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ops.model_promotions (  -- every change of the champion model, and every rejection
+    decided_at TIMESTAMPTZ NOT NULL,
+    action VARCHAR NOT NULL,          -- promote, reject, rollback
+    model VARCHAR NOT NULL,           -- registered model name
+    version VARCHAR NOT NULL,         -- the version promoted, rejected or restored
+    previous_champion VARCHAR,
+    actor VARCHAR NOT NULL,           -- promotion_gate, or who ran plumbline model promote/rollback
+    reason VARCHAR NOT NULL
+);
 """
 
 SNAPSHOT_PARTITION = "1970-01-01"  # the single "partition" of an unpartitioned snapshot source

@@ -27,11 +27,6 @@ TRAINING_SET_TAG = "plumbline.training_set_version"
 FINGERPRINT_TAG = "plumbline.fingerprint"  # training set + parameters + code: same fingerprint, same model
 LIBRARIES = ("scikit-learn", "numpy", "pandas", "duckdb", "dagster", "mlflow-skinny", "pyarrow")
 
-PROMOTIONS_DDL = """CREATE TABLE IF NOT EXISTS ops.model_promotions (
-    decided_at TIMESTAMPTZ NOT NULL, action VARCHAR NOT NULL, model VARCHAR NOT NULL, version VARCHAR NOT NULL,
-    previous_champion VARCHAR, actor VARCHAR NOT NULL, reason VARCHAR NOT NULL)"""
-
-
 class RegistryError(RuntimeError):
     pass
 
@@ -169,7 +164,6 @@ def reference(cfg: MlConfig, number: str) -> dict:
 
 
 def _record(con, cfg: MlConfig, action: str, number: str, previous: str | None, actor: str, reason: str) -> None:
-    con.execute(PROMOTIONS_DDL)
     con.execute("INSERT INTO ops.model_promotions VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [dt.datetime.now(dt.timezone.utc), action, cfg.model_name, str(number), previous, actor, reason])
 
@@ -201,7 +195,6 @@ def rollback(con, cfg: MlConfig, *, actor: str, reason: str) -> tuple[str, str]:
     current = champion(cfg)
     if current is None:
         raise RegistryError(f"model {cfg.model_name} has no champion to roll back")
-    con.execute(PROMOTIONS_DDL)
     row = con.execute("""SELECT previous_champion FROM ops.model_promotions
         WHERE model = ? AND version = ? AND action = 'promote' ORDER BY decided_at DESC LIMIT 1""",
                       [cfg.model_name, current]).fetchall()
@@ -220,6 +213,5 @@ def rollback(con, cfg: MlConfig, *, actor: str, reason: str) -> tuple[str, str]:
 
 
 def history(con, cfg: MlConfig) -> list[tuple]:
-    con.execute(PROMOTIONS_DDL)
     return con.execute("SELECT decided_at, action, version, previous_champion, actor, reason FROM ops.model_promotions "
                        "WHERE model = ? ORDER BY decided_at", [cfg.model_name]).fetchall()

@@ -1,0 +1,75 @@
+"""What on-call sees and does with the model: versions, promotions by hand, rollback, and which
+version scored which partitions. Used by `plumbline model ...` and `plumbline summary`."""
+
+from __future__ import annotations
+
+import getpass
+import os
+
+from orchestration.ml import registry
+from orchestration.ml.config import MlConfig
+
+
+def actor() -> str:
+    """Who acted: $PLUMBLINE_ACTOR, else the login name."""
+    try:
+        return os.environ.get("PLUMBLINE_ACTOR") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _table_exists(con, schema: str, table: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                            [schema, table]).fetchall()[0][0])
+
+
+def test_auc(con, version: str) -> float | None:
+    if not _table_exists(con, "ml", "model_evaluation"):
+        return None
+    rows = con.execute("SELECT auc FROM ml.model_evaluation WHERE challenger_version = ? AND model = 'challenger' "
+                       "AND scope = 'overall'", [version]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def versions_text(con, cfg: MlConfig) -> str:
+    found = registry.versions(cfg)
+    if not found:
+        return f"model {cfg.model_name} has no versions in {registry.tracking_uri()} (plumbline sync trains one)"
+    champion = registry.champion(cfg)
+    lines = [f"model {cfg.model_name} in {registry.tracking_uri()}:",
+             f"  {'version':>7}  {'status':<11} {'test AUC':>8}  {'training set':<16}  reason"]
+    for v in found:
+        auc = test_auc(con, v.version)
+        mark = "*" if v.version == champion else " "
+        lines.append(f"{mark} {v.version:>7}  {v.tags.get(registry.STATUS_TAG, '-'):<11} "
+                     f"{(f'{auc:.4f}' if auc is not None else '-'):>8}  {v.tags.get(registry.TRAINING_SET_TAG, '-'):<16}  "
+                     f"{v.tags.get(registry.REASON_TAG, '')}")
+    lines.append("  (* champion; plumbline model history shows every promotion, rejection and rollback)")
+    return "\n".join(lines)
+
+
+def history_text(con, cfg: MlConfig) -> str:
+    rows = registry.history(con, cfg)
+    if not rows:
+        return f"no promotions of {cfg.model_name} recorded yet (ops.model_promotions)"
+    return "\n".join(f"{at:%Y-%m-%d %H:%M:%S} {action:<8} v{version:<4} (champion before: {previous or 'none'}) by {who}: {why}"
+                     for at, action, version, previous, who, why in rows)
+
+
+def scored_by(con) -> list[tuple[str, str, str, int]]:
+    """(model_version, first partition, last partition, partitions) of ml.flight_predictions."""
+    if not _table_exists(con, "ml", "flight_predictions"):
+        return []
+    return [(v, str(a), str(b), n) for v, a, b, n in con.execute(
+        "SELECT model_version, min(event_date), max(event_date), count(DISTINCT event_date) FROM ml.flight_predictions "
+        "GROUP BY ALL ORDER BY 2").fetchall()]
+
+
+def rescore_hint(con, cfg: MlConfig, champion: str) -> str:
+    stale = [(v, a, b) for v, a, b, _ in scored_by(con) if v != champion]
+    if not stale:
+        return "every scored partition is already scored by the champion"
+    first, last = min(a for _, a, _ in stale), max(b for _, _, b in stale)
+    versions = ", ".join(sorted({f"v{v}" for v, _, _ in stale}))
+    return (f"partitions {first} .. {last} are scored by {versions}; re-score them with the champion:\n"
+            f"  plumbline backfill --assets key:ml/flight_predictions --from {first} --to {last} [--in-process]")
