@@ -12,6 +12,8 @@ from orchestration.ml import config, evaluation, features, registry, scoring, tr
 from orchestration.ml import training_set as split
 from orchestration.warehouse import Warehouse
 
+# Read when the code location loads, for what shapes the graph (the rolling window of the partition
+# mapping); every run reads the configuration again, so a changed split or threshold applies at once.
 CFG = config.load()
 FLIGHTS = catalog.contracts()["flights"]
 DAILY = catalog.partitions_def(FLIGHTS)
@@ -71,21 +73,22 @@ def flight_features(context: dg.AssetExecutionContext, warehouse: Warehouse) -> 
 def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
     """Labelled flights of the train, validation and test windows (config split), with provenance:
     each feature partition's content hash, contract versions, row counts and label balance."""
+    cfg = config.load()
     with warehouse.connect() as con:
-        provenance = split.build(con, CFG)
-        problems = split.split_problems(con, CFG)
+        provenance = split.build(con, cfg)
+        problems = split.split_problems(con, cfg)
     splits = provenance["splits"]
     context.log.info("ml.training_set " + provenance["version"] + ": " +
                      ", ".join(f"{n} {s['rows']} rows ({s['delayed_share']} delayed)" for n, s in splits.items()))
     yield dg.MaterializeResult(
         metadata={"dagster/row_count": sum(s["rows"] for s in splits.values()), "training_set_version": provenance["version"],
-                  "provenance": dg.MetadataValue.json(provenance), "config": str(CFG.path)},
+                  "provenance": dg.MetadataValue.json(provenance), "config": str(cfg.path)},
         data_version=dg.DataVersion(provenance["version"]))
     ok = not problems["overlapping_windows"] and not problems["keys_in_two_splits"]
     yield dg.AssetCheckResult(
         check_name="training_set_split", passed=ok, severity=dg.AssetCheckSeverity.ERROR,
         description=None if ok else (
-            f"the split in {CFG.path} is unsound: windows overlapping: {problems['overlapping_windows'] or 'none'}; "
+            f"the split in {cfg.path} is unsound: windows overlapping: {problems['overlapping_windows'] or 'none'}; "
             f"{problems['keys_in_two_splits']} flight(s) in two splits. Fix split.* so the windows are disjoint."),
         metadata={"overlapping_windows": dg.MetadataValue.json(problems["overlapping_windows"]),
                   "keys_in_two_splits": problems["keys_in_two_splits"],
@@ -98,13 +101,14 @@ def delay_model(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.M
     """A gradient-boosting classifier of P(arrival delay > threshold), trained with fixed seeds on the
     train window and registered in MLflow with its parameters, metrics, the training set's provenance,
     the code version and library versions. The same training set and parameters reuse the version."""
+    cfg = config.load()
     with warehouse.connect(read_only=True) as con:
-        trained = training.train(con, CFG)
-    v = registry.version(CFG, trained.version)
-    context.log.info(f"{CFG.model_name} v{trained.version} ({'reused: same fingerprint' if trained.reused else 'trained'}); "
+        trained = training.train(con, cfg)
+    v = registry.version(cfg, trained.version)
+    context.log.info(f"{cfg.model_name} v{trained.version} ({'reused: same fingerprint' if trained.reused else 'trained'}); "
                      f"validation AUC {trained.metrics.get('validation_auc')}")
     return dg.MaterializeResult(
-        metadata={MODEL_VERSION: trained.version, "model_uri": f"models:/{CFG.model_name}/{trained.version}",
+        metadata={MODEL_VERSION: trained.version, "model_uri": f"models:/{cfg.model_name}/{trained.version}",
                   "mlflow_run_id": v.run_id, "mlflow_tracking_uri": registry.tracking_uri(), "reused": trained.reused,
                   "training_set_version": trained.provenance["version"], "fingerprint": trained.fingerprint,
                   **{k: float(val) for k, val in sorted(trained.metrics.items()) if isinstance(val, (int, float))}},
@@ -126,7 +130,7 @@ def model_evaluation(context: dg.AssetExecutionContext, warehouse: Warehouse) ->
     for the challenger (the latest ml/delay_model), the current champion and the baseline."""
     challenger = str(_latest(context.instance, MODEL)[MODEL_VERSION])
     with warehouse.connect() as con:
-        rows, champion = training.evaluate(con, CFG, challenger)
+        rows, champion = training.evaluate(con, config.load(), challenger)
     overall = {r["model"]: r for r in rows if r["scope"] == evaluation.OVERALL}
     table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows if r["scope"] == evaluation.OVERALL]
     context.log.info("test window: " + "; ".join(f"{m} AUC {r['auc']:.4f}" for m, r in overall.items() if r["auc"] is not None))
@@ -140,16 +144,17 @@ def model_evaluation(context: dg.AssetExecutionContext, warehouse: Warehouse) ->
                 description="Promotes the challenger to champion only if it beats the champion (or the baseline) by the "
                             "configured margin with no carrier regressing beyond the configured amount.")
 def promotion_gate(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+    cfg = config.load()
     challenger = str(_latest(context.instance, EVALUATION)["challenger_version"])
     with warehouse.connect() as con:
         rows = evaluation.load(con, challenger)
-        champion = registry.champion(CFG)
-        decision = evaluation.decide(rows, challenger, champion, CFG.promotion)
+        champion = registry.champion(cfg)
+        decision = evaluation.decide(rows, challenger, champion, cfg.promotion)
         if decision.promote:
-            registry.promote(con, CFG, challenger, actor="promotion_gate", reason=decision.reason)
+            registry.promote(con, cfg, challenger, actor="promotion_gate", reason=decision.reason)
         elif champion != challenger:
-            registry.reject(con, CFG, challenger, actor="promotion_gate", reason=decision.reason)
-    now = registry.champion(CFG)
+            registry.reject(con, cfg, challenger, actor="promotion_gate", reason=decision.reason)
+    now = registry.champion(cfg)
     context.log.info(f"promotion gate: v{challenger} {'promoted' if decision.promote else 'not promoted'}: {decision.reason}")
     kept = decision.promote or champion == challenger
     return dg.AssetCheckResult(
@@ -184,19 +189,19 @@ def flight_predictions(context: dg.AssetExecutionContext, warehouse: Warehouse):
     scored it; drift of the partition against the training reference in ml.drift. When the
     champion changes, re-scoring is a backfill of these partitions."""
     keys = list(context.partition_keys)
+    cfg = config.load()
     with warehouse.connect() as con:
-        scored = scoring.score(con, CFG, keys)
+        scored = scoring.score(con, cfg, keys)
     context.log.info(f"ml.flight_predictions: {sum(scored.rows.values())} flights in {len(keys)} partition(s) scored by "
-                     f"{CFG.model_name} v{scored.version}")
+                     f"{cfg.model_name} v{scored.version}")
     yield dg.MaterializeResult(metadata={
         "dagster/row_count": sum(scored.rows.values()), MODEL_VERSION: scored.version,
-        "model_uri": f"models:/{CFG.model_name}/{scored.version}", "mlflow_tracking_uri": registry.tracking_uri(),
+        "model_uri": f"models:/{cfg.model_name}/{scored.version}", "mlflow_tracking_uri": registry.tracking_uri(),
         "partitions": len(keys)})
-    yield from drift_results(scored.drift)
+    yield from drift_results(scored.drift, cfg.drift)
 
 
-def drift_results(measured) -> list[dg.AssetCheckResult]:
-    d = CFG.drift
+def drift_results(measured, d: dict) -> list[dg.AssetCheckResult]:
     out = []
     for check, rows in (("feature_drift", measured[(measured.measure == "psi") & (measured.feature != "prediction")]),
                         ("prediction_drift", measured[(measured.measure == "psi") & (measured.feature == "prediction")]),

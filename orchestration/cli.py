@@ -230,28 +230,28 @@ def _deliveries(args) -> int:
 
 
 def _model(args) -> int:
-    from assets.ml import CFG
-    from orchestration.ml import oncall, registry
+    from orchestration.ml import config, oncall, registry
     from orchestration.warehouse import Warehouse
 
+    cfg = config.load()
     try:
         if args.model_command in ("list", "history"):
             with Warehouse().connect(read_only=True) as con:
-                print(oncall.versions_text(con, CFG) if args.model_command == "list" else oncall.history_text(con, CFG))
+                print(oncall.versions_text(con, cfg) if args.model_command == "list" else oncall.history_text(con, cfg))
             return 0
         with Warehouse().connect() as con:
             if args.model_command == "promote":
-                previous = registry.promote(con, CFG, args.version, actor=oncall.actor(),
+                previous = registry.promote(con, cfg, args.version, actor=oncall.actor(),
                                             reason=args.reason or "promoted by hand (plumbline model promote)")
-                print(f"{CFG.model_name}: v{args.version} is the champion (was {'v' + previous if previous else 'none'}); "
+                print(f"{cfg.model_name}: v{args.version} is the champion (was {'v' + previous if previous else 'none'}); "
                       "recorded in ops.model_promotions")
                 champion = args.version
             else:
-                restored, replaced = registry.rollback(con, CFG, actor=oncall.actor(),
+                restored, replaced = registry.rollback(con, cfg, actor=oncall.actor(),
                                                        reason=args.reason or "rolled back by hand (plumbline model rollback)")
-                print(f"{CFG.model_name}: rolled back from v{replaced} to v{restored}; recorded in ops.model_promotions")
+                print(f"{cfg.model_name}: rolled back from v{replaced} to v{restored}; recorded in ops.model_promotions")
                 champion = restored
-            print(oncall.rescore_hint(con, CFG, champion))
+            print(oncall.rescore_hint(con, cfg, champion))
     except registry.RegistryError as e:
         print(f"plumbline model {args.model_command}: {e}", file=sys.stderr)
         return 2

@@ -173,29 +173,34 @@ def _refresh_ml(warehouse: Warehouse, run, say, stale: dict[str, list[str]], sna
     training, evaluation and the promotion gate when the training windows changed, then scoring."""
     from assets import ml
     from orchestration import definitions
-    from orchestration.ml import plan, registry
+    from orchestration.ml import config, plan, registry
 
+    cfg = config.load()
     with warehouse.connect(read_only=True) as con:
         built = sorted(plan.days_in(con, "core.flights"))
         has_set = "ml.training_set_provenance" in {f"{s}.{t}" for s, t in con.execute(
             "SELECT table_schema, table_name FROM information_schema.tables").fetchall()}
-        todo = plan.plan(con, ml.CFG, ml.DAILY, built if snapshots_changed else stale.get("flights", []),
+        todo = plan.plan(con, cfg, ml.DAILY, built if snapshots_changed else stale.get("flights", []),
                          stale.get("weather", []), has_set)
     if not built:
         say("ml: no flights loaded yet")
         return
     for start, end in contiguous_ranges(todo.feature_days):
         run(definitions.FEATURES_JOB, f"[{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end})
-    before = registry.champion(ml.CFG)
+    if todo.waiting:
+        say(f"ml: {todo.waiting}")
+    if not todo.retrain and not todo.score_days:
+        return
+    before = registry.champion(cfg)
     if todo.retrain:
         run(definitions.TRAIN_JOB, "(training set, model, evaluation, promotion gate)")
-    after = registry.champion(ml.CFG)
+    after = registry.champion(cfg)
     score_days = todo.score_days
     if after is None:
         say("ml: no champion model, nothing scored (plumbline model list; plumbline summary)")
         return
     if after != before:  # a new champion re-scores every scoring partition, so each says which version scored it
-        say(f"ml: champion is now v{after} (was {'v' + before if before else 'none'}): re-scoring from {ml.CFG.scoring_start}")
-        score_days = [d for d in built if d >= ml.CFG.scoring_start.isoformat()]
+        say(f"ml: champion is now v{after} (was {'v' + before if before else 'none'}): re-scoring from {cfg.scoring_start}")
+        score_days = [d for d in built if d >= cfg.scoring_start.isoformat()]
     for start, end in contiguous_ranges(score_days):
         run(definitions.SCORE_JOB, f"[{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end})

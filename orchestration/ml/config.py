@@ -42,6 +42,7 @@ class MlConfig:
     promotion: dict
     scoring_start: dt.date
     drift: dict
+    min_window_coverage: float
 
     def window(self, name: str) -> Window:
         return next(w for w in self.windows if w.name == name)
@@ -68,7 +69,8 @@ def load(file: Path | None = None) -> MlConfig:
                 raise MlConfigError(f"{file}: missing {'.'.join(keys)} (see {DEFAULT} for the expected shape)")
             node = node[k]
         if kind is not None and not isinstance(node, kind):
-            raise MlConfigError(f"{file}: {'.'.join(keys)} must be {kind.__name__ if isinstance(kind, type) else kind}, got {node!r}")
+            expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise MlConfigError(f"{file}: {'.'.join(keys)} must be {expected}, got {node!r}")
         return node
 
     def date(*keys) -> dt.date:
@@ -88,4 +90,5 @@ def load(file: Path | None = None) -> MlConfig:
         path=file, model_name=get("model", "name", kind=str), experiment=get("model", "experiment", kind=str),
         params=dict(get("model", "params", kind=dict)), rolling_days=get("features", "rolling_days", kind=int),
         delay_minutes=get("features", "delay_minutes", kind=int), windows=tuple(windows),
-        promotion=dict(get("promotion", kind=dict)), scoring_start=date("scoring", "start"), drift=dict(get("drift", kind=dict)))
+        promotion=dict(get("promotion", kind=dict)), scoring_start=date("scoring", "start"), drift=dict(get("drift", kind=dict)),
+        min_window_coverage=float(get("training", "min_window_coverage", kind=(int, float))))

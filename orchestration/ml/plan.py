@@ -17,6 +17,12 @@ class MlPlan:
     feature_days: list[str]
     retrain: bool
     score_days: list[str]
+    waiting: str = ""  # why training waits, when it does
+
+
+def coverage(cfg: MlConfig, featured: set[str]) -> dict[str, float]:
+    """Share of each split window's days that have features."""
+    return {w.name: len(featured & set(w.days())) / len(w.days()) for w in cfg.windows}
 
 
 def days_in(con, table: str) -> set[str]:
@@ -37,7 +43,11 @@ def plan(con, cfg: MlConfig, partitions_def: dg.PartitionsDefinition, changed_fl
     feature_days = sorted(days & built)
     split_days = {d for w in cfg.windows for d in w.days()}
     retrain = not has_training_set or bool(split_days & set(feature_days))
+    covered = coverage(cfg, featured | set(feature_days))
+    short = {n: c for n, c in covered.items() if c < cfg.min_window_coverage}
+    waiting = ("training waits until every split window is at least "
+               f"{cfg.min_window_coverage:.0%} featured: " + ", ".join(f"{n} {c:.0%}" for n, c in short.items())) if short else ""
     scored = days_in(con, "ml.flight_predictions")
     start = cfg.scoring_start.isoformat()
     score_days = sorted(d for d in (set(feature_days) | (built - scored)) if d >= start and d in built)
-    return MlPlan(feature_days, retrain, score_days)
+    return MlPlan(feature_days, retrain and not short, score_days, waiting)
