@@ -89,16 +89,18 @@ class Runner:
         return result.success
 
     def rematerialize(self, source: str, keys: list[str] | None, selection=None) -> bool:
-        """Rebuild these partitions of raw.<source> and everything downstream, one run per contiguous range."""
+        """Rebuild these partitions of raw.<source> and everything downstream (the ML layer too), one
+        run per contiguous range."""
         from orchestration import definitions
 
         if not definitions.CONTRACTS[source].partitioning:
-            return self.run(definitions.SNAPSHOTS_JOB, f"({source})", selection=selection or [dg.AssetKey(["raw", source])])
+            ok = self.run(definitions.SNAPSHOTS_JOB, f"({source})", selection=selection or [dg.AssetKey(["raw", source])])
+            return refresh_ml(Warehouse(), self.run, self.say, {}, snapshots_changed=True) and ok
         ok = True
         for start, end in contiguous_ranges(keys or []):
             ok &= self.run(definitions.rebuild_job_name(source), f"[{start} .. {end}]",
                            tags={RANGE_START: start, RANGE_END: end}, selection=selection)
-        return ok
+        return refresh_ml(Warehouse(), self.run, self.say, {source: list(keys or [])}, snapshots_changed=False) and ok
 
 
 def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncReport:
@@ -142,7 +144,7 @@ def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncR
 
     if stale_snapshots:
         _refresh_downstream_of_snapshots(con_factory=warehouse, run=run, stale_partitioned=report.stale)
-    _refresh_ml(warehouse, run, say, report.stale, bool(stale_snapshots))
+    refresh_ml(warehouse, run, say, report.stale, bool(stale_snapshots))
     say(f"sync finished in {time.monotonic() - started:.1f}s: {len(report.runs)} run(s), "
         f"{'all succeeded' if report.ok else 'SOME FAILED'}")
     return report
@@ -168,9 +170,10 @@ def _refresh_downstream_of_snapshots(con_factory: Warehouse, run, stale_partitio
             run(job, f"downstream [{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end}, selection=downstream)
 
 
-def _refresh_ml(warehouse: Warehouse, run, say, stale: dict[str, list[str]], snapshots_changed: bool) -> None:
+def refresh_ml(warehouse: Warehouse, run, say, stale: dict[str, list[str]], snapshots_changed: bool) -> bool:
     """Features for every day the data changed (and the days whose rolling window reads it), then
-    training, evaluation and the promotion gate when the training windows changed, then scoring."""
+    training, evaluation and the promotion gate when the training windows changed, then scoring.
+    Returns whether every run succeeded."""
     from assets import ml
     from orchestration import definitions
     from orchestration.ml import config, plan, registry
@@ -183,24 +186,25 @@ def _refresh_ml(warehouse: Warehouse, run, say, stale: dict[str, list[str]], sna
         todo = plan.plan(con, cfg, ml.DAILY, built if snapshots_changed else stale.get("flights", []),
                          stale.get("weather", []), has_set)
     if not built:
-        say("ml: no flights loaded yet")
-        return
+        return True
+    ok = True
     for start, end in contiguous_ranges(todo.feature_days):
-        run(definitions.FEATURES_JOB, f"[{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end})
+        ok &= run(definitions.FEATURES_JOB, f"[{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end})
     if todo.waiting:
         say(f"ml: {todo.waiting}")
     if not todo.retrain and not todo.score_days:
-        return
+        return ok
     before = registry.champion(cfg)
     if todo.retrain:
-        run(definitions.TRAIN_JOB, "(training set, model, evaluation, promotion gate)")
+        ok &= run(definitions.TRAIN_JOB, "(training set, model, evaluation, promotion gate)")
     after = registry.champion(cfg)
     score_days = todo.score_days
     if after is None:
         say("ml: no champion model, nothing scored (plumbline model list; plumbline summary)")
-        return
+        return ok
     if after != before:  # a new champion re-scores every scoring partition, so each says which version scored it
         say(f"ml: champion is now v{after} (was {'v' + before if before else 'none'}): re-scoring from {cfg.scoring_start}")
         score_days = [d for d in built if d >= cfg.scoring_start.isoformat()]
     for start, end in contiguous_ranges(score_days):
-        run(definitions.SCORE_JOB, f"[{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end})
+        ok &= run(definitions.SCORE_JOB, f"[{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end})
+    return ok

@@ -28,13 +28,13 @@ DRIFT_EXPECTED = {
     "primary_key_changed": "accepted (schemaEvolution.primaryKey = evolve)",
     "type_changed": "",  # "NA" is a declared null sentinel: the type did not change as the contract reads it
 }
-VOLATILE = {"run_id", "first_seen", "last_seen", "landed_at", "resolved_by_run"}
+VOLATILE = {"run_id", "first_seen", "last_seen", "landed_at", "resolved_by_run", "decided_at"}
 
 
 def tables(con) -> list[str]:
     return [f"{s}.{t}" for s, t in con.execute(
         "SELECT table_schema, table_name FROM information_schema.tables "
-        "WHERE table_schema IN ('raw', 'core', 'marts', 'ops') ORDER BY 1, 2").fetchall()]
+        "WHERE table_schema IN ('raw', 'core', 'marts', 'ml', 'ops') ORDER BY 1, 2").fetchall()]
 
 
 def table_hash(con, table: str, exclude=()) -> str:

@@ -39,8 +39,8 @@ def versions_text(con, cfg: MlConfig) -> str:
     lines = [f"model {cfg.model_name} in {registry.tracking_uri()}:",
              f"  {'version':>7}  {'status':<11} {'test AUC':>8}  {'training set':<16}  reason"]
     for v in found:
-        auc = test_auc(con, v.version)
-        mark = "*" if v.version == champion else " "
+        auc = test_auc(con, str(v.version))
+        mark = "*" if str(v.version) == champion else " "
         lines.append(f"{mark} {v.version:>7}  {v.tags.get(registry.STATUS_TAG, '-'):<11} "
                      f"{(f'{auc:.4f}' if auc is not None else '-'):>8}  {v.tags.get(registry.TRAINING_SET_TAG, '-'):<16}  "
                      f"{v.tags.get(registry.REASON_TAG, '')}")

@@ -103,7 +103,7 @@ def find(cfg: MlConfig, fingerprint: str):
 def champion(cfg: MlConfig) -> str | None:
     c = client()
     try:
-        return c.get_model_version_by_alias(cfg.model_name, CHAMPION).version
+        return str(c.get_model_version_by_alias(cfg.model_name, CHAMPION).version)  # MLflow returns an int here
     except Exception as e:  # noqa: BLE001
         if "RESOURCE_DOES_NOT_EXIST" in str(e) or "not found" in str(e).lower():
             return None

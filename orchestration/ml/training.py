@@ -54,7 +54,7 @@ def train(con, cfg: MlConfig) -> Trained:
         import mlflow
 
         run = mlflow.get_run(existing.run_id)
-        return Trained(existing.version, True, dict(run.data.metrics), provenance, fp)
+        return Trained(str(existing.version), True, dict(run.data.metrics), provenance, fp)
     m, metrics, reference = fit(con, cfg)
     version = registry.register(cfg, m, fingerprint=fp, provenance=provenance, metrics=metrics, reference=reference)
     return Trained(version, False, metrics, provenance, fp)
