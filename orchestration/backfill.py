@@ -199,7 +199,7 @@ def failed_in_instance(instance: dg.DagsterInstance, defs: dg.Definitions, keys:
 
 
 def run_in_process(runner, defs, p: Plan) -> bool:
-    """One run per contiguous range of each rebuild job that holds the selected assets."""
+    """One run per contiguous range of each partitioned job that holds the selected assets."""
     from orchestration import definitions
     from orchestration.sync import RANGE_END, RANGE_START
 
@@ -208,8 +208,9 @@ def run_in_process(runner, defs, p: Plan) -> bool:
     for key, ks in p.partitions.items():
         if not ks:
             continue
-        job = next(j for j in (definitions.rebuild_job_name(c.name) for c in definitions.PARTITIONED)
-                   if key in defs.resolve_job_def(j).asset_layer.selected_asset_keys)
+        job = next((j for j in definitions.PARTITIONED_JOBS if key in defs.resolve_job_def(j).asset_layer.selected_asset_keys), None)
+        if job is None:
+            raise BackfillError(f"no partitioned job holds {key.to_user_string()}: it cannot be backfilled in process")
         assets, keys = todo.setdefault(job, ([], set()))
         assets.append(key)
         keys.update(ks)

@@ -52,6 +52,9 @@ jobs = [
                         description="Score partitions with the champion model and measure their drift."),
 ]
 
+# Jobs of daily-partitioned assets, which an in-process backfill runs as partition ranges.
+PARTITIONED_JOBS = [rebuild_job_name(c.name) for c in PARTITIONED] + [FEATURES_JOB, SCORE_JOB]
+
 schedules = [
     dg.build_schedule_from_partitioned_job(job, hour_of_day=6, name=f"{job.name}_daily")
     for job in jobs if job.name.startswith("rebuild_")
