@@ -10,7 +10,7 @@ import dagster as dg
 from orchestration import catalog, partitions
 from orchestration.ml import config, evaluation, features, registry, scoring, training
 from orchestration.ml import training_set as split
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse import Warehouse, literal
 
 # Read when the code location loads, for what shapes the graph (the rolling window of the partition
 # mapping); every run reads the configuration again, so a changed split or threshold applies at once.
@@ -54,7 +54,7 @@ def flight_features(context: dg.AssetExecutionContext, warehouse: Warehouse) -> 
     with warehouse.connect() as con:
         rows = partitions.replace_partitions(con, "ml.flight_features", features.DDL, keys,
                                              features.select(CFG.rolling_days, CFG.delay_minutes))
-        dates = ", ".join(f"'{k}'::DATE" for k in keys)  # keys come from the partitions definition
+        dates = ", ".join(f"{literal(k)}::DATE" for k in keys)
         outcomes = dict(con.execute(f"SELECT outcome, count(*) FROM ml.flight_features WHERE event_date IN ({dates}) "
                                     "GROUP BY ALL ORDER BY 1").fetchall())
     context.log.info(f"ml.flight_features: {sum(rows.values())} flights in {len(keys)} partition(s); outcomes {outcomes}")
@@ -130,13 +130,14 @@ def model_evaluation(context: dg.AssetExecutionContext, warehouse: Warehouse) ->
     for the challenger (the latest ml/delay_model), the current champion and the baseline."""
     challenger = str(_latest(context.instance, MODEL)[MODEL_VERSION])
     with warehouse.connect() as con:
-        rows, champion = training.evaluate(con, config.load(), challenger)
+        rows, champion, reliability = training.evaluate(con, config.load(), challenger)
     overall = {r["model"]: r for r in rows if r["scope"] == evaluation.OVERALL}
     table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows if r["scope"] == evaluation.OVERALL]
     context.log.info("test window: " + "; ".join(f"{m} AUC {r['auc']:.4f}" for m, r in overall.items() if r["auc"] is not None))
     return dg.MaterializeResult(metadata={
         "challenger_version": challenger, "champion_version": champion or "none",
         "dagster/row_count": len(rows), "overall": dg.MetadataValue.json(table),
+        "challenger_calibration": dg.MetadataValue.json(reliability),
         **{f"{m}_{k}": float(r[k]) for m, r in overall.items() for k in ("auc", "log_loss", "brier", "ece") if r[k] is not None}})
 
 

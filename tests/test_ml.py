@@ -319,3 +319,18 @@ def test_a_shifted_feature_distribution_trips_the_drift_check_and_names_the_feat
     assert {w["feature"] for w in worst[:2]} == {"temp", "dewp"} and all(w["partition"] == day for w in worst[:2])
     graded = dict(query("SELECT feature, grade FROM ml.drift WHERE event_date = ?::DATE AND measure = 'psi'", [day]))
     assert graded["temp"] == "fail" and graded["carrier"] == "ok"
+
+
+# --- configuration ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("section,change,message", [
+    ("split", {"test": {"start": "2013-12-31", "end": "2013-10-16"}}, "split.test ends (2013-10-16) before it starts"),
+    ("split", {"train": {"start": "2013-02-30", "end": "2013-08-31"}}, "split.train.start is not a date"),
+    ("model", {"name": "x' OR '1"}, "model.name \"x' OR '1\" must be letters"),
+    ("training", {"min_window_coverage": "most"}, "training.min_window_coverage must be int or float"),
+])
+def test_a_bad_ml_configuration_is_refused_naming_the_file_and_the_key(tmp_path, section, change, message):
+    path = write_config(tmp_path, **{section: change})
+    with pytest.raises(config.MlConfigError) as e:
+        config.load(path)
+    assert str(e.value).startswith(str(path)) and message in str(e.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import yaml
 
 DEFAULT = Path(__file__).with_name("config.yaml")
 SPLITS = ("train", "validation", "test")
+NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")  # registered model and experiment names reach MLflow filters
 
 
 class MlConfigError(ValueError):
@@ -86,6 +88,10 @@ def load(file: Path | None = None) -> MlConfig:
         if w.end < w.start:
             raise MlConfigError(f"{file}: split.{name} ends ({w.end}) before it starts ({w.start})")
         windows.append(w)
+    for key in ("name", "experiment"):
+        if not NAME.match(str(get("model", key))):
+            raise MlConfigError(f"{file}: model.{key} {get('model', key)!r} must be letters, digits, '_', '.' or '-', "
+                                "starting with a letter")
     return MlConfig(
         path=file, model_name=get("model", "name", kind=str), experiment=get("model", "experiment", kind=str),
         params=dict(get("model", "params", kind=dict)), rolling_days=get("features", "rolling_days", kind=int),

@@ -60,15 +60,17 @@ def train(con, cfg: MlConfig) -> Trained:
     return Trained(version, False, metrics, provenance, fp)
 
 
-def evaluate(con, cfg: MlConfig, challenger: str) -> tuple[list[dict], str | None]:
-    """Measure challenger, champion and baseline on the test window; store and return the rows."""
+def evaluate(con, cfg: MlConfig, challenger: str) -> tuple[list[dict], str | None, list[dict]]:
+    """Measure challenger, champion and baseline on the test window; store the rows and return them,
+    the champion, and the challenger's reliability table (predicted against observed delay rate)."""
     test = model.frame(con, "ml.training_set", "split = 'test'")
     train = model.frame(con, "ml.training_set", "split = 'train'")
     daily = int(cfg.drift["min_labelled_flights"])
-    rows = evaluation.measure("challenger", challenger, test, model.predict(registry.load(cfg, challenger), test), daily)
+    p = model.predict(registry.load(cfg, challenger), test)
+    rows = evaluation.measure("challenger", challenger, test, p, daily)
     rows += evaluation.measure("baseline", None, test, model.Baseline(train).predict(test), daily)
     champion = registry.champion(cfg)
     if champion and champion != challenger:
         rows += evaluation.measure("champion", champion, test, model.predict(registry.load(cfg, champion), test), daily)
     evaluation.store(con, challenger, rows)
-    return rows, champion
+    return rows, champion, model.calibration(test["delayed"].astype(int).to_numpy(), p)[1]
