@@ -35,8 +35,12 @@ def local_dir() -> Path:
     return settings.plumbline_home() / "mlflow"
 
 
+def _user_setting(var: str) -> str | None:
+    return os.environ.get(var) or None
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{local_dir() / 'mlflow.db'}"
+    return _user_setting("MLFLOW_TRACKING_URI") or f"sqlite:///{local_dir() / 'mlflow.db'}"
 
 
 def client():
@@ -46,11 +50,19 @@ def client():
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     uri = tracking_uri()
-    if uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
+    if _user_setting("MLFLOW_TRACKING_URI") is None:
         local_dir().mkdir(parents=True, exist_ok=True)
+    # MLflow exports what it is given as MLFLOW_*_URI; put the environment back, so the next call
+    # (another PLUMBLINE_HOME in the same process) still tells the user's setting from ours
+    saved = {v: os.environ.get(v) for v in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
-    return mlflow.MlflowClient()
+    mlflow.set_registry_uri(_user_setting("MLFLOW_REGISTRY_URI") or uri)
+    for var, value in saved.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=_user_setting("MLFLOW_REGISTRY_URI") or uri)
 
 
 def experiment_id(cfg: MlConfig) -> str:
@@ -59,7 +71,7 @@ def experiment_id(cfg: MlConfig) -> str:
     if found is not None:
         return found.experiment_id
     # with the default local store, artifacts go under PLUMBLINE_HOME too (MLflow would use ./mlruns)
-    location = None if "MLFLOW_TRACKING_URI" in os.environ else (local_dir() / "artifacts").as_uri()
+    location = None if _user_setting("MLFLOW_TRACKING_URI") else (local_dir() / "artifacts").as_uri()
     return c.create_experiment(cfg.experiment, artifact_location=location)
 
 
