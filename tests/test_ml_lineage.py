@@ -138,6 +138,16 @@ def test_evaluation_names_challenger_and_champion_as_two_inputs():
     assert datasets.models_read(graph, graph.get(ml.FEATURES), {}) == []
 
 
+def test_a_feature_day_reads_its_look_back_window_of_core_flights():
+    """A day of features reads that day and the `rolling_days` before it, through the asset's partition mapping."""
+    graph = defs.resolve_asset_graph()
+    read = events._partitions_read(graph, graph.get(ml.FEATURES), dg.AssetKey(["core", "flights"]), ["2013-03-10"])
+    day = dt.date(2013, 3, 10)
+    assert read == [(day - dt.timedelta(days=n)).isoformat() for n in range(ml.CFG.rolling_days, -1, -1)]
+    assert events._partitions_read(graph, graph.get(ml.FEATURES), dg.AssetKey(["raw", "weather"]), ["2013-03-10"]) == ["2013-03-10"]
+    assert events._partitions_read(graph, graph.get(ml.FEATURES), dg.AssetKey(["raw", "planes"]), ["2013-03-10"]) == []
+
+
 def test_features_and_predictions_carry_partitions_and_column_lineage(demo):
     graph = defs.resolve_asset_graph()
     features = asset_events(demo, "ml.flight_features", "COMPLETE")
