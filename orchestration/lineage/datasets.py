@@ -4,17 +4,35 @@ schema, documentation, ownership, column lineage. Derived from the asset graph i
 Warehouse tables are named the way dbt's OpenLineage integration names DuckDB tables: namespace
 duckdb://<absolute path of the database file>, name <database>.<schema>.<table>. Files (bronze,
 deliveries) use openlineage-python's local file system naming: namespace "file", name the path.
+
+Models live in the MLflow model registry: an asset whose static metadata has
+`plumbline/registered_model` materializes versions of that registered model. Each registered
+version is a dataset of its own: namespace the registry's URI without credentials
+(MLFLOW_REGISTRY_URI when set, else the `mlflow_tracking_uri` the run recorded, else the tracking
+URI plumbline resolves: MLFLOW_TRACKING_URI or the SQLite store under $PLUMBLINE_HOME), name
+`models/<registered model>/versions/<N>` (the version's path in MLflow's UI and REST API). The registered model without a version,
+`models/<registered model>`, names the asset in the static asset graph and the output of a run
+that failed before it registered a version. Which version a materialization is about is in its
+metadata: `model_version` on the asset that registers it; an asset that reads versions says so
+with `model_version`, `challenger_version` or `champion_version`, versions of the registered model
+upstream of it.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 from openlineage.client.facet_v2 import (
     column_lineage_dataset,
+    dataset_type_dataset,
+    dataset_version_dataset,
     documentation_dataset,
+    hierarchy_dataset,
     ownership_dataset,
     schema_dataset,
 )
@@ -23,6 +41,10 @@ from openlineage.client.naming.dataset import LocalFileSystem
 from orchestration import catalog, settings
 
 TABLE_NAME = "dagster/table_name"
+REGISTERED_MODEL = "plumbline/registered_model"  # static: this asset's data is versions of that MLflow registered model
+VERSION_WRITTEN = "model_version"  # materialization metadata of a REGISTERED_MODEL asset: the version it registered
+# Materialization metadata of an asset that reads registered versions: the role it read each in.
+VERSIONS_READ = ("model_version", "challenger_version", "champion_version")
 
 
 @dataclass(frozen=True)
@@ -40,15 +62,118 @@ def file_place(path: Path | str) -> Place:
     return Place(naming.get_namespace(), naming.get_name())
 
 
+def _value(metadata: Mapping, key: str):
+    v = metadata.get(key)
+    return getattr(v, "value", v)
+
+
+def registry_namespace(recorded_uri: str | None = None) -> str:
+    """The MLflow registry's URI, without credentials: a namespace is shown to every lineage reader."""
+    from orchestration.ml import registry
+
+    uri = os.environ.get("MLFLOW_REGISTRY_URI") or recorded_uri or registry.tracking_uri()
+    parts = urlsplit(uri)
+    if parts.username or parts.password:  # rebuilt only then: urlunsplit would turn sqlite://// into sqlite://
+        uri = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return uri.rstrip("/") if parts.scheme in ("http", "https") else uri
+
+
+def registered_model(node) -> str | None:
+    """The MLflow registered model an asset materializes versions of, from its static metadata."""
+    name = _value(node.metadata, REGISTERED_MODEL)
+    return str(name) if name else None
+
+
+def model_place(namespace: str, model: str, version: str | None = None) -> Place:
+    return Place(namespace, f"models/{model}" + (f"/versions/{version}" if version else ""))
+
+
 def place(node) -> Place:
-    """node: an asset graph node. Tables by their dagster/table_name, bronze by its directory."""
+    """node: an asset graph node. Tables by their dagster/table_name, bronze by its directory,
+    registered models by their name in the registry (model_written() names one run's version)."""
     table = node.metadata.get(TABLE_NAME)
     if table is not None:
         return Place(warehouse_namespace(), str(table.value if hasattr(table, "value") else table))
+    if (model := registered_model(node)) is not None:
+        return model_place(registry_namespace(), model)
     if node.key.path[0] == "bronze":
         return file_place(settings.bronze_dir() / node.key.path[-1])
-    raise ValueError(f"asset {node.key.to_user_string()} has no {TABLE_NAME} metadata and is not bronze: "
-                     "say where its data lives (dagster/table_name) so lineage can name it")
+    raise ValueError(f"asset {node.key.to_user_string()} has no {TABLE_NAME} or {REGISTERED_MODEL} metadata and is not "
+                     f"bronze: say where its data lives ({TABLE_NAME}, or {REGISTERED_MODEL} for an MLflow model) so "
+                     "lineage can name it")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A registered model version as a dataset; version None names the registered model itself."""
+
+    place: Place
+    model: str
+    version: str | None
+
+
+def _version(value) -> str | None:
+    """A registered version number from metadata ("none" where there was none, e.g. no champion yet)."""
+    text = str(value).strip() if value is not None else ""
+    return text if text.isdigit() else None
+
+
+def _model_version(model: str, version: str | None, metadata: Mapping) -> ModelVersion:
+    return ModelVersion(model_place(registry_namespace(_value(metadata, "mlflow_tracking_uri")), model, version), model, version)
+
+
+def model_written(node, metadata: Mapping) -> ModelVersion | None:
+    """For an asset that registers model versions, the version one materialization registered (its
+    metadata's model_version), or the registered model when the run registered none; else None."""
+    model = registered_model(node)
+    if model is None:
+        return None
+    return _model_version(model, _version(_value(metadata, VERSION_WRITTEN)), metadata)
+
+
+def _upstream_models(graph, node) -> list[str]:
+    """The registered models nearest upstream of `node` (the search stops at each one)."""
+    found, seen, frontier = set(), set(), list(node.parent_keys)
+    while frontier:
+        key = frontier.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        parent = graph.get(key)
+        if (model := registered_model(parent)) is not None:
+            found.add(model)
+        else:
+            frontier.extend(parent.parent_keys)
+    return sorted(found)
+
+
+def models_read(graph, node, metadata: Mapping) -> list[ModelVersion]:
+    """The registered model versions one materialization of `node` read, as its metadata names them
+    (model_version, challenger_version, champion_version), of the registered model upstream of it."""
+    if registered_model(node) is not None:
+        return []  # its model_version is the version it registered, not one it read
+    versions = list(dict.fromkeys(v for k in VERSIONS_READ if (v := _version(_value(metadata, k))) is not None))
+    if not versions:
+        return []
+    models = _upstream_models(graph, node)
+    if len(models) != 1:
+        raise ValueError(f"asset {node.key.to_user_string()} reports model version(s) {versions} with "
+                         f"{len(models)} registered models upstream ({models}): lineage cannot tell which it read")
+    return [_model_version(models[0], v, metadata) for v in versions]
+
+
+def model_facets(m: ModelVersion) -> dict:
+    """What says a dataset is a registered model (version): its type and its place in the registry."""
+    levels = [hierarchy_dataset.HierarchyDatasetFacetLevel(type="REGISTERED_MODEL", name=m.model)]
+    if m.version:
+        levels.append(hierarchy_dataset.HierarchyDatasetFacetLevel(type="MODEL_VERSION", name=m.version))
+    return {"datasetType": dataset_type_dataset.DatasetTypeDatasetFacet(
+                datasetType="MODEL", subType="MODEL_VERSION" if m.version else "REGISTERED_MODEL"),
+            "hierarchy": hierarchy_dataset.HierarchyDatasetFacet(hierarchy=levels)}
+
+
+def version_facet(version: str) -> dataset_version_dataset.DatasetVersionDatasetFacet:
+    return dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=version)
 
 
 def _type_of(column: dg.TableColumn) -> str:
@@ -90,7 +215,7 @@ def column_lineage_facet(graph, node) -> column_lineage_dataset.ColumnLineageDat
         for column, deps in lineage.deps_by_column.items():
             for dep in deps:
                 if column in aggregated:
-                    t = _transformation("DIRECT", "AGGREGATION", "aggregated per partition, carrier and origin")
+                    t = _transformation("DIRECT", "AGGREGATION", "aggregated over rows of the input (the asset's description says how)")
                 elif dep.column_name == column and len(deps) == 1:
                     t = _transformation("DIRECT", "IDENTITY", None)
                 else:
@@ -113,3 +238,4 @@ def column_lineage_facet(graph, node) -> column_lineage_dataset.ColumnLineageDat
             column_lineage_dataset.InputField(namespace=p.namespace, name=p.name, field=f, transformations=[t])
             for p, f, t in deps])
         for column, deps in fields.items()})
+

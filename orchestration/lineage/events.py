@@ -2,9 +2,12 @@
 
 The run is the parent job (START and its terminal event); every asset step in it is a child run
 with one START and one terminal event (COMPLETE, FAIL or ABORT), a run id deterministic for
-(asset, partition or range, Dagster run), inputs (upstream datasets; delivered files for bronze),
-outputs named by where the data lives, and the facets the asset and its checks know. No asset code
-emits anything: the event log carries times, asset keys, partitions, metadata, checks and errors.
+(asset, partition or range, Dagster run), inputs (upstream datasets with the partitions read
+through the partition mapping; the registered model versions read; delivered files for bronze),
+outputs named by where the data lives (for a model, the version registered), and the facets the
+asset and its checks know. No asset code emits anything: the event log carries times, asset keys,
+partitions, metadata, checks and errors. Events are built once the run is over, so a START event
+already names the model version its run went on to register or read.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, R
 from openlineage.client.facet_v2 import (
     base_subset_dataset,
     data_quality_assertions_dataset,
-    dataset_version_dataset,
     documentation_job,
     error_message_run,
     input_statistics_input_dataset,
@@ -141,15 +143,42 @@ def _job(name: str, job_type: str, node=None) -> Job:
     return Job(namespace=namespace(), name=name, facets=facets)
 
 
-def _inputs(graph, node, metadata: dict) -> list[InputDataset]:
+def _partitions(keys) -> base_subset_dataset.PartitionSubsetCondition:
+    return base_subset_dataset.PartitionSubsetCondition(partitions=[
+        base_subset_dataset.Partition(dimensions={"event_date": k}, identifier=k) for k in keys])
+
+
+def _partitions_read(graph, node, parent: dg.AssetKey, partitions: list[str]) -> list[str]:
+    """The parent's partitions that these partitions of `node` read, through the asset's partition
+    mapping (e.g. the look-back window of rolling features); [] when either side is unpartitioned."""
+    parent_def = graph.get(parent).partitions_def
+    if not partitions or node.partitions_def is None or parent_def is None:
+        return []
+    mapped = graph.get_partition_mapping(node.key, parent).get_upstream_mapped_partitions_result_for_partitions(
+        node.partitions_def.subset_with_partition_keys(partitions), node.partitions_def, parent_def)
+    return sorted(mapped.partitions_subset.get_partition_keys())
+
+
+def _inputs(graph, node, partitions: list[str], models: list[datasets.ModelVersion], metadata: dict) -> list[InputDataset]:
+    """Upstream datasets with the partitions read; the registered model versions read (in place of
+    the registered model, where one is a parent); for bronze the delivered files. `metadata` (terminal
+    events only) adds the statistics."""
     out = []
     for parent in sorted(node.parent_keys, key=lambda k: k.to_user_string()):
-        p = datasets.place(graph.get(parent))
+        parent_node = graph.get(parent)
+        if models and datasets.registered_model(parent_node) is not None:
+            continue  # named below by the exact versions read
+        p = datasets.place(parent_node)
         input_facets = {}
+        if read := _partitions_read(graph, node, parent, partitions):
+            input_facets["subset"] = base_subset_dataset.InputSubsetInputDatasetFacet(inputCondition=_partitions(read))
         if parent.path[0] == "bronze" and _value(metadata, "delivered") is not None:
             input_facets["inputStatistics"] = input_statistics_input_dataset.InputStatisticsInputDatasetFacet(
                 rowCount=int(_value(metadata, "delivered")), fileCount=_value(metadata, "bronze_files"))
         out.append(InputDataset(namespace=p.namespace, name=p.name, inputFacets=input_facets))
+    for m in models:
+        out.append(InputDataset(namespace=m.place.namespace, name=m.place.name,
+                                facets={**datasets.model_facets(m), "version": datasets.version_facet(m.version)}))
     for delivery in _value(metadata, "deliveries", []) or []:
         p = datasets.file_place(delivery["path"])
         out.append(InputDataset(namespace=p.namespace, name=p.name, inputFacets={
@@ -187,28 +216,29 @@ def _dead_letters(checks) -> DeadLetterDatasetFacet | None:
     return DeadLetterDatasetFacet(rows=sum(by_rule.values()), byRule=dict(sorted(by_rule.items())))
 
 
-def _output(graph, node, partitions: list[str], materialization, checks, complete: bool) -> OutputDataset:
-    p = datasets.place(node)
+def _output(graph, node, partitions: list[str], model: datasets.ModelVersion | None, materialization, checks,
+            complete: bool) -> OutputDataset:
+    p = model.place if model is not None else datasets.place(node)
     facets = {k: v for k, v in {
         "schema": datasets.schema_facet(node),
         "documentation": datasets.documentation_facet(node),
         "ownership": datasets.ownership_facet(node),
         "columnLineage": datasets.column_lineage_facet(graph, node),
+        **(datasets.model_facets(model) if model is not None else {}),
     }.items() if v is not None}
     output_facets = {}
     if partitions:
-        output_facets["subset"] = base_subset_dataset.OutputSubsetOutputDatasetFacet(
-            outputCondition=base_subset_dataset.PartitionSubsetCondition(partitions=[
-                base_subset_dataset.Partition(dimensions={"event_date": k}, identifier=k) for k in partitions]))
+        output_facets["subset"] = base_subset_dataset.OutputSubsetOutputDatasetFacet(outputCondition=_partitions(partitions))
     if complete and materialization is not None:
         meta = materialization.metadata
         rows = _value(meta, "dagster/row_count")
         if rows is not None:
             output_facets["outputStatistics"] = output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(rowCount=int(rows))
             facets["dataQualityMetrics"] = DataQualityMetricsDatasetFacet(columnMetrics={}, rowCount=int(rows))
-        version = (materialization.tags or {}).get("dagster/data_version")
+        # a registered model's version is the registry's; a table's is Dagster's data version
+        version = model.version if model is not None else (materialization.tags or {}).get("dagster/data_version")
         if version:
-            facets["version"] = dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=version)
+            facets["version"] = datasets.version_facet(version)
         if (a := _assertions(checks)) is not None:
             facets["dataQualityAssertions"] = a
         if (d := _dead_letters(checks)) is not None:
@@ -231,6 +261,10 @@ def for_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions) -> 
                              job=parent_run.RootJob(namespace=parent_job.namespace, name=parent_job.name)))
 
     events = [RunEvent(eventType=RunState.START, eventTime=_time(started), run=Run(runId=run_id), job=parent_job)]
+    checks = defaultdict(list)  # an asset's checks wherever they ran in the run (an @asset_check is a step of its own)
+    for step in steps.values():
+        for key, evaluations in step.checks.items():
+            checks[key] += evaluations
     children = []
     for step in steps.values():
         if step.started is None:
@@ -240,6 +274,8 @@ def for_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions) -> 
             partitions = sorted(partitions)
             mats = step.materializations.get(key, [])
             meta = mats[0].metadata if mats else {}
+            # the run is over, so START already names the model version it registered or read
+            written, read = datasets.model_written(node, meta), datasets.models_read(graph, node, meta)
             terminal = RunState.FAIL if step.error is not None else (RunState.COMPLETE if step.ended else RunState.ABORT)
             lineage_id = lineage_run_id(run_id, key, partitions)
             run_facets = {"parent": parent}
@@ -247,15 +283,16 @@ def for_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions) -> 
                 run_facets["nominalTime"] = nominal
             job = _job(key.to_user_string().replace("/", "."), "ASSET", node)
             start = RunEvent(eventType=RunState.START, eventTime=_time(step.started), run=Run(runId=lineage_id, facets=run_facets),
-                             job=job, inputs=_inputs(graph, node, {}), outputs=[_output(graph, node, partitions, None, [], False)])
+                             job=job, inputs=_inputs(graph, node, partitions, read, {}),
+                             outputs=[_output(graph, node, partitions, written, None, [], False)])
             end_facets = dict(run_facets)
             if step.error is not None:
                 end_facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(
                     message=step.error.message.strip(), programmingLanguage="python", stackTrace=step.error.to_string())
             end = RunEvent(eventType=terminal, eventTime=_time(step.ended or ended), run=Run(runId=lineage_id, facets=end_facets),
-                           job=job, inputs=_inputs(graph, node, meta),
-                           outputs=[_output(graph, node, partitions, mats[0] if mats else None,
-                                            step.checks.get(key, []), terminal == RunState.COMPLETE)])
+                           job=job, inputs=_inputs(graph, node, partitions, read, meta),
+                           outputs=[_output(graph, node, partitions, written, mats[0] if mats else None,
+                                            checks.get(key, []), terminal == RunState.COMPLETE)])
             children.append((step.started, start))
             children.append((step.ended or ended, end))
     events += [e for _, e in sorted(children, key=lambda c: c[0])]
