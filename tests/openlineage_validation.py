@@ -79,3 +79,10 @@ def asset_graph_edges() -> set:
     place = {k: datasets.place(graph.get(k)) for k in graph.get_all_asset_keys()}
     return {((place[p].namespace, place[p].name), (place[k].namespace, place[k].name))
             for k in graph.get_all_asset_keys() for p in graph.get(k).parent_keys}
+
+
+def data_edges(edges: set) -> set:
+    """Edges between data-layer datasets only (the ML layer has its own lineage tests)."""
+    def ml(ds) -> bool:
+        return ds[1].startswith("models/") or ds[1].startswith("warehouse.ml.")
+    return {(a, b) for a, b in edges if not ml(a) and not ml(b)}
