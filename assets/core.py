@@ -68,6 +68,7 @@ def column_lineage() -> dg.TableColumnLineage:
 
 
 COLUMN_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t, _ in COLUMNS])
+DDL = "CREATE TABLE IF NOT EXISTS core.flights (" + ", ".join(f"{n} {t}" for n, t, _ in COLUMNS) + ")"
 
 
 @dg.asset(
@@ -90,12 +91,11 @@ def core_flights(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.
     (arrival times are local to the destination and may fall on a later day), cancelled and
     diverted flags, carrier name and plane model where known. Daily partitions by local
     scheduled-departure date, like raw.flights."""
-    ddl = "CREATE TABLE IF NOT EXISTS core.flights (" + ", ".join(f"{n} {t}" for n, t, _ in COLUMNS) + ")"
     with warehouse.connect() as con:
         # Flights may land before a dimension has: build with empty dimensions, refreshed when they land.
         for source in ("flights", "airlines", "airports", "planes"):
             con.execute(partitions.raw_table_ddl(catalog.contracts()[source]))
-        rows = partitions.replace_partitions(con, "core.flights", ddl, list(context.partition_keys), SELECT)
+        rows = partitions.replace_partitions(con, "core.flights", DDL, list(context.partition_keys), SELECT)
     return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values()),
                                           "dagster/column_schema": COLUMN_SCHEMA,
                                           "partitions": len(rows)})

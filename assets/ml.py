@@ -7,6 +7,7 @@ $PLUMBLINE_ML_CONFIG.
 
 import dagster as dg
 
+from assets import core
 from orchestration import catalog, partitions
 from orchestration.ml import config, evaluation, features, registry, scoring, training
 from orchestration.ml import training_set as split
@@ -52,6 +53,10 @@ def flight_features(context: dg.AssetExecutionContext, warehouse: Warehouse) -> 
     have outcome 'cancelled'/'diverted' and no label."""
     keys = list(context.partition_keys)
     with warehouse.connect() as con:
+        # weather or a dimension may not have landed yet: build with what there is (NULL features)
+        con.execute(core.DDL)
+        for source in ("weather", "planes", "airports"):
+            con.execute(partitions.raw_table_ddl(catalog.contracts()[source]))
         rows = partitions.replace_partitions(con, "ml.flight_features", features.DDL, keys,
                                              features.select(CFG.rolling_days, CFG.delay_minutes))
         dates = ", ".join(f"{literal(k)}::DATE" for k in keys)

@@ -68,6 +68,7 @@ class BackfillError(Exception):
 class Plan:
     assets: list[dg.AssetKey]
     partitions: dict[dg.AssetKey, list[str]]  # asset -> partition keys to run, in order
+    skipped: tuple[dg.AssetKey, ...] = ()     # selected but not partitioned: not part of a date-range backfill
 
     @property
     def keys(self) -> list[str]:
@@ -96,21 +97,25 @@ def plan(defs: dg.Definitions, selection: str, start: str, end: str) -> Plan:
         raise BackfillError(f"--assets {selection!r} matches no known asset (e.g. key:raw/flights+ is raw.flights and "
                             f"everything downstream). Known assets: {known}")
     partitions: dict[dg.AssetKey, list[str]] = {}
+    # a selection such as key:raw/flights+ reaches unpartitioned assets (the model): they are left out
+    skipped = tuple(k for k in keys if not isinstance(graph.get(k).partitions_def, dg.TimeWindowPartitionsDefinition))
+    if skipped and len(skipped) == len(keys):
+        raise BackfillError(f"{', '.join(k.to_user_string() for k in skipped)} has no daily partitions; a date-range "
+                            "backfill cannot select it (snapshots are refreshed by `plumbline sync`, the model by the "
+                            "train_model job)")
+    keys = [k for k in keys if k not in skipped]
     for key in keys:
         pdef = graph.get(key).partitions_def
-        if not isinstance(pdef, dg.TimeWindowPartitionsDefinition):
-            raise BackfillError(f"{key.to_user_string()} has no daily partitions; a date-range backfill cannot select it "
-                                "(snapshots are refreshed by `plumbline sync`)")
         all_keys = pdef.get_partition_keys()
         lo, hi = all_keys[0], all_keys[-1]
         if first.isoformat() < lo or last.isoformat() > hi:
             raise BackfillError(f"{first} .. {last} is outside the partitions of {key.to_user_string()} ({lo} .. {hi})")
         partitions[key] = [k for k in all_keys if first.isoformat() <= k <= last.isoformat()]
-    return Plan(keys, partitions)
+    return Plan(keys, partitions, skipped)
 
 
 def only_failed(p: Plan, failed: dict[dg.AssetKey, set[str]]) -> Plan:
-    return Plan(p.assets, {k: [x for x in ks if x in failed.get(k, set())] for k, ks in p.partitions.items()})
+    return Plan(p.assets, {k: [x for x in ks if x in failed.get(k, set())] for k, ks in p.partitions.items()}, p.skipped)
 
 
 def ranges(keys: list[str]) -> list[tuple[str, str]]:

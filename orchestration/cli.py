@@ -98,6 +98,9 @@ def _backfill(args) -> int:
         ks = plan.partitions[key]
         spans = ", ".join(a if a == b else f"{a} .. {b}" for a, b in backfill.ranges(ks)) or "none"
         print(f"{key.to_user_string():<22} {len(ks):>4} partition(s): {spans}")
+    if plan.skipped:
+        print(f"not partitioned, left out: {', '.join(k.to_user_string() for k in plan.skipped)} "
+              "(the train_model job rebuilds them; plumbline sync runs it when the training windows change)")
     if not plan.keys:
         print("nothing to backfill")
         return 0

@@ -30,7 +30,11 @@ def test_dry_run_lists_assets_and_partitions(plumbline_home, capsys):
     assert out == [
         "core/flights             28 partition(s): 2013-02-01 .. 2013-02-28",
         "marts/carrier_daily      28 partition(s): 2013-02-01 .. 2013-02-28",
+        "ml/flight_features       28 partition(s): 2013-02-01 .. 2013-02-28",
+        "ml/flight_predictions    28 partition(s): 2013-02-01 .. 2013-02-28",
         "raw/flights              28 partition(s): 2013-02-01 .. 2013-02-28",
-        "dry run: 3 asset(s), 28 partition(s); nothing launched",
+        "not partitioned, left out: ml/delay_model, ml/model_evaluation, ml/training_set (the train_model job rebuilds "
+        "them; plumbline sync runs it when the training windows change)",
+        "dry run: 5 asset(s), 28 partition(s); nothing launched",
     ]
     assert not (plumbline_home / "warehouse.duckdb").exists()

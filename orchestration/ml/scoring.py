@@ -33,10 +33,10 @@ class Scored:
 
 
 def evaluation_auc(con, version: str) -> float | None:
-    """The version's median daily AUC on the test window when it was evaluated (None if it never was)."""
+    """The version's median daily AUC on the test window in its own evaluation (None if it had none)."""
     con.execute(evaluation.DDL)
-    rows = con.execute("""SELECT daily_auc FROM ml.model_evaluation WHERE model_version = ? AND scope = 'overall'
-                          AND model IN ('challenger', 'champion') AND daily_auc IS NOT NULL LIMIT 1""", [version]).fetchall()
+    rows = con.execute("""SELECT daily_auc FROM ml.model_evaluation WHERE challenger_version = ? AND model = 'challenger'
+                          AND scope = 'overall' AND daily_auc IS NOT NULL""", [version]).fetchall()
     return rows[0][0] if rows else None
 
 
