@@ -59,7 +59,7 @@ class Demo:
     cursors: dict[str, str | None] = field(default_factory=dict)  # the data sensors' cursors after the load
 
     def tick(self, name: str, cursor: str | None = None, sensor: dg.SensorDefinition | None = None):
-        sensor = sensor or definitions.defs.get_sensor_def(name)
+        sensor = sensor or definitions.defs.get_repository_def().get_sensor_def(name)
         with dg.build_sensor_context(instance=self.instance, cursor=cursor, definitions=definitions.defs) as context:
             return sensor.evaluate_tick(context)
 
@@ -85,7 +85,9 @@ def demo(tmp_path_factory, dagster_home_dir):
     mp.setenv("PLUMBLINE_HOME", str(home))
     mp.setenv("DAGSTER_HOME", str(dagster_home_dir("ml-sensors")))
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PLUMBLINE_ML_CONFIG"):
-        mp.delenv(var, raising=False)  # the model registry is the local store under this PLUMBLINE_HOME
+        mp.setenv(var, "")  # recorded, so undo removes what mlflow.set_tracking_uri exports later
+        mp.delenv(var)  # the model registry is the local store under this PLUMBLINE_HOME
+    mp.chdir(home)  # MLflow falls back to ./mlruns for artifacts when the experiment names no location
     feed = tmp_path_factory.mktemp("feed")
     write_feed(feed, profile="clean")
     landing = feed / "landing"
