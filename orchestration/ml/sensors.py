@@ -2,7 +2,8 @@
 
 ml_features_sensor  core/flights and raw/weather materializations -> build_features runs for the
                     feature days that read them (for core.flights, the days whose rolling window
-                    covers a changed day too), one run per contiguous range.
+                    covers a changed day too), one run per contiguous range; it waits until every
+                    table the features read (weather, planes, airports too) has been loaded.
 ml_training_sensor  ml/flight_features materializations inside the split windows -> one train_model
                     run (training set, model, evaluation, promotion gate), once no build_features or
                     train_model run is still pending.
@@ -87,6 +88,13 @@ def features_sensor(job_name: str) -> dg.SensorDefinition:
                description=f"Rebuilds the ml.flight_features partitions that read a changed core.flights day (and the "
                            f"{ml.CFG.rolling_days} days after it, whose rolling window covers it) or a changed raw.weather day.")
     def _sensor(context: dg.SensorEvaluationContext):
+        # the feature query reads every input table: until each has been loaded once, a run could only
+        # fail, so wait and keep the cursor (the changes seen so far are featured when they are)
+        inputs = sorted(ml.flight_features.dependency_keys)
+        latest = context.instance.get_latest_materialization_events(inputs)  # leaves out keys it never saw
+        missing = [key.to_user_string() for key in inputs if latest.get(key) is None]
+        if missing:
+            return dg.SkipReason(f"waiting for {', '.join(missing)} to be loaded: ml.flight_features reads them")
         cursor = _cursor(context)
         flights, cursor["core/flights"] = _since(context.instance, CORE_FLIGHTS, cursor.get("core/flights"))
         weather, cursor["raw/weather"] = _since(context.instance, WEATHER, cursor.get("raw/weather"))
