@@ -1,6 +1,6 @@
 """The ML sensors on a real Dagster instance and real deliveries: six weeks of the bundled flights
-(2013-02-25..03-17, in the training window, and 2013-10-07..10-26, validation then test and scoring
-window) loaded by the data sensors' own run requests. Each ML sensor is evaluated the way the
+from the clean feed (2013-02-25..03-17, in the training window, and 2013-10-07..10-26, validation
+then test and scoring window), loaded by the data sensors' own run requests. Each ML sensor is evaluated the way the
 daemon does it, from a cursor, and the runs it asks for are executed in process: a late restatement
 of one core.flights day rebuilds exactly the feature days whose rolling window reads it; feature
 changes inside the split windows retrain once; the champion scores changed days from scoring.start,
@@ -52,7 +52,7 @@ def deliver_csv(home: Path, name: str, df: pd.DataFrame) -> None:
 
 
 @dataclass
-class Demo:
+class Loaded:
     home: Path
     instance: dg.DagsterInstance
     runner: Runner
@@ -80,7 +80,7 @@ class Demo:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, dagster_home_dir):
+def loaded(tmp_path_factory, dagster_home_dir):
     home = tmp_path_factory.mktemp("ml-sensors")
     mp = pytest.MonkeyPatch()
     mp.setenv("PLUMBLINE_HOME", str(home))
@@ -88,7 +88,9 @@ def demo(tmp_path_factory, dagster_home_dir):
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PLUMBLINE_ML_CONFIG"):
         mp.setenv(var, "")  # recorded, so undo removes what mlflow.set_tracking_uri exports later
         mp.delenv(var)  # the model registry is the local store under this PLUMBLINE_HOME
-    mp.chdir(home)  # MLflow falls back to ./mlruns for artifacts when the experiment names no location
+    # registry.experiment_id leaves artifacts to MLflow's ./mlruns once mlflow has exported
+    # MLFLOW_TRACKING_URI itself: keep them in this home, not in the checkout
+    mp.chdir(home)
     feed = tmp_path_factory.mktemp("feed")
     write_feed(feed, profile="clean")
     landing = feed / "landing"
@@ -107,7 +109,7 @@ def demo(tmp_path_factory, dagster_home_dir):
     deliver_csv(home, f"flights_{RESTATED + dt.timedelta(days=1):%Y%m%d}T0600Z.csv", restated_rows().iloc[:-HELD_BACK])
 
     inst = instance()
-    d = Demo(home, inst, Runner(dagster_instance=inst, **QUIET))
+    d = Loaded(home, inst, Runner(dagster_instance=inst, **QUIET))
     assert d.runner.run(definitions.INGEST_JOB, "(every pending delivery)")
     for source in ("airlines", "airports", "planes"):  # dimensions before core.flights, which joins them
         assert d.follow(f"rebuild_{source}_sensor", definitions.SNAPSHOTS_JOB)
@@ -125,61 +127,61 @@ def ranges(data) -> list[tuple[str, str]]:
     return [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in data.run_requests]
 
 
-def test_features_follow_core_flights_through_the_rolling_window_and_weather_day_by_day(demo):
+def test_features_follow_core_flights_through_the_rolling_window_and_weather_day_by_day(loaded):
     # Until raw.weather has been loaded the feature query could only fail: the sensor waits, cursor kept.
-    assert "waiting for raw/weather to be loaded" in demo.before_weather.skip_message
-    assert demo.before_weather.cursor is None and not demo.before_weather.run_requests
+    assert "waiting for raw/weather to be loaded" in loaded.before_weather.skip_message
+    assert loaded.before_weather.cursor is None and not loaded.before_weather.run_requests
 
-    first = demo.tick("ml_features_sensor", demo.before_weather.cursor)
+    first = loaded.tick("ml_features_sensor", loaded.before_weather.cursor)
     # every loaded day, as the two contiguous blocks; the window reaching past a block's end stops at
     # the last day with flights (there is nothing to featurize beyond it)
     assert ranges(first) == [(s.isoformat(), e.isoformat()) for s, e in BLOCKS]
-    assert demo.tick("ml_features_sensor", first.cursor).skip_message, "nothing new: nothing requested"
+    assert loaded.tick("ml_features_sensor", first.cursor).skip_message, "nothing new: nothing requested"
 
     # The rest of 2013-03-05 arrives late, beyond allowedLateness (October is loaded): held, so no
     # core.flights day changes and no feature is rebuilt, until on-call releases it (plumbline dlq
     # release). The restatement of that day rebuilds its features and those of the 7 days whose
     # rolling window covers it, nothing else.
-    deliver_csv(demo.home, "flights_20130320T0600Z.csv", restated_rows().iloc[-HELD_BACK:])
-    assert demo.runner.run(definitions.INGEST_JOB, "(late delivery)")
-    assert demo.follow("rebuild_flights_sensor", definitions.rebuild_job_name("flights")) == []
-    assert demo.tick("ml_features_sensor", first.cursor).skip_message
-    keys, ok = replay.release(demo.runner, catalog.contracts()["flights"], [RESTATED.isoformat()], say=lambda *_: None)
+    deliver_csv(loaded.home, "flights_20130320T0600Z.csv", restated_rows().iloc[-HELD_BACK:])
+    assert loaded.runner.run(definitions.INGEST_JOB, "(late delivery)")
+    assert loaded.follow("rebuild_flights_sensor", definitions.rebuild_job_name("flights")) == []
+    assert loaded.tick("ml_features_sensor", first.cursor).skip_message
+    keys, ok = replay.release(loaded.runner, catalog.contracts()["flights"], [RESTATED.isoformat()], say=lambda *_: None)
     assert ok and keys == ["2013-03-05"]
 
-    late = demo.tick("ml_features_sensor", first.cursor)
+    late = loaded.tick("ml_features_sensor", first.cursor)
     assert ranges(late) == [("2013-03-05", "2013-03-12")]
     assert late.run_requests[0].job_name in (None, definitions.FEATURES_JOB)
-    again = demo.tick("ml_features_sensor", first.cursor)
+    again = loaded.tick("ml_features_sensor", first.cursor)
     assert [r.run_key for r in again.run_requests] == [r.run_key for r in late.run_requests], \
         "the same tick evaluated twice asks for the same runs (the daemon drops a run key it has seen)"
     assert late.run_requests[0].run_key not in {r.run_key for r in first.run_requests}
-    demo.execute(definitions.FEATURES_JOB, late.run_requests)
-    assert demo.tick("ml_features_sensor", late.cursor).skip_message
+    loaded.execute(definitions.FEATURES_JOB, late.run_requests)
+    assert loaded.tick("ml_features_sensor", late.cursor).skip_message
 
     # A weather day rebuilds that feature day only; a weather day with no flights loaded, none.
-    assert demo.runner.rematerialize("weather", ["2013-10-20", "2013-10-27"])
-    assert ranges(demo.tick("ml_features_sensor", late.cursor)) == [("2013-10-20", "2013-10-20")]
+    assert loaded.runner.rematerialize("weather", ["2013-10-20", "2013-10-27"])
+    assert ranges(loaded.tick("ml_features_sensor", late.cursor)) == [("2013-10-20", "2013-10-20")]
 
 
-def test_training_runs_once_for_feature_changes_inside_the_split_windows(demo, tmp_path):
-    first = demo.tick("ml_training_sensor")
+def test_training_runs_once_for_feature_changes_inside_the_split_windows(loaded, tmp_path):
+    first = loaded.tick("ml_training_sensor")
     assert len(first.run_requests) == 1, "one training run however many feature partitions changed"
     request = first.run_requests[0]
     assert request.run_key.startswith("train:") and request.job_name in (None, definitions.TRAIN_JOB)
-    assert demo.tick("ml_training_sensor").run_requests[0].run_key == request.run_key
-    assert demo.tick("ml_training_sensor", first.cursor).skip_message
+    assert loaded.tick("ml_training_sensor").run_requests[0].run_key == request.run_key
+    assert loaded.tick("ml_training_sensor", first.cursor).skip_message
 
     # While a features run has not finished, the sensor waits (keeping its cursor), so a batch trains once.
-    queued = demo.instance.create_run_for_job(definitions.defs.resolve_job_def(definitions.FEATURES_JOB),
+    queued = loaded.instance.create_run_for_job(definitions.defs.resolve_job_def(definitions.FEATURES_JOB),
                                               status=dg.DagsterRunStatus.NOT_STARTED,
                                               tags={RANGE_START: "2013-03-01", RANGE_END: "2013-03-02"})
-    waiting = demo.tick("ml_training_sensor", first.cursor)
+    waiting = loaded.tick("ml_training_sensor", first.cursor)
     assert "waiting for build_features" in waiting.skip_message and waiting.cursor in (None, first.cursor)
-    demo.instance.delete_run(queued.run_id)
+    loaded.instance.delete_run(queued.run_id)
 
-    demo.build_features("2013-03-01", "2013-03-02")
-    retrain = demo.tick("ml_training_sensor", first.cursor)
+    loaded.build_features("2013-03-01", "2013-03-02")
+    retrain = loaded.tick("ml_training_sensor", first.cursor)
     assert len(retrain.run_requests) == 1 and retrain.run_requests[0].run_key != request.run_key
     assert retrain.run_requests[0].tags["plumbline/changed_feature_days"] == "2013-03-01 .. 2013-03-02 (2)"
 
@@ -193,11 +195,11 @@ def test_training_runs_once_for_feature_changes_inside_the_split_windows(demo, t
     cfg = config.load(spring)
     assert cfg.window("test").end == dt.date(2013, 5, 31)
     sensor = ml_sensors.training_sensor(definitions.TRAIN_JOB, definitions.FEATURES_JOB, cfg)
-    now = demo.tick("ml_training_sensor", sensor=sensor).cursor
-    demo.build_features("2013-10-20", "2013-10-21")
-    outside = demo.tick("ml_training_sensor", now, sensor=sensor)
+    now = loaded.tick("ml_training_sensor", sensor=sensor).cursor
+    loaded.build_features("2013-10-20", "2013-10-21")
+    outside = loaded.tick("ml_training_sensor", now, sensor=sensor)
     assert not outside.run_requests and "none inside the split windows" in outside.skip_message
-    assert len(demo.tick("ml_training_sensor", now).run_requests) == 1, "the shipped windows cover October"
+    assert len(loaded.tick("ml_training_sensor", now).run_requests) == 1, "the shipped windows cover October"
 
 
 def gate(inst: dg.DagsterInstance) -> dict:
@@ -205,34 +207,34 @@ def gate(inst: dg.DagsterInstance) -> dict:
     return {k: v.value for k, v in record.evaluation.metadata.items()}
 
 
-def test_scoring_follows_features_from_scoring_start_and_a_promotion_rescores_everything(demo):
+def test_scoring_follows_features_from_scoring_start_and_a_promotion_rescores_everything(loaded):
     start = definitions.ml.CFG.scoring_start.isoformat()
     assert start == "2013-10-16"
-    before = demo.tick("ml_scoring_sensor")
+    before = loaded.tick("ml_scoring_sensor")
     assert not before.run_requests and "no champion model yet" in before.skip_message
 
     # The first promotion: every featured day from scoring.start, as one range.
-    assert demo.runner.run(definitions.TRAIN_JOB, "(training set, model, evaluation, promotion gate)")
-    assert gate(demo.instance)["decision"] == "promoted"
-    promoted = demo.tick("ml_scoring_sensor", before.cursor)
+    assert loaded.runner.run(definitions.TRAIN_JOB, "(training set, model, evaluation, promotion gate)")
+    assert gate(loaded.instance)["decision"] == "promoted"
+    promoted = loaded.tick("ml_scoring_sensor", before.cursor)
     assert ranges(promoted) == [(start, "2013-10-26")]
     assert "promoted" in promoted.run_requests[0].tags["plumbline/scoring"]
-    assert demo.tick("ml_scoring_sensor", before.cursor).run_requests[0].run_key == promoted.run_requests[0].run_key
-    demo.execute(definitions.SCORE_JOB, promoted.run_requests)
-    scored = demo.instance.fetch_materializations(definitions.ml.PREDICTIONS, limit=100).records
+    assert loaded.tick("ml_scoring_sensor", before.cursor).run_requests[0].run_key == promoted.run_requests[0].run_key
+    loaded.execute(definitions.SCORE_JOB, promoted.run_requests)
+    scored = loaded.instance.fetch_materializations(definitions.ml.PREDICTIONS, limit=100).records
     assert sorted(r.partition_key for r in scored) == [f"2013-10-{d}" for d in range(16, 27)]
-    assert demo.tick("ml_scoring_sensor", promoted.cursor).skip_message
+    assert loaded.tick("ml_scoring_sensor", promoted.cursor).skip_message
 
     # Training again on the same set reuses the version: no promotion, nothing is re-scored.
-    assert demo.runner.run(definitions.TRAIN_JOB, "(same training set)")
-    assert gate(demo.instance)["decision"] != "promoted"
-    kept = demo.tick("ml_scoring_sensor", promoted.cursor)
+    assert loaded.runner.run(definitions.TRAIN_JOB, "(same training set)")
+    assert gate(loaded.instance)["decision"] != "promoted"
+    kept = loaded.tick("ml_scoring_sensor", promoted.cursor)
     assert kept.skip_message and "no promotion" in kept.skip_message
 
     # Changed feature days are scored from scoring.start on; earlier ones are not scored at all.
-    demo.build_features("2013-10-14", "2013-10-18")
-    demo.build_features("2013-10-25", "2013-10-25")
-    demo.build_features("2013-03-08", "2013-03-09")
-    changed = demo.tick("ml_scoring_sensor", kept.cursor)
+    loaded.build_features("2013-10-14", "2013-10-18")
+    loaded.build_features("2013-10-25", "2013-10-25")
+    loaded.build_features("2013-03-08", "2013-03-09")
+    changed = loaded.tick("ml_scoring_sensor", kept.cursor)
     assert ranges(changed) == [(start, "2013-10-18"), ("2013-10-25", "2013-10-25")]
-    assert demo.tick("ml_scoring_sensor", changed.cursor).skip_message
+    assert loaded.tick("ml_scoring_sensor", changed.cursor).skip_message
