@@ -1,10 +1,11 @@
 """The ML sensors on a real Dagster instance and real deliveries: six weeks of the bundled flights
-from the clean feed (2013-02-25..03-17, in the training window, and 2013-10-07..10-26, validation
-then test and scoring window), loaded by the data sensors' own run requests. Each ML sensor is evaluated the way the
-daemon does it, from a cursor, and the runs it asks for are executed in process: a late restatement
-of one core.flights day rebuilds exactly the feature days whose rolling window reads it; feature
-changes inside the split windows retrain once; the champion scores changed days from scoring.start,
-and a promotion re-scores every featured day from there. A second tick asks for nothing."""
+from the clean feed (2013-02-25..03-17 and 2013-10-07..10-26, with split windows set to what they
+cover: train, then validation, then test and scoring), loaded by the data sensors' own run requests.
+Each ML sensor is evaluated the way the daemon does it, from a cursor, and the runs it asks for are
+executed in process: a late restatement of one core.flights day rebuilds exactly the feature days
+whose rolling window reads it; feature changes inside covered split windows retrain once; the
+champion scores changed days from scoring.start, and a promotion re-scores every featured day from
+there. A second tick asks for nothing."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestration import catalog, definitions, replay
+from orchestration import catalog, definitions, lateness
 from orchestration.feed import write_feed
 from orchestration.ml import config
 from orchestration.ml import sensors as ml_sensors
 from orchestration.sync import RANGE_END, RANGE_START, Runner, instance
+from orchestration.warehouse import Warehouse
 
 # flights days loaded, with the weather of their whole ISO weeks (so 2013-10-27 has weather, no flights)
 BLOCKS = [(dt.date(2013, 2, 25), dt.date(2013, 3, 17)), (dt.date(2013, 10, 7), dt.date(2013, 10, 26))]
@@ -43,6 +45,15 @@ def restated_rows() -> pd.DataFrame:
     df = f[(f.month == RESTATED.month) & (f.day == RESTATED.day)].copy()
     df[INT_COLUMNS] = df[INT_COLUMNS].astype("Int64")
     return df.reset_index(drop=True)
+
+
+def ml_config(path: Path, train: tuple[str, str], validation: tuple[str, str], test: tuple[str, str]) -> Path:
+    """The shipped ML configuration with these split windows."""
+    doc = yaml.safe_load(config.DEFAULT.read_text())
+    doc["split"] = {name: {"start": start, "end": end} for name, (start, end) in
+                    (("train", train), ("validation", validation), ("test", test))}
+    path.write_text(yaml.safe_dump(doc))
+    return path
 
 
 def deliver_csv(home: Path, name: str, df: pd.DataFrame) -> None:
@@ -75,6 +86,9 @@ class Loaded:
         self.execute(job, data.run_requests or [])
         return data.run_requests or []
 
+    def restate(self, source: str, day: str) -> None:
+        assert self.runner.run(definitions.rebuild_job_name(source), day, tags={RANGE_START: day, RANGE_END: day})
+
     def build_features(self, start: str, end: str) -> None:
         assert self.runner.run(definitions.FEATURES_JOB, f"[{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end})
 
@@ -85,9 +99,12 @@ def loaded(tmp_path_factory, dagster_home_dir):
     mp = pytest.MonkeyPatch()
     mp.setenv("PLUMBLINE_HOME", str(home))
     mp.setenv("DAGSTER_HOME", str(dagster_home_dir("ml-sensors")))
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PLUMBLINE_ML_CONFIG"):
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         mp.setenv(var, "")  # recorded, so undo removes what mlflow.set_tracking_uri exports later
         mp.delenv(var)  # the model registry is the local store under this PLUMBLINE_HOME
+    # split windows that the six weeks cover, so training does not wait for the rest of the year
+    mp.setenv("PLUMBLINE_ML_CONFIG", str(ml_config(home / "ml.yaml", ("2013-02-25", "2013-03-17"),
+                                                   ("2013-10-07", "2013-10-15"), ("2013-10-16", "2013-10-26"))))
     # registry.experiment_id leaves artifacts to MLflow's ./mlruns once mlflow has exported
     # MLFLOW_TRACKING_URI itself: keep them in this home, not in the checkout
     mp.chdir(home)
@@ -146,8 +163,10 @@ def test_features_follow_core_flights_through_the_rolling_window_and_weather_day
     assert loaded.runner.run(definitions.INGEST_JOB, "(late delivery)")
     assert loaded.follow("rebuild_flights_sensor", definitions.rebuild_job_name("flights")) == []
     assert loaded.tick("ml_features_sensor", first.cursor).skip_message
-    keys, ok = replay.release(loaded.runner, catalog.contracts()["flights"], [RESTATED.isoformat()], say=lambda *_: None)
-    assert ok and keys == ["2013-03-05"]
+    # what `plumbline dlq release` does, without the in-process ML refresh that the sensors replace
+    with Warehouse().connect() as con:
+        assert lateness.release(con, catalog.contracts()["flights"], [RESTATED.isoformat()]) == ["2013-03-05"]
+    loaded.restate("flights", "2013-03-05")
 
     late = loaded.tick("ml_features_sensor", first.cursor)
     assert ranges(late) == [("2013-03-05", "2013-03-12")]
@@ -160,11 +179,12 @@ def test_features_follow_core_flights_through_the_rolling_window_and_weather_day
     assert loaded.tick("ml_features_sensor", late.cursor).skip_message
 
     # A weather day rebuilds that feature day only; a weather day with no flights loaded, none.
-    assert loaded.runner.rematerialize("weather", ["2013-10-20", "2013-10-27"])
+    loaded.restate("weather", "2013-10-20")
+    loaded.restate("weather", "2013-10-27")
     assert ranges(loaded.tick("ml_features_sensor", late.cursor)) == [("2013-10-20", "2013-10-20")]
 
 
-def test_training_runs_once_for_feature_changes_inside_the_split_windows(loaded, tmp_path):
+def test_training_runs_once_for_feature_changes_inside_covered_split_windows(loaded, tmp_path, monkeypatch):
     first = loaded.tick("ml_training_sensor")
     assert len(first.run_requests) == 1, "one training run however many feature partitions changed"
     request = first.run_requests[0]
@@ -173,33 +193,33 @@ def test_training_runs_once_for_feature_changes_inside_the_split_windows(loaded,
     assert loaded.tick("ml_training_sensor", first.cursor).skip_message
 
     # While a features run has not finished, the sensor waits (keeping its cursor), so a batch trains once.
-    queued = loaded.instance.create_run_for_job(definitions.defs.resolve_job_def(definitions.FEATURES_JOB),
-                                              status=dg.DagsterRunStatus.NOT_STARTED,
-                                              tags={RANGE_START: "2013-03-01", RANGE_END: "2013-03-02"})
+    pending = loaded.instance.create_run_for_job(definitions.defs.resolve_job_def(definitions.FEATURES_JOB),
+                                                 status=dg.DagsterRunStatus.NOT_STARTED,
+                                                 tags={RANGE_START: "2013-03-01", RANGE_END: "2013-03-02"})
     waiting = loaded.tick("ml_training_sensor", first.cursor)
-    assert "waiting for build_features" in waiting.skip_message and waiting.cursor in (None, first.cursor)
-    loaded.instance.delete_run(queued.run_id)
+    assert "waiting for build_features" in waiting.skip_message and waiting.cursor == first.cursor
+    loaded.instance.delete_run(pending.run_id)
 
     loaded.build_features("2013-03-01", "2013-03-02")
     retrain = loaded.tick("ml_training_sensor", first.cursor)
     assert len(retrain.run_requests) == 1 and retrain.run_requests[0].run_key != request.run_key
     assert retrain.run_requests[0].tags["plumbline/changed_feature_days"] == "2013-03-01 .. 2013-03-02 (2)"
 
-    # With split windows that end in May, October features are no reason to retrain.
-    spring = tmp_path / "ml.yaml"
-    shipped = yaml.safe_load(config.DEFAULT.read_text())
-    shipped["split"] = {"train": {"start": "2013-01-01", "end": "2013-03-31"},
-                        "validation": {"start": "2013-04-01", "end": "2013-04-30"},
-                        "test": {"start": "2013-05-01", "end": "2013-05-31"}}
-    spring.write_text(yaml.safe_dump(shipped))
-    cfg = config.load(spring)
-    assert cfg.window("test").end == dt.date(2013, 5, 31)
-    sensor = ml_sensors.training_sensor(definitions.TRAIN_JOB, definitions.FEATURES_JOB, cfg)
-    now = loaded.tick("ml_training_sensor", sensor=sensor).cursor
+    # The shipped windows span the year, which six weeks do not cover: training waits, as sync does.
+    monkeypatch.delenv("PLUMBLINE_ML_CONFIG")
+    short = loaded.tick("ml_training_sensor", first.cursor)
+    assert short.skip_message.startswith("training waits until every split window is at least 90% featured: train ")
+    assert short.cursor == first.cursor and not short.run_requests
+
+    # With every window in March, October features are no reason to retrain.
+    monkeypatch.setenv("PLUMBLINE_ML_CONFIG", str(ml_config(tmp_path / "march.yaml", ("2013-02-25", "2013-03-07"),
+                                                            ("2013-03-08", "2013-03-12"), ("2013-03-13", "2013-03-17"))))
+    now = loaded.tick("ml_training_sensor").cursor
     loaded.build_features("2013-10-20", "2013-10-21")
-    outside = loaded.tick("ml_training_sensor", now, sensor=sensor)
+    outside = loaded.tick("ml_training_sensor", now)
     assert not outside.run_requests and "none inside the split windows" in outside.skip_message
-    assert len(loaded.tick("ml_training_sensor", now).run_requests) == 1, "the shipped windows cover October"
+    monkeypatch.undo()
+    assert len(loaded.tick("ml_training_sensor", now).run_requests) == 1, "the six weeks' windows hold October"
 
 
 def gate(inst: dg.DagsterInstance) -> dict:
@@ -208,7 +228,7 @@ def gate(inst: dg.DagsterInstance) -> dict:
 
 
 def test_scoring_follows_features_from_scoring_start_and_a_promotion_rescores_everything(loaded):
-    start = definitions.ml.CFG.scoring_start.isoformat()
+    start = config.load().scoring_start.isoformat()
     assert start == "2013-10-16"
     before = loaded.tick("ml_scoring_sensor")
     assert not before.run_requests and "no champion model yet" in before.skip_message
@@ -227,7 +247,7 @@ def test_scoring_follows_features_from_scoring_start_and_a_promotion_rescores_ev
 
     # Training again on the same set reuses the version: no promotion, nothing is re-scored.
     assert loaded.runner.run(definitions.TRAIN_JOB, "(same training set)")
-    assert gate(loaded.instance)["decision"] != "promoted"
+    assert gate(loaded.instance)["decision"] == "already champion"
     kept = loaded.tick("ml_scoring_sensor", promoted.cursor)
     assert kept.skip_message and "no promotion" in kept.skip_message
 

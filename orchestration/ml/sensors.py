@@ -6,13 +6,15 @@ ml_features_sensor  core/flights and raw/weather materializations -> build_featu
                     table the features read (weather, planes, airports too) has been loaded.
 ml_training_sensor  ml/flight_features materializations inside the split windows -> one train_model
                     run (training set, model, evaluation, promotion gate), once no build_features or
-                    train_model run is still pending.
+                    train_model run is still pending and every split window is featured enough
+                    (training.min_window_coverage, as `plumbline sync` waits for).
 ml_scoring_sensor   ml/flight_features materializations from scoring.start on -> score_flights runs
                     for those days; a promotion by the promotion gate -> every featured day from
                     scoring.start re-scored, so each partition says which version scored it.
 
 Like the data sensors they read the Dagster instance only, never the warehouse or the MLflow
-registry, so a tick never waits for a DuckDB writer. Each cursor remembers where every stream was
+registry, so a tick never waits for a DuckDB writer. Like the ML runs they read the configuration
+(split windows, scoring.start) at every tick; the feature window (rolling_days) is the asset's own. Each cursor remembers where every stream was
 read up to; run keys are built from the events a tick saw, so a tick evaluated twice submits nothing
 twice.
 """
@@ -26,8 +28,7 @@ from collections.abc import Iterable
 import dagster as dg
 
 from assets import ml
-from orchestration.ml import features
-from orchestration.ml.config import MlConfig
+from orchestration.ml import config, features, plan
 from orchestration.sensors import INTERVAL_SECONDS
 from orchestration.sync import RANGE_END, RANGE_START, contiguous_ranges
 
@@ -108,19 +109,25 @@ def features_sensor(job_name: str) -> dg.SensorDefinition:
     return _sensor
 
 
-def training_sensor(job_name: str, features_job: str, cfg: MlConfig = ml.CFG) -> dg.SensorDefinition:
-    split_days = {d for w in cfg.windows for d in w.days()}
-
+def training_sensor(job_name: str, features_job: str) -> dg.SensorDefinition:
     @dg.sensor(name="ml_training_sensor", job_name=job_name, minimum_interval_seconds=INTERVAL_SECONDS, default_status=RUNNING,
-               description="Retrains, evaluates and runs the promotion gate when feature partitions inside the "
-                           f"split windows ({', '.join(f'{w.name} {w.start}..{w.end}' for w in cfg.windows)}) change.")
+               description="Retrains, evaluates and runs the promotion gate when feature partitions inside the split "
+                           "windows change, once every window is featured enough (training.min_window_coverage).")
     def _sensor(context: dg.SensorEvaluationContext):
-        # train once on the finished features, not once per features run of a batch (cursor left where it was)
+        # train once on the finished features, not once per features run of a batch: while it waits
+        # the cursor stays where it was, so the changes are still there when it stops waiting
         waiting = _pending(context.instance, [features_job, job_name])
         if waiting:
             return dg.SkipReason("waiting for " + ", ".join(f"{r.job_name} {r.run_id[:8]}" for r in waiting) + " to finish")
+        cfg = config.load()
+        covered = plan.coverage(cfg, context.instance.get_materialized_partitions(ml.FEATURES))
+        short = {name: share for name, share in covered.items() if share < cfg.min_window_coverage}
+        if short:
+            return dg.SkipReason(f"training waits until every split window is at least {cfg.min_window_coverage:.0%} "
+                                 "featured: " + ", ".join(f"{name} {share:.0%}" for name, share in short.items()))
         cursor = _cursor(context)
         records, cursor["ml/flight_features"] = _since(context.instance, ml.FEATURES, cursor.get("ml/flight_features"))
+        split_days = {d for w in cfg.windows for d in w.days()}
         inside = [r for r in records if r.partition_key in split_days]
         context.update_cursor(json.dumps(cursor))
         if not inside:
@@ -139,13 +146,12 @@ def _gate_results(instance: dg.DagsterInstance) -> list[tuple[int, dict]]:
             for r in records if isinstance(r.evaluation, dg.AssetCheckEvaluation)]  # planned ones have no result yet
 
 
-def scoring_sensor(job_name: str, cfg: MlConfig = ml.CFG) -> dg.SensorDefinition:
-    start = cfg.scoring_start.isoformat()
-
+def scoring_sensor(job_name: str) -> dg.SensorDefinition:
     @dg.sensor(name="ml_scoring_sensor", job_name=job_name, minimum_interval_seconds=INTERVAL_SECONDS, default_status=RUNNING,
-               description=f"Scores changed ml.flight_features partitions from {start} on with the champion; when the "
-                           f"promotion gate promotes a new champion, re-scores every featured day from {start}.")
+               description="Scores changed ml.flight_features partitions from scoring.start on with the champion; when the "
+                           "promotion gate promotes a new champion, re-scores every featured day from scoring.start.")
     def _sensor(context: dg.SensorEvaluationContext):
+        start = config.load().scoring_start.isoformat()
         cursor = _cursor(context)
         records, cursor["ml/flight_features"] = _since(context.instance, ml.FEATURES, cursor.get("ml/flight_features"))
         # results are keyed by execution id and an execution completes after it is planned, so a
