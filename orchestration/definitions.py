@@ -11,6 +11,7 @@ from assets import ml
 from assets.raw import raw_asset
 from orchestration import catalog, sensors
 from orchestration.lineage.sensors import sensors as lineage_sensors
+from orchestration.ml import sensors as ml_sensors
 from orchestration.warehouse import Warehouse
 
 CONTRACTS = catalog.contracts()
@@ -68,7 +69,8 @@ defs = dg.Definitions(
     jobs=jobs,
     sensors=[*lineage_sensors, sensors.landing_sensor(INGEST_JOB),
              *(sensors.rebuild_sensor(c.name, rebuild_job_name(c.name), True) for c in PARTITIONED),
-             *(sensors.rebuild_sensor(c.name, SNAPSHOTS_JOB, False) for c in SNAPSHOTS)],
+             *(sensors.rebuild_sensor(c.name, SNAPSHOTS_JOB, False) for c in SNAPSHOTS),
+             *ml_sensors.sensors(FEATURES_JOB, TRAIN_JOB, SCORE_JOB)],
     schedules=schedules,
     resources={"warehouse": Warehouse()},
 )

@@ -1,0 +1,183 @@
+"""The ML layer over time: what `plumbline sync` does after its data runs, done by the daemon.
+
+ml_features_sensor  core/flights and raw/weather materializations -> build_features runs for the
+                    feature days that read them (for core.flights, the days whose rolling window
+                    covers a changed day too), one run per contiguous range; it waits until every
+                    table the features read (weather, planes, airports too) has been loaded.
+ml_training_sensor  ml/flight_features materializations inside the split windows -> one train_model
+                    run (training set, model, evaluation, promotion gate), once no build_features or
+                    train_model run is still pending and every split window is featured enough
+                    (training.min_window_coverage, as `plumbline sync` waits for).
+ml_scoring_sensor   ml/flight_features materializations from scoring.start on -> score_flights runs
+                    for those days; a promotion by the promotion gate -> every featured day from
+                    scoring.start re-scored, so each partition says which version scored it.
+
+Like the data sensors they read the Dagster instance only, never the warehouse or the MLflow
+registry, so a tick never waits for a DuckDB writer. Like the ML runs they read the configuration
+(split windows, scoring.start) at every tick; the feature window (rolling_days) is the asset's own. Each cursor remembers where every stream was
+read up to; run keys are built from the events a tick saw, so a tick evaluated twice submits nothing
+twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+
+import dagster as dg
+
+from assets import ml
+from orchestration.ml import config, features, plan
+from orchestration.sensors import INTERVAL_SECONDS
+from orchestration.sync import RANGE_END, RANGE_START, contiguous_ranges
+
+CORE_FLIGHTS = dg.AssetKey(["core", "flights"])
+WEATHER = dg.AssetKey(["raw", "weather"])
+PROMOTION_GATE = dg.AssetCheckKey(ml.EVALUATION, "promotion_gate")
+PAGE = 1000  # materialization records read per query; a tick reads every page there is
+GATE_HISTORY = 100  # completed promotion-gate results remembered in the scoring sensor's cursor
+# Statuses of a run that has not finished yet (queued by the daemon, or launched and running).
+PENDING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+           dg.DagsterRunStatus.STARTED]
+RUNNING = dg.DefaultSensorStatus.RUNNING
+
+
+def _since(instance: dg.DagsterInstance, key: dg.AssetKey, cursor: str | None) -> tuple[list, str | None]:
+    """Every materialization record of key after cursor, oldest first, and the cursor after them."""
+    records = []
+    while True:
+        result = instance.fetch_materializations(key, limit=PAGE, cursor=cursor, ascending=True)
+        records += result.records
+        cursor = result.cursor if result.records else cursor
+        if not result.has_more:
+            return records, cursor
+
+
+def _days(records: Iterable) -> list[str]:
+    return sorted({r.partition_key for r in records if r.partition_key})
+
+
+def _seen(*ids: Iterable[int]) -> str:
+    """A short digest of the event ids a tick acted on: the same events give the same run keys."""
+    return hashlib.sha256(",".join(str(i) for group in ids for i in group).encode()).hexdigest()[:16]
+
+
+def _ranges(prefix: str, days: Iterable[str], tags: dict | None = None) -> list[dg.RunRequest]:
+    return [dg.RunRequest(run_key=f"{prefix}:{start}:{end}", tags={RANGE_START: start, RANGE_END: end, **(tags or {})})
+            for start, end in contiguous_ranges(sorted(days))]
+
+
+def _cursor(context: dg.SensorEvaluationContext) -> dict:
+    return json.loads(context.cursor) if context.cursor else {}
+
+
+def _pending(instance: dg.DagsterInstance, job_names: Iterable[str]) -> list[dg.DagsterRun]:
+    return [run for job in job_names for run in instance.get_runs(dg.RunsFilter(job_name=job, statuses=PENDING))]
+
+
+def feature_days(changed_flights: list[str], changed_weather: list[str], built: set[str]) -> list[str]:
+    """Feature partitions to rebuild: those that read a changed core.flights day through the asset's
+    partition mapping (its own day and the next rolling_days), and the days whose weather changed;
+    only days with core.flights built (a feature day is its flights)."""
+    days = set(features.affected_days(changed_flights, ml.DAILY, ml.CFG.rolling_days)) | set(changed_weather)
+    return sorted(days & built)
+
+
+def features_sensor(job_name: str) -> dg.SensorDefinition:
+    @dg.sensor(name="ml_features_sensor", job_name=job_name, minimum_interval_seconds=INTERVAL_SECONDS, default_status=RUNNING,
+               description=f"Rebuilds the ml.flight_features partitions that read a changed core.flights day (and the "
+                           f"{ml.CFG.rolling_days} days after it, whose rolling window covers it) or a changed raw.weather day.")
+    def _sensor(context: dg.SensorEvaluationContext):
+        # the feature query reads every input table: until each has been loaded once, a run could only
+        # fail, so wait and keep the cursor (the changes seen so far are featured when they are)
+        inputs = sorted(ml.flight_features.dependency_keys)
+        latest = context.instance.get_latest_materialization_events(inputs)  # leaves out keys it never saw
+        missing = [key.to_user_string() for key in inputs if latest.get(key) is None]
+        if missing:
+            return dg.SkipReason(f"waiting for {', '.join(missing)} to be loaded: ml.flight_features reads them")
+        cursor = _cursor(context)
+        flights, cursor["core/flights"] = _since(context.instance, CORE_FLIGHTS, cursor.get("core/flights"))
+        weather, cursor["raw/weather"] = _since(context.instance, WEATHER, cursor.get("raw/weather"))
+        days = feature_days(_days(flights), _days(weather), context.instance.get_materialized_partitions(CORE_FLIGHTS))
+        context.update_cursor(json.dumps(cursor))
+        seen = _seen((r.storage_id for r in flights), (r.storage_id for r in weather))
+        return _ranges(f"features:{seen}", days) or dg.SkipReason(
+            f"no feature partition to rebuild ({len(flights)} new core/flights and {len(weather)} new raw/weather "
+            "materialization(s), none on a day with core.flights built)")
+
+    return _sensor
+
+
+def training_sensor(job_name: str, features_job: str) -> dg.SensorDefinition:
+    @dg.sensor(name="ml_training_sensor", job_name=job_name, minimum_interval_seconds=INTERVAL_SECONDS, default_status=RUNNING,
+               description="Retrains, evaluates and runs the promotion gate when feature partitions inside the split "
+                           "windows change, once every window is featured enough (training.min_window_coverage).")
+    def _sensor(context: dg.SensorEvaluationContext):
+        # train once on the finished features, not once per features run of a batch: while it waits
+        # the cursor stays where it was, so the changes are still there when it stops waiting
+        waiting = _pending(context.instance, [features_job, job_name])
+        if waiting:
+            return dg.SkipReason("waiting for " + ", ".join(f"{r.job_name} {r.run_id[:8]}" for r in waiting) + " to finish")
+        cfg = config.load()
+        covered = plan.coverage(cfg, context.instance.get_materialized_partitions(ml.FEATURES))
+        short = {name: share for name, share in covered.items() if share < cfg.min_window_coverage}
+        if short:
+            return dg.SkipReason(f"training waits until every split window is at least {cfg.min_window_coverage:.0%} "
+                                 "featured: " + ", ".join(f"{name} {share:.0%}" for name, share in short.items()))
+        cursor = _cursor(context)
+        records, cursor["ml/flight_features"] = _since(context.instance, ml.FEATURES, cursor.get("ml/flight_features"))
+        split_days = {d for w in cfg.windows for d in w.days()}
+        inside = [r for r in records if r.partition_key in split_days]
+        context.update_cursor(json.dumps(cursor))
+        if not inside:
+            return dg.SkipReason(f"{len(records)} new ml/flight_features materialization(s), none inside the split windows")
+        days = _days(inside)
+        return dg.RunRequest(run_key=f"train:{_seen(r.storage_id for r in inside)}",
+                             tags={"plumbline/changed_feature_days": f"{days[0]} .. {days[-1]} ({len(days)})"})
+
+    return _sensor
+
+
+def _gate_results(instance: dg.DagsterInstance) -> list[tuple[int, dict]]:
+    """(id, metadata) of the latest completed promotion-gate results, newest first."""
+    records = instance.event_log_storage.get_asset_check_execution_history(PROMOTION_GATE, limit=GATE_HISTORY)
+    return [(r.id, {k: v.value for k, v in r.evaluation.metadata.items()})
+            for r in records if isinstance(r.evaluation, dg.AssetCheckEvaluation)]  # planned ones have no result yet
+
+
+def scoring_sensor(job_name: str) -> dg.SensorDefinition:
+    @dg.sensor(name="ml_scoring_sensor", job_name=job_name, minimum_interval_seconds=INTERVAL_SECONDS, default_status=RUNNING,
+               description="Scores changed ml.flight_features partitions from scoring.start on with the champion; when the "
+                           "promotion gate promotes a new champion, re-scores every featured day from scoring.start.")
+    def _sensor(context: dg.SensorEvaluationContext):
+        start = config.load().scoring_start.isoformat()
+        cursor = _cursor(context)
+        records, cursor["ml/flight_features"] = _since(context.instance, ml.FEATURES, cursor.get("ml/flight_features"))
+        # results are keyed by execution id and an execution completes after it is planned, so a
+        # watermark could skip one: remember the ids already seen instead
+        gates = _gate_results(context.instance)
+        seen_gates = set(cursor.get("promotion_gate", []))
+        promoted = [(i, meta) for i, meta in gates if i not in seen_gates and meta.get("decision") == "promoted"]
+        cursor["promotion_gate"] = [i for i, _ in gates]
+        context.update_cursor(json.dumps(cursor))
+
+        champion = next((meta.get("champion_version") for _, meta in gates), None)
+        if champion in (None, "none"):
+            return dg.SkipReason(f"no champion model yet ({len(records)} new feature partition(s)): the promotion "
+                                 f"gate's first promotion scores every featured day from {start}")
+        if promoted:
+            days = {d for d in context.instance.get_materialized_partitions(ml.FEATURES) if d >= start}
+            why = f"champion v{promoted[0][1].get('champion_version')} promoted: re-score from {start}"
+        else:
+            days = {d for d in _days(records) if d >= start}
+            why = "feature partitions changed"
+        seen = _seen((r.storage_id for r in records), (i for i, _ in promoted))
+        return _ranges(f"score:{seen}", days, {"plumbline/scoring": why}) or dg.SkipReason(
+            f"{len(records)} new ml/flight_features materialization(s), none from {start} on, and no promotion")
+
+    return _sensor
+
+
+def sensors(features_job: str, train_job: str, score_job: str) -> list[dg.SensorDefinition]:
+    return [features_sensor(features_job), training_sensor(train_job, features_job), scoring_sensor(score_job)]
