@@ -443,7 +443,7 @@ def report(runs: dict, load: tuple[float, float]) -> None:
               f"| {med(step, 'plumbline', 'process_seconds'):.1f} |")
     print()
     print("Where plumbline's time goes (median seconds inside the wrapped functions; the rest is the Dagster run, "
-          "its event log, lineage emission and the asset's own code):")
+          "its event log and the rest of the asset's own code):")
     for step in STEPS:
         total = med(step, "plumbline", "seconds")
         spent = {label: statistics.median(r["spent"][label] for r in runs[step]["plumbline"])
