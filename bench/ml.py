@@ -376,7 +376,7 @@ def restore(work: Path) -> None:
 
 def _env(work: Path) -> dict:
     """The child's environment: this home only; no outside MLflow store or lineage backend gets benchmark runs.
-    Children run in the workdir: MLflow may put artifacts under ./mlruns, and they must not land in the repository."""
+    Children run in the workdir, so nothing they write lands in the repository."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENLINEAGE", "MLFLOW_", "DAGSTER_HOME"))}
     env.update(PLUMBLINE_HOME=str(work / "home"), DAGSTER_HOME=str(work / "home" / "dagster"), PYTHONPATH=str(REPO))
     return env
