@@ -236,7 +236,11 @@ def _model(args) -> int:
     from orchestration.ml import config, oncall, registry
     from orchestration.warehouse import Warehouse
 
-    cfg = config.load()
+    try:
+        cfg = config.load()
+    except config.MlConfigError as e:
+        print(f"plumbline model {args.model_command}: {e}", file=sys.stderr)
+        return 2
     try:
         if args.model_command in ("list", "history"):
             with Warehouse().connect(read_only=True) as con:

@@ -72,9 +72,10 @@ def model_lines(con) -> list[str]:
     lines.append(f"  champion v{champion}; latest evaluation on the test window {test.start} .. {test.end}:")
     lines.append(f"    {'':<24} {'flights':>8} {'AUC':>7} {'log loss':>9} {'Brier':>7} {'calib. err':>10}")
     for model, version, flights, auc, ll, brier, ece in rows:
-        name = (f"{'champion' if version == champion else model} v{version}" if version
-                else "baseline (on-time share)")
+        # rows are named by their role in that evaluation; the current champion is starred
+        name = f"{model} v{version}{' *' if version == champion else ''}" if version else "baseline (on-time share)"
         lines.append(f"    {name:<24} {flights:>8} {auc or float('nan'):>7.4f} {ll:>9.4f} {brier:>7.4f} {ece:>10.4f}")
+    lines.append("    (* the current champion)")
     for version, first, last, n in oncall.scored_by(con):
         lines.append(f"  predictions {first} .. {last}: {n} partition(s) scored by v{version}")
     if oncall._table_exists(con, "ml", "drift"):

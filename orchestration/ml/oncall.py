@@ -52,7 +52,7 @@ def history_text(con, cfg: MlConfig) -> str:
     rows = registry.history(con, cfg)
     if not rows:
         return f"no promotions of {cfg.model_name} recorded yet (ops.model_promotions)"
-    return "\n".join(f"{at:%Y-%m-%d %H:%M:%S} {action:<8} v{version:<4} (champion before: {previous or 'none'}) by {who}: {why}"
+    return "\n".join(f"{at:%Y-%m-%d %H:%M:%S} {action:<8} v{version:<4} (champion before: {'v' + previous if previous else 'none'}) by {who}: {why}"
                      for at, action, version, previous, who, why in rows)
 
 

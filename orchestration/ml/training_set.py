@@ -70,9 +70,10 @@ def build(con, cfg: MlConfig) -> dict:
         "partitions": versions,
         "missing_partitions": [d for d in days if d not in versions],
         "contracts": {name: c.version for name, c in sorted(catalog.contracts().items())},
-        "config": str(cfg.path),
     }
+    # the version is what the set holds, not where the configuration file lives
     provenance["version"] = hashlib.sha256(json.dumps(provenance, sort_keys=True).encode()).hexdigest()[:16]
+    provenance["config"] = str(cfg.path)
     with_version = json.dumps(provenance, sort_keys=True)
     con.execute("DELETE FROM ml.training_set_provenance")
     con.execute("INSERT INTO ml.training_set_provenance VALUES (?, ?)", [provenance["version"], with_version])
