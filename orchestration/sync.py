@@ -176,13 +176,12 @@ def refresh_ml(warehouse: Warehouse, run, say, stale: dict[str, list[str]], snap
     Returns whether every run succeeded."""
     from assets import ml
     from orchestration import definitions
-    from orchestration.ml import config, plan, registry
+    from orchestration.ml import config, plan, registry, training_set
 
     cfg = config.load()
     with warehouse.connect(read_only=True) as con:
         built = sorted(plan.days_in(con, "core.flights"))
-        has_set = "ml.training_set_provenance" in {f"{s}.{t}" for s, t in con.execute(
-            "SELECT table_schema, table_name FROM information_schema.tables").fetchall()}
+        has_set = training_set.current_provenance(con) is not None
         todo = plan.plan(con, cfg, ml.DAILY, built if snapshots_changed else stale.get("flights", []),
                          stale.get("weather", []), has_set)
     if not built:
