@@ -140,55 +140,13 @@ def features_hash(con) -> tuple[int, str]:
                              "FROM ml.flight_features f").fetchall()[0])
 
 
-def bare_frame(con, where: str):
-    """Key, features and label of the rows matching where, as the model reads them (plain pandas)."""
-    import pandas as pd
-
-    from orchestration.ml import features
-
-    cols = ", ".join(dict.fromkeys([*features.KEY, *features.FEATURES, "delayed"]))
-    df = con.execute(f"SELECT {cols} FROM ml.flight_features WHERE {where} ORDER BY {', '.join(features.KEY)}").df()
-    for c in features.CATEGORICAL:
-        df[c] = df[c].astype(object).where(df[c].notna(), None)
-    for c in features.NUMERIC:
-        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-    return df
-
-
 def _window(cfg, name: str, labelled: bool = True) -> str:
     w = cfg.window(name)
     return f"event_date BETWEEN DATE '{w.start}' AND DATE '{w.end}'" + (" AND delayed IS NOT NULL" if labelled else "")
 
 
-def bare_model(params: dict):
-    """The same estimator as orchestration/ml/model.py, built here with scikit-learn alone."""
-    import numpy as np
-    from sklearn.compose import make_column_transformer
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OrdinalEncoder
-
-    from orchestration.ml import features
-
-    encode = make_column_transformer(
-        (OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan), features.CATEGORICAL),
-        ("passthrough", features.MODEL_NUMERIC), verbose_feature_names_out=False)
-    return make_pipeline(encode, HistGradientBoostingClassifier(categorical_features=features.CATEGORICAL, **params)).set_output(transform="pandas")
-
-
-def bare_metrics(y, p) -> dict:
-    import numpy as np
-    from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
-
-    y, p = np.asarray(y, dtype=int), np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
-    bins = np.clip(np.digitize(p, np.linspace(0, 1, 11)[1:-1]), 0, 9)
-    ece = sum((bins == b).mean() * abs(p[bins == b].mean() - y[bins == b].mean()) for b in range(10) if (bins == b).any())
-    return {"auc": roc_auc_score(y, p) if len(set(y)) == 2 else None, "log_loss": log_loss(y, p, labels=[0, 1]),
-            "brier": brier_score_loss(y, p), "ece": ece}
-
-
 def child_bare(step: str, work: Path) -> dict:
-    from orchestration.ml import config, features
+    from orchestration.ml import config, features, model  # the same frame, estimator and metrics, without Dagster or MLflow
 
     cfg = config.load()
     con = bare_inputs()
@@ -201,33 +159,33 @@ def child_bare(step: str, work: Path) -> dict:
     model_file = work / "bare_model.pkl"
     if step == "training":
         with Step() as s:
-            train = bare_frame(con, _window(cfg, "train"))
-            model = bare_model(cfg.params).fit(train[features.MODEL_INPUTS], train["delayed"].astype(int))
-        model_file.write_bytes(pickle.dumps(model))
+            train = model.frame(con, "ml.flight_features", _window(cfg, "train"))
+            fitted = model.build(cfg.params).fit(train[features.MODEL_INPUTS], train["delayed"].astype(int))
+        model_file.write_bytes(pickle.dumps(fitted))
         return s.result(train_rows=len(train))
-    model = pickle.loads(model_file.read_bytes())
+    fitted = pickle.loads(model_file.read_bytes())
     if step == "evaluation":
         with Step() as s:
-            test, train = bare_frame(con, _window(cfg, "test")), bare_frame(con, _window(cfg, "train"))
+            test, train = model.frame(con, "ml.flight_features", _window(cfg, "test")), model.frame(con, "ml.flight_features", _window(cfg, "train"))
             y = test["delayed"].astype(int).to_numpy()
             rates = train.groupby(["carrier", "origin"])["delayed"].mean().astype(float).to_dict()
             overall = float(train["delayed"].mean())
-            predictions = {"challenger": model.predict_proba(test[features.MODEL_INPUTS])[:, 1],
-                           "champion": model.predict_proba(test[features.MODEL_INPUTS])[:, 1],
+            predictions = {"challenger": fitted.predict_proba(test[features.MODEL_INPUTS])[:, 1],
+                           "champion": fitted.predict_proba(test[features.MODEL_INPUTS])[:, 1],
                            "baseline": [rates.get(k, overall) for k in zip(test["carrier"], test["origin"])]}
             measured = {}
             for name, p in predictions.items():
                 frame = test[["event_date", "carrier"]].assign(y=y, p=p)
-                measured[name] = bare_metrics(y, p)
-                measured[name]["carriers"] = {c: bare_metrics(part["y"], part["p"])["auc"] for c, part in frame.groupby("carrier")}
+                measured[name] = model.metrics(y, p)
+                measured[name]["carriers"] = {c: model.metrics(part["y"], part["p"])["auc"] for c, part in frame.groupby("carrier")}
                 measured[name]["daily_auc"] = statistics.median(
-                    bare_metrics(part["y"], part["p"])["auc"] for _, part in frame.groupby("event_date")
+                    model.metrics(part["y"], part["p"])["auc"] for _, part in frame.groupby("event_date")
                     if len(part) >= int(cfg.drift["min_labelled_flights"]) and part["y"].nunique() == 2)
         return s.result(test_rows=len(test), test_auc=measured["challenger"]["auc"], baseline_auc=measured["baseline"]["auc"])
     where = _window(cfg, "test", labelled=False) if step == "score_test" else f"event_date BETWEEN DATE '{YEAR[0]}' AND DATE '{YEAR[1]}'"
     with Step() as s:
-        rows = bare_frame(con, where)
-        p = model.predict_proba(rows[features.MODEL_INPUTS])[:, 1]
+        rows = model.frame(con, "ml.flight_features", where)
+        p = fitted.predict_proba(rows[features.MODEL_INPUTS])[:, 1]
     return s.result(rows=len(rows), mean_p=float(p.mean()))
 
 
