@@ -4,7 +4,7 @@ import dagster as dg
 
 from contracts.model import Contract
 from orchestration import catalog, partitions, quality, restatements, schema_checks
-from orchestration.warehouse import SNAPSHOT_PARTITION, Warehouse, ident
+from orchestration.warehouse import SNAPSHOT_PARTITION, Warehouse, ident, table_exists
 
 
 def raw_asset(contract: Contract) -> dg.AssetsDefinition:
@@ -100,8 +100,7 @@ def _observe(con, contract: Contract, keys):
     for rule in contract.rules:
         if rule.kind == "foreign_key":
             table, column = rule.reference
-            exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'raw' AND table_name = ?",
-                                 [table]).fetchone()[0]
+            exists = table_exists(con, "raw", table)
             references[rule.id] = [r[0] for r in con.execute(
                 f"SELECT DISTINCT {ident(column)} FROM raw.{ident(table)}").fetchall()] if exists else []
     return frame, dead, references

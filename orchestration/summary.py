@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestration import settings
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse import Warehouse, table_exists
 
 
 NOTED = 10  # loaded files with notes shown; the rest are counted
@@ -56,7 +56,7 @@ def model_lines(con) -> list[str]:
     """The champion's test-window metrics against the baseline, what it scored, and drift."""
     from orchestration.ml import config, oncall, registry
 
-    if not oncall._table_exists(con, "ml", "model_evaluation"):
+    if not table_exists(con, "ml", "model_evaluation"):
         return []
     cfg = config.load()
     champion = registry.champion(cfg)
@@ -78,7 +78,7 @@ def model_lines(con) -> list[str]:
     lines.append("    (* the current champion)")
     for version, first, last, n in oncall.scored_by(con):
         lines.append(f"  predictions {first} .. {last}: {n} partition(s) scored by v{version}")
-    if oncall._table_exists(con, "ml", "drift"):
+    if table_exists(con, "ml", "drift"):
         graded = con.execute("""SELECT measure, grade, count(*) FROM ml.drift WHERE grade <> 'ok' GROUP BY ALL ORDER BY 1, 2""").fetchall()
         worst = con.execute("""SELECT feature, count(*) FROM ml.drift WHERE grade <> 'ok' AND measure = 'psi'
                                GROUP BY ALL ORDER BY 2 DESC, 1 LIMIT 3""").fetchall()

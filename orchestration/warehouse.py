@@ -126,6 +126,11 @@ def literal(value) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+def table_exists(con, schema: str, table: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                            [schema, table]).fetchall()[0][0])
+
+
 class Warehouse(dg.ConfigurableResource):
     """DuckDB file under PLUMBLINE_HOME; every writer goes through connect()."""
 

@@ -8,6 +8,7 @@ import os
 
 from orchestration.ml import registry
 from orchestration.ml.config import MlConfig
+from orchestration.warehouse import table_exists
 
 
 def actor() -> str:
@@ -18,13 +19,8 @@ def actor() -> str:
         return "unknown"
 
 
-def _table_exists(con, schema: str, table: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-                            [schema, table]).fetchall()[0][0])
-
-
 def test_auc(con, version: str) -> float | None:
-    if not _table_exists(con, "ml", "model_evaluation"):
+    if not table_exists(con, "ml", "model_evaluation"):
         return None
     rows = con.execute("SELECT auc FROM ml.model_evaluation WHERE challenger_version = ? AND model = 'challenger' "
                        "AND scope = 'overall'", [version]).fetchall()
@@ -58,7 +54,7 @@ def history_text(con, cfg: MlConfig) -> str:
 
 def scored_by(con) -> list[tuple[str, str, str, int]]:
     """(model_version, first partition, last partition, partitions) of ml.flight_predictions."""
-    if not _table_exists(con, "ml", "flight_predictions"):
+    if not table_exists(con, "ml", "flight_predictions"):
         return []
     return [(v, str(a), str(b), n) for v, a, b, n in con.execute(
         "SELECT model_version, min(event_date), max(event_date), count(DISTINCT event_date) FROM ml.flight_predictions "

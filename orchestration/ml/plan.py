@@ -10,6 +10,7 @@ import dagster as dg
 
 from orchestration.ml import features
 from orchestration.ml.config import MlConfig
+from orchestration.warehouse import table_exists
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,8 @@ def coverage(cfg: MlConfig, featured: set[str]) -> dict[str, float]:
 
 
 def days_in(con, table: str) -> set[str]:
-    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema || '.' || table_name = ?",
-                         [table]).fetchall()[0][0]
-    if not exists:
+    """Event dates present in schema.table (none when the table does not exist yet)."""
+    if not table_exists(con, *table.split(".")):
         return set()
     return {str(d) for (d,) in con.execute(f"SELECT DISTINCT strftime(event_date, '%Y-%m-%d') FROM {table}").fetchall()}
 

@@ -14,7 +14,7 @@ import json
 from orchestration import catalog
 from orchestration.ml import features
 from orchestration.ml.config import MlConfig
-from orchestration.warehouse import ident, literal
+from orchestration.warehouse import ident, literal, table_exists
 
 DDL_PROVENANCE = "CREATE TABLE IF NOT EXISTS ml.training_set_provenance (version VARCHAR, provenance JSON)"
 _KEY = ", ".join(features.KEY)
@@ -81,8 +81,7 @@ def build(con, cfg: MlConfig) -> dict:
 
 
 def current_provenance(con) -> dict | None:
-    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'ml' "
-                       "AND table_name = 'training_set_provenance'").fetchall()[0][0]:
+    if not table_exists(con, "ml", "training_set_provenance"):
         return None
     rows = con.execute("SELECT provenance FROM ml.training_set_provenance").fetchall()
     return json.loads(rows[0][0]) if rows else None
