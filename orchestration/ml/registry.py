@@ -197,7 +197,8 @@ def promote(con, cfg: MlConfig, number: str, *, actor: str, reason: str) -> str 
 
 
 def reject(con, cfg: MlConfig, number: str, *, actor: str, reason: str) -> None:
-    if version(cfg, number).tags.get(REASON_TAG) == reason and version(cfg, number).tags.get(STATUS_TAG) == "rejected":
+    tags = version(cfg, number).tags
+    if tags.get(STATUS_TAG) == "rejected" and tags.get(REASON_TAG) == reason:
         return  # a reused version judged again on the same evidence: already on record
     c = client()
     c.set_model_version_tag(cfg.model_name, str(number), STATUS_TAG, "rejected")
