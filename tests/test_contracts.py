@@ -111,6 +111,7 @@ def _wrong_logical_type(d):
 def _unsupported_logical_type(d):
     i, p = prop(d, "dep_time")
     p["logicalType"] = "array"  # valid ODCS, but plumbline has no column type for it
+    del p["logicalTypeOptions"]  # an integer's options, which the schema refuses on an array
     return f"schema[0].properties[{i}].logicalType", "logicalType: array"
 
 
@@ -133,7 +134,7 @@ def _unknown_top_level_key(d):
 def _quality_rule_without_id(d):
     i, p = prop(d, "dep_time")
     del p["quality"][0]["id"]
-    return f"schema[0].properties[{i}].quality[0]", "metric: invalidValues"
+    return f"schema[0].properties[{i}].quality[0]", "type: custom"
 
 
 def _rule_id_not_a_check_name(d):
