@@ -161,8 +161,11 @@ def load_contract(path: str | Path) -> Contract:
     if errors:
         worst = max(errors, key=lambda e: len(e.absolute_path))  # the deepest error is the most specific
         loc = tuple(worst.absolute_path)
-        raise ContractError(path, _dotted(loc), f"{worst.message} (ODCS {version} JSON schema rule '{worst.validator}')",
-                            _nearest_line(lines, loc))
+        problem = f"{worst.message} (ODCS {version} JSON schema rule '{worst.validator}')"
+        newest = SUPPORTED_API_VERSIONS[-1]
+        if version != newest and _validator(newest).is_valid({**data, "apiVersion": newest}):
+            problem += f"; the document is valid ODCS {newest}: declare apiVersion: {newest}"
+        raise ContractError(path, _dotted(loc), problem, _nearest_line(lines, loc))
 
     try:
         model = OpenDataContractStandard(**data)

@@ -100,6 +100,7 @@ def test_a_field_newer_than_the_declared_version_is_refused(tmp_path):
     err = info.value
     assert err.file == str(file) and err.path.startswith("customProperties[0]")
     assert "'vendor' was unexpected" in err.problem and "ODCS v3.1.0" in err.problem, err
+    assert err.problem.endswith("valid ODCS v3.2.0: declare apiVersion: v3.2.0"), err  # the one-line fix
 
 
 @pytest.mark.parametrize("version", ["v3.0.2", "v3.1.0"])
