@@ -152,7 +152,7 @@ def load_contract(path: str | Path) -> Contract:
 
     # validated against the version it declares: another ODCS tool reads it by that version too
     version = data.get("apiVersion")
-    if version not in SCHEMA_OF:
+    if not isinstance(version, str) or version not in SCHEMA_OF:
         loc = ("apiVersion",) if "apiVersion" in data else ()
         problem = (f"apiVersion {version!r} is not supported" if loc else "apiVersion is missing")
         raise ContractError(path, _dotted(loc), f"{problem}; declare one of {', '.join(SUPPORTED_API_VERSIONS)}",

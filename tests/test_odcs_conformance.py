@@ -114,7 +114,7 @@ def test_an_older_version_in_its_own_form_loads_the_same(tmp_path, version):
         load_contract(write(tmp_path, {**planes(), "apiVersion": version}))
 
 
-@pytest.mark.parametrize("version", ["v2.2.2", "v3.3.0", None])
+@pytest.mark.parametrize("version", ["v2.2.2", "v3.3.0", ["v3.2.0"], None])
 def test_an_unsupported_api_version_names_the_file_and_the_supported_ones(tmp_path, version):
     d = flights()
     if version is None:
