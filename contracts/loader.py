@@ -39,7 +39,15 @@ RULE_ID = re.compile(r"^[A-Za-z0-9_]+$")  # rule ids name Dagster asset checks, 
 RESERVED_PREFIX = "_"  # bronze and raw add _extra, _row_offset, _file_id, _source_file, ... to every table
 EVOLUTION_KEYS = ("tables", "columns", "dataType", "primaryKey")
 DEAD_LETTER = {"rowRuleFailure": "dead_letter", "unreadableFile": "quarantine"}  # the only behaviour implemented
+RANGE_OPTIONS = ("minimum", "maximum")  # the logicalTypeOptions plumbline enforces
 DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?)?$")
+# Each ODCS apiVersion plumbline reads -> the schema that defines it. v3.2.0's ships in the pinned
+# open-data-contract-standard package, the earlier ones in contracts/schemas/ (see its README);
+# v3.0.0 and v3.0.1 are the v3.0.2 grammar.
+PACKAGE_SCHEMA = "v3.2.0"
+SCHEMAS_DIR = CONTRACTS_DIR / "schemas"
+SCHEMA_OF = {"v3.0.0": "v3.0.2", "v3.0.1": "v3.0.2", "v3.0.2": "v3.0.2", "v3.1.0": "v3.1.0", "v3.2.0": "v3.2.0"}
+SUPPORTED_API_VERSIONS = tuple(SCHEMA_OF)
 
 
 class ContractError(ValueError):
@@ -49,14 +57,22 @@ class ContractError(ValueError):
         super().__init__(f"{where}: contract invalid at '{path or '<root>'}': {problem}")
 
 
-def _json_schema() -> dict:
-    text = importlib.resources.files("open_data_contract_standard").joinpath("schema.json").read_text()
-    return json.loads(text)
+def _json_schema(api_version: str) -> dict:
+    """The ODCS JSON schema that defines `api_version` (one of SUPPORTED_API_VERSIONS)."""
+    name = SCHEMA_OF[api_version]
+    if name == PACKAGE_SCHEMA:
+        text = importlib.resources.files("open_data_contract_standard").joinpath("schema.json").read_text()
+    else:
+        text = (SCHEMAS_DIR / f"odcs-{name}.schema.json").read_text()
+    schema = json.loads(text)
+    if schema["properties"]["apiVersion"].get("default") != name:  # a package upgrade must move the table above
+        raise RuntimeError(f"the ODCS schema for {name} declares apiVersion {schema['properties']['apiVersion'].get('default')}")
+    return schema
 
 
-@lru_cache(maxsize=1)
-def _validator() -> jsonschema.protocols.Validator:
-    schema = _json_schema()
+@lru_cache(maxsize=None)
+def _validator(api_version: str) -> jsonschema.protocols.Validator:
+    schema = _json_schema(api_version)
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema)
 
@@ -134,11 +150,22 @@ def load_contract(path: str | Path) -> Contract:
         raise ContractError(path, "", "expected a YAML mapping with apiVersion, kind, id, version")
     lines = _line_index(text)
 
-    errors = sorted(_validator().iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    # validated against the version it declares: another ODCS tool reads it by that version too
+    version = data.get("apiVersion")
+    if not isinstance(version, str) or version not in SCHEMA_OF:
+        loc = ("apiVersion",) if "apiVersion" in data else ()
+        problem = (f"apiVersion {version!r} is not supported" if loc else "apiVersion is missing")
+        raise ContractError(path, _dotted(loc), f"{problem}; declare one of {', '.join(SUPPORTED_API_VERSIONS)}",
+                            _nearest_line(lines, loc) or 1)
+    errors = sorted(_validator(version).iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         worst = max(errors, key=lambda e: len(e.absolute_path))  # the deepest error is the most specific
         loc = tuple(worst.absolute_path)
-        raise ContractError(path, _dotted(loc), f"{worst.message} (ODCS JSON schema rule '{worst.validator}')", _nearest_line(lines, loc))
+        problem = f"{worst.message} (ODCS {version} JSON schema rule '{worst.validator}')"
+        newest = SUPPORTED_API_VERSIONS[-1]
+        if version != newest and _validator(newest).is_valid({**data, "apiVersion": newest}):
+            problem += f"; the document is valid ODCS {newest}: declare apiVersion: {newest}"
+        raise ContractError(path, _dotted(loc), problem, _nearest_line(lines, loc))
 
     try:
         model = OpenDataContractStandard(**data)
@@ -213,8 +240,15 @@ def _compile(model: OpenDataContractStandard, file: Path, lines: dict) -> Contra
         if prop.logicalType != "string":
             rules.append((Rule(id=f"{model.name}_{prop.name}_type", kind="type", severity="error", column=prop.name,
                                description=f"{prop.name} parses as {prop.logicalType} ({physical})"), loc + ("logicalType",)))
+        value_range = _value_range(prop, loc, fail)
         for j, q in enumerate(prop.quality or ()):
-            rules.append((_quality_rule(q, prop.name, loc + ("quality", j), fail), loc + ("quality", j)))
+            rules.append((_quality_rule(q, prop.name, loc + ("quality", j), fail, value_range), loc + ("quality", j)))
+        if value_range and not any(r.kind == "range" and r.column == prop.name for r, _ in rules):
+            # an ODCS range is a constraint other tools enforce: plumbline enforces it too, named like its own rules
+            lo, hi = value_range
+            rules.append((Rule(id=f"{model.name}_{prop.name}_range", kind="range", severity="error", column=prop.name,
+                               minimum=lo, maximum=hi, description=f"{prop.name} between {lo} and {hi}"),
+                          loc + ("logicalTypeOptions",)))
         for j, rel in enumerate(prop.relationships or ()):
             rules.append((_relationship_rule(rel, prop.name, loc + ("relationships", j), fail), loc + ("relationships", j)))
     for j, q in enumerate(obj.quality or ()):
@@ -346,12 +380,38 @@ def _severity(value, loc, fail) -> str:
     return sev
 
 
-def _quality_rule(q, column, loc, fail) -> Rule:
+def _value_range(prop, loc, fail) -> tuple | None:
+    """(minimum, maximum) of a column's logicalTypeOptions, where ODCS puts a range; None when it has none."""
+    options = prop.logicalTypeOptions or {}
+    for key in options:
+        if key not in RANGE_OPTIONS or prop.logicalType not in ("integer", "number"):
+            # another ODCS tool would enforce it: ignoring it here would let through what that tool rejects
+            fail(loc + ("logicalTypeOptions", key), f"plumbline does not enforce logicalTypeOptions.{key} on a "
+                 f"{prop.logicalType} column; it enforces minimum and maximum on integer and number columns "
+                 "(a pattern is a quality rule: invalidValues with arguments.pattern)")
+    if not options:
+        return None
+    lo, hi = options.get("minimum"), options.get("maximum")
+    if lo is not None and hi is not None and lo > hi:
+        fail(loc + ("logicalTypeOptions",), f"logicalTypeOptions minimum {lo} is greater than maximum {hi}")
+    return lo, hi
+
+
+def _quality_rule(q, column, loc, fail, value_range: tuple | None = None) -> Rule:
     if not q.id:
         fail(loc, "every quality rule needs an id: it names the rule in dead-letter rows and asset checks")
     if not RULE_ID.match(q.id):
         fail(loc + ("id",), f"rule id {q.id!r} may hold only letters, digits and _ (it names a Dagster asset check)")
     sev = _severity(q.severity or "error", loc + ("severity",), fail)
+    if q.type == "custom" and q.engine == VENDOR:
+        # plumbline's own rule kind: the range sits once, in logicalTypeOptions, where other ODCS tools read it
+        if q.implementation != "range":
+            fail(loc + ("implementation",), f"engine plumbline implements only 'implementation: range'; got {q.implementation!r}")
+        if column is None or value_range is None:
+            fail(loc, "a range rule takes its bounds from the property's logicalTypeOptions: add minimum and/or maximum there")
+        lo, hi = value_range
+        return Rule(id=q.id, kind="range", severity=sev, column=column, minimum=lo, maximum=hi,
+                    description=q.description or f"{column} between {lo} and {hi}")
     args = q.arguments or {}
     metric = q.metric or q.rule
     if metric == "rowCount":
@@ -383,6 +443,10 @@ def _quality_rule(q, column, loc, fail) -> Rule:
             lo, hi = args.get("minimum"), args.get("maximum")
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi) if v is not None):
                 fail(loc + ("arguments",), "minimum and maximum must be numbers")
+            if value_range is not None and (lo, hi) != value_range:
+                fail(loc + ("arguments",), f"arguments minimum {lo}, maximum {hi} disagree with logicalTypeOptions minimum "
+                     f"{value_range[0]}, maximum {value_range[1]}; keep the range once, in logicalTypeOptions, "
+                     "with a rule 'type: custom, engine: plumbline, implementation: range'")
             return Rule(id=q.id, kind="range", severity=sev, column=column, minimum=lo, maximum=hi,
                         description=q.description or f"{column} between {lo} and {hi}")
         fail(loc + ("arguments",), "invalidValues needs arguments validValues, pattern, or minimum/maximum")

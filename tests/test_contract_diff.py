@@ -64,6 +64,7 @@ def _to_string(d):
     p = prop(d, "air_time")  # not a restatement key measure: those must stay numeric
     p["logicalType"], p["physicalType"] = "string", "VARCHAR"
     p.pop("quality", None)
+    p.pop("logicalTypeOptions", None)
     p.pop("customProperties", None)
 
 
@@ -93,15 +94,17 @@ def _allowed_values_removed(d):
 
 
 def _range_loosened(d):
-    rule(d, "dep_delay", "flights_dep_delay_range")["arguments"]["maximum"] = 3000
+    prop(d, "dep_delay")["logicalTypeOptions"]["maximum"] = 3000
 
 
 def _range_tightened(d):
-    rule(d, "dep_delay", "flights_dep_delay_range")["arguments"]["maximum"] = 1500
+    prop(d, "dep_delay")["logicalTypeOptions"]["maximum"] = 1500
 
 
 def _rule_removed(d):
-    prop(d, "dep_delay")["quality"] = []
+    p = prop(d, "dep_delay")
+    p["quality"] = []
+    del p["logicalTypeOptions"]  # the range itself: without it, the rule would still be generated from it
 
 
 def _severity_lowered(d):

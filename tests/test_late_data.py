@@ -152,7 +152,7 @@ def test_dlq_replay_after_a_contract_fix_resolves_what_now_passes(plumbline_home
     fixed = tmp_path / "contracts"
     shutil.copytree(REPO / "contracts", fixed, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     text = (fixed / "flights.yaml").read_text()
-    old = "- id: flights_dep_delay_range\n            metric: invalidValues\n            arguments: {minimum: -120, maximum: 1800}"
+    old = "logicalTypeOptions: {minimum: -120, maximum: 1800}\n        description: Departure delay"
     assert old in text
     (fixed / "flights.yaml").write_text(text.replace(old, old.replace("maximum: 1800", "maximum: 2000")))
     env = {**os.environ, "PLUMBLINE_CONTRACTS": str(fixed)}
