@@ -109,7 +109,8 @@ def reclaim(instance: dg.DagsterInstance, run: dg.DagsterRun, say, defs=None) ->
 
 
 def reclaim_dead_runs(instance: dg.DagsterInstance, say, defs=None) -> list[str]:
-    """Fail and free every unfinished plumbline run on this host whose process is gone."""
+    """Fail and free every unfinished plumbline run on this host whose process is gone, and free
+    the slots a finished run still holds."""
     records = instance.get_run_records(filters=dg.RunsFilter(statuses=IN_PROGRESS, tags={HOST_TAG: socket.gethostname()}))
     dead = []
     for record in records:
@@ -117,6 +118,14 @@ def reclaim_dead_runs(instance: dg.DagsterInstance, say, defs=None) -> list[str]
         if process_alive(run.tags) is False:
             reclaim(instance, run, say, defs)
             dead.append(run.run_id)
+    storage = instance.event_log_storage
+    holding = {s.run_id for info in storage.get_concurrency_infos(sorted(storage.get_concurrency_keys())).values()
+               for s in [*info.claimed_slots, *info.pending_steps]}
+    for run_id in holding - set(dead):
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            storage.free_concurrency_slots_for_run(run_id)
+            say(f"run {run_id} ({run.job_name if run else 'deleted'}) had ended but still held a pool slot: freed")
     return dead
 
 
@@ -128,8 +137,9 @@ def cancel(instance: dg.DagsterInstance, run_id: str, signum: int, defs=None) ->
     # a step interrupted before the CANCELING mark was seen ends the run FAILURE: it was canceled all the same
     if run.status not in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.SUCCESS):
         instance.report_run_canceled(run, message=f"{signal.Signals(signum).name} received: run stopped by plumbline")
-    instance.event_log_storage.free_concurrency_slots_for_run(run_id)
     _emit_lineage(instance, run_id, defs)
+    # last: a step still queued in this process re-queues itself until the process exits
+    instance.event_log_storage.free_concurrency_slots_for_run(run_id)
 
 
 def _since(ts: dt.datetime | float | None) -> str:

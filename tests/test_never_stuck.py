@@ -85,12 +85,17 @@ def env(plumbline_home, dagster_home_dir, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home_dir("stuck")))
     for k in [k for k in os.environ if k.startswith("OPENLINEAGE")]:
         monkeypatch.delenv(k)
-    instance()  # creates the instance (with plumbline's dagster.yaml) before any subprocess uses it
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture
-def warehouse_lock(env):
+def inst(env) -> dg.DagsterInstance:
+    """The instance the subprocesses use (created with plumbline's dagster.yaml before any of them)."""
+    return instance()
+
+
+@pytest.fixture
+def warehouse_lock(env, inst):
     """A process that holds the warehouse file open for writing until released."""
     holder = Proc([sys.executable, "-c", HOLD_LOCK], env, stdin=subprocess.PIPE)
     wait_for(lambda: "locked" in holder.text, "the lock holder")
@@ -105,24 +110,22 @@ def warehouse_lock(env):
     release()
 
 
-def pool():
-    return dg.DagsterInstance.get().event_log_storage.get_concurrency_info(POOL)
+def pool(inst: dg.DagsterInstance):
+    return inst.event_log_storage.get_concurrency_info(POOL)
 
 
-def run_holding_the_slot(exclude: set[str] = frozenset()) -> str | None:
+def run_holding_the_slot(inst: dg.DagsterInstance) -> str | None:
     """The id of a STARTED run that holds the warehouse slot."""
-    inst = dg.DagsterInstance.get()
-    for slot in pool().claimed_slots:
+    for slot in pool(inst).claimed_slots:
         run = inst.get_run_by_id(slot.run_id)
-        if run and run.status == dg.DagsterRunStatus.STARTED and run.run_id not in exclude:
+        if run and run.status == dg.DagsterRunStatus.STARTED:
             return run.run_id
     return None
 
 
-def run_waiting_for_the_slot(holder: str) -> str | None:
+def run_waiting_for_the_slot(inst: dg.DagsterInstance, holder: str) -> str | None:
     """The id of a STARTED run (not `holder`) with a step queued for the warehouse slot."""
-    inst = dg.DagsterInstance.get()
-    for step in pool().pending_steps:
+    for step in pool(inst).pending_steps:
         run = inst.get_run_by_id(step.run_id)
         if step.run_id != holder and step.assigned_timestamp is None and run and run.status == dg.DagsterRunStatus.STARTED:
             return run.run_id
@@ -136,19 +139,19 @@ def lineage_of(home: Path, run_id: str) -> list[dict]:
             or e["run"].get("facets", {}).get("parent", {}).get("run", {}).get("runId") == run_id]
 
 
-def holds_nothing(run_id: str) -> bool:
-    info = pool()
+def holds_nothing(inst: dg.DagsterInstance, run_id: str) -> bool:
+    info = pool(inst)
     return all(s.run_id != run_id for s in info.claimed_slots) and all(p.run_id != run_id for p in info.pending_steps)
 
 
-def test_a_sync_killed_while_holding_the_slot_is_failed_and_freed_by_the_next_sync(plumbline_home, env, warehouse_lock):
+def test_a_sync_killed_while_holding_the_slot_is_failed_and_freed_by_the_next_sync(plumbline_home, env, inst, warehouse_lock):
     deliver_days(plumbline_home, [1, 2])
     killed = plumbline(env, "sync")
-    dead = wait_for(run_holding_the_slot, "the first sync's run to hold the warehouse slot")
+    dead = wait_for(lambda: run_holding_the_slot(inst), "the first sync's run to hold the warehouse slot")
     killed.p.send_signal(signal.SIGKILL)
     killed.finish(60)
     warehouse_lock.release()
-    assert not holds_nothing(dead)  # the dead run still holds its slot
+    assert not holds_nothing(inst, dead)  # the dead run still holds its slot
 
     again = plumbline(env, "sync")
     try:
@@ -159,9 +162,9 @@ def test_a_sync_killed_while_holding_the_slot_is_failed_and_freed_by_the_next_sy
     assert f"run {dead}" in again.text and "died" in again.text, again.text
     assert f"pid {killed.p.pid}" in again.text, again.text
 
-    run = dg.DagsterInstance.get().get_run_by_id(dead)
+    run = inst.get_run_by_id(dead)
     assert run.status == dg.DagsterRunStatus.FAILURE
-    assert holds_nothing(dead)
+    assert holds_nothing(inst, dead)
     events = lineage_of(plumbline_home, dead)
     parent = [e["eventType"] for e in events if e["run"]["runId"] == dead]
     assert parent == ["START", "FAIL"], parent
@@ -170,12 +173,12 @@ def test_a_sync_killed_while_holding_the_slot_is_failed_and_freed_by_the_next_sy
     assert any(e["job"]["name"].startswith("bronze") for e in children)  # the step that was running, inputs and all
 
 
-def test_a_sync_waiting_for_the_slot_says_who_holds_it_and_stops_on_sigterm(plumbline_home, env, warehouse_lock):
+def test_a_sync_waiting_for_the_slot_says_who_holds_it_and_stops_on_sigterm(plumbline_home, env, inst, warehouse_lock):
     deliver_days(plumbline_home, [1])
     first = plumbline(env, "sync")
-    holder = wait_for(run_holding_the_slot, "the first sync's run to hold the warehouse slot")
+    holder = wait_for(lambda: run_holding_the_slot(inst), "the first sync's run to hold the warehouse slot")
     second = plumbline(env, "sync")
-    waiting = wait_for(lambda: run_waiting_for_the_slot(holder), "the second sync's run to wait for the slot")
+    waiting = wait_for(lambda: run_waiting_for_the_slot(inst, holder), "the second sync's run to wait for the slot")
     wait_for(lambda: f"run {holder}" in second.text, "the second sync to say who holds the slot", timeout=90)
     assert f"pid {first.p.pid}" in second.text and "waiting for the warehouse pool" in second.text, second.text
 
@@ -189,9 +192,8 @@ def test_a_sync_waiting_for_the_slot_says_who_holds_it_and_stops_on_sigterm(plum
     assert rc != 0
     assert time.monotonic() - t0 < 60
     assert second.lines[-1].startswith("plumbline sync: stopped by SIGTERM"), second.text
-    inst = dg.DagsterInstance.get()
     assert inst.get_run_by_id(waiting).status == dg.DagsterRunStatus.CANCELED
-    assert holds_nothing(waiting)
+    assert holds_nothing(inst, waiting)
     assert [e["eventType"] for e in lineage_of(plumbline_home, waiting) if e["run"]["runId"] == waiting] == ["START", "ABORT"]
 
     # the holder itself is inside a step (waiting for the file lock): SIGTERM stops it the same way
@@ -199,11 +201,11 @@ def test_a_sync_waiting_for_the_slot_says_who_holds_it_and_stops_on_sigterm(plum
     assert first.finish(timeout=60) != 0, first.text
     assert first.lines[-1].startswith("plumbline sync: stopped by SIGTERM"), first.text
     assert inst.get_run_by_id(holder).status == dg.DagsterRunStatus.CANCELED
-    assert holds_nothing(holder)
+    assert holds_nothing(inst, holder)
     assert [e["eventType"] for e in lineage_of(plumbline_home, holder) if e["run"]["runId"] == holder] == ["START", "ABORT"]
 
 
-def test_a_command_waiting_for_the_warehouse_file_names_the_process_holding_it(plumbline_home, env, warehouse_lock):
+def test_a_command_waiting_for_the_warehouse_file_names_the_process_holding_it(plumbline_home, env, inst, warehouse_lock):
     replay = plumbline(env, "dlq", "replay")
     wait_for(lambda: f"PID {warehouse_lock.p.pid}" in replay.text, "the replay to name the lock holder", timeout=90)
     assert "warehouse.duckdb" in replay.text, replay.text
