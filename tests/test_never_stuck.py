@@ -145,7 +145,7 @@ def holds_nothing(inst: dg.DagsterInstance, run_id: str) -> bool:
 
 
 def test_a_sync_killed_while_holding_the_slot_is_failed_and_freed_by_the_next_sync(plumbline_home, env, inst, warehouse_lock):
-    deliver_days(plumbline_home, [1, 2])
+    deliver_days(plumbline_home, [1])
     killed = plumbline(env, "sync")
     dead = wait_for(lambda: run_holding_the_slot(inst), "the first sync's run to hold the warehouse slot")
     killed.p.send_signal(signal.SIGKILL)
