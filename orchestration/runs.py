@@ -129,17 +129,19 @@ def reclaim_dead_runs(instance: dg.DagsterInstance, say, defs=None) -> list[str]
     return dead
 
 
-def cancel(instance: dg.DagsterInstance, run_id: str, signum: int, defs=None) -> None:
-    """Mark a run stopped by a signal canceled (unless it succeeded first), free its slots, emit its lineage."""
+def cancel(instance: dg.DagsterInstance, run_id: str, signum: int, defs=None) -> bool:
+    """Mark a run stopped by a signal canceled, free its slots and emit its lineage. False when
+    there was nothing to cancel: the run was never created, or it succeeded before the signal."""
     run = instance.get_run_by_id(run_id)
-    if run is None:
-        return
+    if run is None or run.status == dg.DagsterRunStatus.SUCCESS:
+        return False
     # a step interrupted before the CANCELING mark was seen ends the run FAILURE: it was canceled all the same
-    if run.status not in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.SUCCESS):
+    if run.status != dg.DagsterRunStatus.CANCELED:
         instance.report_run_canceled(run, message=f"{signal.Signals(signum).name} received: run stopped by plumbline")
     _emit_lineage(instance, run_id, defs)
     # last: a step still queued in this process re-queues itself until the process exits
     instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+    return True
 
 
 def _since(ts: dt.datetime | float | None) -> str:

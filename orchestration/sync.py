@@ -91,11 +91,11 @@ class Runner:
                     run_config=RUN_CONFIG, instance=self.instance, run_id=run_id, tags={**(tags or {}), **runs.owner_tags()},
                     asset_selection=selection, raise_on_error=False)
         except runs.Stopped as e:  # the signal came before Dagster took over its handling
-            runs.cancel(self.instance, run_id, e.signum, self.defs)
-            raise runs.Stopped(e.signum, run_id, job_name) from None
+            canceled = runs.cancel(self.instance, run_id, e.signum, self.defs)
+            raise runs.Stopped(e.signum, *((run_id, job_name) if canceled else ())) from None
         if watch.signum is not None:  # a running step was interrupted and the run ended here
-            runs.cancel(self.instance, run_id, watch.signum, self.defs)
-            raise runs.Stopped(watch.signum, run_id, job_name)
+            canceled = runs.cancel(self.instance, run_id, watch.signum, self.defs)
+            raise runs.Stopped(watch.signum, *((run_id, job_name) if canceled else ()))
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         self.say(f"[{time.monotonic() - self.started:6.1f}s]   {'ok' if result.success else 'FAILED ' + str(failed)} "
                  f"in {time.monotonic() - t0:.1f}s (run {result.run_id[:8]})")
