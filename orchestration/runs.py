@@ -242,7 +242,7 @@ class Watch:
             due = last_report is None and waited >= FIRST_REPORT_S or (
                 last_report is not None and time.monotonic() - last_report >= REPORT_EVERY_S)
             if lines and due:
-                self.say(f"  waiting for the {key} pool ({waited:.0f}s so far, step {queued.step_key}); held by "
+                self.say(f"  waiting for the {key} pool for step {queued.step_key} ({waited:.0f}s so far); held by "
                          + "; ".join(lines))
                 last_report = time.monotonic()
         return last_report
