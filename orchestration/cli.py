@@ -58,7 +58,7 @@ def _dlq_release(args) -> int:
               f"{sorted(c.name for c in contracts.values() if c.partitioning)}", file=sys.stderr)
         return 2
     partitions = [args.partition] if args.partition else None
-    _, ok = replay.release(Runner(), contracts[args.source], partitions)
+    _, ok = replay.release(Runner(command="plumbline dlq release"), contracts[args.source], partitions)
     return 0 if ok else 1
 
 
@@ -70,7 +70,7 @@ def _dlq_replay(args) -> int:
     if args.source and args.source not in contracts:
         print(f"--source {args.source!r} is not a source; sources: {sorted(contracts)}", file=sys.stderr)
         return 2
-    outcomes = replay.replay(Runner(), contracts, args.source, args.rule, args.partition)
+    outcomes = replay.replay(Runner(command="plumbline dlq replay"), contracts, args.source, args.rule, args.partition)
     if not outcomes:
         print("no open contract-rule dead-letter rows match (bronze-stage rows are fixed by re-delivering the file; "
               "late rows by `plumbline dlq release`)")
@@ -110,7 +110,7 @@ def _backfill(args) -> int:
     if server is None:
         from orchestration.sync import Runner
 
-        return 0 if backfill.run_in_process(Runner(), definitions.defs, plan) else 1
+        return 0 if backfill.run_in_process(Runner(command="plumbline backfill"), definitions.defs, plan) else 1
     try:
         backfill_id = server.launch(plan, title=f"plumbline backfill {args.assets} {args.date_from}..{args.date_to}")
         print(f"backfill {backfill_id} launched on {server.url}")
@@ -358,8 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestration.runs import Stopped
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Stopped as e:  # SIGTERM/SIGINT: the run is canceled and freed; one line, no traceback
+        print(e.line(" ".join(["plumbline", args.command, *filter(None, [getattr(args, "dlq_command", None)])])),
+              file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":

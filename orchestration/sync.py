@@ -11,12 +11,13 @@ import datetime as dt
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
-from orchestration import lineage, partitions, settings
+from orchestration import lineage, partitions, runs, settings
 from orchestration.warehouse import Warehouse
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -63,22 +64,38 @@ def contiguous_ranges(keys: list[str]) -> list[tuple[str, str]]:
 
 
 class Runner:
-    """Runs plumbline jobs in this process against the instance, printing one line per run."""
+    """Runs plumbline jobs in this process against the instance, printing one line per run.
 
-    def __init__(self, say=print, dagster_instance: dg.DagsterInstance | None = None):
+    First it ends the runs of earlier plumbline processes that died holding a pool slot (runs.py);
+    every run it starts names this process in its tags and stops on SIGTERM or SIGINT (runs.Stopped)."""
+
+    def __init__(self, say=print, dagster_instance: dg.DagsterInstance | None = None, command: str = "plumbline"):
         from orchestration import definitions
 
         self.defs = definitions.defs
         self.instance = dagster_instance or instance()
         self.say = say
+        self.command = command  # names the command in the line a signal prints
         self.started = time.monotonic()
         self.runs: list[tuple[str, str, bool, str]] = []  # (job, label, success, run id)
+        runs.install_signal_handlers()
+        runs.reclaim_dead_runs(self.instance, say, self.defs)
 
     def run(self, job_name: str, label: str, tags: dict | None = None, selection=None) -> bool:
         t0 = time.monotonic()
         self.say(f"[{time.monotonic() - self.started:6.1f}s] {job_name} {label} ...")
-        result = self.defs.resolve_job_def(job_name).execute_in_process(
-            run_config=RUN_CONFIG, instance=self.instance, tags=tags or {}, asset_selection=selection, raise_on_error=False)
+        run_id = str(uuid.uuid4())
+        try:
+            with runs.Watch(self.instance, run_id, job_name, self.say, self.command, self.defs) as watch:
+                result = self.defs.resolve_job_def(job_name).execute_in_process(
+                    run_config=RUN_CONFIG, instance=self.instance, run_id=run_id, tags={**(tags or {}), **runs.owner_tags()},
+                    asset_selection=selection, raise_on_error=False)
+        except runs.Stopped as e:  # the signal came before Dagster took over its handling
+            canceled = runs.cancel(self.instance, run_id, e.signum, self.defs)
+            raise runs.Stopped(e.signum, *((run_id, job_name) if canceled else ())) from None
+        if watch.signum is not None:  # a running step was interrupted and the run ended here
+            canceled = runs.cancel(self.instance, run_id, watch.signum, self.defs)
+            raise runs.Stopped(watch.signum, *((run_id, job_name) if canceled else ()))
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         self.say(f"[{time.monotonic() - self.started:6.1f}s]   {'ok' if result.success else 'FAILED ' + str(failed)} "
                  f"in {time.monotonic() - t0:.1f}s (run {result.run_id[:8]})")
@@ -106,7 +123,7 @@ class Runner:
 def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncReport:
     from orchestration import definitions
 
-    runner = Runner(say, dagster_instance)
+    runner = Runner(say, dagster_instance, command="plumbline sync")
     report = SyncReport()
     started = runner.started
 

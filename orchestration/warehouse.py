@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,15 +154,30 @@ class Warehouse(dg.ConfigurableResource):
             con.close()
 
 
-def _connect_with_retry(path: Path, read_only: bool, timeout_s: float = 120.0) -> duckdb.DuckDBPyConnection:
-    """DuckDB allows one writing process per file: wait for the lock instead of failing the run."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.1
+LOCK_WAIT_S = 1800.0   # a writer rebuilding a long range holds the file for minutes
+LOCK_REPORT_EVERY_S = 15.0
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.*?)(?:\. See also|$)")
+
+
+def _connect_with_retry(path: Path, read_only: bool, timeout_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
+    """DuckDB allows one writing process per file: wait for the lock instead of failing the run, and
+    say on stderr which process holds it (DuckDB names it), at once and then every few seconds."""
+    started = time.monotonic()
+    delay, reported = 0.1, None
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as e:
-            if "lock" not in str(e).lower() or time.monotonic() > deadline:
+            if "lock" not in str(e).lower():
                 raise
+            holder = m.group(1) if (m := _LOCK_HOLDER.search(str(e))) else "another process"
+            waited = time.monotonic() - started
+            if waited > timeout_s:
+                raise RuntimeError(f"{path} stayed locked by {holder} for {waited:.0f}s; DuckDB allows one writing "
+                                   "process per file: wait for that process or stop it") from e
+            if reported is None or time.monotonic() - reported >= LOCK_REPORT_EVERY_S:
+                print(f"waiting for {path}: held open by {holder} ({waited:.0f}s so far; "
+                      "DuckDB allows one writing process per file)", file=sys.stderr, flush=True)
+                reported = time.monotonic()
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
