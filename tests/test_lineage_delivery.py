@@ -28,7 +28,7 @@ from openlineage.client.serde import Serde
 from openlineage_validation import errors, read_events
 from orchestration import catalog, lineage, sync
 from orchestration.definitions import defs
-from orchestration.lineage import events, spool
+from orchestration.lineage import events, spool, typed
 from orchestration.warehouse import Warehouse
 from test_lineage import Receiver
 
@@ -198,7 +198,7 @@ def test_spooled_events_are_replayed_as_typed_events(home, instance, monkeypatch
               DATASET__EXTRA_TRIMMERS=f"{__name__}.{DeliveryFileTrimmer.__name__}")
     run_id = materialize_airlines(instance)
     built = [Serde.to_dict(e) for e in events.for_run(instance, run_id, defs)]
-    rebuilt = [spool.typed(e) for e in built]
+    rebuilt = [typed.run_event(e) for e in built]
     assert all(isinstance(e, RunEvent) for e in rebuilt)
     assert [Serde.to_dict(e) for e in rebuilt] == built  # nothing lost or added in the round trip
     child = rebuilt[1]

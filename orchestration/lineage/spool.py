@@ -1,11 +1,14 @@
 """Delivery of lineage events that never fails or stalls a run, and loses none.
 
-Every event is first written to a spool on disk ($PLUMBLINE_HOME/lineage/spool/, one file per
-event, numbered in emission order), then the spool is flushed in order through the configured
-transport. A file is deleted only after the backend acknowledged it, and the first failure stops
-the flush so later events never overtake earlier ones; the next flush (the next run, `plumbline
-sync` or the lineage_spool sensor) resumes where it stopped. A lock keeps two flushes from
-sending the same event twice.
+Every event is first written durably to a spool on disk ($PLUMBLINE_HOME/lineage/spool/, one file
+per event, numbered in emission order), before any transport is built; then the spool is flushed in
+order through the configured client, each event rebuilt as a typed event. A file is deleted only
+after the transport acknowledged its event (an asynchronous transport is waited on, within a bound,
+and its failure count checked), and the first failure stops the flush so later events never
+overtake earlier ones; the next flush (the next run, `plumbline sync` or the lineage_spool sensor)
+resumes where it stopped. A lock keeps two flushes from sending the same event twice. Delivery is
+at least once: a crash between an acknowledgement and the deletion re-sends that event, with the
+same identity facet.
 """
 
 from __future__ import annotations
@@ -15,13 +18,20 @@ import fcntl
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestration import settings
+from orchestration.lineage import typed
 
 log = logging.getLogger(__name__)
+
+
+# Bounds that keep a slow backend from holding a run: per event, and per flush.
+ACK_TIMEOUT = 30.0
+FLUSH_BUDGET = 120.0
 
 
 @dataclass
@@ -67,13 +77,26 @@ def append(events: list[dict], marker: str | None = None) -> bool:
         for event in events:
             path = d / f"{_next_sequence(d):012d}.json"
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(event, sort_keys=True))
+            with open(tmp, "w") as f:
+                f.write(json.dumps(event, sort_keys=True))
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the run is marked spooled
             os.replace(tmp, path)  # a crash never leaves half an event under a final name
+        _sync_dir(d)
         if marker:
             done = d.parent / "emitted"
             done.mkdir(exist_ok=True)
             (done / marker).touch()
+            _sync_dir(done)
         return True
+
+
+def _sync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def pending() -> list[Path]:
@@ -81,22 +104,48 @@ def pending() -> list[Path]:
     return sorted(d.glob("*.json")) if d.is_dir() else []
 
 
-def flush(transport) -> FlushResult:
-    """Send spooled events in order until the first failure; never raises."""
+def flush(client, ack_timeout: float = ACK_TIMEOUT, budget: float = FLUSH_BUDGET) -> FlushResult:
+    """Send spooled events in order through `client` until the first failure, an event left
+    unacknowledged after `ack_timeout` seconds, or `budget` seconds in all; never raises."""
     sent = 0
+    deadline = time.monotonic() + budget
     try:
         with _locked():
             files = pending()
             for i, path in enumerate(files):
+                left = len(files) - i
+                if time.monotonic() > deadline:
+                    return FlushResult(sent, left, f"flush stopped after {budget:.0f}s; the rest waits for the next flush")
                 try:
-                    transport.emit(json.loads(path.read_text()))
+                    _send(client, json.loads(path.read_text()), ack_timeout)
                 except Exception as e:  # the backend is down or slow: keep this and every later event
-                    log.warning("OpenLineage backend did not take event %s (%s); %d event(s) kept in %s for the next flush",
-                                path.name, type(e).__name__, len(files) - i, spool_dir())
-                    return FlushResult(sent, len(files) - i, f"{type(e).__name__}: {e}")
+                    log.warning("OpenLineage backend did not take event %s (%s: %s); %d event(s) kept in %s for the next flush",
+                                path.name, type(e).__name__, e, left, spool_dir())
+                    return FlushResult(sent, left, f"{type(e).__name__}: {e}")
                 path.unlink()
                 sent += 1
             return FlushResult(sent, 0)
     except Exception as e:  # a broken spool must not break a run either
         log.warning("OpenLineage spool flush failed: %s", e)
         return FlushResult(sent, len(pending()), f"{type(e).__name__}: {e}")
+
+
+class NotAcknowledged(Exception):
+    """An asynchronous transport failed the event or did not confirm it in time."""
+
+
+def _send(client, event: dict, ack_timeout: float) -> None:
+    """Emit one event and return once the transport acknowledged it; raise otherwise."""
+    transport = client.transport
+    failed_before = _failed(transport)
+    client.emit(typed.run_event(event))
+    wait = getattr(transport, "wait_for_completion", None)
+    if callable(wait) and not wait(ack_timeout):
+        raise NotAcknowledged(f"{transport.kind} transport did not confirm delivery within {ack_timeout:.0f}s")
+    if _failed(transport) > failed_before:
+        raise NotAcknowledged(f"{transport.kind} transport reported the event as failed")
+
+
+def _failed(transport) -> int:
+    stats = getattr(transport, "get_stats", None)
+    return int(stats().get("failed", 0)) if callable(stats) else 0
