@@ -78,13 +78,21 @@ def expected(instance, run_id) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------ outage and recovery
 
 
-@pytest.mark.parametrize("kind", ["async_http", "http"])
+def receiver_settings(kind: str, port: int) -> dict[str, str]:
+    """OPENLINEAGE__ settings for a transport to the receiver; `composite` wraps an async_http one."""
+    own = {"TYPE": "async_http" if kind == "composite" else kind, "URL": f"http://127.0.0.1:{port}", "TIMEOUT": "1",
+           "RETRY": '{"total": 1, "backoff_factor": 0.05}'}
+    if kind == "composite":
+        return {"TRANSPORT__TYPE": "composite", **{f"TRANSPORT__TRANSPORTS__RECEIVER__{k}": v for k, v in own.items()}}
+    return {f"TRANSPORT__{k}": v for k, v in own.items()}
+
+
+@pytest.mark.parametrize("kind", ["async_http", "http", "composite"])
 def test_events_emitted_while_the_receiver_is_down_are_delivered_when_it_is_back(kind, home, instance, monkeypatch):
     receiver = Receiver()
     port = receiver.port
     receiver.stop()  # the backend is down
-    configure(monkeypatch, TRANSPORT__TYPE=kind, TRANSPORT__URL=f"http://127.0.0.1:{port}", TRANSPORT__TIMEOUT="1",
-              TRANSPORT__RETRY='{"total": 1, "backoff_factor": 0.05}')
+    configure(monkeypatch, **receiver_settings(kind, port))
     run_id = materialize_airlines(instance)
 
     result = lineage.emit_run(instance, run_id, defs)

@@ -23,6 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from openlineage.client.transport.composite import CompositeTransport
+from openlineage.client.transport.transform.transform import TransformTransport
+
 from orchestration import settings
 from orchestration.lineage import typed
 
@@ -135,17 +138,33 @@ class NotAcknowledged(Exception):
 
 
 def _send(client, event: dict, ack_timeout: float) -> None:
-    """Emit one event and return once the transport acknowledged it; raise otherwise."""
-    transport = client.transport
-    failed_before = _failed(transport)
-    client.emit(typed.run_event(event))
-    wait = getattr(transport, "wait_for_completion", None)
-    if callable(wait) and not wait(ack_timeout):
-        raise NotAcknowledged(f"{transport.kind} transport did not confirm delivery within {ack_timeout:.0f}s")
-    if _failed(transport) > failed_before:
-        raise NotAcknowledged(f"{transport.kind} transport reported the event as failed")
+    """Emit one event and return once every transport acknowledged it; raise otherwise."""
+    transports = _members(client.transport)
+    failed_before = _failed(transports)
+    try:
+        typed_event = typed.run_event(event)
+    except Exception as e:  # not a shape this client knows: send it as it was spooled rather than hold the spool
+        log.warning("OpenLineage event could not be rebuilt as a typed event (%s); sent as spooled", e)
+        client.transport.emit(event)
+    else:
+        client.emit(typed_event)
+    for t in transports:
+        wait = getattr(t, "wait_for_completion", None)
+        if callable(wait) and not wait(ack_timeout):
+            raise NotAcknowledged(f"{t.kind} transport did not confirm delivery within {ack_timeout:.0f}s")
+    if _failed(transports) > failed_before:
+        raise NotAcknowledged("the transport reported the event as failed")
 
 
-def _failed(transport) -> int:
-    stats = getattr(transport, "get_stats", None)
-    return int(stats().get("failed", 0)) if callable(stats) else 0
+def _members(transport) -> list:
+    """The transports that actually send: a composite's members, a transform's inner transport."""
+    if isinstance(transport, CompositeTransport):
+        return [m for t in transport.transports for m in _members(t)]
+    if isinstance(transport, TransformTransport):
+        return _members(transport.transport)
+    return [transport]
+
+
+def _failed(transports: list) -> int:
+    """Events the asynchronous transports counted as failed so far."""
+    return sum(int(t.get_stats().get("failed", 0)) for t in transports if callable(getattr(t, "get_stats", None)))
