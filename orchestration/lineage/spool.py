@@ -60,11 +60,12 @@ def _locked() -> Iterator[Path]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _next_sequence(d: Path) -> int:
+def _last_sequence(d: Path) -> int:
+    """The highest number used so far; the files themselves count too, so a counter that a crash
+    rolled back can never make a new event overwrite a spooled one."""
     counter = d / ".sequence"
     n = int(counter.read_text() or 0) if counter.exists() else 0
-    counter.write_text(str(n + 1))
-    return n + 1
+    return max([n, *(int(p.stem) for p in d.glob("*.json") if p.stem.isdigit())])
 
 
 def already_spooled(marker: str) -> bool:
@@ -77,14 +78,17 @@ def append(events: list[dict], marker: str | None = None) -> bool:
     with _locked() as d:
         if marker and already_spooled(marker):
             return False
+        n = _last_sequence(d)
         for event in events:
-            path = d / f"{_next_sequence(d):012d}.json"
+            n += 1
+            path = d / f"{n:012d}.json"
             tmp = path.with_suffix(".tmp")
             with open(tmp, "w") as f:
                 f.write(json.dumps(event, sort_keys=True))
                 f.flush()
                 os.fsync(f.fileno())  # on disk before the run is marked spooled
             os.replace(tmp, path)  # a crash never leaves half an event under a final name
+        (d / ".sequence").write_text(str(n))
         _sync_dir(d)
         if marker:
             done = d.parent / "emitted"
