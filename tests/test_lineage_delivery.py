@@ -151,6 +151,21 @@ def test_kafka_without_its_client_library_keeps_the_events_with_a_clear_warning(
     assert [p for e in got for p in errors(e)] == []
 
 
+def test_a_kafka_message_the_broker_never_took_stays_in_the_spool(home, instance, monkeypatch):
+    """The kafka transport returns as if delivered and reports the timed-out message only in its log."""
+    if importlib.util.find_spec("confluent_kafka") is None:
+        pytest.skip("needs plumbline[kafka] (confluent_kafka)")
+    receiver = Receiver()
+    closed_port = receiver.port
+    receiver.stop()  # nobody listens there: no broker
+    configure(monkeypatch, TRANSPORT__TYPE="kafka", TRANSPORT__TOPIC="lineage",
+              TRANSPORT__CONFIG=json.dumps({"bootstrap.servers": f"127.0.0.1:{closed_port}", "message.timeout.ms": "1500"}))
+    run_id = materialize_airlines(instance)
+    result = lineage.emit_run(instance, run_id, defs)
+    assert result is not None and result.sent == 0 and result.pending == 4, result
+    assert "timed out" in result.error.lower()
+
+
 # ------------------------------------------------------------------ configuration
 
 

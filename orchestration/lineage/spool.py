@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # Bounds that keep a slow backend from holding a run: per event, and per flush.
 ACK_TIMEOUT = 30.0
 FLUSH_BUDGET = 120.0
+TRANSPORT_LOGGER = "openlineage.client.transport"  # every transport module logs under it
 
 
 @dataclass
@@ -145,19 +146,44 @@ def _send(client, event: dict, ack_timeout: float) -> None:
     """Emit one event and return once every transport acknowledged it; raise otherwise."""
     transports = _members(client.transport)
     failed_before = _failed(transports)
-    try:
-        typed_event = typed.run_event(event)
-    except Exception as e:  # not a shape this client knows: send it as it was spooled rather than hold the spool
-        log.warning("OpenLineage event could not be rebuilt as a typed event (%s); sent as spooled", e)
-        client.transport.emit(event)
-    else:
-        client.emit(typed_event)
-    for t in transports:
-        wait = getattr(t, "wait_for_completion", None)
-        if callable(wait) and not wait(ack_timeout):
-            raise NotAcknowledged(f"{t.kind} transport did not confirm delivery within {ack_timeout:.0f}s")
+    with _transport_errors() as errors:
+        try:
+            typed_event = typed.run_event(event)
+        except Exception as e:  # not a shape this client knows: send it as it was spooled rather than hold the spool
+            log.warning("OpenLineage event could not be rebuilt as a typed event (%s); sent as spooled", e)
+            client.transport.emit(event)
+        else:
+            client.emit(typed_event)
+        for t in transports:
+            wait = getattr(t, "wait_for_completion", None)
+            if callable(wait) and not wait(ack_timeout):
+                raise NotAcknowledged(f"{t.kind} transport did not confirm delivery within {ack_timeout:.0f}s")
     if _failed(transports) > failed_before:
         raise NotAcknowledged("the transport reported the event as failed")
+    if errors.records:
+        raise NotAcknowledged(f"the transport logged: {errors.records[0].getMessage()[:300]}")
+
+
+class _ErrorRecords(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _transport_errors() -> Iterator[_ErrorRecords]:
+    """Errors the transports log while one event is sent: kafka reports a message the broker never
+    took only in its delivery callback's log record, and returns as if it were delivered."""
+    handler = _ErrorRecords()
+    logger = logging.getLogger(TRANSPORT_LOGGER)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
 
 
 def _members(transport) -> list:
