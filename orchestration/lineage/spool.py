@@ -6,9 +6,9 @@ order through the configured client, each event rebuilt as a typed event. A file
 after the transport acknowledged its event (an asynchronous transport is waited on, within a bound,
 and its failure count checked; an error a transport logs while sending counts as a failure), and the
 first failure stops the flush so later events never overtake earlier ones; the next flush (the next
-run, `plumbline sync` or the lineage_spool sensor) resumes where it stopped. A lock keeps two flushes from sending the same event twice. Delivery is
-at least once: a crash between an acknowledgement and the deletion re-sends that event, with the
-same identity facet.
+run, `plumbline sync` or the lineage_spool sensor) resumes where it stopped. A lock keeps two flushes
+from sending the same event twice. Delivery is at least once: a crash between an acknowledgement and
+the deletion re-sends that event, with the same identity facet.
 """
 
 from __future__ import annotations
