@@ -33,7 +33,7 @@ from openlineage.client.facet_v2 import (
 )
 
 from orchestration.lineage import datasets
-from orchestration.lineage.facets import PRODUCER, DataQualityMetricsDatasetFacet, DeadLetterDatasetFacet
+from orchestration.lineage.facets import PRODUCER, DataQualityMetricsDatasetFacet, DeadLetterDatasetFacet, EventIdentityRunFacet
 from orchestration.lineage.transport import namespace
 
 set_producer(PRODUCER)
@@ -44,6 +44,7 @@ TERMINAL_RUN = {ET.RUN_SUCCESS: RunState.COMPLETE, ET.RUN_FAILURE: RunState.FAIL
 READ = {ET.RUN_START, *TERMINAL_RUN, ET.ASSET_MATERIALIZATION_PLANNED, ET.STEP_START, ET.STEP_SUCCESS,
         ET.STEP_FAILURE, ET.ASSET_MATERIALIZATION, ET.ASSET_CHECK_EVALUATION}
 RUN_ID_NAMESPACE = uuid.UUID("0b5c4e36-5d1c-4f53-9d0e-6f1d1e6a9a13")  # plumbline's uuid5 namespace for lineage run ids
+IDENTITY_FACET = "plumbline_event"  # custom facets carry their producer's prefix (OpenLineage naming)
 
 
 @dataclass
@@ -64,6 +65,15 @@ def _time(ts: float) -> str:
 def lineage_run_id(dagster_run_id: str, asset: dg.AssetKey, partitions: list[str]) -> str:
     label = f"{partitions[0]}..{partitions[-1]}" if partitions else "unpartitioned"
     return str(uuid.uuid5(RUN_ID_NAMESPACE, f"{dagster_run_id}/{asset.to_user_string()}/{label}"))
+
+
+def with_identity(event: RunEvent) -> RunEvent:
+    """Stamp the event's stable id: a uuid5 of (run id, event type, event time), the triple that
+    names one event of one run, so a rebuilt or re-sent event has the same id."""
+    key = f"{event.run.runId}/{event.eventType.value}/{event.eventTime}"
+    event.run.facets = {**(event.run.facets or {}),
+                        IDENTITY_FACET: EventIdentityRunFacet(eventId=str(uuid.uuid5(RUN_ID_NAMESPACE, key)))}
+    return event
 
 
 def _value(metadata: dict, key: str, default=None):
@@ -300,4 +310,4 @@ def for_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions) -> 
     if state == RunState.FAIL and run_error:
         end_facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(message=run_error, programmingLanguage="python")
     events.append(RunEvent(eventType=state, eventTime=_time(ended), run=Run(runId=run_id, facets=end_facets), job=parent_job))
-    return events
+    return [with_identity(e) for e in events]

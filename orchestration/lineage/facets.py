@@ -1,13 +1,13 @@
-"""The facets plumbline adds beyond openlineage-python's classes: one custom facet (dead letters)
-whose JSON schema ships in schemas/, and the data-quality metrics facet stamped with a published
-schema version."""
+"""The facets plumbline adds beyond openlineage-python's classes: two custom facets (dead letters, and
+each event's identity) whose JSON schemas ship in schemas/, and the data-quality metrics facet stamped
+with a published schema version."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import attr
-from openlineage.client.facet_v2 import DatasetFacet, data_quality_metrics_dataset
+from openlineage.client.facet_v2 import DatasetFacet, RunFacet, data_quality_metrics_dataset
 
 PRODUCER = "https://github.com/plumbline/plumbline/tree/main/orchestration/lineage"
 # Custom facet schemas are published under this prefix; the file after it ships in SCHEMAS_DIR.
@@ -26,6 +26,18 @@ class DeadLetterDatasetFacet(DatasetFacet):
     @staticmethod
     def _get_schema() -> str:
         return SCHEMA_URL_PREFIX + "facets/1-0-0/DeadLetterDatasetFacet.json#/$defs/DeadLetterDatasetFacet"
+
+
+@attr.define
+class EventIdentityRunFacet(RunFacet):
+    """The same id every time this event is built or sent: delivery is at least once, so a consumer
+    drops an event whose id it has already seen."""
+
+    eventId: str = attr.field()  # noqa: N815
+
+    @staticmethod
+    def _get_schema() -> str:
+        return SCHEMA_URL_PREFIX + "facets/1-0-0/EventIdentityRunFacet.json#/$defs/EventIdentityRunFacet"
 
 
 @attr.define

@@ -15,7 +15,7 @@ def _emitter(status: dg.DagsterRunStatus, name: str) -> dg.RunStatusSensorDefini
     def _sensor(context: dg.RunStatusSensorContext):
         result = lineage.emit_run(context.instance, context.dagster_run.run_id)
         if result and result.pending:
-            context.log.warning(f"OpenLineage backend unreachable; {result.pending} event(s) spooled: {result.error}")
+            context.log.warning(f"OpenLineage events not delivered yet; {result.pending} event(s) kept in the spool: {result.error}")
 
     return _sensor
 
