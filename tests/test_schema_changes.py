@@ -225,3 +225,38 @@ def test_the_previous_version_is_by_delivery_time_not_arrival(plumbline_home, wa
     assert versions == [(earlier, 1), (later, 1)]
     (_, diff) = schema_checks.results(warehouse_con, contract, ["2013-03-05"])
     assert not diff.passed and "time_hour: timestamptz -> timestamp" in json.dumps(diff.metadata["versions"].value)
+
+
+def halves(frame: pd.DataFrame, rows: list[int] | None = None) -> pd.DataFrame:
+    """dep_delay written as x.5 in the given rows (every present value when rows is None)."""
+    out = frame.copy()
+    out["dep_delay"] = out["dep_delay"].astype(object)
+    present = [int(i) for i in out.index[out["dep_delay"].notna()]]
+    for i in present if rows is None else rows:
+        out.loc[i, "dep_delay"] = f"{int(frame.loc[i, 'dep_delay'])}.5"
+    return out
+
+
+def test_one_fraction_among_integers_is_a_bad_row_not_a_type_change(plumbline_home, warehouse_con, tmp_path):
+    frame = day_rows(*DAY1)
+    bad = int(frame.index[frame["dep_delay"].notna()][10])
+    path = deliver(plumbline_home, DAY1, halves(frame, [bad]))
+    _, accounts = ingest(warehouse_con, variant(tmp_path, evolution={"dataType": "freeze"}))
+    f = landed_row(warehouse_con, path)
+    assert f["status"] == "loaded" and "type_changed" not in (f["reason"] or ""), f["reason"]
+    dead = dead_rows(warehouse_con, f["file_id"])
+    assert [(d["row_offset"], d["rule_id"]) for d in dead] == [(bad, "flights_dep_delay_type")]
+    assert json.loads(dead[0]["payload"])["dep_delay"] == f"{int(frame.loc[bad, 'dep_delay'])}.5"
+    assert raw_count(warehouse_con, f["file_id"]) == len(frame) - 1
+    assert (accounts["2013-03-04"].accepted, accounts["2013-03-04"].dead_lettered) == (len(frame) - 1, 1)
+
+
+def test_every_delay_turned_fractional_is_a_type_change(plumbline_home, warehouse_con, tmp_path):
+    frame = day_rows(*DAY1)
+    path = deliver(plumbline_home, DAY1, halves(frame))
+    ingest(warehouse_con, variant(tmp_path, evolution={"dataType": "freeze"}))
+    f = landed_row(warehouse_con, path)
+    present = int(frame["dep_delay"].notna().sum())
+    assert f["status"] == "quarantined" and raw_count(warehouse_con, f["file_id"]) == 0
+    assert (f"type_changed dep_delay: integer -> number; contract expects integer, {present} of {present} values "
+            "do not fit (breaking)") in f["reason"]
