@@ -88,8 +88,8 @@ def train(con, cfg: MlConfig) -> Trained:
         return Trained(str(existing.version), True, dict(run.data.metrics), provenance, fp, left_out(con, cfg))
     unusable = left_out(con, cfg)
     m, metrics, reference = fit(con, cfg, unusable)
-    # the model run records what this model was trained on, beside the training set's own provenance
-    trained_on = {**provenance, "features": model.inputs_of(m), "left_out_features": unusable}
+    # the model run's provenance is the training set's, corrected to the features the model really uses
+    trained_on = {**provenance, "features": model.inputs_of(m), "left_out_features": unusable} if unusable else provenance
     version = registry.register(cfg, m, fingerprint=fp, provenance=trained_on, metrics=metrics, reference=reference)
     return Trained(version, False, metrics, provenance, fp, unusable)
 
