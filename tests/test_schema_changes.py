@@ -274,9 +274,10 @@ def wide(frame: pd.DataFrame, columns: int) -> tuple[pd.DataFrame, dict[str, str
     return pd.concat([frame.reset_index(drop=True), extra], axis=1), kinds
 
 
+@pytest.mark.parametrize("mode", ["discard_value", "freeze", "discard_row"])
 def test_a_delivery_of_600_columns_is_judged_column_by_column_and_does_not_hold_the_next(
-        plumbline_home, warehouse_con, tmp_path):
-    contract = variant(tmp_path)
+        plumbline_home, warehouse_con, tmp_path, mode):
+    contract = variant(tmp_path, evolution={"columns": mode})
     frame, kinds = wide(day_rows(*DAY1, 40), 600)
     frame["dep_delay"] = frame["dep_delay"].astype(object)
     frame.loc[3, "dep_delay"] = "late"  # one bad value among the 600 columns: a bad row, found
@@ -285,7 +286,6 @@ def test_a_delivery_of_600_columns_is_judged_column_by_column_and_does_not_hold_
     ingest(warehouse_con, contract)
 
     f = landed_row(warehouse_con, wide_path)
-    assert f["status"] == "loaded" and f"unexpected column(s) {list(kinds)}" in f["reason"]
     observed = {c["name"]: c for c in json.loads(f["observed_schema"])}
     assert len(observed) == 600
     assert {n: observed[n]["type"] for n in kinds} == kinds
@@ -293,9 +293,21 @@ def test_a_delivery_of_600_columns_is_judged_column_by_column_and_does_not_hold_
         n: {"time_hour": "timestamptz"}.get(n, contract.column(n).logical_type) for n in contract.column_names}
     assert observed["dep_delay"]["misfit"] == 1 and observed["extra_001"]["non_null"] == 40
     assert (observed["extra_002"]["min"], observed["extra_002"]["max"]) == (min(frame["extra_002"]), max(frame["extra_002"]))
-    assert [(d["row_offset"], d["rule_id"]) for d in dead_rows(warehouse_con, f["file_id"])] == [(3, "flights_dep_delay_type")]
+    assert landed_row(warehouse_con, next_path)["status"] == "loaded"
+    dead = [(d["row_offset"], d["rule_id"]) for d in dead_rows(warehouse_con, f["file_id"])]
+    grouped = f"column_added: {len(kinds)} delivered columns the contract does not name: {list(kinds)} (non-breaking)"
+    if mode == "freeze":  # one change for all the added columns, said once
+        assert f["status"] == "quarantined" and grouped in f["reason"] and f["reason"].count("column_added") == 1
+        assert dead == [] and raw_count(warehouse_con, f["file_id"]) == 0
+        return
+    assert f["status"] == "loaded" and f"unexpected column(s) {list(kinds)}" in f["reason"]
+    if mode == "discard_row":  # every row carries added columns: each dead-lettered once, naming them all
+        assert dead == [(r, "flights_schema_column_added") for r in range(40)]
+        assert grouped in dead_rows(warehouse_con, f["file_id"])[0]["reason"]
+        assert raw_count(warehouse_con, f["file_id"]) == 0
+        return
+    assert dead == [(3, "flights_dep_delay_type")]
     assert raw_count(warehouse_con, f["file_id"]) == 39
     extras = warehouse_con.execute("SELECT _extra FROM read_parquet(?) ORDER BY _row_offset",
                                    [str(plumbline_home / f["bronze_path"])]).fetchall()  # bronze keeps them
     assert [json.loads(e[0]) for e in extras] == [{n: frame.loc[r, n] for n in kinds} for r in range(40)]
-    assert landed_row(warehouse_con, next_path)["status"] == "loaded"
