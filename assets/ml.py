@@ -112,8 +112,12 @@ def delay_model(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.M
     v = registry.version(cfg, trained.version)
     context.log.info(f"{cfg.model_name} v{trained.version} ({'reused: same fingerprint' if trained.reused else 'trained'}); "
                      f"validation AUC {trained.metrics.get('validation_auc')}")
+    if trained.left_out:
+        context.log.warning(f"{len(trained.left_out)} feature(s) left out of training: "
+                            + "; ".join(f"{name}: {why}" for name, why in trained.left_out.items()))
     return dg.MaterializeResult(
         metadata={MODEL_VERSION: trained.version, "model_uri": f"models:/{cfg.model_name}/{trained.version}",
+                  "left_out_features": dg.MetadataValue.json(trained.left_out),
                   "mlflow_run_id": v.run_id, "mlflow_tracking_uri": registry.tracking_uri(), "reused": trained.reused,
                   "training_set_version": trained.provenance["version"], "fingerprint": trained.fingerprint,
                   **{k: float(val) for k, val in sorted(trained.metrics.items()) if isinstance(val, (int, float))}},

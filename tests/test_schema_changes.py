@@ -225,3 +225,89 @@ def test_the_previous_version_is_by_delivery_time_not_arrival(plumbline_home, wa
     assert versions == [(earlier, 1), (later, 1)]
     (_, diff) = schema_checks.results(warehouse_con, contract, ["2013-03-05"])
     assert not diff.passed and "time_hour: timestamptz -> timestamp" in json.dumps(diff.metadata["versions"].value)
+
+
+def halves(frame: pd.DataFrame, rows: list[int] | None = None) -> pd.DataFrame:
+    """dep_delay written as x.5 in the given rows (every present value when rows is None)."""
+    out = frame.copy()
+    out["dep_delay"] = out["dep_delay"].astype(object)
+    present = [int(i) for i in out.index[out["dep_delay"].notna()]]
+    for i in present if rows is None else rows:
+        out.loc[i, "dep_delay"] = f"{int(frame.loc[i, 'dep_delay'])}.5"
+    return out
+
+
+def test_one_fraction_among_integers_is_a_bad_row_not_a_type_change(plumbline_home, warehouse_con, tmp_path):
+    frame = day_rows(*DAY1)
+    bad = int(frame.index[frame["dep_delay"].notna()][10])
+    path = deliver(plumbline_home, DAY1, halves(frame, [bad]))
+    _, accounts = ingest(warehouse_con, variant(tmp_path, evolution={"dataType": "freeze"}))
+    f = landed_row(warehouse_con, path)
+    assert f["status"] == "loaded" and "type_changed" not in (f["reason"] or ""), f["reason"]
+    dead = dead_rows(warehouse_con, f["file_id"])
+    assert [(d["row_offset"], d["rule_id"]) for d in dead] == [(bad, "flights_dep_delay_type")]
+    assert json.loads(dead[0]["payload"])["dep_delay"] == f"{int(frame.loc[bad, 'dep_delay'])}.5"
+    assert raw_count(warehouse_con, f["file_id"]) == len(frame) - 1
+    assert (accounts["2013-03-04"].accepted, accounts["2013-03-04"].dead_lettered) == (len(frame) - 1, 1)
+
+
+def test_every_delay_turned_fractional_is_a_type_change(plumbline_home, warehouse_con, tmp_path):
+    frame = day_rows(*DAY1)
+    path = deliver(plumbline_home, DAY1, halves(frame))
+    ingest(warehouse_con, variant(tmp_path, evolution={"dataType": "freeze"}))
+    f = landed_row(warehouse_con, path)
+    present = int(frame["dep_delay"].notna().sum())
+    assert f["status"] == "quarantined" and raw_count(warehouse_con, f["file_id"]) == 0
+    assert (f"type_changed dep_delay: integer -> number; contract expects integer, {present} of {present} values "
+            "do not fit (breaking)") in f["reason"]
+
+
+def wide(frame: pd.DataFrame, columns: int) -> tuple[pd.DataFrame, dict[str, str]]:
+    """frame plus unexpected columns, `columns` in all: integers, decimals, text and dates in turn."""
+    n = len(frame)
+    makers = {"integer": lambda i: [str(i * 7 + r) for r in range(n)],
+              "number": lambda i: [f"{i}.{r:02d}" for r in range(n)],
+              "string": lambda i: [f"gate {chr(65 + (i + r) % 26)}" for r in range(n)],
+              "date": lambda i: [f"2013-{1 + (i + r) % 12:02d}-{1 + r % 28:02d}" for r in range(n)]}
+    kinds = {f"extra_{i:03d}": list(makers)[i % len(makers)] for i in range(columns - frame.shape[1])}
+    extra = pd.DataFrame({name: makers[kind](i) for i, (name, kind) in enumerate(kinds.items())})
+    return pd.concat([frame.reset_index(drop=True), extra], axis=1), kinds
+
+
+@pytest.mark.parametrize("mode", ["discard_value", "freeze", "discard_row"])
+def test_a_delivery_of_600_columns_is_judged_column_by_column_and_does_not_hold_the_next(
+        plumbline_home, warehouse_con, tmp_path, mode):
+    contract = variant(tmp_path, evolution={"columns": mode})
+    frame, kinds = wide(day_rows(*DAY1, 40), 600)
+    frame["dep_delay"] = frame["dep_delay"].astype(object)
+    frame.loc[3, "dep_delay"] = "late"  # one bad value among the 600 columns: a bad row, found
+    wide_path = deliver(plumbline_home, DAY1, frame)
+    next_path = deliver(plumbline_home, DAY2, day_rows(*DAY2, 40))
+    ingest(warehouse_con, contract)
+
+    f = landed_row(warehouse_con, wide_path)
+    observed = {c["name"]: c for c in json.loads(f["observed_schema"])}
+    assert len(observed) == 600
+    assert {n: observed[n]["type"] for n in kinds} == kinds
+    assert {n: observed[n]["type"] for n in contract.column_names} == {
+        n: {"time_hour": "timestamptz"}.get(n, contract.column(n).logical_type) for n in contract.column_names}
+    assert observed["dep_delay"]["misfit"] == 1 and observed["extra_001"]["non_null"] == 40
+    assert (observed["extra_002"]["min"], observed["extra_002"]["max"]) == (min(frame["extra_002"]), max(frame["extra_002"]))
+    assert landed_row(warehouse_con, next_path)["status"] == "loaded"
+    dead = [(d["row_offset"], d["rule_id"]) for d in dead_rows(warehouse_con, f["file_id"])]
+    grouped = f"column_added: {len(kinds)} delivered columns the contract does not name: {list(kinds)} (non-breaking)"
+    if mode == "freeze":  # one change for all the added columns, said once
+        assert f["status"] == "quarantined" and grouped in f["reason"] and f["reason"].count("column_added") == 1
+        assert dead == [] and raw_count(warehouse_con, f["file_id"]) == 0
+        return
+    assert f["status"] == "loaded" and f"unexpected column(s) {list(kinds)}" in f["reason"]
+    if mode == "discard_row":  # every row carries added columns: each dead-lettered once, naming them all
+        assert dead == [(r, "flights_schema_column_added") for r in range(40)]
+        assert grouped in dead_rows(warehouse_con, f["file_id"])[0]["reason"]
+        assert raw_count(warehouse_con, f["file_id"]) == 0
+        return
+    assert dead == [(3, "flights_dep_delay_type")]
+    assert raw_count(warehouse_con, f["file_id"]) == 39
+    extras = warehouse_con.execute("SELECT _extra FROM read_parquet(?) ORDER BY _row_offset",
+                                   [str(plumbline_home / f["bronze_path"])]).fetchall()  # bronze keeps them
+    assert [json.loads(e[0]) for e in extras] == [{n: frame.loc[r, n] for n in kinds} for r in range(40)]

@@ -31,24 +31,33 @@ def frame(con, relation: str, where: str = "TRUE") -> pd.DataFrame:
     return df
 
 
-def build(params: dict) -> Pipeline:
+def build(params: dict, inputs: list[str] | None = None) -> Pipeline:
+    """The pipeline over `inputs` (default every model input, in features.MODEL_INPUTS order)."""
+    inputs = features.MODEL_INPUTS if inputs is None else inputs
+    categorical = [c for c in features.CATEGORICAL if c in inputs]
     encode = make_column_transformer(
         (OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan),
-         features.CATEGORICAL),
-        ("passthrough", features.MODEL_NUMERIC), verbose_feature_names_out=False)
-    classifier = HistGradientBoostingClassifier(categorical_features=features.CATEGORICAL, **params)
+         categorical),
+        ("passthrough", [c for c in features.MODEL_NUMERIC if c in inputs]), verbose_feature_names_out=False)
+    classifier = HistGradientBoostingClassifier(categorical_features=categorical or None, **params)
     return make_pipeline(encode, classifier).set_output(transform="pandas")
 
 
-def fit(train: pd.DataFrame, params: dict) -> Pipeline:
-    return build(params).fit(train[features.MODEL_INPUTS], train["delayed"].astype(int))
+def fit(train: pd.DataFrame, params: dict, inputs: list[str] | None = None) -> Pipeline:
+    inputs = features.MODEL_INPUTS if inputs is None else inputs
+    return build(params, inputs).fit(train[inputs], train["delayed"].astype(int))
+
+
+def inputs_of(model: Pipeline) -> list[str]:
+    """The features a fitted model was trained on (a feature with no values is left out of training)."""
+    return list(model.feature_names_in_)
 
 
 def predict(model: Pipeline, df: pd.DataFrame) -> np.ndarray:
-    """P(delayed) per row."""
+    """P(delayed) per row, from the features the model was trained on."""
     if df.empty:
         return np.zeros(0)
-    return model.predict_proba(df[features.MODEL_INPUTS])[:, 1]
+    return model.predict_proba(df[inputs_of(model)])[:, 1]
 
 
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> tuple[float, list[dict]]:

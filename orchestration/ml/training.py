@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from orchestration.ml import drift, evaluation, features, model, registry, training_set
 from orchestration.ml.config import MlConfig
+from orchestration.warehouse import ident
 
 # Bump when the features, the model or its training change in a way that alters the model.
 MODEL_CODE_VERSION = "1"
@@ -20,6 +21,11 @@ class Trained:
     metrics: dict
     provenance: dict
     fingerprint: str
+    left_out: dict[str, str]  # feature -> why it is not a model input this time
+
+
+class TrainingError(ValueError):
+    """Training cannot run on this training set; the message says what to land or change."""
 
 
 def fingerprint(cfg: MlConfig, provenance: dict) -> str:
@@ -29,15 +35,40 @@ def fingerprint(cfg: MlConfig, provenance: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def fit(con, cfg: MlConfig):
+def left_out(con, cfg: MlConfig) -> dict[str, str]:
+    """Model inputs with no value in the train window (their source has not landed), each with what to land."""
+    counts = con.execute("SELECT " + ", ".join(f"count({ident(c)})" for c in features.MODEL_INPUTS)
+                         + " FROM ml.training_set WHERE split = 'train'").fetchall()[0]
+    window = f"{cfg.window('train').start}..{cfg.window('train').end}"
+    out = {}
+    for name, n in zip(features.MODEL_INPUTS, counts):
+        if n == 0:
+            tables = sorted({f"{schema}.{table}" for schema, table, _ in features.SOURCES[name]})
+            landed = [t.split(".")[1] for t in tables if t.startswith("raw.")]
+            todo = f"land {' and '.join(landed)} deliveries for that window" if landed else "load that window"
+            out[name] = (f"no values in the train window {window} (from {', '.join(tables)}): "
+                         f"{todo} and run plumbline sync to train with it")
+    return out
+
+
+def fit(con, cfg: MlConfig, unusable: dict[str, str] | None = None):
     """The model and its train/validation metrics; deterministic for a given training set."""
+    unusable = left_out(con, cfg) if unusable is None else unusable
     train = model.frame(con, "ml.training_set", "split = 'train'")
     validation = model.frame(con, "ml.training_set", "split = 'validation'")
     if train.empty or train["delayed"].nunique() < 2:
-        raise ValueError(f"ml.training_set has {len(train)} labelled training flights in "
-                         f"{cfg.window('train').start}..{cfg.window('train').end}: need both delayed and on-time flights "
-                         f"(load that window: plumbline sync, or check split.train in {cfg.path})")
-    m = model.fit(train, cfg.params)
+        raise TrainingError(f"ml.training_set has {len(train)} labelled training flights in "
+                            f"{cfg.window('train').start}..{cfg.window('train').end}: need both delayed and on-time flights "
+                            f"(load that window: plumbline sync, or check split.train in {cfg.path})")
+    inputs = [c for c in features.MODEL_INPUTS if c not in unusable]
+    if not inputs:
+        raise TrainingError("no feature has a value in the train window: " + "; ".join(f"{k}: {v}" for k, v in unusable.items()))
+    try:
+        m = model.fit(train, cfg.params, inputs)
+    except ValueError as e:  # scikit-learn's own words name no feature and no fix: say what was being fitted
+        raise TrainingError(f"fitting {cfg.model_name} on {len(train)} training flights with features {inputs} "
+                            f"failed in scikit-learn: {e}. Check the features' values in ml.training_set "
+                            f"and the model parameters in {cfg.path}") from e
     p_train = model.predict(m, train)
     metrics = {f"train_{k}": v for k, v in model.metrics(train["delayed"], p_train).items()}
     metrics.update({f"validation_{k}": v for k, v in model.metrics(validation["delayed"], model.predict(m, validation)).items()})
@@ -54,10 +85,13 @@ def train(con, cfg: MlConfig) -> Trained:
         import mlflow
 
         run = mlflow.get_run(existing.run_id)
-        return Trained(str(existing.version), True, dict(run.data.metrics), provenance, fp)
-    m, metrics, reference = fit(con, cfg)
-    version = registry.register(cfg, m, fingerprint=fp, provenance=provenance, metrics=metrics, reference=reference)
-    return Trained(version, False, metrics, provenance, fp)
+        return Trained(str(existing.version), True, dict(run.data.metrics), provenance, fp, left_out(con, cfg))
+    unusable = left_out(con, cfg)
+    m, metrics, reference = fit(con, cfg, unusable)
+    # the model run's provenance is the training set's, corrected to the features the model really uses
+    trained_on = {**provenance, "features": model.inputs_of(m), "left_out_features": unusable} if unusable else provenance
+    version = registry.register(cfg, m, fingerprint=fp, provenance=trained_on, metrics=metrics, reference=reference)
+    return Trained(version, False, metrics, provenance, fp, unusable)
 
 
 def evaluate(con, cfg: MlConfig, challenger: str) -> tuple[list[dict], str | None, list[dict]]:
