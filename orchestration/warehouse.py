@@ -140,10 +140,10 @@ class Warehouse(dg.ConfigurableResource):
         return Path(self.path) if self.path else settings.warehouse_path()
 
     @contextlib.contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(self, read_only: bool = False, wait_s: float = 120.0) -> Iterator[duckdb.DuckDBPyConnection]:
         path = self.db_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = _connect_with_retry(path, read_only)
+        con = _connect_with_retry(path, read_only, wait_s)
         try:
             con.execute("SET TimeZone = 'UTC'")
             if not read_only:
