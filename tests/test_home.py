@@ -222,3 +222,26 @@ def test_read_commands_on_an_unsynced_home_say_what_to_do(tmp_path, args, state)
     assert out.returncode != 0 and out.stdout == ""
     assert out.stderr.strip() == "nothing synced yet: run plumbline sync", out.stderr
     assert not (home / "mlflow").exists() and not (home / "warehouse.duckdb").exists(), "a read creates nothing"
+
+
+def test_a_registered_model_loads_after_its_home_moved(tmp_path, monkeypatch):
+    """MLflow records absolute artifact URIs; the home's own store is re-based when the home moved."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from orchestration.ml import registry
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    home, moved = tmp_path / "home", tmp_path / "elsewhere" / "home"
+    monkeypatch.setenv("PLUMBLINE_HOME", str(home))
+    cfg = config.load()
+    model = LogisticRegression().fit(np.array([[0.0], [1.0], [2.0], [3.0]]), [0, 0, 1, 1])
+    number = registry.register(cfg, model, fingerprint="f", metrics={"auc": 1.0}, reference={"psi": 0.1},
+                               provenance={"version": "v1", "features": ["x"], "splits": {}, "contracts": {}})
+    moved.parent.mkdir()
+    shutil.move(home, moved)
+    monkeypatch.setenv("PLUMBLINE_HOME", str(moved))
+    assert list(registry.load(cfg, number).predict(np.array([[0.2], [2.8]]))) == [0, 1]
+    assert registry.reference(cfg, number) == {"psi": 0.1}
