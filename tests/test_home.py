@@ -147,6 +147,7 @@ def write_day(target: Path, day: dt.date) -> None:
     ints = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
             "arr_delay", "flight", "air_time", "distance", "hour", "minute"]
     df[ints] = df[ints].astype("Int64")
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name("_" + target.name)  # written under an in-progress name, then renamed
     tmp.write_bytes(df.to_csv(index=False, lineterminator="\n").encode())
     tmp.rename(target)
@@ -245,3 +246,30 @@ def test_a_registered_model_loads_after_its_home_moved(tmp_path, monkeypatch):
     monkeypatch.setenv("PLUMBLINE_HOME", str(moved))
     assert list(registry.load(cfg, number).predict(np.array([[0.2], [2.8]]))) == [0, 1]
     assert registry.reference(cfg, number) == {"psi": 0.1}
+
+
+def test_a_sensor_skips_its_tick_while_a_run_writes_the_warehouse(plumbline_home):
+    import time
+
+    from orchestration.warehouse import Warehouse
+
+    with Warehouse().connect():
+        pass  # a synced home's warehouse, with its ops tables
+    write_day(plumbline_home / "landing" / "flights" / "flights_20130102T0600Z.csv", dt.date(2013, 1, 1))
+    sensor = definitions.defs.get_repository_def().get_sensor_def("landing_sensor")
+    writer = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); "
+                               "print('holding', flush=True); time.sleep(600)", str(plumbline_home / "warehouse.duckdb")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "holding"
+        with dg.instance_for_test() as inst, dg.build_sensor_context(instance=inst) as ctx:
+            started = time.monotonic()
+            busy = sensor.evaluate_tick(ctx)
+            waited = time.monotonic() - started
+    finally:
+        writer.kill()
+        writer.wait()
+    assert not busy.run_requests and "a run is writing the warehouse" in busy.skip_message
+    assert busy.cursor is None and waited < 60, "the tick did not wait out the writer (connect waits up to 120 s)"
+    with dg.instance_for_test() as inst, dg.build_sensor_context(instance=inst) as ctx:
+        assert len(sensor.evaluate_tick(ctx).run_requests) == 1
