@@ -185,6 +185,9 @@ def test_a_moved_home_keeps_its_models_and_shows_repository_relative_contract_pa
     home, inst = synced
     for asset in definitions.defs.resolve_all_asset_specs():
         assert str(REPO) not in (asset.description or ""), asset.key
+    for assets_def in definitions.defs.assets:
+        for check in getattr(assets_def, "check_specs", ()):
+            assert str(REPO) not in (check.description or ""), check.key
     raw = definitions.defs.resolve_assets_def(dg.AssetKey(["raw", "flights"])).specs_by_key[dg.AssetKey(["raw", "flights"])]
     assert "(contracts/flights.yaml, v" in raw.description
 
