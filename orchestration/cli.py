@@ -390,12 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestration.summary import NothingSynced
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except NothingSynced as e:  # a read command on an empty home: what to do, not a traceback
+    except settings.NothingSynced as e:  # a read command on an empty home: what to do, not a traceback
         print(e, file=sys.stderr)
         return 1
 

@@ -5,6 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+
+class NothingSynced(RuntimeError):
+    """A read command on a home that no sync has written yet."""
+
+    def __init__(self) -> None:
+        super().__init__("nothing synced yet: run plumbline sync")
+
+
 def plumbline_home() -> Path:
     """The root of every file plumbline writes; read at call time so tests can point it elsewhere."""
     return Path(os.environ.get("PLUMBLINE_HOME", "./data")).resolve()

@@ -8,17 +8,11 @@ from collections.abc import Iterator
 import duckdb
 
 from orchestration import settings
+from orchestration.settings import NothingSynced
 from orchestration.warehouse import Warehouse, table_exists
 
 
 NOTED = 10  # loaded files with notes shown; the rest are counted
-
-
-class NothingSynced(RuntimeError):
-    """A read command on a home that no sync has written yet."""
-
-    def __init__(self) -> None:
-        super().__init__("nothing synced yet: run plumbline sync")
 
 
 @contextlib.contextmanager
