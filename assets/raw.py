@@ -16,7 +16,7 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
         key=key,
         deps=[dg.AssetKey(["bronze", contract.name])],
         group_name="raw",
-        description=(f"{contract.description} Contract-enforced ({contract.path}, v{contract.version}) as {kind}: "
+        description=(f"{contract.description} Contract-enforced ({catalog.shown_path(contract)}, v{contract.version}) as {kind}: "
                      "casts and sentinels, row rules (failures to ops.dead_letter), dedup by primary key "
                      f"{list(contract.primary_key)} with the latest delivery winning; each rebuild is one transaction."),
         owners=catalog.owners(contract),

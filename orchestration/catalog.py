@@ -15,12 +15,23 @@ from contracts.loader import load_contracts
 from contracts.model import Contract
 
 CODE_VERSION = "1"  # bump when the rebuild logic changes in a way that alters outputs
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def contracts() -> dict[str, Contract]:
     """The deployed contracts: $PLUMBLINE_CONTRACTS when set (a fixed copy under review), else the package's."""
     directory = os.environ.get("PLUMBLINE_CONTRACTS")
     return load_contracts(Path(directory)) if directory else load_contracts()
+
+
+def shown_path(contract: Contract) -> str:
+    """The contract file as people name it, e.g. contracts/flights.yaml: relative to the repository (or to
+    the working directory for a copy under review elsewhere), so no machine's absolute path is shown."""
+    path = Path(contract.path).resolve()
+    for base in (REPOSITORY, Path.cwd()):
+        if path.is_relative_to(base):
+            return path.relative_to(base).as_posix()
+    return str(path)
 
 
 def code_version(contract: Contract) -> str:

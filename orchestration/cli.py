@@ -10,6 +10,8 @@ import sys
 
 from orchestration import settings
 
+JSON_HELP = "print a JSON array of objects instead of text"
+
 
 def _feed(args) -> int:
     from orchestration.feed import write_feed
@@ -122,8 +124,12 @@ def _backfill(args) -> int:
     return 0 if status in backfill.SUCCESS else 1
 
 
+def _json(rows: list[dict]) -> None:
+    print(json.dumps(rows, default=str, indent=2))
+
+
 def _restatements(args) -> int:
-    from orchestration.warehouse import Warehouse
+    from orchestration.summary import synced_warehouse
 
     where, params = ["TRUE"], []
     if args.source:
@@ -132,27 +138,37 @@ def _restatements(args) -> int:
     if args.partition:
         where.append("partition_date = ?::DATE")
         params.append(args.partition)
-    with Warehouse().connect(read_only=True) as con:
+    with synced_warehouse() as con:
         rows = con.execute(
             f"""SELECT asset, partition_date, rows_before, rows_after, measures_before, measures_after, caused_by, run_id, restated_at
             FROM ops.restatements WHERE {' AND '.join(where)} ORDER BY restated_at DESC, asset, partition_date LIMIT ?""",
             [*params, args.limit]).fetchall()
+    if args.json:
+        _json([{"asset": asset, "partition": str(day), "rows_before": before, "rows_after": after,
+                "measures_before": json.loads(m_before), "measures_after": json.loads(m_after),
+                "caused_by": json.loads(caused), "run_id": run_id, "restated_at": at.isoformat()}
+               for asset, day, before, after, m_before, m_after, caused, run_id, at in rows])
+        return 0
     if not rows:
         print("no restatements match")
     for asset, day, before, after, m_before, m_after, caused, run_id, at in rows:
         files = ", ".join(c.get("path") or c["change"] for c in json.loads(caused))
         print(f"{at:%Y-%m-%d %H:%M} {asset} {day} rows {before} -> {after}  {m_before} -> {m_after}  "
-              f"run {run_id[:8]}  caused by {files}")
+              f"run {settings.run_ref(run_id)}  caused by {files}")
     return 0
 
 
 def _dlq(args) -> int:
     from orchestration import dead_letter
-    from orchestration.warehouse import Warehouse
+    from orchestration.summary import synced_warehouse
 
-    with Warehouse().connect(read_only=True) as con:
+    with synced_warehouse() as con:
         if args.dlq_command == "list":
             rows = dead_letter.list_rows(con, args.source, args.rule, args.partition, args.status, args.limit)
+            if args.json:
+                _json([{"source": source, "partition": str(partition) if partition else None, "rule": rule, "rows": n,
+                        "example": example} for source, partition, rule, n, example in rows])
+                return 0
             if not rows:
                 print("no dead-letter rows match")
             for source, partition, rule, n, example in rows:
@@ -209,8 +225,14 @@ def _deliveries(args) -> int:
     from orchestration.warehouse import Warehouse
 
     if args.deliveries_command == "list":
-        with Warehouse().connect(read_only=True) as con:
+        from orchestration.summary import synced_warehouse
+
+        with synced_warehouse() as con:
             rows = deliveries.quarantined(con, args.source)
+        if args.json:
+            _json([{"source": source, "file_id": file_id, "path": path, "partitions": dates, "reason": reason}
+                   for source, file_id, path, dates, reason in rows])
+            return 0
         if not rows:
             print("no quarantined deliveries")
         for source, _, path, dates, reason in rows:
@@ -243,8 +265,13 @@ def _model(args) -> int:
         return 2
     try:
         if args.model_command in ("list", "history"):
-            with Warehouse().connect(read_only=True) as con:
-                print(oncall.versions_text(con, cfg) if args.model_command == "list" else oncall.history_text(con, cfg))
+            from orchestration.summary import synced_warehouse
+
+            with synced_warehouse() as con:
+                if getattr(args, "json", False):
+                    _json(oncall.versions(con, cfg))
+                else:
+                    print(oncall.versions_text(con, cfg) if args.model_command == "list" else oncall.history_text(con, cfg))
             return 0
         with Warehouse().connect() as con:
             if args.model_command == "promote":
@@ -286,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--source")
     rs.add_argument("--partition", type=_date, help="YYYY-MM-DD")
     rs.add_argument("--limit", type=int, default=30)
+    rs.add_argument("--json", action="store_true", help=JSON_HELP)
     rs.set_defaults(func=_restatements)
 
     dlq = sub.add_parser("dlq", help="inspect and repair the dead-letter queue")
@@ -299,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--limit", type=int, default=50 if name == "list" else 20)
         if name == "list":
             p.add_argument("--status", choices=["open", "resolved"], default="open")
+            p.add_argument("--json", action="store_true", help=JSON_HELP)
         p.set_defaults(func=_dlq)
     release = dlq_sub.add_parser("release", help="let late rows held beyond allowedLateness in, restating their partitions")
     release.add_argument("--source", required=True)
@@ -337,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     d_sub = deliveries.add_subparsers(dest="deliveries_command", required=True)
     dl = d_sub.add_parser("list", help="quarantined deliveries with the change, the contract line and the fix")
     dl.add_argument("--source")
+    dl.add_argument("--json", action="store_true", help=JSON_HELP)
     dl.set_defaults(func=_deliveries)
     retry = d_sub.add_parser("retry", help="re-examine quarantined deliveries against the current contract, then sync")
     retry.add_argument("--source", required=True)
@@ -345,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="the flight-delay model in MLflow: versions, promotion, rollback")
     m_sub = model.add_subparsers(dest="model_command", required=True)
-    m_sub.add_parser("list", help="every registered version with its status, test AUC and training set").set_defaults(func=_model)
+    m_list = m_sub.add_parser("list", help="every registered version with its status, test AUC and training set")
+    m_list.add_argument("--json", action="store_true", help=JSON_HELP)
+    m_list.set_defaults(func=_model)
     m_sub.add_parser("history", help="every promotion, rejection and rollback, oldest first").set_defaults(func=_model)
     promote = m_sub.add_parser("promote", help="make a version the champion (recorded with who and why)")
     promote.add_argument("version", help="the MLflow model version number (plumbline model list)")
@@ -367,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         print(e.line(" ".join(["plumbline", args.command, *filter(None, [getattr(args, "dlq_command", None)])])),
               file=sys.stderr)
         return e.exit_code
+    except settings.NothingSynced as e:  # a read command on an empty home: what to do, not a traceback
+        print(e, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import dagster as dg
 import pandas as pd
 
 from contracts.model import Contract, Rule
+from orchestration import catalog
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
@@ -39,7 +40,7 @@ def check_specs(contract: Contract, asset_key: dg.AssetKey) -> list[dg.AssetChec
     ]
     for r in checked_rules(contract):
         specs.append(dg.AssetCheckSpec(r.id, asset=asset_key, blocking=r.blocks,
-                                       description=f"[{r.severity}] {r.description} ({contract.path})"))
+                                       description=f"[{r.severity}] {r.description} ({catalog.shown_path(contract)})"))
     return specs
 
 

@@ -12,6 +12,7 @@ import json
 import dagster as dg
 
 from contracts.model import Contract
+from orchestration import catalog
 from orchestration.warehouse import SNAPSHOT_PARTITION, ident, literal
 
 CHECK = "restatements"
@@ -78,7 +79,7 @@ def check_spec(contract: Contract, asset_key: dg.AssetKey) -> dg.AssetCheckSpec:
     return dg.AssetCheckSpec(CHECK, asset=asset_key, blocking=False, description=(
         f"a partition restated more than {rs.max_restatements} times, or whose row count or key measures "
         f"{list(rs.key_measures)} moved more than {rs.max_change_percent:g}% in one restatement "
-        f"(restatement in {contract.path})"))
+        f"(restatement in {catalog.shown_path(contract)})"))
 
 
 def check_result(con, contract: Contract, keys: list[str], restated: list[dict]) -> dg.AssetCheckResult:

@@ -5,6 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+
+class NothingSynced(RuntimeError):
+    """A read command on a home that no sync has written yet."""
+
+    def __init__(self) -> None:
+        super().__init__("nothing synced yet: run plumbline sync")
+
+
 def plumbline_home() -> Path:
     """The root of every file plumbline writes; read at call time so tests can point it elsewhere."""
     return Path(os.environ.get("PLUMBLINE_HOME", "./data")).resolve()
@@ -26,3 +34,15 @@ def dagster_home(home: Path | None = None) -> Path:
     """The Dagster instance used by `plumbline sync` and `make ui` unless DAGSTER_HOME is set."""
     env = os.environ.get("DAGSTER_HOME")
     return Path(env) if env else (home or plumbline_home()) / "dagster"
+
+
+def dagster_ui_url() -> str | None:
+    """The Dagster UI's address, when one is configured: $PLUMBLINE_DAGSTER_URL, else $DAGSTER_WEBSERVER_URL."""
+    url = os.environ.get("PLUMBLINE_DAGSTER_URL") or os.environ.get("DAGSTER_WEBSERVER_URL")
+    return url.rstrip("/") if url else None
+
+
+def run_ref(run_id: str) -> str:
+    """A run as the CLI prints it: the whole id, which the UI's search opens, and a link when the UI is known."""
+    url = dagster_ui_url()
+    return f"{run_id} {url}/runs/{run_id}" if url else run_id

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import duckdb
+
 from orchestration import settings
+from orchestration.settings import NothingSynced
 from orchestration.warehouse import Warehouse, table_exists
 
 
 NOTED = 10  # loaded files with notes shown; the rest are counted
 
 
-def summary_text(warehouse: Warehouse | None = None) -> str:
+@contextlib.contextmanager
+def synced_warehouse(warehouse: Warehouse | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection to a warehouse that a sync has written; creates nothing on an empty home."""
     warehouse = warehouse or Warehouse()
-    lines = []
+    if not warehouse.db_path().is_file():
+        raise NothingSynced()
     with warehouse.connect(read_only=True) as con:
+        if not table_exists(con, "ops", "landed_files"):
+            raise NothingSynced()
+        yield con
+
+
+def summary_text(warehouse: Warehouse | None = None) -> str:
+    lines = []
+    with synced_warehouse(warehouse) as con:
         lines.append("Deliveries (ops.landed_files):")
         for source, status, files, rows in con.execute(
                 "SELECT source, status, count(*), sum(rows) FROM ops.landed_files GROUP BY ALL ORDER BY 1, 2").fetchall():

@@ -98,7 +98,7 @@ class Runner:
             raise runs.Stopped(watch.signum, *((run_id, job_name) if canceled else ()))
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         self.say(f"[{time.monotonic() - self.started:6.1f}s]   {'ok' if result.success else 'FAILED ' + str(failed)} "
-                 f"in {time.monotonic() - t0:.1f}s (run {result.run_id[:8]})")
+                 f"in {time.monotonic() - t0:.1f}s (run {settings.run_ref(result.run_id)})")
         self.runs.append((job_name, label, result.success, result.run_id))
         emitted = lineage.emit_run(self.instance, result.run_id, self.defs)  # the same emitter the run-status sensors use
         if emitted and emitted.pending:

@@ -141,10 +141,10 @@ class Warehouse(dg.ConfigurableResource):
         return Path(self.path) if self.path else settings.warehouse_path()
 
     @contextlib.contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(self, read_only: bool = False, wait_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         path = self.db_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = _connect_with_retry(path, read_only)
+        con = _connect_with_retry(path, read_only, LOCK_WAIT_S if wait_s is None else wait_s)
         try:
             con.execute("SET TimeZone = 'UTC'")
             if not read_only:
@@ -168,7 +168,7 @@ def _connect_with_retry(path: Path, read_only: bool, timeout_s: float = LOCK_WAI
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as e:
-            if "lock" not in str(e).lower():
+            if "lock" not in str(e).lower() or timeout_s <= 0:  # no wait asked for: the caller handles the lock
                 raise
             holder = m.group(1) if (m := _LOCK_HOLDER.search(str(e))) else "another process"
             waited = time.monotonic() - started

@@ -48,7 +48,7 @@ def ml_home(tmp_path_factory, dagster_home_dir):
 @pytest.fixture
 def home_copy(ml_home, tmp_path, dagster_home_dir, monkeypatch):
     """A private copy of the synced home (warehouse, MLflow store, Dagster instance) to change.
-    MLflow keeps absolute artifact paths: new versions of the copy write beside the original's."""
+    MLflow's absolute artifact paths are re-based onto the copy when it is opened there."""
     home, _, _ = ml_home
     copy = tmp_path / "home"
     shutil.copytree(home, copy)

@@ -27,19 +27,24 @@ def test_auc(con, version: str) -> float | None:
     return rows[0][0] if rows else None
 
 
+def versions(con, cfg: MlConfig) -> list[dict]:
+    """Every registered version, oldest first: status, whether it is the champion, test AUC, training set."""
+    champion = registry.champion(cfg) if (found := registry.versions(cfg)) else None
+    return [{"version": str(v.version), "status": v.tags.get(registry.STATUS_TAG), "champion": str(v.version) == champion,
+             "test_auc": test_auc(con, str(v.version)), "training_set": v.tags.get(registry.TRAINING_SET_TAG),
+             "reason": v.tags.get(registry.REASON_TAG)} for v in found]
+
+
 def versions_text(con, cfg: MlConfig) -> str:
-    found = registry.versions(cfg)
+    found = versions(con, cfg)
     if not found:
         return f"model {cfg.model_name} has no versions in {registry.tracking_uri()} (plumbline sync trains one)"
-    champion = registry.champion(cfg)
     lines = [f"model {cfg.model_name} in {registry.tracking_uri()}:",
              f"  {'version':>7}  {'status':<11} {'test AUC':>8}  {'training set':<16}  reason"]
     for v in found:
-        auc = test_auc(con, str(v.version))
-        mark = "*" if str(v.version) == champion else " "
-        lines.append(f"{mark} {v.version:>7}  {v.tags.get(registry.STATUS_TAG, '-'):<11} "
-                     f"{(f'{auc:.4f}' if auc is not None else '-'):>8}  {v.tags.get(registry.TRAINING_SET_TAG, '-'):<16}  "
-                     f"{v.tags.get(registry.REASON_TAG, '')}")
+        auc = v["test_auc"]
+        lines.append(f"{'*' if v['champion'] else ' '} {v['version']:>7}  {v['status'] or '-':<11} "
+                     f"{(f'{auc:.4f}' if auc is not None else '-'):>8}  {v['training_set'] or '-':<16}  {v['reason'] or ''}")
     lines.append("  (* champion; plumbline model history shows every promotion, rejection and rollback)")
     return "\n".join(lines)
 

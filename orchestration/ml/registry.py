@@ -1,7 +1,9 @@
 """The model registry: MLflow, where ML engineers already look.
 
 Tracking and registry default to a SQLite store with artifacts under $PLUMBLINE_HOME/mlflow;
-MLFLOW_TRACKING_URI (and MLFLOW_REGISTRY_URI) point elsewhere the standard way. The champion is
+MLFLOW_TRACKING_URI (and MLFLOW_REGISTRY_URI) point elsewhere the standard way. MLflow records
+absolute artifact URIs, so a home that was copied or moved has them re-based onto where it is now
+before the store is opened. The champion is
 the MLflow alias `champion`; every promotion, rejection and rollback is recorded twice: as tags on
 the model version (what the MLflow UI shows) and as a row in ops.model_promotions (who, when, why).
 """
@@ -12,6 +14,7 @@ import datetime as dt
 import logging
 import os
 import platform
+import sqlite3
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -43,6 +46,38 @@ def tracking_uri() -> str:
     return _user_setting("MLFLOW_TRACKING_URI") or f"sqlite:///{local_dir() / 'mlflow.db'}"
 
 
+# Where MLflow's SQL store keeps artifact URIs (experiments, runs, logged models, model versions).
+ARTIFACT_URI_COLUMNS = [("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                        ("logged_models", "artifact_location"), ("model_versions", "source"),
+                        ("model_versions", "storage_location")]
+
+
+def rebase_local_store() -> int:
+    """Point the local store's artifact URIs at this home's artifact folder when the home was copied
+    or moved (MLflow stores them absolute); returns the rows changed."""
+    db = local_dir() / "mlflow.db"
+    if not db.is_file():
+        return 0
+    root = (local_dir() / "artifacts").as_uri()
+    con = sqlite3.connect(db)
+    try:
+        old = [r for (r,) in con.execute("SELECT DISTINCT artifact_location FROM experiments "
+                                         "WHERE artifact_location LIKE 'file:%/mlflow/artifacts'").fetchall() if r != root]
+        changed = 0
+        with con:  # one transaction: every URI moves, or none
+            for prefix in old:
+                for table, column in ARTIFACT_URI_COLUMNS:
+                    if column not in {c for _, c, *_ in con.execute(f"PRAGMA table_info({table})").fetchall()}:
+                        continue  # an older MLflow schema without this table or column
+                    changed += con.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                        f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                        [root, len(prefix) + 1, prefix, len(prefix) + 1, prefix + "/"]).rowcount
+        return changed
+    finally:
+        con.close()
+
+
 def client():
     """An MLflow client on the configured store (the fluent API is pointed at it too)."""
     import mlflow
@@ -53,6 +88,7 @@ def client():
     uri = tracking_uri()
     if _user_setting("MLFLOW_TRACKING_URI") is None:
         local_dir().mkdir(parents=True, exist_ok=True)
+        rebase_local_store()
     # MLflow exports what it is given as MLFLOW_*_URI; put the environment back, so the next call
     # (another PLUMBLINE_HOME in the same process) still tells the user's setting from ours
     saved = {v: os.environ.get(v) for v in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}

@@ -12,11 +12,14 @@ ml_scoring_sensor   ml/flight_features materializations from scoring.start on ->
                     for those days; a promotion by the promotion gate -> every featured day from
                     scoring.start re-scored, so each partition says which version scored it.
 
-Like the data sensors they read the Dagster instance only, never the warehouse or the MLflow
-registry, so a tick never waits for a DuckDB writer. Like the ML runs they read the configuration
-(split windows, scoring.start) at every tick; the feature window (rolling_days) is the asset's own. Each cursor remembers where every stream was
-read up to; run keys are built from the events a tick saw, so a tick evaluated twice submits nothing
-twice.
+They read the Dagster instance only, never the warehouse or the MLflow registry, so a tick never
+waits for a DuckDB writer. Like the ML runs they read the configuration (split windows,
+scoring.start) at every tick; the feature window (rolling_days) is the asset's own. Each cursor
+remembers where every stream was read up to; run keys are built from the events a tick saw, so a
+tick evaluated twice submits nothing twice. What the events point at is asked for only while the
+instance says it is still out of date (an input's latest materialization is newer than the
+partition's own), so a sensor whose cursor is empty, or behind a `plumbline sync` that did the work,
+starts from that state instead of replaying history.
 """
 
 from __future__ import annotations
@@ -68,6 +71,22 @@ def _ranges(prefix: str, days: Iterable[str], tags: dict | None = None) -> list[
             for start, end in contiguous_ranges(sorted(days))]
 
 
+def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, int]:
+    """partition -> storage id of its latest materialization: what is newer than what, with no replay."""
+    return dict(instance.event_log_storage.get_latest_storage_id_by_partition(key, dg.DagsterEventType.ASSET_MATERIALIZATION))
+
+
+def stale_feature_days(instance: dg.DagsterInstance) -> set[str]:
+    """Feature days (with core.flights built) whose core.flights window or weather day was
+    materialized after the day's own features."""
+    flights, weather, featured = (_latest(instance, k) for k in (CORE_FLIGHTS, WEATHER, ml.FEATURES))
+    newest_input: dict[str, int] = dict(weather)
+    for day, storage_id in flights.items():
+        for d in features.affected_days([day], ml.DAILY, ml.CFG.rolling_days):
+            newest_input[d] = max(newest_input.get(d, 0), storage_id)
+    return {d for d in flights if newest_input.get(d, 0) > featured.get(d, 0)}
+
+
 def _cursor(context: dg.SensorEvaluationContext) -> dict:
     return json.loads(context.cursor) if context.cursor else {}
 
@@ -97,14 +116,17 @@ def features_sensor(job_name: str) -> dg.SensorDefinition:
         if missing:
             return dg.SkipReason(f"waiting for {', '.join(missing)} to be loaded: ml.flight_features reads them")
         cursor = _cursor(context)
+        first = not cursor  # no history to follow yet: the state below decides alone
         flights, cursor["core/flights"] = _since(context.instance, CORE_FLIGHTS, cursor.get("core/flights"))
         weather, cursor["raw/weather"] = _since(context.instance, WEATHER, cursor.get("raw/weather"))
-        days = feature_days(_days(flights), _days(weather), context.instance.get_materialized_partitions(CORE_FLIGHTS))
+        stale = stale_feature_days(context.instance)
+        days = sorted(stale) if first else [d for d in feature_days(
+            _days(flights), _days(weather), context.instance.get_materialized_partitions(CORE_FLIGHTS)) if d in stale]
         context.update_cursor(json.dumps(cursor))
         seen = _seen((r.storage_id for r in flights), (r.storage_id for r in weather))
         return _ranges(f"features:{seen}", days) or dg.SkipReason(
             f"no feature partition to rebuild ({len(flights)} new core/flights and {len(weather)} new raw/weather "
-            "materialization(s), none on a day with core.flights built)")
+            "materialization(s), none on a day with core.flights built and features older than them)")
 
     return _sensor
 
@@ -126,24 +148,48 @@ def training_sensor(job_name: str, features_job: str) -> dg.SensorDefinition:
             return dg.SkipReason(f"training waits until every split window is at least {cfg.min_window_coverage:.0%} "
                                  "featured: " + ", ".join(f"{name} {share:.0%}" for name, share in short.items()))
         cursor = _cursor(context)
+        first = not cursor
         records, cursor["ml/flight_features"] = _since(context.instance, ml.FEATURES, cursor.get("ml/flight_features"))
         split_days = {d for w in cfg.windows for d in w.days()}
-        inside = [r for r in records if r.partition_key in split_days]
+        featured = _latest(context.instance, ml.FEATURES)
+        trained = context.instance.fetch_materializations(ml.TRAINING_SET, limit=1, ascending=False).records
+        trained_id = trained[0].storage_id if trained else 0
+        # only features newer than the last training set are a reason to train
+        days = sorted(d for d in (featured if first else _days(records))
+                      if d in split_days and featured.get(d, 0) > trained_id)
         context.update_cursor(json.dumps(cursor))
-        if not inside:
-            return dg.SkipReason(f"{len(records)} new ml/flight_features materialization(s), none inside the split windows")
-        days = _days(inside)
-        return dg.RunRequest(run_key=f"train:{_seen(r.storage_id for r in inside)}",
+        if not days:
+            return dg.SkipReason(f"{len(records)} new ml/flight_features materialization(s), none inside the split "
+                                 "windows and newer than the last training set")
+        return dg.RunRequest(run_key=f"train:{_seen(featured[d] for d in days)}",
                              tags={"plumbline/changed_feature_days": f"{days[0]} .. {days[-1]} ({len(days)})"})
 
     return _sensor
 
 
-def _gate_results(instance: dg.DagsterInstance) -> list[tuple[int, dict]]:
-    """(id, metadata) of the latest completed promotion-gate results, newest first."""
+def _gate_results(instance: dg.DagsterInstance) -> list[tuple[int, dict, str]]:
+    """(id, metadata, run id) of the latest completed promotion-gate results, newest first."""
     records = instance.event_log_storage.get_asset_check_execution_history(PROMOTION_GATE, limit=GATE_HISTORY)
-    return [(r.id, {k: v.value for k, v in r.evaluation.metadata.items()})
+    return [(r.id, {k: v.value for k, v in r.evaluation.metadata.items()}, r.run_id)
             for r in records if isinstance(r.evaluation, dg.AssetCheckEvaluation)]  # planned ones have no result yet
+
+
+def _promoted_at(instance: dg.DagsterInstance, gates: list[tuple[int, dict, str]]) -> int:
+    """Storage id of the latest promotion's check evaluation: predictions older than it are stale."""
+    run_id = next((run for _, meta, run in gates if meta.get("decision") == "promoted"), None)
+    if run_id is None:
+        return 0
+    events = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    return max((e.storage_id for e in events
+                if e.event_log_entry.dagster_event.asset_check_evaluation_data.asset_check_key == PROMOTION_GATE), default=0)
+
+
+def stale_score_days(instance: dg.DagsterInstance, gates: list[tuple[int, dict, str]], start: str) -> set[str]:
+    """Featured days from scoring.start scored before their features changed or before the last promotion."""
+    featured, scored = _latest(instance, ml.FEATURES), _latest(instance, ml.PREDICTIONS)
+    promoted = _promoted_at(instance, gates)
+    return {d for d, storage_id in featured.items()
+            if d >= start and max(storage_id, promoted) > scored.get(d, 0)}
 
 
 def scoring_sensor(job_name: str) -> dg.SensorDefinition:
@@ -153,26 +199,30 @@ def scoring_sensor(job_name: str) -> dg.SensorDefinition:
     def _sensor(context: dg.SensorEvaluationContext):
         start = config.load().scoring_start.isoformat()
         cursor = _cursor(context)
+        first = not cursor
         records, cursor["ml/flight_features"] = _since(context.instance, ml.FEATURES, cursor.get("ml/flight_features"))
         # results are keyed by execution id and an execution completes after it is planned, so a
         # watermark could skip one: remember the ids already seen instead
         gates = _gate_results(context.instance)
         seen_gates = set(cursor.get("promotion_gate", []))
-        promoted = [(i, meta) for i, meta in gates if i not in seen_gates and meta.get("decision") == "promoted"]
-        cursor["promotion_gate"] = [i for i, _ in gates]
+        promoted = [(i, meta) for i, meta, _ in gates if i not in seen_gates and meta.get("decision") == "promoted"]
+        cursor["promotion_gate"] = [i for i, _, _ in gates]
         context.update_cursor(json.dumps(cursor))
 
-        champion = next((meta.get("champion_version") for _, meta in gates), None)
+        champion = next((meta.get("champion_version") for _, meta, _ in gates), None)
         if champion in (None, "none"):
             return dg.SkipReason(f"no champion model yet ({len(records)} new feature partition(s)): the promotion "
                                  f"gate's first promotion scores every featured day from {start}")
-        if promoted:
-            days = {d for d in context.instance.get_materialized_partitions(ml.FEATURES) if d >= start}
+        stale = stale_score_days(context.instance, gates, start)
+        if first:
+            days, why = stale, "scored before their features changed or before the champion was promoted"
+        elif promoted:
+            days = {d for d in context.instance.get_materialized_partitions(ml.FEATURES) if d >= start} & stale
             why = f"champion v{promoted[0][1].get('champion_version')} promoted: re-score from {start}"
         else:
-            days = {d for d in _days(records) if d >= start}
+            days = {d for d in _days(records) if d >= start} & stale
             why = "feature partitions changed"
-        seen = _seen((r.storage_id for r in records), (i for i, _ in promoted))
+        seen = _seen((r.storage_id for r in records), (i for i, _ in promoted), (days if first else ()))
         return _ranges(f"score:{seen}", days, {"plumbline/scoring": why}) or dg.SkipReason(
             f"{len(records)} new ml/flight_features materialization(s), none from {start} on, and no promotion")
 
