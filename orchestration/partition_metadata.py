@@ -14,9 +14,8 @@ from typing import Any
 
 import dagster as dg
 
-ROW_COUNT = "dagster/row_count"
 # Figures that add up across partitions (every row belongs to exactly one partition).
-ADDITIVE = (ROW_COUNT, "delivered", "dead_lettered", "superseded")
+ADDITIVE = ("dagster/row_count", "delivered", "dead_lettered", "superseded")
 BUILT_FROM = "built_from"  # the bronze file ids a partition was rebuilt from
 BRONZE_FILES = "bronze_files"
 
