@@ -180,9 +180,12 @@ def test_every_partition_of_the_year_carries_its_own_figures(demo_home):
     assert len(expected[("raw", "flights")]) >= 365
     inst = instance()
     for path, per_partition in expected.items():
-        latest = {}
-        for r in inst.fetch_materializations(dg.AssetKey(list(path)), limit=100_000).records:  # newest first
-            latest.setdefault(r.partition_key, r.asset_materialization.metadata)
+        latest, cursor, more = {}, None, True
+        while more:  # newest first, a page at a time
+            page = inst.fetch_materializations(dg.AssetKey(list(path)), limit=10_000, cursor=cursor)
+            for r in page.records:
+                latest.setdefault(r.partition_key, r.asset_materialization.metadata)
+            cursor, more = page.cursor, page.has_more
         names = figures[:len(next(iter(per_partition.values())))]
         assert {p: [m[n].value for n in names] for p, m in latest.items()} == per_partition, path
 
