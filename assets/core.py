@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from orchestration import catalog, partitions
+from orchestration import catalog, partition_metadata, partitions
 from orchestration.warehouse import Warehouse
 
 FLIGHTS = catalog.contracts()["flights"]
@@ -96,6 +96,5 @@ def core_flights(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.
         for source in ("flights", "airlines", "airports", "planes"):
             con.execute(partitions.raw_table_ddl(catalog.contracts()[source]))
         rows = partitions.replace_partitions(con, "core.flights", DDL, list(context.partition_keys), SELECT)
-    return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values()),
-                                          "dagster/column_schema": COLUMN_SCHEMA,
-                                          "partitions": len(rows)})
+    partition_metadata.record(context, {k: {"dagster/row_count": n} for k, n in rows.items()})
+    return dg.MaterializeResult(metadata={"dagster/column_schema": COLUMN_SCHEMA})

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from orchestration import catalog, partitions
+from orchestration import catalog, partition_metadata, partitions
 from orchestration.warehouse import Warehouse
 
 ON_TIME_MINUTES = 15
@@ -62,4 +62,5 @@ def carrier_daily(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg
     ddl = "CREATE TABLE IF NOT EXISTS marts.carrier_daily (" + ", ".join(f"{n} {t}" for n, t in COLUMNS) + ")"
     with warehouse.connect() as con:
         rows = partitions.replace_partitions(con, "marts.carrier_daily", ddl, list(context.partition_keys), SELECT)
-    return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values()), "dagster/column_schema": COLUMN_SCHEMA})
+    partition_metadata.record(context, {k: {"dagster/row_count": n} for k, n in rows.items()})
+    return dg.MaterializeResult(metadata={"dagster/column_schema": COLUMN_SCHEMA})

@@ -8,7 +8,7 @@ $PLUMBLINE_ML_CONFIG.
 import dagster as dg
 
 from assets import core
-from orchestration import catalog, partitions
+from orchestration import catalog, partition_metadata, partitions
 from orchestration.ml import config, evaluation, features, registry, scoring, training
 from orchestration.ml import training_set as split
 from orchestration.warehouse import Warehouse, literal
@@ -60,12 +60,14 @@ def flight_features(context: dg.AssetExecutionContext, warehouse: Warehouse) -> 
         rows = partitions.replace_partitions(con, "ml.flight_features", features.DDL, keys,
                                              features.select(CFG.rolling_days, CFG.delay_minutes))
         dates = ", ".join(f"{literal(k)}::DATE" for k in keys)
-        outcomes = dict(con.execute(f"SELECT outcome, count(*) FROM ml.flight_features WHERE event_date IN ({dates}) "
-                                    "GROUP BY ALL ORDER BY 1").fetchall())
-    context.log.info(f"ml.flight_features: {sum(rows.values())} flights in {len(keys)} partition(s); outcomes {outcomes}")
-    return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values()), "partitions": len(keys),
-                                          "outcomes": dg.MetadataValue.json(outcomes),
-                                          "rolling_days": CFG.rolling_days})
+        outcomes = {k: {} for k in keys}
+        for day, outcome, n in con.execute(f"SELECT strftime(event_date, '%Y-%m-%d'), outcome, count(*) FROM ml.flight_features "
+                                           f"WHERE event_date IN ({dates}) GROUP BY ALL ORDER BY 1, 2").fetchall():
+            outcomes[day][outcome] = n
+    context.log.info(f"ml.flight_features: {sum(rows.values())} flights in {len(keys)} partition(s)")
+    partition_metadata.record(context, {k: {"dagster/row_count": rows[k], "outcomes": dg.MetadataValue.json(outcomes[k])}
+                                        for k in keys})
+    return dg.MaterializeResult(metadata={"rolling_days": CFG.rolling_days})
 
 
 @dg.asset(
@@ -204,10 +206,10 @@ def flight_predictions(context: dg.AssetExecutionContext, warehouse: Warehouse):
         scored = scoring.score(con, cfg, keys)
     context.log.info(f"ml.flight_predictions: {sum(scored.rows.values())} flights in {len(keys)} partition(s) scored by "
                      f"{cfg.model_name} v{scored.version}")
+    partition_metadata.record(context, {k: {"dagster/row_count": scored.rows[k]} for k in keys})
     yield dg.MaterializeResult(metadata={
-        "dagster/row_count": sum(scored.rows.values()), MODEL_VERSION: scored.version,
-        "model_uri": f"models:/{cfg.model_name}/{scored.version}", "mlflow_tracking_uri": registry.tracking_uri(),
-        "partitions": len(keys)})
+        MODEL_VERSION: scored.version, "model_uri": f"models:/{cfg.model_name}/{scored.version}",
+        "mlflow_tracking_uri": registry.tracking_uri()})
     yield from drift_results(scored.drift, cfg.drift)
 
 

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from contracts.model import Contract
-from orchestration import catalog, partitions, quality, restatements, schema_checks
+from orchestration import catalog, partition_metadata, partitions, quality, restatements, schema_checks
 from orchestration.warehouse import SNAPSHOT_PARTITION, Warehouse, ident, table_exists
 
 
@@ -53,38 +53,21 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
             metadata={"dead_lettered_by_rule": dg.MetadataValue.json(conformance),
                       "dead_lettered_rows": sum(conformance.values())}))
         checks.append(restatement_check)
+        restated = {r["partition"]: r for r in rebuilt.restated}
+        partition_metadata.record(context, {a.partition: _account_metadata(a, restated.get(a.partition)) for a in accounts})
         return dg.MaterializeResult(
-            metadata={
-                **restatements.metadata(rebuilt.restated),
-                "dagster/row_count": sum(a.accepted for a in accounts),
-                "dagster/column_schema": catalog.column_schema(contract, part_def is not None),
-                "delivered": sum(a.delivered for a in accounts),
-                "dead_lettered": sum(a.dead_lettered for a in accounts),
-                "superseded": sum(a.superseded for a in accounts),
-                "bronze_files": len({f for a in accounts for f in a.built_from}),
-                **_per_partition(accounts),
-                "contract_version": contract.version,
-            },
+            metadata={"dagster/column_schema": catalog.column_schema(contract, part_def is not None),
+                      "contract_version": contract.version},
             check_results=checks,
         )
 
     return _raw
 
 
-MAX_PARTITION_ROWS = 31  # a range run repeats its metadata on every partition: keep it small
-
-
-def _per_partition(accounts) -> dict:
-    """Per-partition figures for short ranges; longer ranges point at ops.partition_accounting."""
-    if len(accounts) > MAX_PARTITION_ROWS:
-        return {"partitions": f"{len(accounts)} partitions {accounts[0].partition} .. {accounts[-1].partition}; "
-                              "per-partition figures in ops.partition_accounting"}
-    return {"partitions": dg.MetadataValue.table(
-        records=[dg.TableRecord({"partition": a.partition, "delivered": a.delivered, "accepted": a.accepted,
-                                 "dead_lettered": a.dead_lettered, "superseded": a.superseded,
-                                 "files": len(a.built_from)}) for a in accounts],
-        schema=dg.TableSchema(columns=[dg.TableColumn("partition", "string")] + [
-            dg.TableColumn(n, "int") for n in ("delivered", "accepted", "dead_lettered", "superseded", "files")]))}
+def _account_metadata(a: partitions.PartitionAccount, restated: dict | None) -> dict:
+    """One partition's own figures: rows delivered, accepted, dead-lettered, superseded; its bronze files; its restatement."""
+    return {"dagster/row_count": a.accepted, "delivered": a.delivered, "dead_lettered": a.dead_lettered,
+            "superseded": a.superseded, **partition_metadata.built_from(a.built_from), **restatements.metadata(restated)}
 
 
 def _observe(con, contract: Contract, keys):

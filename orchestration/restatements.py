@@ -98,18 +98,13 @@ def check_result(con, contract: Contract, keys: list[str], restated: list[dict])
                   "max_restatements": rs.max_restatements, "max_change_percent": rs.max_change_percent})
 
 
-def metadata(restated: list[dict]) -> dict:
-    """Materialization metadata: what each restated partition was and became."""
-    if not restated:
-        return {"restated_partitions": 0}
-    return {"restated_partitions": len(restated), "restatements": dg.MetadataValue.table(
-        records=[dg.TableRecord({"partition": r["partition"], "rows_before": r["rows_before"], "rows_after": r["rows_after"],
-                                 "change_percent": round(min(largest_change(r), 1e9), 3),
-                                 "measures_before": json.dumps(r["measures_before"]),
-                                 "measures_after": json.dumps(r["measures_after"]),
-                                 "caused_by": ", ".join(c.get("path") or c["change"] for c in r["caused_by"])})
-                 for r in restated[:31]],
-        schema=dg.TableSchema(columns=[
-            dg.TableColumn("partition", "string"), dg.TableColumn("rows_before", "int"), dg.TableColumn("rows_after", "int"),
-            dg.TableColumn("change_percent", "float"), dg.TableColumn("measures_before", "string"),
-            dg.TableColumn("measures_after", "string"), dg.TableColumn("caused_by", "string")]))}
+def metadata(r: dict | None) -> dict:
+    """A partition's materialization metadata: whether this rebuild restated it (r, its ops.restatements
+    row, or None) and if so what it was and became."""
+    if r is None:
+        return {"restated": False}
+    return {"restated": True, "rows_before": r["rows_before"], "rows_after": r["rows_after"],
+            "change_percent": round(min(largest_change(r), 1e9), 3),
+            "measures_before": dg.MetadataValue.json(r["measures_before"]),
+            "measures_after": dg.MetadataValue.json(r["measures_after"]),
+            "caused_by": ", ".join(c.get("path") or c["change"] for c in r["caused_by"])}

@@ -95,9 +95,13 @@ def test_late_delivery_inside_the_window_restates_exactly_the_touched_partitions
         assert run_id in new_runs
     assert query("SELECT count(*) FROM raw.flights")[0][0] == 7 * 40 + sum(touched.values())
 
-    # The materialization says what changed, and the check flags a change above maxChangePercent (5%).
-    event = dagster_env.get_latest_materialization_event(dg.AssetKey(["raw", "flights"]))
-    assert event.asset_materialization.metadata["restated_partitions"].value >= 1
+    # Each restated partition's materialization says what it was and became, and the check flags a
+    # change above maxChangePercent (5%).
+    for d, n in touched.items():
+        [event] = dagster_env.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(["raw", "flights"]), asset_partitions=[f"2013-01-{d:02d}"]), limit=1).records
+        meta = event.asset_materialization.metadata
+        assert meta["restated"].value is True and (meta["rows_before"].value, meta["rows_after"].value) == (40, 40 + n)
     check = dagster_env.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(dg.AssetKey(["raw", "flights"]), "restatements")])
     evaluation = next(iter(check.values())).evaluation

@@ -32,6 +32,7 @@ from openlineage.client.facet_v2 import (
     parent_run,
 )
 
+from orchestration import partition_metadata
 from orchestration.lineage import datasets
 from orchestration.lineage.facets import PRODUCER, DataQualityMetricsDatasetFacet, DeadLetterDatasetFacet, EventIdentityRunFacet
 from orchestration.lineage.transport import namespace
@@ -226,7 +227,7 @@ def _dead_letters(checks) -> DeadLetterDatasetFacet | None:
     return DeadLetterDatasetFacet(rows=sum(by_rule.values()), byRule=dict(sorted(by_rule.items())))
 
 
-def _output(graph, node, partitions: list[str], model: datasets.ModelVersion | None, materialization, checks,
+def _output(graph, node, partitions: list[str], model: datasets.ModelVersion | None, materialization, meta: dict, checks,
             complete: bool) -> OutputDataset:
     p = model.place if model is not None else datasets.place(node)
     facets = {k: v for k, v in {
@@ -240,7 +241,6 @@ def _output(graph, node, partitions: list[str], model: datasets.ModelVersion | N
     if partitions:
         output_facets["subset"] = base_subset_dataset.OutputSubsetOutputDatasetFacet(outputCondition=_partitions(partitions))
     if complete and materialization is not None:
-        meta = materialization.metadata
         rows = _value(meta, "dagster/row_count")
         if rows is not None:
             output_facets["outputStatistics"] = output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(rowCount=int(rows))
@@ -283,7 +283,7 @@ def for_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions) -> 
             node = graph.get(key)
             partitions = sorted(partitions)
             mats = step.materializations.get(key, [])
-            meta = mats[0].metadata if mats else {}
+            meta = partition_metadata.run_totals(mats)  # each partition's event has its own figures: the step's are their sum
             # the run is over, so START already names the model version it registered or read
             written, read = datasets.model_written(node, meta), datasets.models_read(graph, node, meta)
             terminal = RunState.FAIL if step.error is not None else (RunState.COMPLETE if step.ended else RunState.ABORT)
@@ -294,14 +294,14 @@ def for_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions) -> 
             job = _job(key.to_user_string().replace("/", "."), "ASSET", node)
             start = RunEvent(eventType=RunState.START, eventTime=_time(step.started), run=Run(runId=lineage_id, facets=run_facets),
                              job=job, inputs=_inputs(graph, node, partitions, read, {}),
-                             outputs=[_output(graph, node, partitions, written, None, [], False)])
+                             outputs=[_output(graph, node, partitions, written, None, {}, [], False)])
             end_facets = dict(run_facets)
             if step.error is not None:
                 end_facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(
                     message=step.error.message.strip(), programmingLanguage="python", stackTrace=step.error.to_string())
             end = RunEvent(eventType=terminal, eventTime=_time(step.ended or ended), run=Run(runId=lineage_id, facets=end_facets),
                            job=job, inputs=_inputs(graph, node, partitions, read, meta),
-                           outputs=[_output(graph, node, partitions, written, mats[0] if mats else None,
+                           outputs=[_output(graph, node, partitions, written, mats[0] if mats else None, meta,
                                             checks.get(key, []), terminal == RunState.COMPLETE)])
             children.append((step.started, start))
             children.append((step.ended or ended, end))
