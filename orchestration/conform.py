@@ -14,6 +14,8 @@ from contracts.model import Column, Contract, Rule
 from orchestration.warehouse import ident, literal
 
 NUMERIC = {"integer", "number"}
+# A time that names its offset; without one, only a declared sourceTimezone says what it means.
+OFFSET_SUFFIX = r"(Z|z|[+-]\d{2}(:?\d{2})?|\s(UTC|GMT))\s*$"
 
 
 def normalized_expr(col: Column) -> str:
@@ -38,7 +40,7 @@ def typed_expr(col: Column) -> str:
         return n
     if col.source_timezone and col.duckdb_type == "TIMESTAMPTZ":
         # a time without an offset is local to the source's zone, not UTC
-        naive = f"NOT regexp_matches({n}, '(Z|[+-]\\d{{2}}(:?\\d{{2}})?)$')"
+        naive = f"NOT regexp_matches({n}, {literal(OFFSET_SUFFIX)})"
         return (f"CASE WHEN {naive} THEN timezone({literal(col.source_timezone)}, TRY_CAST({n} AS TIMESTAMP)) "
                 f"ELSE TRY_CAST({n} AS TIMESTAMPTZ) END")
     return f"TRY_CAST({n} AS {col.duckdb_type})"
@@ -51,7 +53,13 @@ def type_failure(col: Column) -> str:
         return f"({n} IS NOT NULL AND ({t} IS NULL OR TRY_CAST({n} AS DOUBLE) IS DISTINCT FROM {t}))"
     if col.logical_type == "number":
         return f"({n} IS NOT NULL AND ({t} IS NULL OR NOT isfinite({t})))"
+    if _needs_offset(col):  # read in UTC it would be a wrong time with no warning
+        return f"({n} IS NOT NULL AND ({t} IS NULL OR NOT regexp_matches({n}, {literal(OFFSET_SUFFIX)})))"
     return f"({n} IS NOT NULL AND {t} IS NULL)"
+
+
+def _needs_offset(col: Column) -> bool:
+    return col.duckdb_type == "TIMESTAMPTZ" and not col.source_timezone
 
 
 def rule_condition(rule: Rule, contract: Contract) -> str | None:
@@ -83,7 +91,10 @@ def rule_reason(rule: Rule, contract: Contract) -> str:
         return literal(f"{rule.description} [{rule.id}]")
     value = f"coalesce('''' || {ident('n_' + rule.column)} || '''', 'null')"
     if rule.kind in ("type", "required"):
-        what = {"type": f"does not parse as {contract.column(rule.column).logical_type}", "required": "is missing (required)"}[rule.kind]
+        col = contract.column(rule.column)
+        parse = ("does not parse as a timestamp with a UTC offset (add Z or +HH:MM, or declare the column's "
+                 "sourceTimezone in the contract)") if _needs_offset(col) else f"does not parse as {col.logical_type}"
+        what = {"type": parse, "required": "is missing (required)"}[rule.kind]
     else:
         what = f"breaks '{rule.description}'"
     return f"{literal(rule.column + ' ')} || {value} || {literal(f' {what} [{rule.id}]')}"
