@@ -84,13 +84,14 @@ def _check_columns(columns: list[str]) -> None:
 
 def _check_names(columns) -> None:
     """Refuse names plumbline could confuse: case-only twins and its reserved _row_offset."""
-    seen: dict[str, str] = {}
+    groups: dict[str, list[str]] = {}
     for name in columns:
-        first = seen.setdefault(name.lower(), name)
-        if first != name:
-            raise UnreadableFile(
-                f"columns {first!r} and {name!r} differ only in case: plumbline binds names exactly as delivered and "
-                "cannot tell which one is meant; rename or drop one of them in the export and re-deliver")
+        groups.setdefault(name.lower(), []).append(name)
+    twins = next((g for g in groups.values() if len(g) > 1), None)
+    if twins:
+        names = ", ".join(repr(n) for n in twins[:-1]) + f" and {twins[-1]!r}"
+        raise UnreadableFile(f"columns {names} differ only in case: plumbline binds names exactly as delivered and "
+                             "cannot tell which one is meant; rename or drop all but one of them in the export")
     # _row_offset is added to every row: a delivered column of that name (in any case) would replace it.
     reserved = [c for c in columns if c.lower() == "_row_offset"]
     if reserved:
