@@ -339,3 +339,16 @@ def test_an_oversized_value_is_shortened_in_the_reason_and_kept_whole_in_the_pay
     assert len(d["reason"]) < 600, f"reason is {len(d['reason'])} characters"
     assert f"{TEN_MB} characters" in d["reason"] and "…" in d["reason"]
     assert len(json.loads(d["payload"])["tailnum"]) == TEN_MB
+
+
+def test_the_landing_sensor_waits_for_a_file_to_settle(plumbline_home, monkeypatch):
+    from orchestration import sensors
+
+    monkeypatch.setenv("PLUMBLINE_SETTLE_SECONDS", "60")
+    path = landing(plumbline_home) / file_name(1, 3, "csv")
+    path.write_bytes(csv_bytes(day_rows(1, 3, 5)))
+    assert rel(file_name(1, 3, "csv")) not in sensors.scan({}), "a file written just now is not in the cursor yet"
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    (size, _, digest) = sensors.scan({})[rel(file_name(1, 3, "csv"))]
+    assert (size, digest) == (path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
