@@ -138,7 +138,7 @@ def _load_csv(con, delivery: Delivery) -> Loaded:
     view = f"SELECT {named}, {offset} AS _row_offset FROM _delivery_data"
     con.execute(f"CREATE OR REPLACE TEMP VIEW {TEMP_TABLE} AS {view}")
     tail = _unterminated_last_line(delivery)
-    if tail is not None:
+    if tail is not None and tail.strip():  # trailing blanks are no record
         last_row = con.execute(f"SELECT max(_row_offset) FROM {TEMP_TABLE}").fetchone()[0]
         rejects, cut = _reject_truncated_csv_line(header, tail, rejects, last_row)
         if cut is not None:
