@@ -129,7 +129,7 @@ def settle(deliveries: list[Delivery], seconds: float | None = None,
             young[d.relative] = (d, state)
     if young:
         newest = max(state[1] for _, state in young.values()) / 1e9
-        sleep(min(seconds, seconds - (now - newest)) if now >= newest else seconds)
+        sleep(seconds - (now - newest) if now >= newest else seconds)  # until the newest is `seconds` old
     moving = {rel for rel, (d, state) in young.items() if file_state(d.path) != state}
     return [d for d in deliveries if d.relative not in moving], [d for d in deliveries if d.relative in moving]
 
