@@ -227,7 +227,7 @@ def read_rejects(con, contract: Contract, keys: list[str]) -> dict[str, tuple[in
     else:
         group = "strftime(partition_date, '%Y-%m-%d')"
         where = "partition_date IN (" + ", ".join(f"{literal(k)}::DATE" for k in keys) + ")"
-    return {p: (n, files) for p, n, files in con.execute(
+    return {p: (n, files or []) for p, n, files in con.execute(
         f"""SELECT {group}, count(DISTINCT (file_id, row_offset)), list(DISTINCT file_id ORDER BY file_id)
         FROM ops.dead_letter WHERE source = ? AND stage = 'read' AND {where} GROUP BY ALL""",
         [contract.name]).fetchall()}
