@@ -89,18 +89,22 @@ def _observe(con, contract: Contract, keys):
     return frame, dead, references
 
 
+# Open contract-rule rejects, and every line the reader rejected (those never become rows).
+COUNTED_DEAD_LETTERS = "((stage = 'raw' AND status = 'open') OR stage = 'read')"
+
+
 def _verify_accounting(con, contract: Contract, accounts) -> tuple[bool, dict]:
     """Recount each partition independently: rows in the table, open dead letters, staged rows."""
     broken = []
     for a in accounts:
         if contract.partitioning:
             in_table = con.execute(f"SELECT count(*) FROM {contract.table} WHERE event_date = ?::DATE", [a.partition]).fetchone()[0]
-            dead = con.execute("SELECT count(DISTINCT (file_id, row_offset)) FROM ops.dead_letter WHERE source = ? "
-                               "AND status = 'open' AND stage = 'raw' AND partition_date = ?::DATE", [contract.name, a.partition]).fetchone()[0]
+            dead = con.execute("SELECT count(DISTINCT (file_id, row_offset, stage)) FROM ops.dead_letter WHERE source = ? "
+                               f"AND {COUNTED_DEAD_LETTERS} AND partition_date = ?::DATE", [contract.name, a.partition]).fetchone()[0]
         else:
             in_table = con.execute(f"SELECT count(*) FROM {contract.table}").fetchone()[0]
-            dead = con.execute("SELECT count(DISTINCT (file_id, row_offset)) FROM ops.dead_letter WHERE source = ? "
-                               "AND status = 'open' AND stage = 'raw' AND partition_date IS NULL", [contract.name]).fetchone()[0]
+            dead = con.execute("SELECT count(DISTINCT (file_id, row_offset, stage)) FROM ops.dead_letter WHERE source = ? "
+                               f"AND {COUNTED_DEAD_LETTERS} AND partition_date IS NULL", [contract.name]).fetchone()[0]
         if a.delivered != a.accepted + a.dead_lettered + a.superseded or in_table != a.accepted or dead != a.dead_lettered:
             broken.append({"partition": a.partition, "delivered": a.delivered, "accepted": a.accepted, "in_table": in_table,
                            "dead_lettered": a.dead_lettered, "open_dead_letters": dead, "superseded": a.superseded})

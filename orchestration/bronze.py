@@ -1,7 +1,11 @@
 """Bronze: take every new delivery exactly once per content hash, keep it as an immutable parquet
 file of text columns, and record it in ops.landed_files.
 
-A file that cannot be taken gets a status and a reason and never stops the others.
+A file that cannot be taken gets a status and a reason and never stops the others. A file still
+being written (landing.settle) is not taken and not recorded: it shows as `settling` in the run's
+output and is taken by a later ingest. Lines the reader rejects are dead-lettered under stage `read`,
+in the partition their event date gives when it can still be read from the line; the file keeps
+the count (ops.landed_files: delivered lines = rows + rejected_at_read).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from pathlib import Path
 import duckdb
 
 from contracts.model import Contract
-from orchestration import dead_letter, lateness, schema_changes, schema_policy, settings
+from orchestration import dead_letter, landing, lateness, schema_changes, schema_policy, settings
 from orchestration.landing import Delivery, content_hash, discover
-from orchestration.readers import TEMP_TABLE, Loaded, UnreadableFile, load_delivery
+from orchestration.partitions import transaction
+from orchestration.readers import TEMP_TABLE, Loaded, Reject, UnreadableFile, load_delivery
 from orchestration.warehouse import ident, literal
 
 
@@ -29,6 +34,7 @@ class LandedFile:
     rows: int = 0
     event_dates: tuple[str, ...] = ()
     reason: str | None = None
+    rejected_at_read: int = 0  # lines the reader could not turn into rows (dead-lettered, stage read)
 
 
 def _quote_any(name: str) -> str:
@@ -68,7 +74,11 @@ def pending(con: duckdb.DuckDBPyConnection, contract: Contract, landing: Path) -
             out.append(d)
             continue
         if d.problem is None:
-            fid, _ = content_hash(d.path)
+            try:
+                fid, _ = content_hash(d.path)
+            except OSError:
+                out.append(d)  # ingest_file records why it cannot be read
+                continue
             if (d.relative, fid) not in seen:
                 out.append(d)  # same path, new content: a new delivery
     return out
@@ -76,13 +86,27 @@ def pending(con: duckdb.DuckDBPyConnection, contract: Contract, landing: Path) -
 
 def ingest_source(con, contract: Contract, run_id: str, log=None) -> list[LandedFile]:
     """Ingest every pending delivery of one source; return what happened to each file."""
-    landing = settings.landing_dir()
     results = []
-    deliveries = pending(con, contract, landing)
+    deliveries, moving = landing.settle(pending(con, contract, settings.landing_dir()))
+    seconds = landing.settle_seconds()
+    for d in moving:
+        results.append(LandedFile(contract.name, d.relative, "-", "settling", reason=landing.still_being_written(seconds)))
+        if log:
+            log(f"{contract.name}: {d.relative}: settling ({results[-1].reason})")
     # Fixed for the whole ingestion, so files arriving together are judged alike, in any order.
     mark = lateness.watermark(con, contract)
     for i, delivery in enumerate(deliveries, 1):
-        result = ingest_file(con, contract, delivery, run_id, mark)
+        try:
+            result = ingest_file(con, contract, delivery, run_id, mark)
+        except Exception as e:  # whatever goes wrong with one file is that file's problem, never the source's
+            try:
+                file_id = content_hash(delivery.path)[0]
+            except OSError:
+                file_id = "-"
+            result = _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
+                                             reason=f"{delivery.relative}: {type(e).__name__}: {str(e)[:300]}; the file was "
+                                                    "not loaded: re-deliver it (a new file or new content is picked up automatically)"),
+                             _base(contract, delivery), None, None)
         results.append(result)
         if log and (i % 50 == 0 or i == len(deliveries) or result.status != "loaded"):
             log(f"{contract.name}: {i}/{len(deliveries)} files; {delivery.relative}: {result.status}"
@@ -90,13 +114,22 @@ def ingest_source(con, contract: Contract, run_id: str, log=None) -> list[Landed
     return results
 
 
+def _base(contract: Contract, delivery: Delivery) -> dict:
+    return dict(source=contract.name, path=delivery.relative, format=delivery.format, compression=delivery.compression,
+                delivered_at=delivery.delivered_at, landed_at=dt.datetime.now(dt.timezone.utc))
+
+
 def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, watermark: dt.date | None = None) -> LandedFile:
-    now = dt.datetime.now(dt.timezone.utc)
-    base = dict(source=contract.name, path=delivery.relative, format=delivery.format,
-                compression=delivery.compression, delivered_at=delivery.delivered_at, landed_at=now)
+    base = _base(contract, delivery)
     if delivery.problem:
         return _record(con, LandedFile(contract.name, delivery.relative, "-", "rejected", reason=delivery.problem), base, None, None)
-    file_id, size = content_hash(delivery.path)
+    before = landing.file_state(delivery.path)
+    try:
+        file_id, size = content_hash(delivery.path)
+    except OSError as e:
+        return _record(con, LandedFile(contract.name, delivery.relative, "-", "unreadable",
+                                       reason=f"{delivery.relative} cannot be read ({type(e).__name__}: {e.strerror or e}); "
+                                              "fix its permissions or re-deliver it"), base, None, None)
     base["size_bytes"] = size
     already = con.execute(
         "SELECT path FROM ops.landed_files WHERE source = ? AND file_id = ? AND status = 'loaded' LIMIT 1",
@@ -107,10 +140,22 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, waterm
     try:
         loaded = load_delivery(con, delivery)
     except UnreadableFile as e:
+        if landing.file_state(delivery.path) != before:
+            return _settling(contract, delivery)
         return _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
-                                       reason=f"{e}; the file was not loaded: re-deliver it (a new file or new content is picked up automatically)"),
+                                       reason=f"{delivery.relative}: {e}; the file was not loaded: re-deliver it "
+                                              "(a new file or new content is picked up automatically)"),
                        base, None, None)
-    return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark)
+    if landing.file_state(delivery.path) != before:
+        return _settling(contract, delivery)  # what was read may not be what was hashed
+    with transaction(con):  # a file is recorded whole or not at all
+        return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark)
+
+
+def _settling(contract: Contract, delivery: Delivery) -> LandedFile:
+    """Changed while it was read: not recorded, so a later ingest takes the settled content."""
+    return LandedFile(contract.name, delivery.relative, "-", "settling",
+                      reason=landing.still_being_written(landing.settle_seconds()) + " (it changed while it was read)")
 
 
 def _column_mapping(contract: Contract, delivered: list[str]) -> tuple[dict[str, str], list[str], list[str]]:
@@ -170,12 +215,16 @@ def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loa
     if contract.partitioning is not None:
         dates = [r[0].isoformat() for r in con.execute(
             f"SELECT DISTINCT _event_date FROM _bronze WHERE {_in_range_sql(contract)} ORDER BY 1").fetchall()]
+    held: list[str] = []
     if watermark is not None:
         held = lateness.hold(con, contract, watermark, run_id, _in_range_sql(contract))
         if held:
             dates = [d for d in dates if d not in held]  # a held date is touched only once it is released
             notes.append(f"{len(held)} date(s) {held[0]} .. {held[-1]} older than the watermark {watermark}: "
                          f"held in ops.dead_letter ({lateness.REASON})")
+    if dates_known:
+        reject_dates = _attribute_rejects(con, contract, mapping, loaded.rejects)
+        dates = sorted(set(dates) | (reject_dates - set(held)))
     dead_letter.record_bronze_rejects(con, contract, file_id, rel, loaded.rejects, run_id)
     if contract.partitioning is not None:
         dead_letter.record_event_date_failures(con, contract, run_id, _in_range_sql(contract))
@@ -184,8 +233,26 @@ def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loa
         notes.append("header only: no data rows")
     if status == "loaded":
         schema_changes.record_version(con, contract, verdict, rel, delivery.delivered_at, dates, status)
-    result = LandedFile(contract.name, rel, file_id, status, loaded.rows, tuple(dates), "; ".join(notes) or None)
+    result = LandedFile(contract.name, rel, file_id, status, loaded.rows, tuple(dates), "; ".join(notes) or None,
+                        len({r.row_offset for r in loaded.rejects}))
     return _record(con, result, base, schema, str(out.relative_to(settings.plumbline_home())))
+
+
+def _attribute_rejects(con, contract: Contract, mapping: dict[str, str], rejects: list[Reject]) -> set[str]:
+    """Set each rejected line's partition from the event-date fields it still gives; return those dates."""
+    cols = contract.partitioning.event_date
+    readable = [r for r in rejects if r.fields and all(mapping[c] in r.fields for c in cols)]
+    if not readable:
+        return set()
+    names = ", ".join(ident(c) for c in cols)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _reject_fields (_row_offset BIGINT, {', '.join(f'{ident(c)} VARCHAR' for c in cols)})")
+    con.executemany(f"INSERT INTO _reject_fields (_row_offset, {names}) VALUES ({', '.join('?' * (len(cols) + 1))})",
+                    [(r.row_offset, *(r.fields[mapping[c]] for c in cols)) for r in readable])
+    found = dict(con.execute(f"""SELECT _row_offset, strftime(_event_date, '%Y-%m-%d') FROM (
+        SELECT _row_offset, {event_date_sql(contract)} AS _event_date FROM _reject_fields) WHERE {_in_range_sql(contract)}""").fetchall())
+    for r in readable:
+        r.partition = found.get(r.row_offset)
+    return set(found.values())
 
 
 def _in_range_sql(contract: Contract) -> str:
@@ -199,11 +266,11 @@ def _in_range_sql(contract: Contract) -> str:
 def _record(con, f: LandedFile, base: dict, schema, bronze_path) -> LandedFile:
     con.execute(
         """INSERT INTO ops.landed_files (source, path, file_id, size_bytes, format, compression, delivered_at,
-               observed_schema, rows, event_dates, status, reason, bronze_path, landed_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               observed_schema, rows, event_dates, status, reason, bronze_path, landed_at, rejected_at_read)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT DO NOTHING""",
         [f.source, f.path, f.file_id, base.get("size_bytes"), base["format"], base["compression"], base["delivered_at"],
          json.dumps(schema) if schema is not None else None, f.rows, json.dumps(list(f.event_dates)), f.status,
-         f.reason, bronze_path, base["landed_at"]],
+         f.reason, bronze_path, base["landed_at"], f.rejected_at_read],
     )
     return f

@@ -74,7 +74,7 @@ def _dlq_replay(args) -> int:
         return 2
     outcomes = replay.replay(Runner(command="plumbline dlq replay"), contracts, args.source, args.rule, args.partition)
     if not outcomes:
-        print("no open contract-rule dead-letter rows match (bronze-stage rows are fixed by re-delivering the file; "
+        print("no open contract-rule dead-letter rows match (read- and bronze-stage rows are fixed by re-delivering the file; "
               "late rows by `plumbline dlq release`)")
     return 0 if all(o.runs_ok for o in outcomes) else 1
 

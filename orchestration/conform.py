@@ -11,6 +11,7 @@ Names are validated identifiers (contracts.loader) and are quoted; values are SQ
 from __future__ import annotations
 
 from contracts.model import Column, Contract, Rule
+from orchestration.dead_letter import SHOWN_VALUE_CHARS
 from orchestration.warehouse import ident, literal
 
 NUMERIC = {"integer", "number"}
@@ -89,7 +90,11 @@ def rule_reason(rule: Rule, contract: Contract) -> str:
     """A SQL string expression explaining the failure, with the offending value."""
     if rule.column is None:
         return literal(f"{rule.description} [{rule.id}]")
-    value = f"coalesce('''' || {ident('n_' + rule.column)} || '''', 'null')"
+    n = ident("n_" + rule.column)
+    # A reason quotes at most SHOWN_VALUE_CHARS of a value, with its length; the payload keeps all of it.
+    shown = (f"CASE WHEN length({n}) > {SHOWN_VALUE_CHARS} THEN left({n}, {SHOWN_VALUE_CHARS}) || '''… (' || "
+             f"length({n}) || ' characters)' ELSE {n} || '''' END")
+    value = f"coalesce('''' || {shown}, 'null')"
     if rule.kind in ("type", "required"):
         col = contract.column(rule.column)
         parse = ("does not parse as a timestamp with a UTC offset (add Z or +HH:MM, or declare the column's "

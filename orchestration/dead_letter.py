@@ -21,12 +21,22 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+SHOWN_VALUE_CHARS = 200  # a reason quotes at most this much of a value; the payload keeps it whole
+READ_STAGE = "read"      # lines the reader could not turn into rows
+
+
+def shorten(text: str, limit: int = SHOWN_VALUE_CHARS) -> str:
+    """The first `limit` characters of a text, saying how long it was when it is cut."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def record_bronze_rejects(con, contract: Contract, file_id: str, path: str, rejects: list[Reject], run_id: str) -> None:
-    """Lines the reader could not parse: no partition is known, the raw line is the payload."""
+    """Lines the reader could not parse, in the partition their fields still give (else none); the
+    raw line is the payload."""
     now = _now()
     rows = [
-        (contract.name, None, file_id, path, r.row_offset, f"{contract.name}_{r.kind}", "bronze",
-         f"{r.message}; fix the line in the source and re-deliver", "error", json.dumps({"line": r.raw}),
+        (contract.name, r.partition, file_id, path, r.row_offset, f"{contract.name}_{r.kind}", READ_STAGE,
+         f"{shorten(r.message, 1000)}; fix the line in the source and re-deliver", "error", json.dumps({"line": r.raw}),
          contract.version, run_id, now, now, 1, "open")
         for r in rejects
     ]

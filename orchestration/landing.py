@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +83,55 @@ def discover(landing: Path, source: str) -> list[Delivery]:
             problem = "not a regular file"
         found.append(Delivery(source, path, relative, fmt, compression, problem))
     return found
+
+
+SETTLE_SECONDS_DEFAULT = 2.0
+
+
+def settle_seconds() -> float:
+    """How long a file must stay unchanged before it is taken (PLUMBLINE_SETTLE_SECONDS)."""
+    raw = os.environ.get("PLUMBLINE_SETTLE_SECONDS", "")
+    try:
+        return max(0.0, float(raw)) if raw.strip() else SETTLE_SECONDS_DEFAULT
+    except ValueError:
+        raise ValueError(f"PLUMBLINE_SETTLE_SECONDS={raw!r} is not a number of seconds") from None
+
+
+def file_state(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns), or None when the file cannot be stat'ed (it vanished, or is not reachable)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def still_being_written(seconds: float) -> str:
+    return (f"still being written: its size or modification time changed within the last {seconds:g}s "
+            "(PLUMBLINE_SETTLE_SECONDS); not taken yet, the next ingest takes it once it stops changing")
+
+
+def settle(deliveries: list[Delivery], seconds: float | None = None,
+           sleep=time.sleep) -> tuple[list[Delivery], list[Delivery]]:
+    """(settled, still being written), each in the given order.
+
+    A file last modified `seconds` or more ago is settled. Younger ones (or ones dated in the future)
+    are watched together, once, for the rest of the interval: those that did not change are settled.
+    """
+    seconds = settle_seconds() if seconds is None else seconds
+    if seconds <= 0:
+        return list(deliveries), []
+    now = time.time()
+    young: dict[str, tuple[Delivery, tuple[int, int]]] = {}
+    for d in deliveries:
+        state = None if d.problem else file_state(d.path)
+        if state is not None and now - state[1] / 1e9 < seconds:
+            young[d.relative] = (d, state)
+    if young:
+        newest = max(state[1] for _, state in young.values()) / 1e9
+        sleep(seconds - (now - newest) if now >= newest else seconds)  # until the newest is `seconds` old
+    moving = {rel for rel, (d, state) in young.items() if file_state(d.path) != state}
+    return [d for d in deliveries if d.relative not in moving], [d for d in deliveries if d.relative in moving]
 
 
 def content_hash(path: Path) -> tuple[str, int]:

@@ -1,9 +1,10 @@
 """Partition replacement: the one mechanism that rebuilds raw.<source> partitions from bronze.
 
 A partition is rebuilt from every bronze row whose event date falls in it, whatever file delivered
-it: contract casts, row rules, dedup by primary key with a deterministic winner (latest delivery
-by the time in its name, then file id, then row offset). Delete, insert, dead-letter and
-accounting commit in one transaction, so readers see the old partition or the new one.
+it: contract casts, row rules, dedup by primary key with a deterministic winner (WINNER_ORDER).
+Delete, insert, dead-letter and accounting commit in one transaction, so readers see the old
+partition or the new one. Lines the reader rejected in a partition count in its accounting as
+delivered and dead-lettered.
 """
 
 from __future__ import annotations
@@ -73,8 +74,19 @@ def stale_partitions(con, contract: Contract) -> list[str]:
     return sorted(p for p, files in files_by_partition(con, contract).items() if built.get(p) != files)
 
 
-# The deterministic winner among rows with the same key: latest delivery, then file id, then row.
-WINNER_ORDER = "_delivered_at DESC NULLS LAST, _file_id DESC, _row_offset DESC"
+# The deterministic winner among rows with the same key: the latest delivery time in the file's name;
+# then, among contents delivered under one path, the one plumbline took last (_arrival, the rank of
+# the content among those taken at its path, so other paths' arrival order never matters); then
+# file id, then the later row of the file.
+WINNER_ORDER = "_delivered_at DESC NULLS LAST, _arrival DESC, _file_id DESC, _row_offset DESC"
+
+
+def arrivals_sql(source: str) -> str:
+    """file id -> _arrival: 1 for the first content taken at its path, 2 for the next, ..."""
+    return f"""SELECT file_id AS _file_id, max(_arrival) AS _arrival FROM (
+        SELECT file_id, status, row_number() OVER (PARTITION BY path ORDER BY landed_at, file_id) AS _arrival
+        FROM ops.landed_files WHERE source = {literal(source)} AND status <> 'duplicate')
+    WHERE status = 'loaded' GROUP BY ALL"""
 
 
 @dataclass(frozen=True)
@@ -124,9 +136,10 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
             SELECT {cols}{event_col}, _file_id, _row_offset FROM (
                 SELECT * FROM _stage s WHERE _failed = '' AND NOT EXISTS (SELECT 1 FROM dup d WHERE {dup_match})
                 UNION ALL
-                SELECT * EXCLUDE (_rank) FROM (
-                    SELECT *, row_number() OVER (PARTITION BY {pk} ORDER BY {WINNER_ORDER}) AS _rank
-                    FROM _stage s WHERE _failed = '' AND EXISTS (SELECT 1 FROM dup d WHERE {dup_match}))
+                SELECT * EXCLUDE (_rank, _arrival) FROM (
+                    SELECT s.*, a._arrival, row_number() OVER (PARTITION BY {pk} ORDER BY {WINNER_ORDER}) AS _rank
+                    FROM _stage s LEFT JOIN ({arrivals_sql(contract.name)}) a USING (_file_id)
+                    WHERE _failed = '' AND EXISTS (SELECT 1 FROM dup d WHERE {dup_match}))
                 WHERE _rank = 1)
             ORDER BY {'' if snapshot else '_event_date, '}{pk}""")
         dead_letter.record_stage_failures(con, contract, run_id, dlq_filter)
@@ -196,12 +209,28 @@ def _account(con, contract: Contract, keys: list[str], snapshot: bool) -> list[P
     key_filter = "TRUE" if snapshot else "event_date IN (" + ", ".join(f"{literal(k)}::DATE" for k in keys) + ")"
     accepted = {str(p): n for p, n in con.execute(
         f"SELECT {table_group}, count(*) FROM {contract.table} WHERE {key_filter} GROUP BY ALL").fetchall()}
+    unread = read_rejects(con, contract, keys)
     out = []
     for k in keys:
         delivered, dead, files = staged.get(k, (0, 0, []))
+        lines, reject_files = unread.get(k, (0, []))
+        delivered, dead = delivered + lines, dead + lines
         acc = accepted.get(k, 0)
-        out.append(PartitionAccount(k, delivered, acc, dead, delivered - acc - dead, tuple(files)))
+        out.append(PartitionAccount(k, delivered, acc, dead, delivered - acc - dead, tuple(sorted({*files, *reject_files}))))
     return out
+
+
+def read_rejects(con, contract: Contract, keys: list[str]) -> dict[str, tuple[int, list[str]]]:
+    """partition -> (lines the reader rejected there, their files); a snapshot's are those with no partition."""
+    if contract.partitioning is None:
+        group, where = literal(SNAPSHOT_PARTITION), "partition_date IS NULL"
+    else:
+        group = "strftime(partition_date, '%Y-%m-%d')"
+        where = "partition_date IN (" + ", ".join(f"{literal(k)}::DATE" for k in keys) + ")"
+    return {p: (n, files or []) for p, n, files in con.execute(
+        f"""SELECT {group}, count(DISTINCT (file_id, row_offset)), list(DISTINCT file_id ORDER BY file_id)
+        FROM ops.dead_letter WHERE source = ? AND stage = 'read' AND {where} GROUP BY ALL""",
+        [contract.name]).fetchall()}
 
 
 def partition_range(start: str, end: str) -> list[str]:

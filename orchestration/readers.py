@@ -3,6 +3,14 @@
 Every value stays text here: casting is the contract's job (orchestration.conform), so a bad value
 becomes a dead-letter row with its rule instead of a reader crash. Each row keeps `_row_offset`,
 its 0-based position among the file's data rows.
+
+Column names are bound exactly as delivered; two names that differ only in case make the file
+unreadable (DuckDB binds names case-insensitively, so either could be read for the other).
+
+A last line with no line end may be a file cut short. jsonl: it is complete when it parses as a JSON
+object (its closing brace proves it ended), otherwise it is rejected as truncated. csv: a value cut
+short still parses (a time that lost its offset reads as local time), so the unterminated last line
+of a csv is always rejected as truncated, with the fix in its reason: end the file with a line end.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import gzip
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import duckdb
@@ -31,9 +40,11 @@ class UnreadableFile(Exception):
 @dataclass
 class Reject:
     row_offset: int      # csv: physical line number; jsonl: 0-based line
-    kind: str            # e.g. csv_unparseable_line, jsonl_invalid_json
+    kind: str            # e.g. csv_unparseable_line, jsonl_invalid_json, csv_truncated_line
     raw: str
     message: str
+    fields: dict[str, str | None] | None = None  # delivered name -> text, as far as the line can be read
+    partition: str | None = None                 # the event date the fields give (set by bronze)
 
 
 @dataclass
@@ -51,9 +62,10 @@ def load_delivery(con: duckdb.DuckDBPyConnection, delivery: Delivery) -> Loaded:
         return reader(con, delivery)
     except UnreadableFile:
         raise
-    except (duckdb.Error, pa.ArrowException, OSError, EOFError, UnicodeDecodeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnreadableFile(f"{delivery.format} reader failed: {first}") from e
+    except Exception as e:  # zlib.error, EOFError, struct.error, pyarrow, duckdb...: always this file's problem
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        kind = delivery.format + (" (gzip)" if delivery.compression else "")
+        raise UnreadableFile(f"{kind} reader failed: {type(e).__module__}.{type(e).__name__}: {first}".rstrip(": ")) from e
 
 
 def _open_text(delivery: Delivery):
@@ -67,13 +79,23 @@ def _check_columns(columns: list[str]) -> None:
     dupes = sorted({c for c in columns if columns.count(c) > 1})
     if dupes:
         raise UnreadableFile(f"duplicate column names in the header: {dupes}")
-    _check_reserved(columns)
+    _check_names(columns)
 
 
-def _check_reserved(columns) -> None:
-    # _row_offset is added to every row: a delivered column of that name would replace it.
-    if "_row_offset" in columns:
-        raise UnreadableFile("a delivered column is named '_row_offset', a name plumbline reserves: rename it in the export")
+def _check_names(columns) -> None:
+    """Refuse names plumbline could confuse: case-only twins and its reserved _row_offset."""
+    groups: dict[str, list[str]] = {}
+    for name in columns:
+        groups.setdefault(name.lower(), []).append(name)
+    twins = next((g for g in groups.values() if len(g) > 1), None)
+    if twins:
+        names = ", ".join(repr(n) for n in twins[:-1]) + f" and {twins[-1]!r}"
+        raise UnreadableFile(f"columns {names} differ only in case: plumbline binds names exactly as delivered and "
+                             "cannot tell which one is meant; rename or drop all but one of them in the export")
+    # _row_offset is added to every row: a delivered column of that name (in any case) would replace it.
+    reserved = [c for c in columns if c.lower() == "_row_offset"]
+    if reserved:
+        raise UnreadableFile(f"a delivered column is named {reserved[0]!r}, a name plumbline reserves: rename it in the export")
 
 
 def _load_csv(con, delivery: Delivery) -> Loaded:
@@ -103,7 +125,8 @@ def _load_csv(con, delivery: Delivery) -> Loaded:
             rejects_table = '_rejects', rejects_scan = '_rejects_scan')"""
     )
     rejects = [
-        Reject(int(line), "csv_unparseable_line", (csv_line or "")[:2000], f"line {line}: {err_type.lower()}: {msg}")
+        Reject(int(line), "csv_unparseable_line", (csv_line or "")[:2000], f"line {line}: {err_type.lower()}: {msg}",
+               _csv_fields(header, csv_line))
         for line, err_type, csv_line, msg in con.execute(
             "SELECT line, error_type, csv_line, error_message FROM _rejects ORDER BY line"
         ).fetchall()
@@ -112,11 +135,92 @@ def _load_csv(con, delivery: Delivery) -> Loaded:
     # rejected data row (line - 2, the header is line 1) that comes before, so offsets are file positions.
     slots = [line - 2 - i for i, line in enumerate(sorted({r.row_offset for r in rejects}))]
     offset = f"rowid + len(list_filter({slots}::BIGINT[], lambda s: s <= rowid))" if slots else "rowid"
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {TEMP_TABLE} AS SELECT {named}, {offset} AS _row_offset FROM _delivery_data")
+    view = f"SELECT {named}, {offset} AS _row_offset FROM _delivery_data"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {TEMP_TABLE} AS {view}")
+    tail = _unterminated_last_line(delivery)
+    if tail is not None and tail.strip():  # trailing blanks are no record
+        last_row = con.execute(f"SELECT max(_row_offset) FROM {TEMP_TABLE}").fetchone()[0]
+        rejects, cut = _reject_truncated_csv_line(header, tail, rejects, last_row)
+        if cut is not None:
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {TEMP_TABLE} AS SELECT * FROM ({view}) WHERE _row_offset <> {cut}")
     rows = con.execute(f"SELECT count(*) FROM {TEMP_TABLE}").fetchone()[0]
     if len(header) == 1 and any(d in header[0] for d in ";\t|"):
         raise UnreadableFile(f"one column named {header[0][:80]!r}: the file is not comma-delimited (fix the export's delimiter to ',')")
     return Loaded(header, [{"name": c, "type": "text"} for c in header], rows, rejects)
+
+
+def _truncated(line: int) -> str:
+    return (f"line {line} has no line end: the file may be truncated, and a value cut short can still parse "
+            "(a time that lost its offset); end the file with a line end, or re-deliver it complete")
+
+
+def _reject_truncated_csv_line(header: list[str], tail: bytes, rejects: list[Reject],
+                               last_row: int | None) -> tuple[list[Reject], int | None]:
+    """Reject the unterminated last line; returns the rejects and the row offset to drop from the rows, if any."""
+    last_rejected = max((r.row_offset - 2 for r in rejects), default=None)
+    if last_rejected is not None and (last_row is None or last_rejected > last_row):
+        # the reader already refused the line (too few fields, say): one reject for it, saying why
+        first = next(r for r in rejects if r.row_offset - 2 == last_rejected)
+        kept = [r for r in rejects if r.row_offset - 2 != last_rejected]
+        first.kind, first.message = "csv_truncated_line", f"{_truncated(first.row_offset)} ({first.message})"
+        return kept + [first], None
+    if last_row is None:
+        return rejects, None  # a header with no line end and no rows: nothing to reject
+    text = tail.decode("utf-8", "replace")
+    line = last_row + 2
+    return rejects + [Reject(line, "csv_truncated_line", text[:2000], _truncated(line), _csv_fields(header, text))], last_row
+
+
+def _csv_fields(header: list[str], line: str | None) -> dict[str, str | None] | None:
+    """The values a rejected csv line still gives, by delivered column name (fewer when it is cut short)."""
+    if not line:
+        return None
+    try:
+        values = next(csv.reader([line.rstrip("\r\n")]))
+    except (csv.Error, StopIteration):
+        return None
+    return dict(zip(header, values))
+
+
+_JSON_PAIR = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*("(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|true|false|null)')
+
+
+def _json_fields(text: str) -> dict[str, str | None] | None:
+    """The scalar fields a broken json line still gives (keys that occur once), as text."""
+    try:
+        obj = json.loads(text)
+        if isinstance(obj, dict):
+            return {k: _text(v) for k, v in obj.items()}
+    except ValueError:
+        pass
+    pairs: dict[str, list] = {}
+    for key, value in _JSON_PAIR.findall(text):
+        try:
+            pairs.setdefault(json.loads(f'"{key}"'), []).append(json.loads(value))
+        except ValueError:
+            continue
+    return {k: _text(v[0]) for k, v in pairs.items() if len(v) == 1} or None
+
+
+def _unterminated_last_line(delivery: Delivery) -> bytes | None:
+    """The last line when the file does not end with a line end (None when it does, or is empty)."""
+    with _open_text(delivery) as f:
+        if delivery.compression is None:
+            end = f.seek(0, io.SEEK_END)
+            tail, pos = b"", end
+            while pos > 0 and b"\n" not in tail and len(tail) <= MAX_LINE_BYTES:
+                step = min(1 << 16, pos)
+                pos -= step
+                f.seek(pos)
+                tail = f.read(step) + tail
+        else:  # a compressed stream can only be read forwards
+            tail = b""
+            while chunk := f.read(1 << 20):
+                cut = chunk.rfind(b"\n")
+                tail = chunk[cut:] if cut >= 0 else (tail + chunk)[: MAX_LINE_BYTES + 2]
+    if not tail or tail.endswith((b"\n", b"\r")):
+        return None
+    return tail[tail.rfind(b"\n") + 1:]
 
 
 def _text(value) -> str | None:
@@ -154,13 +258,8 @@ def _load_jsonl(con, delivery: Delivery) -> Loaded:
                 continue
             try:
                 obj = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                rejects.append(Reject(offset, "jsonl_invalid_utf8", line[:2000].decode("utf-8", "replace"),
-                                      f"line {offset + 1} is not UTF-8 ({e.reason})"))
-                continue
-            except json.JSONDecodeError as e:
-                rejects.append(Reject(offset, "jsonl_invalid_json", line[:2000].decode("utf-8", "replace"),
-                                      f"line {offset + 1} is not JSON: {e.msg}"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                rejects.append(_jsonl_reject(offset, line, e))
                 continue
             if not isinstance(obj, dict):
                 rejects.append(Reject(offset, "jsonl_not_an_object", line[:2000].decode("utf-8", "replace"),
@@ -179,11 +278,23 @@ def _load_jsonl(con, delivery: Delivery) -> Loaded:
         # No record means no columns: say why the lines failed, not that required columns are missing.
         raise UnreadableFile(f"no line is a readable record ({len(rejects)} tried); first: {rejects[0].message}")
     names = list(columns)
-    _check_reserved(names)
+    _check_names(names)
     arrays = {n: pa.array([_text(r.get(n)) for r in records], type=pa.string()) for n in names}
     arrays["_row_offset"] = pa.array(offsets, type=pa.int64())
     _register(con, pa.table(arrays))
     return Loaded(names, [{"name": n, "type": t} for n, t in columns.items()], len(records), rejects)
+
+
+def _jsonl_reject(offset: int, line: bytes, e: ValueError) -> Reject:
+    text = line.decode("utf-8", "replace")
+    fields = _json_fields(text)
+    if isinstance(e, UnicodeDecodeError):
+        return Reject(offset, "jsonl_invalid_utf8", text[:2000], f"line {offset + 1} is not UTF-8 ({e.reason})", fields)
+    if not line.endswith((b"\n", b"\r")):  # only the last line can lack a line end
+        return Reject(offset, "jsonl_truncated_line", text[:2000],
+                      f"line {offset + 1} has no line end and is not complete JSON ({e.msg}): the file may be "
+                      "truncated; re-deliver it complete", fields)
+    return Reject(offset, "jsonl_invalid_json", text[:2000], f"line {offset + 1} is not JSON: {e.msg}", fields)
 
 
 def _load_parquet(con, delivery: Delivery) -> Loaded:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import dagster as dg
 import duckdb
@@ -34,17 +35,23 @@ def scan(previous: dict[str, list]) -> dict[str, list]:
     """relative path -> [size, mtime_ns, sha256] of every delivery; unchanged files are not re-hashed."""
     out = {}
     root = settings.landing_dir()
+    settle = landing.settle_seconds()
     for source in catalog.contracts():  # every source with a contract has a landing folder
         for d in landing.discover(root, source):
             if d.problem:
                 out[d.relative] = [0, 0, "problem:" + d.problem]  # bronze records the refusal with its reason
                 continue
-            st = d.path.stat()
-            old = previous.get(d.relative)
-            if old and old[0] == st.st_size and old[1] == st.st_mtime_ns:
-                out[d.relative] = old
-            else:
-                out[d.relative] = [st.st_size, st.st_mtime_ns, landing.content_hash(d.path)[0]]
+            try:
+                st = d.path.stat()
+                if time.time() - st.st_mtime < settle:
+                    continue  # still settling: left out of the cursor, so a later tick sees it as new
+                old = previous.get(d.relative)
+                if old and old[0] == st.st_size and old[1] == st.st_mtime_ns:
+                    out[d.relative] = old
+                else:
+                    out[d.relative] = [st.st_size, st.st_mtime_ns, landing.content_hash(d.path)[0]]
+            except OSError as e:  # bronze records why the file cannot be read; the tick goes on
+                out[d.relative] = [0, 0, f"unreadable:{type(e).__name__}"]
     return out
 
 

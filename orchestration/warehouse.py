@@ -36,17 +36,19 @@ CREATE TABLE IF NOT EXISTS ops.landed_files (
     status VARCHAR NOT NULL,          -- loaded | duplicate | unreadable | rejected | empty | quarantined
     reason VARCHAR,
     bronze_path VARCHAR,
-    landed_at TIMESTAMPTZ NOT NULL,
+    landed_at TIMESTAMPTZ NOT NULL,   -- when plumbline first took this content at this path
     PRIMARY KEY (source, path, file_id)
 );
+-- lines the reader could not turn into rows (dead-lettered, stage read): delivered lines = rows + this
+ALTER TABLE ops.landed_files ADD COLUMN IF NOT EXISTS rejected_at_read BIGINT;
 CREATE TABLE IF NOT EXISTS ops.dead_letter (
     source VARCHAR NOT NULL,
-    partition_date DATE,              -- null when the event date itself is unreadable
+    partition_date DATE,              -- null when the event date itself is unreadable (even from a rejected line)
     file_id VARCHAR NOT NULL,
     file_path VARCHAR NOT NULL,
     row_offset BIGINT NOT NULL,       -- 0-based data row in the file; csv line number for unparseable lines
     rule_id VARCHAR NOT NULL,
-    stage VARCHAR NOT NULL,           -- bronze (file-level parse, event date) | raw (contract row rules)
+    stage VARCHAR NOT NULL,           -- read (a line the reader could not parse) | bronze (event date, lateness, schema) | raw (contract row rules)
     reason VARCHAR NOT NULL,
     severity VARCHAR NOT NULL,
     payload JSON,

@@ -13,6 +13,8 @@ def plumbline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     (home / "landing").mkdir(parents=True)
     monkeypatch.setenv("PLUMBLINE_HOME", str(home))
+    # Files written by a test are complete: take them at once (tests of settling set their own interval).
+    monkeypatch.setenv("PLUMBLINE_SETTLE_SECONDS", "0")
     return home
 
 

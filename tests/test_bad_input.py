@@ -155,6 +155,7 @@ def assert_nothing_lost(con, path: str, rows_in_file: int | None) -> dict:
     if rows_in_file is not None:
         assert f["rows"] + len(reader_lines) == rows_in_file, \
             f"{path}: {f['rows']} parsed + {len(reader_lines)} unparseable lines != {rows_in_file} rows delivered"
+    assert f["rejected_at_read"] == len(reader_lines), f"{path}: the file's own account of its rejected lines"
     bronze_file = str(settings.plumbline_home() / f["bronze_path"])
     verdicts = con.execute(
         f"""SELECT b._row_offset,
@@ -179,8 +180,8 @@ def assert_accounting_balances(con) -> None:
             "WHERE source = 'flights'").fetchall():
         assert delivered == accepted + dead + superseded and superseded >= 0, p
         assert accepted == con.execute("SELECT count(*) FROM raw.flights WHERE event_date = ?", [p]).fetchone()[0], p
-        assert dead == con.execute("SELECT count(*) FROM ops.dead_letter WHERE source = 'flights' AND stage = 'raw' "
-                                   "AND status = 'open' AND partition_date = ?", [p]).fetchone()[0], p
+        assert dead == con.execute("SELECT count(*) FROM ops.dead_letter WHERE source = 'flights' AND partition_date = ? "
+                                   "AND ((stage = 'raw' AND status = 'open') OR stage = 'read')", [p]).fetchone()[0], p
 
 
 # ---------------------------------------------------------------------------- bad files, one scenario each
@@ -386,7 +387,8 @@ def test_non_utf8_line_is_dead_lettered_and_the_rest_loads(plumbline_home, wareh
     f = assert_nothing_lost(warehouse_con, path, 30)
     assert (f["status"], f["rows"]) == ("loaded", 29)
     (d,) = dead_rows(warehouse_con, f["file_id"])
-    assert d["rule_id"] == "flights_csv_unparseable_line" and d["stage"] == "bronze"
+    assert d["rule_id"] == "flights_csv_unparseable_line" and d["stage"] == "read"
+    assert str(d["partition_date"]) == "2013-01-08", "the line's date fields still name its partition"
     assert d["row_offset"] == NON_UTF8_ROW + 2  # the csv line number: header is line 1
     assert "encoding" in d["reason"] and "utf-8" in d["reason"].lower()
     assert json.loads(d["payload"])["line"].startswith("2013,1,8,")
