@@ -50,6 +50,10 @@ def _version_diff(con, contract: Contract, wanted: set[str], snapshot: bool) -> 
         changed |= bool(diff)
         rows.append({"version": v["schema_hash"], "first_file": v["first_file"], "files": v["files"],
                      "previous": history[i - 1]["schema_hash"] if i else None, "difference": diff})
+    changes = sorted({c for r in rows for c in r["difference"]})
+    reason = (f"{len(feeding)} schema version(s) feed these partitions, changed from the version before: "
+              + ", ".join(changes[:5]) + (f" and {len(changes) - 5} more" if len(changes) > 5 else "") if changed else
+              f"{len(feeding)} schema version(s) feed these partitions, none differs from the version before it")
     return dg.AssetCheckResult(
-        check_name=VERSION_DIFF, passed=not changed, severity=dg.AssetCheckSeverity.WARN,
+        check_name=VERSION_DIFF, passed=not changed, severity=dg.AssetCheckSeverity.WARN, description=reason,
         metadata={"versions": dg.MetadataValue.json(rows[:20]), "versions_feeding": len(feeding)})
