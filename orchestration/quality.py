@@ -282,7 +282,7 @@ def _result(contract: Contract, rule: Rule, outcome: _Outcome, seen: _Observed, 
         parts.append(f"{loaded} row(s) that break it were loaded")
     elif loaded:
         parts.append(f"{loaded} of {rows_checked} delivered row(s) break it ({_share(loaded, rows_checked)}); "
-                     f"a {rule.severity} rule rejects nothing, so they were loaded")
+                     f"{rule.severity} rules reject nothing, so they were loaded")
     if elsewhere:
         parts.append(f"{sum(elsewhere.values())} open dead letter(s) remain in {len(elsewhere)} other partition(s): {_listed(elsewhere)}")
     if outcome.examples:
