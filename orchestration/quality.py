@@ -216,7 +216,9 @@ def _plain(v):
 
 
 def _share(n: int, of: int) -> str:
-    return f"{n / of:.2%}" if of else "n/a"
+    if not of:
+        return "n/a"
+    return "<0.01%" if 0 < n / of < 0.0001 else f"{n / of:.2%}"
 
 
 def _listed(parts: dict[str, int]) -> str:
@@ -285,7 +287,7 @@ def _result(contract: Contract, rule: Rule, outcome: _Outcome, seen: _Observed, 
                      f"{rule.severity} rules reject nothing, so they were loaded")
     if elsewhere:
         parts.append(f"{sum(elsewhere.values())} open dead letter(s) remain in {len(elsewhere)} other partition(s): {_listed(elsewhere)}")
-    if outcome.examples:
+    if any(v is not None for v in outcome.examples):  # a not_null rule's examples are all None
         parts.append(f"e.g. {', '.join(map(repr, outcome.examples[:3]))}")
     passed = not (outcome.error or rejected or loaded or elsewhere)
     if passed:
