@@ -110,11 +110,11 @@ def _observe(con, contract: Contract, accounts) -> _Observed:
             rejected.setdefault(rule, {})[p] = n
     elsewhere: dict[str, dict[str, int]] = {}
     if not snapshot:  # a snapshot is rebuilt whole: no other partition holds dead letters
-        keys = ", ".join(f"{literal(a.partition)}::DATE" for a in accounts) or "NULL"
+        keys = ", ".join(f"{literal(a.partition)}::DATE" for a in accounts)
+        other = f"partition_date NOT IN ({keys})" if keys else "TRUE"
         for rule, p, n in con.execute(
                 f"""SELECT rule_id, strftime(partition_date, '%Y-%m-%d'), count(*) FROM ops.dead_letter
-                WHERE source = ? AND status = 'open' AND stage = 'raw' AND partition_date NOT IN ({keys})
-                GROUP BY ALL""", [contract.name]).fetchall():
+                WHERE source = ? AND status = 'open' AND stage = 'raw' AND {other} GROUP BY ALL""", [contract.name]).fetchall():
             elsewhere.setdefault(rule, {})[p] = n
     accepted = dict(con.execute(
         "SELECT strftime(partition_date, '%Y-%m-%d'), accepted FROM ops.partition_accounting WHERE source = ?",
