@@ -124,12 +124,10 @@ def _observe(con, contract: Contract, accounts) -> _Observed:
 
 def _staged(con, contract: Contract, rules: list[Rule], keys: list[str]) -> pd.DataFrame:
     """The delivered rows of the rebuilt partitions, typed: the dead-lettered ones and the accepted ones
-    (a superseded duplicate is represented by the row that won)."""
-    snapshot = contract.partitioning is None
-    cols = "".join(f", {ident(c)}" for c in sorted({r.column for r in rules if r.column}))
-    where = "TRUE" if snapshot else "event_date IN (" + ", ".join(f"{literal(k)}::DATE" for k in keys) + ")"
-    return con.execute(f"""SELECT {_partition('_event_date', snapshot)} AS _partition{cols} FROM _stage WHERE _failed <> ''
-        UNION ALL SELECT {_partition('event_date', snapshot)}{cols} FROM {contract.table} WHERE {where}""").df()
+    (a superseded duplicate is represented by the row that won). Only the columns the rules read."""
+    cols = ", ".join(ident(c) for c in sorted({r.column for r in rules if r.column})) or "1 AS _row"
+    where = "TRUE" if contract.partitioning is None else "event_date IN (" + ", ".join(f"{literal(k)}::DATE" for k in keys) + ")"
+    return con.execute(f"SELECT {cols} FROM _stage WHERE _failed <> '' UNION ALL SELECT {cols} FROM {contract.table} WHERE {where}").df()
 
 
 def _references(con, contract: Contract) -> dict[str, list | None]:
