@@ -37,13 +37,14 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
         with warehouse.connect() as con:
             rebuilt = partitions.rebuild(con, contract, keys, context.run.run_id)
             accounts = rebuilt.accounts
-            checks = quality.results(con, contract, accounts)  # reads the staged rows rebuild() left in _stage
+            observed = quality.observe(con, contract, accounts)  # reads the staged rows rebuild() left in _stage
             accounting_ok, accounting_meta = _verify_accounting(con, contract, accounts)
             restatement_check = restatements.check_result(con, contract, [a.partition for a in accounts], rebuilt.restated)
             schema_results = schema_checks.results(con, contract, keys)
         for a in accounts:
             context.log.debug(f"{contract.table} {a.partition}: delivered {a.delivered}, accepted {a.accepted}, "
                              f"dead-lettered {a.dead_lettered}, superseded {a.superseded}")
+        checks = quality.judge(contract, observed)
         checks += schema_results
         checks.append(dg.AssetCheckResult(
             check_name=quality.ACCOUNTING, passed=accounting_ok, metadata=accounting_meta,

@@ -72,35 +72,22 @@ def check_specs(contract: Contract, asset_key: dg.AssetKey) -> list[dg.AssetChec
 
 
 @dataclass(frozen=True)
-class _Observed:
-    """What the checks judge, read once per materialization."""
+class Observed:
+    """What the checks judge, read from the warehouse once per materialization."""
 
     delivered: dict[str, int]                  # rebuilt partition -> delivered rows
     rejected: dict[str, dict[str, int]]        # rule id -> rebuilt partition -> rows it rejected
     open_elsewhere: dict[str, dict[str, int]]  # rule id -> other partition -> open dead letters
     accepted: dict[str, int]                   # every built partition -> accepted rows
+    frame: pd.DataFrame                        # the delivered rows of the rebuilt partitions (_staged)
+    references: dict[str, list | None]         # foreign key rule id -> the values it may point at
 
 
-def results(con, contract: Contract, accounts) -> list[dg.AssetCheckResult]:
-    """Every contract rule's check and schema_conformance for the partitions partitions.rebuild()
-    just built (its accounts), read while its temp table _stage is still there."""
-    keys = [a.partition for a in accounts]
-    seen = _observe(con, contract, accounts)
-    rules = checked_rules(contract)
-    frame = _staged(con, contract, rules, keys) if keys else pd.DataFrame()
-    references = _references(con, contract)
-    outcomes = _validate(contract, rules, frame, references, seen.accepted)
-    out = [_result(contract, rule, outcomes.get(rule.id, _Outcome(0, [])), seen, references, len(frame)) for rule in rules]
-    out.append(_conformance(contract, seen))
-    return out
-
-
-def _partition(column: str, snapshot: bool) -> str:
-    return f"{literal(SNAPSHOT_PARTITION)}" if snapshot else f"strftime({column}, '%Y-%m-%d')"
-
-
-def _observe(con, contract: Contract, accounts) -> _Observed:
+def observe(con, contract: Contract, accounts) -> Observed:
+    """Read what the checks need right after partitions.rebuild() built `accounts`, while its temp
+    table _stage is still there; judge() then runs without holding the warehouse."""
     snapshot = contract.partitioning is None
+    keys = [a.partition for a in accounts]
     rejected: dict[str, dict[str, int]] = {}
     if accounts:
         for p, rule, n in con.execute(
@@ -110,8 +97,7 @@ def _observe(con, contract: Contract, accounts) -> _Observed:
             rejected.setdefault(rule, {})[p] = n
     elsewhere: dict[str, dict[str, int]] = {}
     if not snapshot:  # a snapshot is rebuilt whole: no other partition holds dead letters
-        keys = ", ".join(f"{literal(a.partition)}::DATE" for a in accounts)
-        other = f"partition_date NOT IN ({keys})" if keys else "TRUE"
+        other = "partition_date NOT IN (" + ", ".join(f"{literal(k)}::DATE" for k in keys) + ")" if keys else "TRUE"
         for rule, p, n in con.execute(
                 f"""SELECT rule_id, strftime(partition_date, '%Y-%m-%d'), count(*) FROM ops.dead_letter
                 WHERE source = ? AND status = 'open' AND stage = 'raw' AND {other} GROUP BY ALL""", [contract.name]).fetchall():
@@ -119,7 +105,22 @@ def _observe(con, contract: Contract, accounts) -> _Observed:
     accepted = dict(con.execute(
         "SELECT strftime(partition_date, '%Y-%m-%d'), accepted FROM ops.partition_accounting WHERE source = ?",
         [contract.name]).fetchall())
-    return _Observed({a.partition: a.delivered for a in accounts}, rejected, elsewhere, accepted)
+    frame = _staged(con, contract, checked_rules(contract), keys) if keys else pd.DataFrame()
+    return Observed({a.partition: a.delivered for a in accounts}, rejected, elsewhere, accepted, frame,
+                    _references(con, contract))
+
+
+def judge(contract: Contract, seen: Observed) -> list[dg.AssetCheckResult]:
+    """Every contract rule's check (Great Expectations) and schema_conformance."""
+    rules = checked_rules(contract)
+    outcomes = _validate(contract, rules, seen.frame, seen.references, seen.accepted)
+    out = [_result(contract, rule, outcomes.get(rule.id, _Outcome(0, [])), seen, len(seen.frame)) for rule in rules]
+    out.append(_conformance(contract, seen))
+    return out
+
+
+def _partition(column: str, snapshot: bool) -> str:
+    return f"{literal(SNAPSHOT_PARTITION)}" if snapshot else f"strftime({column}, '%Y-%m-%d')"
 
 
 def _staged(con, contract: Contract, rules: list[Rule], keys: list[str]) -> pd.DataFrame:
@@ -224,8 +225,7 @@ def _listed(parts: dict[str, int]) -> str:
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
-def _result(contract: Contract, rule: Rule, outcome: _Outcome, seen: _Observed, references: dict,
-            rows_checked: int) -> dg.AssetCheckResult:
+def _result(contract: Contract, rule: Rule, outcome: _Outcome, seen: Observed, rows_checked: int) -> dg.AssetCheckResult:
     tolerance = contract.tolerance(rule)
     error_rule = rule.severity == "error"
     keys = set(seen.delivered)
@@ -248,7 +248,7 @@ def _result(contract: Contract, rule: Rule, outcome: _Outcome, seen: _Observed, 
         failed_now = bool(broken) or bool(outcome.error)
         return _check(rule, passed=not (failed_now or elsewhere), error=error_rule and failed_now, reason=reason, metadata=metadata)
 
-    if rule.kind == "foreign_key" and references.get(rule.id) is None:
+    if rule.kind == "foreign_key" and seen.references.get(rule.id) is None:
         table = rule.reference[0]
         reason = f"not judged: raw.{table} is not loaded yet, so no value can be looked up; materialize raw/{table}"
         return _check(rule, passed=False, error=False, reason=reason, metadata=metadata)
@@ -299,7 +299,7 @@ def _check(rule: Rule, *, passed: bool, error: bool, reason: str, metadata: dict
     return dg.AssetCheckResult(check_name=rule.id, passed=passed, severity=severity, description=reason, metadata=metadata)
 
 
-def _conformance(contract: Contract, seen: _Observed) -> dg.AssetCheckResult:
+def _conformance(contract: Contract, seen: Observed) -> dg.AssetCheckResult:
     """Type and required rules, judged in SQL (a value that does not parse has no typed value to validate)."""
     generated = [r for r in contract.rules if r.kind in ("type", "required")]
     rejected = {r.id: seen.rejected[r.id] for r in generated if seen.rejected.get(r.id)}
