@@ -235,6 +235,8 @@ def drift_results(measured, d: dict, keys: list[str]) -> list[dg.AssetCheckResul
             severity=dg.AssetCheckSeverity.ERROR if (beyond.grade == "fail").any() else dg.AssetCheckSeverity.WARN,
             description=reason,
             metadata={"worst": dg.MetadataValue.json(worst),
+                      "worst_in_this_run": dg.MetadataValue.json([drift.described(r) for r in in_run.head(10).itertuples()]),
+                      "partitions_beyond_threshold": dg.MetadataValue.json(sorted(beyond.partition.unique().tolist())[:100]),
                       "partitions_beyond_threshold_by_feature": dg.MetadataValue.json(
                           {str(k): int(v) for k, v in beyond.groupby("feature").partition.nunique().sort_values(ascending=False).items()}),
                       "thresholds": dg.MetadataValue.json(thresholds), "measurements": len(rows),
