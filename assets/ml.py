@@ -223,12 +223,12 @@ def drift_results(measured, d: dict, keys: list[str]) -> list[dg.AssetCheckResul
         fields = ("drop", "auc") if check == "performance_drift" else ("excess", "psi")
         thresholds = ({"warn_drop": d["auc_drop_warn"], "fail_drop": d["auc_drop_fail"]} if check == "performance_drift"
                       else {"warn_excess": d["psi_warn"], "fail_excess": d["psi_fail"]})
-        partitions = rows.partition.nunique()
-        in_run = beyond[beyond.partition.isin(keys)]
-        scope = f"{partitions} scored partition(s) in ml.drift, {len(keys)} scored by this run"
-        reason = (f"{len(rows)} measurement(s) of {scope}: none beyond the thresholds" if beyond.empty else
-                  f"{len(beyond)} of {len(rows)} measurement(s) beyond the thresholds in {beyond.partition.nunique()} of "
-                  f"{scope} ({len(in_run)} in this run); worst: " +
+        partitions, in_run = rows.partition.nunique(), beyond[beyond.partition.isin(keys)]
+        reason = (f"none of {len(rows)} measurement(s) of {partitions} scored partition(s) in ml.drift is beyond the "
+                  f"thresholds (this run scored {len(keys)})" if beyond.empty else
+                  f"{len(beyond)} of {len(rows)} measurement(s) beyond the thresholds, in {beyond.partition.nunique()} of "
+                  f"{partitions} scored partition(s) in ml.drift ({len(in_run)} of them in the {len(keys)} partition(s) this run "
+                  "scored); worst: " +
                   ", ".join(f"{w['feature']} {fields[0]} {w[fields[0]]} on {w['partition']} ({w['grade']})" for w in worst[:3]))
         out.append(dg.AssetCheckResult(
             check_name=check, passed=beyond.empty,
