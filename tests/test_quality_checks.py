@@ -148,3 +148,19 @@ def test_every_check_result_says_why_in_one_line(plumbline_home, instance, fligh
     assert set(checks) == {s.name for s in raw_asset(flights).check_specs}
     for name, check in checks.items():
         assert check.description and "\n" not in check.description, name
+
+
+def test_schema_conformance_warns_on_unparseable_values_and_errs_over_the_tolerance(plumbline_home, instance, flights):
+    day = day_rows(1, 10).astype({"dep_delay": object})
+    day.loc[0, "dep_delay"] = "12x"
+    deliver(plumbline_home, 1, 10, day)
+    few = materialize(flights, instance, "2013-01-10")["schema_conformance"]
+    assert not few.passed and few.severity == dg.AssetCheckSeverity.WARN
+    assert few.metadata["dead_lettered_by_rule"].value == {"flights_dep_delay_type": 1}
+    assert "1 delivered row(s) dead-lettered by flights_dep_delay_type (1)" in few.description
+
+    day.loc[:4, "dep_delay"] = "12x"  # 5 of 200: 2.5% > 1%
+    deliver(plumbline_home, 1, 11, day.assign(day=11))
+    many = materialize(flights, instance, "2013-01-11")["schema_conformance"]
+    assert not many.passed and many.severity == dg.AssetCheckSeverity.ERROR
+    assert "flights_dep_delay_type rejected 5 of 200 delivered rows (2.50%) of 2013-01-11, over the tolerance 1.00%" in many.description
