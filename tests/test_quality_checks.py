@@ -164,3 +164,14 @@ def test_schema_conformance_warns_on_unparseable_values_and_errs_over_the_tolera
     many = materialize(flights, instance, "2013-01-11")["schema_conformance"]
     assert not many.passed and many.severity == dg.AssetCheckSeverity.ERROR
     assert "flights_dep_delay_type rejected 5 of 200 delivered rows (2.50%) of 2013-01-11, over the tolerance 1.00%" in many.description
+
+
+def test_a_quarantined_delivery_keeps_the_schema_check_warning_when_other_partitions_are_built(plumbline_home, instance, flights):
+    deliver(plumbline_home, 1, 12, day_rows(1, 12).drop(columns=["dest"]))  # a required column removed: quarantined
+    held = materialize(flights, instance, "2013-01-12")["schema_changes"]
+    assert not held.passed and held.severity == dg.AssetCheckSeverity.ERROR
+    deliver(plumbline_home, 1, 13, day_rows(1, 13))
+    other = materialize(flights, instance, "2013-01-13")["schema_changes"]
+    assert not other.passed and other.severity == dg.AssetCheckSeverity.WARN, "the asset still has a held-back day"
+    assert other.metadata["quarantined_elsewhere"].value[0]["partitions"] == ["2013-01-12"]
+    assert "flights_20130112T0600Z.csv" in other.description
