@@ -9,7 +9,7 @@ import dagster as dg
 
 from assets import core
 from orchestration import catalog, partition_metadata, partitions
-from orchestration.ml import config, evaluation, features, registry, scoring, training
+from orchestration.ml import config, drift, evaluation, features, registry, scoring, training
 from orchestration.ml import training_set as split
 from orchestration.warehouse import Warehouse, literal
 
@@ -94,7 +94,8 @@ def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
     ok = not problems["overlapping_windows"] and not problems["keys_in_two_splits"]
     yield dg.AssetCheckResult(
         check_name="training_set_split", passed=ok, severity=dg.AssetCheckSeverity.ERROR,
-        description=None if ok else (
+        description=(
+            f"train, validation and test windows of {cfg.path.name} are disjoint and no flight is in two of them" if ok else
             f"the split in {cfg.path} is unsound: windows overlapping: {problems['overlapping_windows'] or 'none'}; "
             f"{problems['keys_in_two_splits']} flight(s) in two splits. Fix split.* so the windows are disjoint."),
         metadata={"overlapping_windows": dg.MetadataValue.json(problems["overlapping_windows"]),
@@ -181,9 +182,12 @@ def promotion_gate(context: dg.AssetCheckExecutionContext, warehouse: Warehouse)
 
 
 DRIFT_CHECKS = {
-    "feature_drift": "PSI of each feature against the training reference, per partition",
-    "prediction_drift": "PSI of the predicted probability against its training distribution, per partition",
-    "performance_drift": "the partition's AUC against the test-window AUC, where labels are known",
+    "feature_drift": "PSI of each feature against the training reference, graded on its excess over a typical "
+                     "training day, across every scored partition in ml.drift (not only the last run's)",
+    "prediction_drift": "PSI of the predicted probability against its training distribution, graded on its excess over "
+                        "a typical training day, across every scored partition in ml.drift (not only the last run's)",
+    "performance_drift": "each scored partition's AUC against the test-window AUC, where labels are known, graded on "
+                         "the drop, across every scored partition in ml.drift (not only the last run's)",
 }
 
 
@@ -204,35 +208,43 @@ def flight_predictions(context: dg.AssetExecutionContext, warehouse: Warehouse):
     cfg = config.load()
     with warehouse.connect() as con:
         scored = scoring.score(con, cfg, keys)
+        measured = drift.scored(con)  # the drift checks grade every scored partition, not only this run's
     context.log.info(f"ml.flight_predictions: {sum(scored.rows.values())} flights in {len(keys)} partition(s) scored by "
                      f"{cfg.model_name} v{scored.version}")
     partition_metadata.record(context, {k: {"dagster/row_count": scored.rows[k]} for k in keys})
     yield dg.MaterializeResult(metadata={
         MODEL_VERSION: scored.version, "model_uri": f"models:/{cfg.model_name}/{scored.version}",
         "mlflow_tracking_uri": registry.tracking_uri()})
-    yield from drift_results(scored.drift, cfg.drift)
+    yield from drift_results(measured, cfg.drift, keys)
 
 
-def drift_results(measured, d: dict) -> list[dg.AssetCheckResult]:
+def drift_results(measured, d: dict, keys: list[str]) -> list[dg.AssetCheckResult]:
+    """One result per drift check over every scored partition; "worst" lists only measurements beyond
+    a threshold, ranked by the graded excess."""
     out = []
-    for check, rows in (("feature_drift", measured[(measured.measure == "psi") & (measured.feature != "prediction")]),
-                        ("prediction_drift", measured[(measured.measure == "psi") & (measured.feature == "prediction")]),
-                        ("performance_drift", measured[measured.measure == "auc"])):
-        worst = rows.sort_values("value", ascending=check == "performance_drift").head(10) if len(rows) else rows
-        grades = set(rows["grade"])
-        severity = dg.AssetCheckSeverity.ERROR if "fail" in grades else dg.AssetCheckSeverity.WARN
-        table = [{"partition": str(r.event_date)[:10], "feature": r.feature, "value": round(float(r.value), 4), "grade": r.grade,
-                  **({"reference_auc": round(float(r.reference), 4)} if r.reference == r.reference and r.reference is not None else {})}
-                 for r in worst.itertuples()]
-        by_feature = rows[rows.grade != "ok"].groupby("feature").size().sort_values(ascending=False).to_dict() if len(rows) else {}
+    for check in DRIFT_CHECKS:
+        rows = drift.for_check(measured, check)
+        beyond = rows[rows.grade != "ok"]
+        worst = [drift.described(r) for r in beyond.head(10).itertuples()]
+        fields = ("drop", "auc") if check == "performance_drift" else ("excess", "psi")
         thresholds = ({"warn_drop": d["auc_drop_warn"], "fail_drop": d["auc_drop_fail"]} if check == "performance_drift"
-                      else {"warn": d["psi_warn"], "fail": d["psi_fail"]})
+                      else {"warn_excess": d["psi_warn"], "fail_excess": d["psi_fail"]})
+        partitions, in_run = rows.partition.nunique(), beyond[beyond.partition.isin(keys)]
+        reason = (f"none of {len(rows)} measurement(s) of {partitions} scored partition(s) in ml.drift is beyond the "
+                  f"thresholds (this run scored {len(keys)})" if beyond.empty else
+                  f"{len(beyond)} of {len(rows)} measurement(s) beyond the thresholds, in {beyond.partition.nunique()} of "
+                  f"{partitions} scored partition(s) in ml.drift ({len(in_run)} of them in the {len(keys)} partition(s) this run "
+                  "scored); worst: " +
+                  ", ".join(f"{w['feature']} {fields[0]} {w[fields[0]]} on {w['partition']} ({w['grade']})" for w in worst[:3]))
         out.append(dg.AssetCheckResult(
-            check_name=check, passed=grades <= {"ok"}, severity=severity,
-            description=(f"{len(rows)} measurement(s), none beyond the thresholds" if grades <= {"ok"} else
-                         f"beyond the thresholds in {len(rows[rows.grade != 'ok'])} of {len(rows)} measurement(s); worst: " +
-                         ", ".join(f"{t['feature']} {t['value']} on {t['partition']}" for t in table[:3])),
-            metadata={"worst": dg.MetadataValue.json(table), "partitions_beyond_threshold_by_feature": dg.MetadataValue.json(
-                {str(k): int(v) for k, v in by_feature.items()}), "thresholds": dg.MetadataValue.json(thresholds),
-                      "measurements": len(rows)}))
+            check_name=check, passed=beyond.empty,
+            severity=dg.AssetCheckSeverity.ERROR if (beyond.grade == "fail").any() else dg.AssetCheckSeverity.WARN,
+            description=reason,
+            metadata={"worst": dg.MetadataValue.json(worst),
+                      "worst_in_this_run": dg.MetadataValue.json([drift.described(r) for r in in_run.head(10).itertuples()]),
+                      "partitions_beyond_threshold": dg.MetadataValue.json(sorted(beyond.partition.unique().tolist())[:100]),
+                      "partitions_beyond_threshold_by_feature": dg.MetadataValue.json(
+                          {str(k): int(v) for k, v in beyond.groupby("feature").partition.nunique().sort_values(ascending=False).items()}),
+                      "thresholds": dg.MetadataValue.json(thresholds), "measurements": len(rows),
+                      "partitions_scored": int(partitions), "partitions_in_this_run": len(keys)}))
     return out

@@ -4,7 +4,7 @@ import dagster as dg
 
 from contracts.model import Contract
 from orchestration import catalog, partition_metadata, partitions, quality, restatements, schema_checks
-from orchestration.warehouse import SNAPSHOT_PARTITION, Warehouse, ident, table_exists
+from orchestration.warehouse import Warehouse
 
 
 def raw_asset(contract: Contract) -> dg.AssetsDefinition:
@@ -37,21 +37,20 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
         with warehouse.connect() as con:
             rebuilt = partitions.rebuild(con, contract, keys, context.run.run_id)
             accounts = rebuilt.accounts
-            frame, dead, references = _observe(con, contract, keys)
+            observed = quality.observe(con, contract, accounts)  # reads the staged rows rebuild() left in _stage
             accounting_ok, accounting_meta = _verify_accounting(con, contract, accounts)
             restatement_check = restatements.check_result(con, contract, [a.partition for a in accounts], rebuilt.restated)
             schema_results = schema_checks.results(con, contract, keys)
         for a in accounts:
             context.log.debug(f"{contract.table} {a.partition}: delivered {a.delivered}, accepted {a.accepted}, "
                              f"dead-lettered {a.dead_lettered}, superseded {a.superseded}")
-        checks = quality.validate(contract, frame, references, dead)
+        checks = quality.judge(contract, observed)
         checks += schema_results
-        checks.append(dg.AssetCheckResult(check_name=quality.ACCOUNTING, passed=accounting_ok, metadata=accounting_meta))
-        conformance = {r: n for r, n in dead.items() if r.endswith(("_type", "_required"))}
         checks.append(dg.AssetCheckResult(
-            check_name=quality.CONFORMANCE, passed=not conformance, severity=dg.AssetCheckSeverity.WARN,
-            metadata={"dead_lettered_by_rule": dg.MetadataValue.json(conformance),
-                      "dead_lettered_rows": sum(conformance.values())}))
+            check_name=quality.ACCOUNTING, passed=accounting_ok, metadata=accounting_meta,
+            description=(f"delivered = accepted + dead-lettered + superseded holds in each of {len(accounts)} rebuilt partition(s)"
+                         if accounting_ok else f"the recount disagrees in {len(accounting_meta['broken'].value)} partition(s), "
+                         "first " + str(accounting_meta["broken"].value[0]))))
         checks.append(restatement_check)
         restated = {r["partition"]: r for r in rebuilt.restated}
         partition_metadata.record(context, {a.partition: _account_metadata(a, restated.get(a.partition)) for a in accounts})
@@ -68,25 +67,6 @@ def _account_metadata(a: partitions.PartitionAccount, restated: dict | None) -> 
     """One partition's own figures: rows delivered, accepted, dead-lettered, superseded; its bronze files; its restatement."""
     return {"dagster/row_count": a.accepted, "delivered": a.delivered, "dead_lettered": a.dead_lettered,
             "superseded": a.superseded, **partition_metadata.built_from(a.built_from), **restatements.metadata(restated)}
-
-
-def _observe(con, contract: Contract, keys):
-    """The rows this run loaded, dead-letter counts by rule, and the values foreign keys point at."""
-    where = "TRUE" if keys is None else "event_date IN (" + ", ".join("?::DATE" for _ in keys) + ")"
-    params = keys or []
-    frame = con.execute(f"SELECT * EXCLUDE (_source_file, _source_row) FROM {contract.table} WHERE {where}", params).df()
-    dl_where = "partition_date IS NULL" if keys is None else "partition_date IN (" + ", ".join("?::DATE" for _ in keys) + ")"
-    dead = dict(con.execute(
-        f"SELECT rule_id, count(*) FROM ops.dead_letter WHERE source = ? AND status = 'open' AND {dl_where} GROUP BY ALL",
-        [contract.name, *params]).fetchall())
-    references = {}
-    for rule in contract.rules:
-        if rule.kind == "foreign_key":
-            table, column = rule.reference
-            exists = table_exists(con, "raw", table)
-            references[rule.id] = [r[0] for r in con.execute(
-                f"SELECT DISTINCT {ident(column)} FROM raw.{ident(table)}").fetchall()] if exists else []
-    return frame, dead, references
 
 
 # Open contract-rule rejects, and every line the reader rejected (those never become rows).

@@ -22,6 +22,7 @@ from open_data_contract_standard.model import OpenDataContractStandard
 
 from contracts.model import (
     ALLOWED_PHYSICAL,
+    DEFAULT_REJECT_TOLERANCE,
     EVOLUTION_MODES,
     LOGICAL_TO_DUCKDB,
     SEVERITIES,
@@ -126,6 +127,17 @@ def _custom_list(props, name, loc, fail, types) -> list:
         kinds = " or ".join(t.__name__ for t in types)
         fail(loc + ("customProperties", i, "value"), f"{name} must be a list of {kinds}, got {value!r}")
     return value
+
+
+def _tolerance(props, loc, fail) -> float | None:
+    """rejectTolerance: a share of delivered rows, 0 (no row may be rejected) to 1."""
+    i, value = _custom_at(props, "rejectTolerance")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        fail(loc + ("customProperties", i, "value"),
+             f"rejectTolerance must be a share of delivered rows from 0 to 1 (0.01 is 1%), got {value!r}")
+    return float(value)
 
 
 def _duration(value, loc, fail) -> dt.timedelta:
@@ -327,6 +339,7 @@ def _compile(model: OpenDataContractStandard, file: Path, lines: dict) -> Contra
         fail(dedup_loc, f"deduplication {dedup!r}: plumbline implements only winner: latest_delivery")
 
     restatement = _restatement(custom_map("restatement"), columns, fail)
+    tolerance = _tolerance(custom, (), fail)
 
     # ODCS v3.0's deprecated team is a bare list of members; v3.1+ wraps them in a Team object.
     members = model.team if isinstance(model.team, list) else (model.team.members or () if model.team else ())
@@ -350,6 +363,7 @@ def _compile(model: OpenDataContractStandard, file: Path, lines: dict) -> Contra
         schema_evolution=evolution or {},
         sla=sla,
         restatement=restatement,
+        reject_tolerance=DEFAULT_REJECT_TOLERANCE if tolerance is None else tolerance,
     )
 
 
@@ -403,6 +417,7 @@ def _quality_rule(q, column, loc, fail, value_range: tuple | None = None) -> Rul
     if not RULE_ID.match(q.id):
         fail(loc + ("id",), f"rule id {q.id!r} may hold only letters, digits and _ (it names a Dagster asset check)")
     sev = _severity(q.severity or "error", loc + ("severity",), fail)
+    tolerance = _tolerance(q.customProperties, loc, fail)
     if q.type == "custom" and q.engine == VENDOR:
         # plumbline's own rule kind: the range sits once, in logicalTypeOptions, where other ODCS tools read it
         if q.implementation != "range":
@@ -410,25 +425,26 @@ def _quality_rule(q, column, loc, fail, value_range: tuple | None = None) -> Rul
         if column is None or value_range is None:
             fail(loc, "a range rule takes its bounds from the property's logicalTypeOptions: add minimum and/or maximum there")
         lo, hi = value_range
-        return Rule(id=q.id, kind="range", severity=sev, column=column, minimum=lo, maximum=hi,
+        return Rule(id=q.id, kind="range", severity=sev, reject_tolerance=tolerance, column=column, minimum=lo, maximum=hi,
                     description=q.description or f"{column} between {lo} and {hi}")
     args = q.arguments or {}
     metric = q.metric or q.rule
     if metric == "rowCount":
         if q.mustBeGreaterThan is None:
             fail(loc, "rowCount rules take mustBeGreaterThan")
-        return Rule(id=q.id, kind="row_count", severity=sev, threshold=q.mustBeGreaterThan, description=q.description or "")
+        return Rule(id=q.id, kind="row_count", severity=sev, threshold=q.mustBeGreaterThan,
+                    description=q.description or f"more than {q.mustBeGreaterThan:g} rows per partition")
     if column is None:
         fail(loc, f"metric {metric!r} must sit on a property (column), not on the schema")
     if metric in ("nullValues", "missingValues"):
-        return Rule(id=q.id, kind="not_null", severity=sev, column=column, description=q.description or f"{column} is not null")
+        return Rule(id=q.id, kind="not_null", severity=sev, reject_tolerance=tolerance, column=column, description=q.description or f"{column} is not null")
     if metric == "invalidValues":
         if q.mustBe != 0:
             fail(loc, "invalidValues rules take mustBe: 0 (no invalid values allowed)")
         if "validValues" in args:
             if not isinstance(args["validValues"], list):
                 fail(loc + ("arguments", "validValues"), f"validValues must be a list, got {args['validValues']!r}")
-            return Rule(id=q.id, kind="allowed_values", severity=sev, column=column, values=tuple(args["validValues"]),
+            return Rule(id=q.id, kind="allowed_values", severity=sev, reject_tolerance=tolerance, column=column, values=tuple(args["validValues"]),
                         description=q.description or f"{column} in {args['validValues']}")
         if "pattern" in args:
             if not isinstance(args["pattern"], str):
@@ -437,7 +453,7 @@ def _quality_rule(q, column, loc, fail, value_range: tuple | None = None) -> Rul
                 re.compile(args["pattern"])
             except re.error as e:
                 fail(loc + ("arguments", "pattern"), f"not a valid regular expression: {e}")
-            return Rule(id=q.id, kind="pattern", severity=sev, column=column, pattern=args["pattern"],
+            return Rule(id=q.id, kind="pattern", severity=sev, reject_tolerance=tolerance, column=column, pattern=args["pattern"],
                         description=q.description or f"{column} matches {args['pattern']}")
         if "minimum" in args or "maximum" in args:
             lo, hi = args.get("minimum"), args.get("maximum")
@@ -447,7 +463,7 @@ def _quality_rule(q, column, loc, fail, value_range: tuple | None = None) -> Rul
                 fail(loc + ("arguments",), f"arguments minimum {lo}, maximum {hi} disagree with logicalTypeOptions minimum "
                      f"{value_range[0]}, maximum {value_range[1]}; keep the range once, in logicalTypeOptions, "
                      "with a rule 'type: custom, engine: plumbline, implementation: range'")
-            return Rule(id=q.id, kind="range", severity=sev, column=column, minimum=lo, maximum=hi,
+            return Rule(id=q.id, kind="range", severity=sev, reject_tolerance=tolerance, column=column, minimum=lo, maximum=hi,
                         description=q.description or f"{column} between {lo} and {hi}")
         fail(loc + ("arguments",), "invalidValues needs arguments validValues, pattern, or minimum/maximum")
     fail(loc, f"metric {metric!r} is not supported by plumbline; use nullValues, invalidValues or rowCount")

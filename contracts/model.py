@@ -32,6 +32,7 @@ ALLOWED_PHYSICAL = {
 }
 
 SEVERITIES = ("error", "warning", "info")
+DEFAULT_REJECT_TOLERANCE = 0.01  # customProperties.rejectTolerance when a contract does not set it
 EVOLUTION_MODES = ("evolve", "freeze", "discard_row", "discard_value")
 
 
@@ -63,6 +64,7 @@ class Rule:
     reference: tuple[str, str] | None = None  # (source, column) for foreign_key
     threshold: float | None = None  # row_count lower bound (exclusive)
     description: str = ""
+    reject_tolerance: float | None = None  # its own rejectTolerance; None: the contract's (Contract.tolerance)
 
     @property
     def is_row_rule(self) -> bool:
@@ -108,6 +110,7 @@ class Contract:
     schema_evolution: dict = field(default_factory=dict)
     sla: dict = field(default_factory=dict)
     restatement: Restatement = field(default_factory=Restatement)
+    reject_tolerance: float = DEFAULT_REJECT_TOLERANCE  # for rules without their own (customProperties.rejectTolerance)
 
     @property
     def primary_key(self) -> tuple[str, ...]:
@@ -127,6 +130,10 @@ class Contract:
     @property
     def row_rules(self) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.is_row_rule)
+
+    def tolerance(self, rule: Rule) -> float:
+        """The share of a partition's delivered rows `rule` may reject before its check fails."""
+        return self.reject_tolerance if rule.reject_tolerance is None else rule.reject_tolerance
 
     def rejecting_rules(self) -> tuple[Rule, ...]:
         """Row rules whose failure sends the row to the dead-letter queue."""

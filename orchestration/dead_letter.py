@@ -10,6 +10,7 @@ import datetime as dt
 import json
 
 from contracts.model import Contract
+from orchestration import catalog
 from orchestration.readers import Reject
 from orchestration.warehouse import ident, literal
 
@@ -56,7 +57,7 @@ def record_event_date_failures(con, contract: Contract, run_id: str, in_range_sq
                     ELSE {literal(contract.name + '_event_date_in_range')} END, 'bronze',
                CASE WHEN _event_date IS NULL
                     THEN {literal(f"event date from {list(p.event_date)} is not a valid date; fix the values in the source and re-deliver")}
-                    ELSE 'event date ' || _event_date || {literal(f" is outside the partitions [{p.start}, {end}) of {contract.path}")} END,
+                    ELSE 'event date ' || _event_date || {literal(f" is outside the partitions [{p.start}, {end}) of {catalog.shown_path(contract)}")} END,
                'error', json_object({cols}, '_extra', _b._extra::JSON), {literal(contract.version)}, {literal(run_id)},
                now(), now(), 1, 'open'
         FROM _bronze AS _b WHERE _event_date IS NULL OR NOT ({in_range_sql})

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 
 from contracts.model import Contract
+from orchestration import catalog
 from orchestration.dead_letter import COLUMNS
 from orchestration.warehouse import ident, literal
 
@@ -41,7 +42,7 @@ def hold(con, contract: Contract, mark: dt.date, run_id: str, in_range_sql: str)
     days = contract.allowed_lateness.days
     reason = (f"{literal(REASON + ': event date ')} || _event_date || "
               + literal(f" is older than the watermark {mark} (the latest event date loaded minus allowedLateness of "
-                        f"{days} days in {contract.path}); it is held out of {contract.table}. Release it on purpose with: "
+                        f"{days} days in {catalog.shown_path(contract)}); it is held out of {contract.table}. Release it on purpose with: "
                         f"plumbline dlq release --source {contract.name} --partition ")
               + " || _event_date")
     con.execute(

@@ -1,21 +1,30 @@
-"""Contract quality rules run by Great Expectations on what a materialization loaded, reported as
-Dagster asset checks (error rules block downstream; warning and info rules only report).
+"""Contract quality rules as Dagster asset checks, judged by Great Expectations on the rows each
+partition was DELIVERED (typed, before dead-lettering), so a rule stays red when it rejected rows.
 
-Row rules already decided dead-lettering in SQL (orchestration.conform); here Great Expectations
-validates the table that resulted, and each check's metadata carries both: what the table holds
-and how many rows the rule sent to the dead-letter queue.
+A raw rebuild (orchestration.partitions) leaves the typed delivered rows of the partitions it built
+in the temp table `_stage`, with `_failed` naming the error rules each row broke. For each rule:
+
+- passed: no delivered row of the rebuilt partitions breaks it, and the asset holds no open dead
+  letter of it (nor, for row_count, a built partition with too few rows);
+- WARN: rows broke it (error rules dead-lettered them) within the tolerance, or other partitions
+  of the asset still hold its open dead letters: the count, the partitions and example values;
+- ERROR: in a rebuilt partition the rule rejected more than `rejectTolerance` of the delivered
+  rows, or a row that breaks an error rule reached the table. Only error rules block (the spec).
+Warning and info rules never reject a row: broken, they are a WARN with the count.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import dagster as dg
 import pandas as pd
 
 from contracts.model import Contract, Rule
 from orchestration import catalog
+from orchestration.warehouse import SNAPSHOT_PARTITION, ident, literal, table_exists
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
@@ -23,6 +32,7 @@ logging.getLogger("great_expectations").setLevel(logging.ERROR)
 CONFORMANCE = "schema_conformance"  # type and required rules, folded into one check
 ACCOUNTING = "accounting"
 EXAMPLES = 5
+LISTED = 20  # partitions named in a check's metadata
 
 
 def checked_rules(contract: Contract) -> list[Rule]:
@@ -30,21 +40,110 @@ def checked_rules(contract: Contract) -> list[Rule]:
     return [r for r in contract.rules if r.kind not in ("type", "required")]
 
 
+def _rejects(contract: Contract, rule: Rule) -> bool:
+    return rule in contract.rejecting_rules()
+
+
+def _scope(contract: Contract, rule: Rule) -> str:
+    """What a rule's check judges, in words for its description."""
+    if rule.kind == "row_count":
+        return "judged on the accepted rows of every built partition of the asset (ops.partition_accounting)"
+    if _rejects(contract, rule):
+        return (f"judged by Great Expectations on every delivered row of the partitions a run rebuilds, before "
+                f"dead-lettering, and on the asset's open dead letters: WARN when it rejected rows, ERROR when it "
+                f"rejected more than {contract.tolerance(rule):.2%} of a rebuilt partition's rows (rejectTolerance)")
+    return ("judged by Great Expectations on every delivered row of the partitions a run rebuilds; "
+            "it rejects nothing, so rows that break it are loaded and the check is a WARN with their count")
+
+
 def check_specs(contract: Contract, asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
     specs = [
         dg.AssetCheckSpec(ACCOUNTING, asset=asset_key, blocking=True,
-                          description="delivered = accepted + dead-lettered + superseded duplicates, per partition"),
+                          description="delivered = accepted + dead-lettered + superseded duplicates, recounted for "
+                                      "each partition the run rebuilt"),
         dg.AssetCheckSpec(CONFORMANCE, asset=asset_key, blocking=False,
                           description="every delivered value parses as its contract type and required values are present "
-                                      "(failing rows go to ops.dead_letter)"),
+                                      "(failing rows go to ops.dead_letter); judged on the partitions a run rebuilds and "
+                                      "on the asset's open dead letters, ERROR over rejectTolerance"),
     ]
     for r in checked_rules(contract):
         specs.append(dg.AssetCheckSpec(r.id, asset=asset_key, blocking=r.blocks,
-                                       description=f"[{r.severity}] {r.description} ({catalog.shown_path(contract)})"))
+                                       description=f"[{r.severity}] {r.description}; {_scope(contract, r)} ({catalog.shown_path(contract)})"))
     return specs
 
 
-def _expectation(rule: Rule, reference_values: dict):
+@dataclass(frozen=True)
+class Observed:
+    """What the checks judge, read from the warehouse once per materialization."""
+
+    delivered: dict[str, int]                  # rebuilt partition -> delivered rows
+    rejected: dict[str, dict[str, int]]        # rule id -> rebuilt partition -> rows it rejected
+    open_elsewhere: dict[str, dict[str, int]]  # rule id -> other partition -> open dead letters
+    accepted: dict[str, int]                   # every built partition -> accepted rows
+    frame: pd.DataFrame                        # the delivered rows of the rebuilt partitions (_staged)
+    references: dict[str, list | None]         # foreign key rule id -> the values it may point at
+
+
+def observe(con, contract: Contract, accounts) -> Observed:
+    """Read what the checks need right after partitions.rebuild() built `accounts`, while its temp
+    table _stage is still there; judge() then runs without holding the warehouse."""
+    snapshot = contract.partitioning is None
+    keys = [a.partition for a in accounts]
+    rejected: dict[str, dict[str, int]] = {}
+    if accounts:
+        for p, rule, n in con.execute(
+                f"""SELECT p, rule, count(*) FROM (
+                    SELECT {_partition('_event_date', snapshot)} AS p, unnest(string_split(_failed, ',')) AS rule
+                    FROM _stage WHERE _failed <> '') GROUP BY ALL""").fetchall():
+            rejected.setdefault(rule, {})[p] = n
+    elsewhere: dict[str, dict[str, int]] = {}
+    if not snapshot:  # a snapshot is rebuilt whole: no other partition holds dead letters
+        other = "partition_date NOT IN (" + ", ".join(f"{literal(k)}::DATE" for k in keys) + ")" if keys else "TRUE"
+        for rule, p, n in con.execute(
+                f"""SELECT rule_id, strftime(partition_date, '%Y-%m-%d'), count(*) FROM ops.dead_letter
+                WHERE source = ? AND status = 'open' AND stage = 'raw' AND {other} GROUP BY ALL""", [contract.name]).fetchall():
+            elsewhere.setdefault(rule, {})[p] = n
+    accepted = dict(con.execute(
+        "SELECT strftime(partition_date, '%Y-%m-%d'), accepted FROM ops.partition_accounting WHERE source = ?",
+        [contract.name]).fetchall())
+    frame = _staged(con, contract, checked_rules(contract), keys) if keys else pd.DataFrame()
+    return Observed({a.partition: a.delivered for a in accounts}, rejected, elsewhere, accepted, frame,
+                    _references(con, contract))
+
+
+def judge(contract: Contract, seen: Observed) -> list[dg.AssetCheckResult]:
+    """Every contract rule's check (Great Expectations) and schema_conformance."""
+    rules = checked_rules(contract)
+    outcomes = _validate(contract, rules, seen.frame, seen.references, seen.accepted)
+    out = [_result(contract, rule, outcomes.get(rule.id, _Outcome(0, [])), seen, len(seen.frame)) for rule in rules]
+    out.append(_conformance(contract, seen))
+    return out
+
+
+def _partition(column: str, snapshot: bool) -> str:
+    return f"{literal(SNAPSHOT_PARTITION)}" if snapshot else f"strftime({column}, '%Y-%m-%d')"
+
+
+def _staged(con, contract: Contract, rules: list[Rule], keys: list[str]) -> pd.DataFrame:
+    """The delivered rows of the rebuilt partitions, typed: the dead-lettered ones and the accepted ones
+    (a superseded duplicate is represented by the row that won). Only the columns the rules read."""
+    cols = ", ".join(ident(c) for c in sorted({r.column for r in rules if r.column})) or "1 AS _row"
+    where = "TRUE" if contract.partitioning is None else "event_date IN (" + ", ".join(f"{literal(k)}::DATE" for k in keys) + ")"
+    return con.execute(f"SELECT {cols} FROM _stage WHERE _failed <> '' UNION ALL SELECT {cols} FROM {contract.table} WHERE {where}").df()
+
+
+def _references(con, contract: Contract) -> dict[str, list | None]:
+    """rule id -> the values a foreign key may point at (None: the referenced table is not there yet)."""
+    out = {}
+    for rule in contract.rules:
+        if rule.kind == "foreign_key":
+            table, column = rule.reference
+            out[rule.id] = ([r[0] for r in con.execute(f"SELECT DISTINCT {ident(column)} FROM raw.{ident(table)}").fetchall()]
+                            if table_exists(con, "raw", table) else None)
+    return out
+
+
+def _expectation(rule: Rule, references: dict):
     import great_expectations as gx
 
     meta = {"rule_id": rule.id}
@@ -56,50 +155,174 @@ def _expectation(rule: Rule, reference_values: dict):
         return gx.expectations.ExpectColumnValuesToMatchRegex(column=rule.column, regex=rule.pattern, meta=meta)
     if rule.kind == "not_null":
         return gx.expectations.ExpectColumnValuesToNotBeNull(column=rule.column, meta=meta)
-    if rule.kind == "row_count":
-        return gx.expectations.ExpectTableRowCountToBeBetween(min_value=int(rule.threshold) + 1, meta=meta)
+    if rule.kind == "row_count":  # over a frame of one row per built partition
+        return gx.expectations.ExpectColumnValuesToBeBetween(column="accepted", min_value=rule.threshold, strict_min=True, meta=meta)
     if rule.kind == "foreign_key":
-        return gx.expectations.ExpectColumnValuesToBeInSet(column=rule.column, value_set=reference_values.get(rule.id, []), meta=meta)
+        return gx.expectations.ExpectColumnValuesToBeInSet(column=rule.column, value_set=references.get(rule.id) or [], meta=meta)
     raise ValueError(f"no expectation for rule kind {rule.kind}")
 
 
-def validate(contract: Contract, frame: pd.DataFrame, reference_values: dict, dead_lettered: dict[str, int]) -> list[dg.AssetCheckResult]:
-    """Run every checked rule on `frame`; dead_lettered maps rule id -> rows it rejected in this run."""
+@dataclass(frozen=True)
+class _Outcome:
+    unexpected: int                 # rows (row_count: partitions) that break the rule
+    examples: list                  # example values (row_count: the partitions)
+    error: str | None = None        # Great Expectations could not evaluate the rule
+    observed: str | None = None
+
+
+def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, references: dict,
+              accepted: dict[str, int]) -> dict[str, _Outcome]:
+    """Run the rules with Great Expectations: row rules on the staged rows, row_count on one row per partition."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    rules = checked_rules(contract)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    batch = (context.data_sources.add_pandas("plumbline").add_dataframe_asset(contract.name)
-             .add_batch_definition_whole_dataframe("materialized").get_batch(batch_parameters={"dataframe": frame}))
-    suite = gx.ExpectationSuite(name=f"{contract.name}_{contract.version}")
-    for r in rules:
-        suite.add_expectation(_expectation(r, reference_values))
-    suite = context.suites.add(suite)
-    outcome = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES})
-    by_rule = {r.expectation_config.meta["rule_id"]: r for r in outcome.results}
+    source = context.data_sources.add_pandas("plumbline")
+    counts = pd.DataFrame({"partition": list(accepted), "accepted": list(accepted.values())})
+    judged = [r for r in rules if r.kind != "row_count" and not (r.kind == "foreign_key" and references.get(r.id) is None)]
+    batches = [("delivered", frame, judged, None),
+               ("partitions", counts, [r for r in rules if r.kind == "row_count"], ["partition"])]
+    out = {}
+    for name, data, batch_rules, index in batches:
+        if not batch_rules:
+            continue
+        if data.empty:  # nothing delivered or built: nothing breaks the rule
+            out.update({r.id: _Outcome(0, []) for r in batch_rules})
+            continue
+        batch = (source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+                 .get_batch(batch_parameters={"dataframe": data}))
+        suite = context.suites.add(gx.ExpectationSuite(
+            name=f"{contract.name}_{contract.version}_{name}",
+            expectations=[_expectation(r, references) for r in batch_rules]))
+        fmt = ({"result_format": "COMPLETE", "unexpected_index_column_names": index} if index
+               else {"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES})
+        for res in batch.validate(suite, result_format=fmt).results:
+            info = res.result or {}
+            raised = res.exception_info and res.exception_info.get("raised_exception")
+            if index:
+                examples = sorted(str(i["partition"]) for i in info.get("unexpected_index_list") or [])
+            else:
+                examples = [_plain(v) for v in info.get("partial_unexpected_list") or []]
+            out[res.expectation_config.meta["rule_id"]] = _Outcome(
+                int(info.get("unexpected_count") or 0), examples,
+                str(res.exception_info.get("exception_message")) if raised else None,
+                str(info["observed_value"]) if "observed_value" in info else None)
+    return out
 
-    results = []
-    for rule in rules:
-        res = by_rule[rule.id]
-        info = res.result or {}
-        unexpected = int(info.get("unexpected_count") or 0)
-        severity = dg.AssetCheckSeverity.ERROR if rule.severity == "error" else dg.AssetCheckSeverity.WARN
-        examples = [None if pd.isna(v) else (v if isinstance(v, (int, float, str)) else str(v))
-                    for v in info.get("partial_unexpected_list") or []]
-        metadata = {
-            "rule": rule.description,
-            "contract_severity": rule.severity,
-            "rows_checked": len(frame),
-            "unexpected_rows_in_table": unexpected,
-            "dead_lettered_rows": dead_lettered.get(rule.id, 0),
-            "examples": dg.MetadataValue.json(examples),
-            "engine": "great_expectations",
-        }
-        if "observed_value" in info:
-            metadata["observed_value"] = str(info["observed_value"])
-        if res.exception_info and res.exception_info.get("raised_exception"):
-            metadata["error"] = str(res.exception_info.get("exception_message"))
-        results.append(dg.AssetCheckResult(check_name=rule.id, passed=bool(res.success), severity=severity, metadata=metadata))
-    return results
+
+def _plain(v):
+    return None if pd.isna(v) else (v.item() if hasattr(v, "item") else v if isinstance(v, (int, float, str)) else str(v))
+
+
+def _share(n: int, of: int) -> str:
+    if not of:
+        return "n/a"
+    return "<0.01%" if 0 < n / of < 0.0001 else f"{n / of:.2%}"
+
+
+def _listed(parts: dict[str, int]) -> str:
+    names = sorted(parts)
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _result(contract: Contract, rule: Rule, outcome: _Outcome, seen: Observed, rows_checked: int) -> dg.AssetCheckResult:
+    tolerance = contract.tolerance(rule)
+    error_rule = rule.severity == "error"
+    keys = set(seen.delivered)
+    metadata = {"rule": rule.description, "contract_severity": rule.severity, "engine": "great_expectations",
+                "examples": dg.MetadataValue.json(outcome.examples)}
+    if rule.kind == "row_count":
+        in_run = [p for p in outcome.examples if p in keys]
+        elsewhere = {p: seen.accepted[p] for p in outcome.examples if p not in keys}
+        broken = {p: seen.accepted[p] for p in in_run}
+        metadata.update({"partitions_checked": len(seen.accepted), "partitions_breaking": len(outcome.examples)})
+        what = f"more than {rule.threshold:g} accepted rows"
+        if outcome.error:
+            reason = f"could not be evaluated: {outcome.error}"
+        elif broken:
+            reason = f"{len(broken)} rebuilt partition(s) hold no {what}: " + ", ".join(f"{p} ({n})" for p, n in sorted(broken.items())[:3])
+        elif elsewhere:
+            reason = f"{len(elsewhere)} other built partition(s) of the asset hold no {what}: {_listed(elsewhere)}"
+        else:
+            reason = f"every one of {len(seen.accepted)} built partition(s) holds {what}"
+        failed_now = bool(broken) or bool(outcome.error)
+        return _check(rule, passed=not (failed_now or elsewhere), error=error_rule and failed_now, reason=reason, metadata=metadata)
+
+    if rule.kind == "foreign_key" and seen.references.get(rule.id) is None:
+        table = rule.reference[0]
+        reason = f"not judged: raw.{table} is not loaded yet, so no value can be looked up; materialize raw/{table}"
+        return _check(rule, passed=False, error=False, reason=reason, metadata=metadata)
+    rejects = _rejects(contract, rule)
+    rejected = seen.rejected.get(rule.id, {}) if rejects else {}
+    elsewhere = seen.open_elsewhere.get(rule.id, {})
+    over = sorted((p, n, seen.delivered.get(p, 0)) for p, n in rejected.items() if n > tolerance * seen.delivered.get(p, 0))
+    # rows that break the rule and are in the table: by design for warning/info rules, a defect for error rules
+    loaded = max(outcome.unexpected - sum(rejected.values()), 0)
+    metadata.update({
+        "rows_checked": rows_checked, "rows_breaking": outcome.unexpected, "dead_lettered_rows": sum(rejected.values()),
+        "reject_tolerance": tolerance,
+        "over_tolerance": dg.MetadataValue.json([{"partition": p, "rejected": n, "delivered": d, "share": round(n / d, 6) if d else None}
+                                                 for p, n, d in over[:LISTED]]),
+        "open_dead_letters_elsewhere": sum(elsewhere.values()),
+        "partitions_elsewhere": dg.MetadataValue.json(sorted(elsewhere)[:LISTED]),
+    })
+    if outcome.observed is not None:
+        metadata["observed_value"] = outcome.observed
+    parts = []
+    if outcome.error:
+        parts.append(f"could not be evaluated: {outcome.error}")
+    if over:
+        p, n, d = over[0]
+        parts.append(f"rejected {n} of {d} delivered rows ({_share(n, d)}) of {p}, over the tolerance {tolerance:.2%}"
+                     + (f" (and {len(over) - 1} more partition(s))" if len(over) > 1 else ""))
+    elif rejected:
+        parts.append(f"{sum(rejected.values())} delivered row(s) broke it and were dead-lettered, within the tolerance "
+                     f"{tolerance:.2%} ({_listed(rejected)})")
+    if loaded and rejects:
+        parts.append(f"{loaded} row(s) that break it were loaded")
+    elif loaded:
+        parts.append(f"{loaded} of {rows_checked} delivered row(s) break it ({_share(loaded, rows_checked)}); "
+                     f"{rule.severity} rules reject nothing, so they were loaded")
+    if elsewhere:
+        parts.append(f"{sum(elsewhere.values())} open dead letter(s) remain in {len(elsewhere)} other partition(s): {_listed(elsewhere)}")
+    if any(v is not None for v in outcome.examples):  # a not_null rule's examples are all None
+        parts.append(f"e.g. {', '.join(map(repr, outcome.examples[:3]))}")
+    passed = not (outcome.error or rejected or loaded or elsewhere)
+    if passed:
+        parts = [f"none of {rows_checked} delivered row(s) breaks it and no open dead letter of it remains in the asset"]
+    error = rule.severity == "error" and bool(outcome.error or over or loaded)
+    return _check(rule, passed=passed, error=error, reason="; ".join(parts), metadata=metadata)
+
+
+def _check(rule: Rule, *, passed: bool, error: bool, reason: str, metadata: dict) -> dg.AssetCheckResult:
+    severity = dg.AssetCheckSeverity.ERROR if error else dg.AssetCheckSeverity.WARN
+    return dg.AssetCheckResult(check_name=rule.id, passed=passed, severity=severity, description=reason, metadata=metadata)
+
+
+def _conformance(contract: Contract, seen: Observed) -> dg.AssetCheckResult:
+    """Type and required rules, judged in SQL (a value that does not parse has no typed value to validate)."""
+    generated = [r for r in contract.rules if r.kind in ("type", "required")]
+    rejected = {r.id: seen.rejected[r.id] for r in generated if seen.rejected.get(r.id)}
+    elsewhere = {r.id: sum(seen.open_elsewhere[r.id].values()) for r in generated if seen.open_elsewhere.get(r.id)}
+    by_id = {r.id: r for r in generated}
+    over = sorted((rid, p, n, seen.delivered.get(p, 0)) for rid, parts in rejected.items() for p, n in parts.items()
+                  if n > contract.tolerance(by_id[rid]) * seen.delivered.get(p, 0))
+    parts = []
+    if over:
+        rid, p, n, d = over[0]
+        parts.append(f"{rid} rejected {n} of {d} delivered rows ({_share(n, d)}) of {p}, over the tolerance "
+                     f"{contract.tolerance(by_id[rid]):.2%}")
+    if rejected:
+        parts.append(f"{sum(sum(v.values()) for v in rejected.values())} delivered row(s) dead-lettered by "
+                     + ", ".join(f"{rid} ({sum(v.values())})" for rid, v in sorted(rejected.items())))
+    if elsewhere:
+        parts.append(f"{sum(elsewhere.values())} open dead letter(s) of these rules remain in other partitions")
+    reason = "; ".join(parts) or "every delivered value parses as its type and every required value is present"
+    return dg.AssetCheckResult(
+        check_name=CONFORMANCE, passed=not (rejected or elsewhere),
+        severity=dg.AssetCheckSeverity.ERROR if over else dg.AssetCheckSeverity.WARN, description=reason,
+        metadata={"dead_lettered_by_rule": dg.MetadataValue.json({rid: sum(v.values()) for rid, v in rejected.items()}),
+                  "dead_lettered_rows": sum(sum(v.values()) for v in rejected.values()),
+                  "open_dead_letters_elsewhere_by_rule": dg.MetadataValue.json(elsewhere),
+                  "reject_tolerance": contract.reject_tolerance})

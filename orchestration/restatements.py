@@ -90,8 +90,14 @@ def check_result(con, contract: Contract, keys: list[str], restated: list[dict])
         [contract.table]).fetchall())
     too_often = sorted(p for p in keys if counts.get(p, 0) > rs.max_restatements)
     too_large = sorted(r["partition"] for r in restated if largest_change(r) > rs.max_change_percent)
+    problems = ([f"{len(too_often)} partition(s) restated more than {rs.max_restatements} times ({', '.join(too_often[:3])})"]
+                if too_often else [])
+    problems += ([f"{len(too_large)} partition(s) moved more than {rs.max_change_percent:g}% in this restatement "
+                  f"({', '.join(too_large[:3])})"] if too_large else [])
+    reason = "; ".join(problems) or (f"{len(restated)} partition(s) restated by this run, each within "
+                                     f"{rs.max_change_percent:g}% and {rs.max_restatements} restatements")
     return dg.AssetCheckResult(
-        check_name=CHECK, passed=not (too_often or too_large), severity=dg.AssetCheckSeverity.WARN,
+        check_name=CHECK, passed=not (too_often or too_large), severity=dg.AssetCheckSeverity.WARN, description=reason,
         metadata={"restated_in_this_run": len(restated),
                   "restated_too_often": dg.MetadataValue.json(too_often[:50]),
                   "changed_too_much": dg.MetadataValue.json(too_large[:50]),

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from contracts.model import Contract
-from orchestration import dead_letter
+from orchestration import catalog, dead_letter
 from orchestration.schema_changes import PATTERNS, Change, Verdict, contract_type
 from orchestration.warehouse import ident, literal
 
@@ -148,7 +148,7 @@ def contract_line(contract: Contract, change: Change | None) -> str:
             loc = ("customProperties", i, "value")
     while loc not in lines and loc:
         loc = loc[:-1]
-    return f"{contract.path}:{lines.get(loc, 1)}"
+    return f"{catalog.shown_path(contract)}:{lines.get(loc, 1)}"
 
 
 def _custom_at_dicts(props, name):

@@ -427,3 +427,42 @@ def test_generated_rules_have_documented_ids():
     assert rules["flights_carrier_in_airlines"].severity == "warning"
     assert rules["flights_tailnum_in_planes"].severity == "info"
     assert {r.id for r in contract.rejecting_rules()} == {r.id for r in contract.row_rules if r.severity == "error"}
+
+
+def test_reject_tolerance_is_read_for_the_contract_and_per_rule(tmp_path):
+    d = base()
+    d["customProperties"].append({"property": "rejectTolerance", "vendor": "plumbline", "value": 0.002})
+    i, p = prop(d, "dep_delay")
+    p["quality"][0]["customProperties"] = [{"property": "rejectTolerance", "vendor": "plumbline", "value": 0.05}]
+    file = tmp_path / "flights.yaml"
+    file.write_text(yaml.safe_dump(d, sort_keys=False))
+    contract = load_contract(file)
+    rules = {r.id: r for r in contract.rules}
+    assert contract.reject_tolerance == 0.002
+    assert contract.tolerance(rules["flights_dep_delay_range"]) == 0.05
+    assert contract.tolerance(rules["flights_arr_delay_range"]) == 0.002
+    assert contract.tolerance(rules["flights_year_type"]) == 0.002
+    shipped = load_contracts()["flights"]
+    assert shipped.tolerance(next(r for r in shipped.rules if r.id == "flights_dep_delay_range")) == 0.01, "the default"
+
+
+def _tolerance_above_one(d):
+    d["customProperties"].append({"property": "rejectTolerance", "vendor": "plumbline", "value": 1.5})
+    return f"customProperties[{len(d['customProperties']) - 1}].value", "value: 1.5"
+
+
+def _rule_tolerance_as_text(d):
+    i, p = prop(d, "dep_delay")
+    p["quality"][0]["customProperties"] = [{"property": "rejectTolerance", "vendor": "plumbline", "value": "1%"}]
+    return f"schema[0].properties[{i}].quality[0].customProperties[0].value", "value: 1%"
+
+
+@pytest.mark.parametrize("mutate", [_tolerance_above_one, _rule_tolerance_as_text], ids=["above_one", "text"])
+def test_a_bad_reject_tolerance_is_refused_naming_file_line_and_value(tmp_path, mutate):
+    d = base()
+    path, token = mutate(d)
+    file = tmp_path / "flights.yaml"
+    file.write_text(yaml.safe_dump(d, sort_keys=False, allow_unicode=True))
+    with pytest.raises(ContractError) as info:
+        load_contract(file)
+    assert_names_everything(info.value, file, path, token, "rejectTolerance must be a share of delivered rows from 0 to 1")

@@ -307,7 +307,7 @@ def test_a_shifted_feature_distribution_trips_the_drift_check_and_names_the_feat
     ordinary = run_job("score_flights", day, day)
     assert ordinary.success
     (feature_check,) = check_results(ordinary, "feature_drift")
-    baseline_worst = {w["feature"] for w in feature_check.metadata["worst"].value if w["grade"] != "ok"}
+    baseline_worst = {w["feature"] for w in feature_check.metadata["worst_in_this_run"].value}
     assert "temp" not in baseline_worst and "dewp" not in baseline_worst
     # the weather source switched to Celsius for that day
     with Warehouse().connect() as con:
@@ -315,10 +315,31 @@ def test_a_shifted_feature_distribution_trips_the_drift_check_and_names_the_feat
     shifted = run_job("score_flights", day, day)
     (check,) = check_results(shifted, "feature_drift")
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
-    worst = check.metadata["worst"].value
-    assert {w["feature"] for w in worst[:2]} == {"temp", "dewp"} and all(w["partition"] == day for w in worst[:2])
+    in_run = check.metadata["worst_in_this_run"].value
+    assert all(w["partition"] == day for w in in_run)
+    assert next(w for w in in_run if w["feature"] == "temp")["grade"] == "fail", "the shifted feature is named"
     graded = dict(query("SELECT feature, grade FROM ml.drift WHERE event_date = ?::DATE AND measure = 'psi'", [day]))
     assert graded["temp"] == "fail" and graded["carrier"] == "ok"
+
+    # fields are named for what they hold, only graded measurements are "worst", ranked by the graded excess
+    worst = check.metadata["worst"].value
+    for listed in (worst, in_run):
+        assert listed and all(w["grade"] != "ok" for w in listed)
+        assert all(set(w) >= {"psi", "typical_training_day_psi", "excess"} and "reference_auc" not in w for w in listed)
+        assert all(w["excess"] == pytest.approx(w["psi"] - w["typical_training_day_psi"], abs=1e-3) for w in listed)
+        assert [w["excess"] for w in listed] == sorted((w["excess"] for w in listed), reverse=True)
+
+    # scoring another, ordinary day does not hide the drifted one: the check grades every scored partition
+    later = run_job("score_flights", "2013-12-11", "2013-12-11")
+    (after,) = check_results(later, "feature_drift")
+    assert not after.passed and after.severity == dg.AssetCheckSeverity.ERROR
+    assert day in after.metadata["partitions_beyond_threshold"].value
+    assert all(w["partition"] == "2013-12-11" for w in after.metadata["worst_in_this_run"].value)
+    assert after.metadata["partitions_scored"].value == len(config.load().window("test").days())
+    for name in ("prediction_drift", "performance_drift"):
+        (other,) = check_results(later, name)
+        assert other.description, name
+        assert all(w["grade"] != "ok" for w in other.metadata["worst"].value), name
 
 
 # --- configuration ---------------------------------------------------------------------------------

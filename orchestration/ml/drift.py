@@ -89,3 +89,37 @@ def stability(ref: dict, df: pd.DataFrame, predictions: np.ndarray) -> dict[str,
 
 def grade(value: float, warn: float, fail: float) -> str:
     return "fail" if value >= fail else "warn" if value >= warn else "ok"
+
+
+# ml.drift holds both kinds of measurement in (value, reference): name them for what they are.
+CHECKS = {
+    "feature_drift": "psi",        # PSI of a feature against the training reference
+    "prediction_drift": "psi",     # PSI of the predicted probability
+    "performance_drift": "auc",    # the partition's AUC against the version's test-window AUC
+}
+
+
+def scored(con) -> pd.DataFrame:
+    """Every scored partition's measurements in ml.drift: the asset as it stands, not one run."""
+    return con.execute("SELECT strftime(event_date, '%Y-%m-%d') AS partition, model_version, measure, feature, value, "
+                       "reference, grade FROM ml.drift ORDER BY event_date, measure, feature").df()
+
+
+def for_check(measured: pd.DataFrame, check: str) -> pd.DataFrame:
+    """The measurements one drift check grades, with the graded excess (what the thresholds apply to)."""
+    rows = measured[measured.measure == CHECKS[check]]
+    if check != "performance_drift":
+        rows = rows[(rows.feature == "prediction") == (check == "prediction_drift")]
+    # PSI is graded on its excess over a typical training day; AUC on its drop below the reference
+    excess = rows.value - rows.reference if CHECKS[check] == "psi" else rows.reference - rows.value
+    return rows.assign(excess=excess).sort_values(["excess", "partition", "feature"], ascending=[False, True, True])
+
+
+def described(r) -> dict:
+    """One measurement as the check's metadata shows it, fields named for what they hold."""
+    common = {"partition": r.partition, "feature": r.feature, "grade": r.grade, "model_version": r.model_version}
+    if r.measure == "auc":
+        return {**common, "auc": round(float(r.value), 4), "reference_auc": round(float(r.reference), 4),
+                "drop": round(float(r.excess), 4)}
+    return {**common, "psi": round(float(r.value), 4), "typical_training_day_psi": round(float(r.reference), 4),
+            "excess": round(float(r.excess), 4)}
