@@ -38,7 +38,8 @@ def summary_text(warehouse: Warehouse | None = None) -> str:
             "SELECT path, status, reason FROM ops.landed_files WHERE status NOT IN ('loaded') OR reason IS NOT NULL ORDER BY path").fetchall()
         noted = [p for p in problems if p[1] == "loaded"]
         for path, status, reason in [p for p in problems if p[1] != "loaded"] + noted[:NOTED]:
-            lines.append(f"    {status}: {path}: {reason}")
+            shown = reason if (reason or "").startswith(path) else f"{path}: {reason}"  # unreadable reasons name their file
+            lines.append(f"    {status}: {shown}")
         if len(noted) > NOTED:  # a schema change accepted by the contract is noted on every delivery carrying it
             lines.append(f"    ... and {len(noted) - NOTED} more loaded file(s) with notes (ops.landed_files.reason)")
         lines.append("")
