@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -121,6 +123,7 @@ def test_starting_the_ui_on_a_synced_home_launches_nothing_until_a_file_lands(sy
     day = NEW_DAY.isoformat()
     target = home / "landing" / "flights" / f"flights_{NEW_DAY + dt.timedelta(days=1):%Y%m%d}T0600Z.csv"
     write_day(target, NEW_DAY)
+    os.utime(target, (time.time() - 60, time.time() - 60))  # written a minute ago: settled
     landed = evaluate_every_sensor(inst, cursors)
     assert list(requested(landed)) == ["landing_sensor"] and len(landed["landing_sensor"].run_requests) == 1
     runner = Runner(dagster_instance=inst, **QUIET)

@@ -137,7 +137,7 @@ def drift_fault(manifest, kind):
 @pytest.mark.parametrize("kind,expect", [
     ("renamed_column", ["column_removed tailnum", "rename_suggested tailnum: 'tail_number' has the value profile",
                         "add 'tail_number' to its sourceNames"]),
-    ("added_column", ["column_added terminal"]),
+    ("added_column", ["column_added: 2 delivered columns the contract does not name: ['tail_number', 'terminal']"]),
     ("timezone_changed", ["timezone_changed time_hour: offset-aware to naive; contract expects timestamptz", "(breaking)"]),
     ("primary_key_changed", ["primary_key_changed: declared key", "3 rows repeat a key"]),
     ("type_changed", ["type_changed wind_gust: number -> string; contract expects number"]),
