@@ -5,7 +5,8 @@ from collections import Counter
 import dagster as dg
 
 from contracts.model import Contract
-from orchestration import bronze, catalog, settings
+from orchestration.ingest import bronze
+from orchestration import catalog, settings
 from orchestration.warehouse import Warehouse
 
 

@@ -2,7 +2,8 @@
 
 import dagster as dg
 
-from orchestration import catalog, partition_metadata, partitions
+from orchestration import catalog
+from orchestration.rebuild import partition_metadata, partitions
 from orchestration.warehouse import Warehouse
 
 ON_TIME_MINUTES = 15

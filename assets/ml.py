@@ -8,7 +8,8 @@ $PLUMBLINE_ML_CONFIG.
 import dagster as dg
 
 from assets import core
-from orchestration import catalog, partition_metadata, partitions
+from orchestration import catalog
+from orchestration.rebuild import partition_metadata, partitions
 from orchestration.ml import config, drift, evaluation, features, registry, scoring, training
 from orchestration.ml import training_set as split
 from orchestration.warehouse import Warehouse, literal

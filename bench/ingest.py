@@ -169,7 +169,7 @@ def child_bare(work: Path) -> dict:
 
 def child_bronze(work: Path) -> dict:
     from contracts.loader import load_contracts
-    from orchestration import bronze
+    from orchestration.ingest import bronze
     from orchestration.warehouse import Warehouse
 
     c = load_contracts()["flights"]
@@ -180,7 +180,7 @@ def child_bronze(work: Path) -> dict:
 
 def child_bronze_nodetect(work: Path) -> dict:
     """bronze with schema-change detection switched off: the baseline for its cost."""
-    from orchestration import schema_changes
+    from orchestration.ingest import schema_changes
 
     schema_changes.examine = lambda con, contract, table, delivered, *rest: schema_changes.Verdict(delivered, "-", [])
     schema_changes.record_version = lambda *args, **kwargs: None
@@ -189,7 +189,7 @@ def child_bronze_nodetect(work: Path) -> dict:
 
 def child_raw(work: Path) -> dict:
     from contracts.loader import load_contracts
-    from orchestration import partitions
+    from orchestration.rebuild import partitions
     from orchestration.warehouse import Warehouse
 
     c = load_contracts()["flights"]

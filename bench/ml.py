@@ -195,7 +195,7 @@ def child_bare(step: str, work: Path) -> dict:
 # Where plumbline's time goes inside a step: these functions are wrapped with a clock (module, attribute,
 # label); what is left is Dagster (run, steps, event log) and the rest of the asset code.
 CLOCKED = {
-    "features": [("orchestration.partitions", "replace_partitions", "feature SQL (delete + insert, one transaction)")],
+    "features": [("orchestration.rebuild.partitions", "replace_partitions", "feature SQL (delete + insert, one transaction)")],
     "training": [("orchestration.ml.training_set", "build", "training set SQL + provenance hashes"),
                  ("orchestration.ml.model", "frame", "frames from DuckDB"), ("orchestration.ml.model", "fit", "sklearn fit"),
                  ("orchestration.ml.model", "predict", "predict train + validation"),
@@ -209,7 +209,7 @@ CLOCKED = {
               ("orchestration.ml.registry", "reference", "drift reference from MLflow"),
               ("orchestration.ml.model", "frame", "frame from DuckDB"), ("orchestration.ml.model", "predict", "predict"),
               ("orchestration.ml.scoring", "measure", "drift (PSI per feature and day, daily AUC)"),
-              ("orchestration.partitions", "replace_partitions", "writes (predictions, ml.drift)"),
+              ("orchestration.rebuild.partitions", "replace_partitions", "writes (predictions, ml.drift)"),
               ("assets.ml", "drift_results", "drift check results")],
 }
 EVERY_STEP = [("orchestration.lineage", "emit_run", "OpenLineage events of the run")]
@@ -240,7 +240,7 @@ def child_plumbline(step: str, work: Path) -> dict:
     from assets import ml
     from orchestration import definitions
     from orchestration.ml import config
-    from orchestration.sync import RANGE_END, RANGE_START, Runner
+    from orchestration.ops.sync import RANGE_END, RANGE_START, Runner
     from orchestration.warehouse import Warehouse
 
     cfg = config.load()

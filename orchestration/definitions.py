@@ -9,9 +9,10 @@ from assets.core import core_flights
 from assets.marts import carrier_daily
 from assets import ml
 from assets.raw import raw_asset
-from orchestration import catalog, sensors
-from orchestration.lineage.sensors import sensors as lineage_sensors
-from orchestration.ml import sensors as ml_sensors
+from orchestration import catalog
+from orchestration.automation import sensors
+from orchestration.automation.lineage_sensors import sensors as lineage_sensors
+from orchestration.automation import ml_sensors
 from orchestration.warehouse import Warehouse
 
 CONTRACTS = catalog.contracts()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestration.cli import main
+from orchestration.ops.cli import main
 
 
 @pytest.mark.parametrize("args, message", [

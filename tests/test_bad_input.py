@@ -19,7 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from contracts.loader import load_contracts
-from orchestration import bronze, partitions, readers, settings
+from orchestration.ingest import bronze, readers
+from orchestration.rebuild import partitions
+from orchestration import settings
 
 INT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
                "arr_delay", "flight", "air_time", "distance", "hour", "minute"]

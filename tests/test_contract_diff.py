@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from contracts.loader import CONTRACTS_DIR, load_contract
-from orchestration.cli import main
-from orchestration.contract_diff import diff
+from orchestration.ops.cli import main
+from contracts.diff import diff
 
 
 def prop(doc, name):

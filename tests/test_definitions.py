@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from contracts.loader import load_contracts
-from orchestration import quality
+from orchestration.quality import checks as quality_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the project venv's bin: dg, dagster and dagster-cloud sit beside python
@@ -158,9 +158,9 @@ def test_raw_assets_get_an_asset_check_per_rule_blocking_on_error(defs):
     for name, contract in load_contracts().items():
         key = dg.AssetKey(["raw", name])
         checks = {k.name: graph.get_check_spec(k) for k in graph.asset_check_keys if k.asset_key == key}
-        assert checks[quality.ACCOUNTING].blocking
-        assert quality.CONFORMANCE in checks
-        for rule in quality.checked_rules(contract):
+        assert checks[quality_checks.ACCOUNTING].blocking
+        assert quality_checks.CONFORMANCE in checks
+        for rule in quality_checks.checked_rules(contract):
             assert checks[rule.id].blocking is (rule.severity == "error"), rule.id
 
 

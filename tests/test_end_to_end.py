@@ -12,9 +12,9 @@ import pytest
 
 from contracts.loader import load_contracts
 from openlineage_validation import asset_graph_edges, data_edges, errors, read_events, rebuilt_edges
-from orchestration.feed import write_feed
-from orchestration import replay
-from orchestration.sync import Runner, instance, sync
+from orchestration.demo.feed import write_feed
+from orchestration.ops import replay
+from orchestration.ops.sync import Runner, instance, sync
 from orchestration.warehouse import Warehouse
 
 FLIGHT_KEY = ["year", "month", "day", "carrier", "flight", "origin"]
@@ -207,7 +207,7 @@ def test_core_flights_times_are_utc_and_arrivals_roll_over(demo_home):
 
 def test_idempotent_sync_and_rematerialization(demo_home):
     from orchestration import definitions
-    from orchestration.sync import RANGE_END, RANGE_START, RUN_CONFIG, instance
+    from orchestration.ops.sync import RANGE_END, RANGE_START, RUN_CONFIG, instance
 
     before = all_hashes()
     report = sync(say=lambda *_: None)
@@ -278,7 +278,7 @@ def test_cli_shows_what_was_rejected_and_why(demo_home):
     env = {**os.environ, "PLUMBLINE_HOME": str(home)}
 
     def cli(*args):
-        done = subprocess.run([sys.executable, "-m", "orchestration.cli", *args], env=env, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "orchestration.ops.cli", *args], env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -289,7 +289,7 @@ def test_cli_shows_what_was_rejected_and_why(demo_home):
     assert json.loads(shown[0]["payload"])["dep_delay"].endswith("x"), "the payload keeps the delivered text"
     summary = cli("summary")
     assert "unreadable" in summary and "flights_event_date_valid" in summary and "MISMATCH" not in summary
-    bad = subprocess.run([sys.executable, "-m", "orchestration.cli", "dlq", "list", "--partition", "2013-02-30"],
+    bad = subprocess.run([sys.executable, "-m", "orchestration.ops.cli", "dlq", "list", "--partition", "2013-02-30"],
                          env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "not a date like" in bad.stderr
 

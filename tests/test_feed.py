@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestration.feed import DRIFT_DATE, REPEATED_ROWS, write_feed
+from orchestration.demo.feed import DRIFT_DATE, REPEATED_ROWS, write_feed
 
 KEYS = {
     "flights": ("year", "month", "day", "carrier", "flight", "origin"),

@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from orchestration import definitions
-from orchestration.feed import write_feed
+from orchestration.demo.feed import write_feed
 from orchestration.ml import config
-from orchestration.sync import RANGE_END, RANGE_START, Runner, instance, sync
+from orchestration.ops.sync import RANGE_END, RANGE_START, Runner, instance, sync
 
 REPO = Path(__file__).resolve().parents[1]
 PLUMBLINE = Path(sys.executable).parent / "plumbline"

@@ -21,7 +21,8 @@ from test_bad_input import (TEN_MB, assert_accounting_balances, assert_good_day_
                             day_rows, dead_rows, file_name, ingest, jsonl_bytes, landed_row, landing, parquet_bytes,
                             raw_count, records, rel, write_good)
 
-from orchestration import bronze, dead_letter
+from orchestration.ingest import bronze
+from orchestration.quality import dead_letter
 
 
 # ---------------------------------------------------------------------------- 1. columns that differ only in case
@@ -118,7 +119,7 @@ def test_a_corrected_file_redelivered_under_the_same_name_wins(plumbline_home, w
     # Re-syncing and rebuilding again never changes the winner.
     again, _ = ingest(warehouse_con, contract, "run-3")
     assert again == {}
-    from orchestration import partitions
+    from orchestration.rebuild import partitions
     partitions.rebuild(warehouse_con, contract, ["2013-01-03"], "run-4")
     assert _arr_delays(warehouse_con) == want
 
@@ -319,7 +320,7 @@ def test_lines_rejected_at_read_count_in_their_partition(plumbline_home, warehou
     ok, meta = _verify_accounting(warehouse_con, contract, list(accounts.values()))
     assert ok, meta
     # Rebuilding is stable: the files that only gave a partition a rejected line count in its built_from.
-    from orchestration import partitions
+    from orchestration.rebuild import partitions
     assert partitions.stale_partitions(warehouse_con, contract) == []
 
 
@@ -342,7 +343,7 @@ def test_an_oversized_value_is_shortened_in_the_reason_and_kept_whole_in_the_pay
 
 
 def test_the_landing_sensor_waits_for_a_file_to_settle(plumbline_home, monkeypatch):
-    from orchestration import sensors
+    from orchestration.automation import sensors
 
     monkeypatch.setenv("PLUMBLINE_SETTLE_SECONDS", "60")
     path = landing(plumbline_home) / file_name(1, 3, "csv")
@@ -359,7 +360,7 @@ def test_a_snapshot_counts_its_rejected_lines(plumbline_home, warehouse_con):
 
     from assets.raw import _verify_accounting
     from contracts.loader import load_contracts
-    from orchestration import partitions
+    from orchestration.rebuild import partitions
 
     airlines = load_contracts()["airlines"]
     root = plumbline_home / "landing" / "airlines"

@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 
 from contracts.loader import load_contracts
-from orchestration import bronze, partitions
-from orchestration.sync import Runner, instance, sync
+from orchestration.ingest import bronze
+from orchestration.rebuild import partitions
+from orchestration.ops.sync import Runner, instance, sync
 from orchestration.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def test_late_delivery_inside_the_window_restates_exactly_the_touched_partitions
 
 
 def test_late_rows_beyond_the_window_are_held_then_released_by_command(plumbline_home, dagster_env):
-    from orchestration.cli import main
+    from orchestration.ops.cli import main
 
     jan2, feb15, feb20 = day_rows(1, 2), day_rows(2, 15), day_rows(2, 20)
     deliver(plumbline_home, "flights_20130102T0600Z.csv", jan2.head(30))
@@ -160,7 +161,7 @@ def test_dlq_replay_after_a_contract_fix_resolves_what_now_passes(plumbline_home
     assert old in text
     (fixed / "flights.yaml").write_text(text.replace(old, old.replace("maximum: 1800", "maximum: 2000")))
     env = {**os.environ, "PLUMBLINE_CONTRACTS": str(fixed)}
-    out = subprocess.run([sys.executable, "-m", "orchestration.cli", "dlq", "replay", "--rule", "flights_dep_delay_range"],
+    out = subprocess.run([sys.executable, "-m", "orchestration.ops.cli", "dlq", "replay", "--rule", "flights_dep_delay_range"],
                          env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "flights: 3 resolved, 1 still failing" in out.stdout
@@ -178,7 +179,7 @@ def test_dlq_replay_after_a_contract_fix_resolves_what_now_passes(plumbline_home
 CRASHING_REBUILD = textwrap.dedent("""
     import os, signal, sys
     from contracts.loader import load_contracts
-    from orchestration import partitions
+    from orchestration.rebuild import partitions
     from orchestration.warehouse import Warehouse
 
     kill_at, calls = int(sys.argv[1]), 0
@@ -253,7 +254,7 @@ def test_a_crash_at_any_step_of_a_partition_replacement_leaves_the_old_partition
         assert after["raw.flights"] == new["raw.flights"] and after["ops.partition_accounting"] == new["ops.partition_accounting"]
 
 
-CONCURRENT_RUN = "from orchestration.sync import Runner; import sys; sys.exit(0 if Runner().rematerialize('flights', ['2013-01-02', '2013-01-03']) else 1)"
+CONCURRENT_RUN = "from orchestration.ops.sync import Runner; import sys; sys.exit(0 if Runner().rematerialize('flights', ['2013-01-02', '2013-01-03']) else 1)"
 
 
 def test_two_concurrent_materializations_of_a_partition_leave_one_copy_of_each_row(plumbline_home, dagster_home_dir):

@@ -17,9 +17,10 @@ import pytest
 from openlineage.client.serde import Serde
 
 from openlineage_validation import asset_graph_edges, data_edges, errors, read_events, rebuilt_edges
-from orchestration import catalog, lineage, sync
+from orchestration import catalog, lineage
+from orchestration.ops import sync
 from orchestration.definitions import defs
-from orchestration.feed import write_feed
+from orchestration.demo.feed import write_feed
 from orchestration.lineage import datasets, events, spool
 from orchestration.warehouse import Warehouse
 
@@ -309,7 +310,7 @@ def test_http_receiver_gets_every_event_in_order_exactly_once_across_an_outage(t
 def test_run_status_sensor_emits_for_runs_dagster_launched(lineage_home):
     """Runs from the UI, schedules, sensors and backfills reach lineage through the run-status sensor."""
     home, inst, _ = lineage_home
-    from orchestration.lineage.sensors import sensors
+    from orchestration.automation.lineage_sensors import sensors
 
     sensor = next(s for s in sensors if s.name == "lineage_on_success")
     result = defs.resolve_job_def("refresh_snapshots").execute_in_process(instance=inst, raise_on_error=False)

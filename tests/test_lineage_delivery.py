@@ -26,7 +26,8 @@ from openlineage.client.facet_v2 import parent_run
 from openlineage.client.serde import Serde
 
 from openlineage_validation import errors, read_events
-from orchestration import catalog, lineage, sync
+from orchestration import catalog, lineage
+from orchestration.ops import sync
 from orchestration.definitions import defs
 from orchestration.lineage import events, spool, typed
 from orchestration.warehouse import Warehouse

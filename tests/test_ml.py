@@ -18,10 +18,11 @@ import pytest
 import yaml
 
 from contracts.loader import load_contracts
-from orchestration import cli, partitions
-from orchestration.feed import write_feed
+from orchestration.ops import cli
+from orchestration.rebuild import partitions
+from orchestration.demo.feed import write_feed
 from orchestration.ml import config, features, oncall, registry, training
-from orchestration.sync import RANGE_END, RANGE_START, RUN_CONFIG, instance, sync
+from orchestration.ops.sync import RANGE_END, RANGE_START, RUN_CONFIG, instance, sync
 from orchestration.warehouse import Warehouse
 
 QUIET = dict(say=lambda *_: None)
@@ -117,7 +118,7 @@ def test_sync_ends_with_a_champion_predictions_for_the_test_window_and_metrics_a
     carriers = query("SELECT count(DISTINCT scope) FROM ml.model_evaluation WHERE scope <> 'overall' AND model = 'challenger'")
     assert carriers[0][0] >= 10, "metrics per carrier"
 
-    from orchestration.summary import summary_text
+    from orchestration.ops.summary import summary_text
 
     text = summary_text()
     assert f"champion v{champion}" in text and "baseline (on-time share)" in text

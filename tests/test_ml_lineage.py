@@ -17,11 +17,11 @@ from openlineage.client.serde import Serde
 
 from assets import ml
 from openlineage_validation import asset_graph_edges, errors, read_events, rebuilt_edges
-from orchestration import sync as sync_module
+from orchestration.ops import sync as sync_module
 from orchestration.definitions import TRAIN_JOB, defs
-from orchestration.feed import write_feed
+from orchestration.demo.feed import write_feed
 from orchestration.lineage import datasets, events
-from orchestration.sync import sync
+from orchestration.ops.sync import sync
 
 MODEL_NAME = ml.CFG.model_name
 VERSION_NAME = re.compile(rf"^models/{re.escape(MODEL_NAME)}/versions/(\d+)$")

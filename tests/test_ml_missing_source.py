@@ -10,9 +10,9 @@ import dagster as dg
 import pytest
 import yaml
 
-from orchestration.feed import write_feed
+from orchestration.demo.feed import write_feed
 from orchestration.ml import config, features, registry
-from orchestration.sync import instance, sync
+from orchestration.ops.sync import instance, sync
 
 WEATHER = ["temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib"]
 

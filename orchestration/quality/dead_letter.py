@@ -11,7 +11,7 @@ import json
 
 from contracts.model import Contract
 from orchestration import catalog
-from orchestration.readers import Reject
+from orchestration.ingest.readers import Reject
 from orchestration.warehouse import ident, literal
 
 COLUMNS = ("source, partition_date, file_id, file_path, row_offset, rule_id, stage, reason, severity, payload, "

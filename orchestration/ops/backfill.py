@@ -119,7 +119,7 @@ def only_failed(p: Plan, failed: dict[dg.AssetKey, set[str]]) -> Plan:
 
 
 def ranges(keys: list[str]) -> list[tuple[str, str]]:
-    from orchestration.sync import contiguous_ranges
+    from orchestration.ops.sync import contiguous_ranges
 
     return contiguous_ranges(keys)
 
@@ -188,7 +188,7 @@ class Server:
 
 
 def ranges_between(start: str, end: str) -> list[str]:
-    from orchestration.partitions import partition_range
+    from orchestration.rebuild.partitions import partition_range
 
     return partition_range(start, end)
 
@@ -206,7 +206,7 @@ def failed_in_instance(instance: dg.DagsterInstance, defs: dg.Definitions, keys:
 def run_in_process(runner, defs, p: Plan) -> bool:
     """One run per contiguous range of each partitioned job that holds the selected assets."""
     from orchestration import definitions
-    from orchestration.sync import RANGE_END, RANGE_START
+    from orchestration.ops.sync import RANGE_END, RANGE_START
 
     ok = True
     todo: dict[str, tuple[list[dg.AssetKey], set[str]]] = {}

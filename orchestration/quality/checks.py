@@ -1,7 +1,7 @@
 """Contract quality rules as Dagster asset checks, judged by Great Expectations on the rows each
 partition was DELIVERED (typed, before dead-lettering), so a rule stays red when it rejected rows.
 
-A raw rebuild (orchestration.partitions) leaves the typed delivered rows of the partitions it built
+A raw rebuild (orchestration.rebuild.partitions) leaves the typed delivered rows of the partitions it built
 in the temp table `_stage`, with `_failed` naming the error rules each row broke. For each rule:
 
 - passed: no delivered row of the rebuilt partitions breaks it, and the asset holds no open dead

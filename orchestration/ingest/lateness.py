@@ -13,7 +13,7 @@ import json
 
 from contracts.model import Contract
 from orchestration import catalog
-from orchestration.dead_letter import COLUMNS
+from orchestration.quality.dead_letter import COLUMNS
 from orchestration.warehouse import ident, literal
 
 REASON = "late beyond allowed lateness"

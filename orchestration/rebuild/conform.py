@@ -11,7 +11,7 @@ Names are validated identifiers (contracts.loader) and are quoted; values are SQ
 from __future__ import annotations
 
 from contracts.model import Column, Contract, Rule
-from orchestration.dead_letter import SHOWN_VALUE_CHARS
+from orchestration.quality.dead_letter import SHOWN_VALUE_CHARS
 from orchestration.warehouse import ident, literal
 
 NUMERIC = {"integer", "number"}

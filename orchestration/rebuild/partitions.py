@@ -16,8 +16,11 @@ import json
 from dataclasses import dataclass
 
 from contracts.model import Contract
-from orchestration import dead_letter, lateness, restatements, settings
-from orchestration.conform import stage_select
+from orchestration.quality import dead_letter
+from orchestration.ingest import lateness
+from orchestration.rebuild import restatements
+from orchestration import settings
+from orchestration.rebuild.conform import stage_select
 from orchestration.warehouse import SNAPSHOT_PARTITION, ident, literal
 
 @dataclass(frozen=True)

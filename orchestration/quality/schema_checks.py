@@ -9,7 +9,8 @@ import json
 import dagster as dg
 
 from contracts.model import Contract
-from orchestration import partitions, schema_changes
+from orchestration.rebuild import partitions
+from orchestration.ingest import schema_changes
 from orchestration.warehouse import SNAPSHOT_PARTITION
 
 QUARANTINE = "schema_changes"

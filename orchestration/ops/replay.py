@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestration import lateness
+from orchestration.ingest import lateness
 from orchestration.warehouse import Warehouse
 
 

@@ -1,6 +1,6 @@
 """Read one delivery, whatever its format, into a DuckDB temp table of text columns.
 
-Every value stays text here: casting is the contract's job (orchestration.conform), so a bad value
+Every value stays text here: casting is the contract's job (orchestration.rebuild.conform), so a bad value
 becomes a dead-letter row with its rule instead of a reader crash. Each row keeps `_row_offset`,
 its 0-based position among the file's data rows.
 
@@ -27,7 +27,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestration.landing import Delivery
+from orchestration.ingest.landing import Delivery
 
 TEMP_TABLE = "_delivery"
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a single record larger than this is refused, not buffered

@@ -23,8 +23,10 @@ import time
 import dagster as dg
 import duckdb
 
-from orchestration import catalog, landing, partitions, settings
-from orchestration.sync import RANGE_END, RANGE_START, contiguous_ranges
+from orchestration import catalog, settings
+from orchestration.ingest import landing
+from orchestration.rebuild import partitions
+from orchestration.ops.sync import RANGE_END, RANGE_START, contiguous_ranges
 from orchestration.warehouse import Warehouse
 
 # How often the daemon evaluates each sensor; a test deployment may shorten it.

@@ -7,7 +7,7 @@ partitions it touches (their built_from changes from quarantined:<id> to <id>).
 
 from __future__ import annotations
 
-from orchestration import partitions
+from orchestration.rebuild import partitions
 
 
 def quarantined(con, source: str | None = None) -> list[tuple[str, str, list[str], str]]:

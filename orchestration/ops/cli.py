@@ -14,7 +14,7 @@ JSON_HELP = "print a JSON array of objects instead of text"
 
 
 def _feed(args) -> int:
-    from orchestration.feed import write_feed
+    from orchestration.demo.feed import write_feed
 
     manifest = write_feed(settings.plumbline_home(), profile=args.profile, seed=args.seed)
     faults = {}
@@ -26,8 +26,8 @@ def _feed(args) -> int:
 
 
 def _sync(args) -> int:
-    from orchestration.summary import summary_text
-    from orchestration.sync import sync
+    from orchestration.ops.summary import summary_text
+    from orchestration.ops.sync import sync
 
     report = sync()
     if args.summary:
@@ -37,7 +37,7 @@ def _sync(args) -> int:
 
 
 def _summary(args) -> int:
-    from orchestration.summary import summary_text
+    from orchestration.ops.summary import summary_text
 
     print(summary_text())
     return 0
@@ -51,8 +51,9 @@ def _date(text: str) -> str:
 
 
 def _dlq_release(args) -> int:
-    from orchestration import catalog, replay
-    from orchestration.sync import Runner
+    from orchestration import catalog
+    from orchestration.ops import replay
+    from orchestration.ops.sync import Runner
 
     contracts = catalog.contracts()
     if args.source not in contracts or not contracts[args.source].partitioning:
@@ -65,8 +66,9 @@ def _dlq_release(args) -> int:
 
 
 def _dlq_replay(args) -> int:
-    from orchestration import catalog, replay
-    from orchestration.sync import Runner
+    from orchestration import catalog
+    from orchestration.ops import replay
+    from orchestration.ops.sync import Runner
 
     contracts = catalog.contracts()
     if args.source and args.source not in contracts:
@@ -80,14 +82,15 @@ def _dlq_replay(args) -> int:
 
 
 def _backfill(args) -> int:
-    from orchestration import backfill, definitions
+    from orchestration.ops import backfill
+    from orchestration import definitions
 
     try:
         plan = backfill.plan(definitions.defs, args.assets, args.date_from, args.date_to)
         server = None if args.in_process or args.dry_run and not args.failed_only else backfill.Server(args.url)
         if args.failed_only:
             if server is None:
-                from orchestration.sync import instance
+                from orchestration.ops.sync import instance
 
                 failed = backfill.failed_in_instance(instance(), definitions.defs, plan.assets, plan)
             else:
@@ -110,7 +113,7 @@ def _backfill(args) -> int:
         print(f"dry run: {len(plan.assets)} asset(s), {len(plan.keys)} partition(s); nothing launched")
         return 0
     if server is None:
-        from orchestration.sync import Runner
+        from orchestration.ops.sync import Runner
 
         return 0 if backfill.run_in_process(Runner(command="plumbline backfill"), definitions.defs, plan) else 1
     try:
@@ -129,7 +132,7 @@ def _json(rows: list[dict]) -> None:
 
 
 def _restatements(args) -> int:
-    from orchestration.summary import synced_warehouse
+    from orchestration.ops.summary import synced_warehouse
 
     where, params = ["TRUE"], []
     if args.source:
@@ -159,8 +162,8 @@ def _restatements(args) -> int:
 
 
 def _dlq(args) -> int:
-    from orchestration import dead_letter
-    from orchestration.summary import synced_warehouse
+    from orchestration.quality import dead_letter
+    from orchestration.ops.summary import synced_warehouse
 
     with synced_warehouse() as con:
         if args.dlq_command == "list":
@@ -205,7 +208,7 @@ def _contracts(args) -> int:
                 print(f"FAIL  {e}")
         print(f"{len(files)} contract(s), {failed} failing")
         return 1 if failed else 0
-    from orchestration.contract_diff import diff, verdict
+    from contracts.diff import diff, verdict
 
     try:
         old, new = load_contract(args.old), load_contract(args.new)
@@ -221,11 +224,11 @@ def _contracts(args) -> int:
 
 
 def _deliveries(args) -> int:
-    from orchestration import deliveries
+    from orchestration.ops import deliveries
     from orchestration.warehouse import Warehouse
 
     if args.deliveries_command == "list":
-        from orchestration.summary import synced_warehouse
+        from orchestration.ops.summary import synced_warehouse
 
         with synced_warehouse() as con:
             rows = deliveries.quarantined(con, args.source)
@@ -244,7 +247,7 @@ def _deliveries(args) -> int:
         print(f"no quarantined delivery of {args.source}" + (f" at {args.file}" if args.file else ""))
         return 1
     print(f"re-examining {len(released)} delivery(ies) of {args.source} against the current contract")
-    from orchestration.sync import sync
+    from orchestration.ops.sync import sync
 
     report = sync()
     with Warehouse().connect(read_only=True) as con:
@@ -265,7 +268,7 @@ def _model(args) -> int:
         return 2
     try:
         if args.model_command in ("list", "history"):
-            from orchestration.summary import synced_warehouse
+            from orchestration.ops.summary import synced_warehouse
 
             with synced_warehouse() as con:
                 if getattr(args, "json", False):
@@ -390,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestration.runs import Stopped
+    from orchestration.ops.runs import Stopped
 
     args = build_parser().parse_args(argv)
     try:

@@ -14,8 +14,9 @@ from pathlib import Path
 import yaml
 
 from contracts.model import Contract
-from orchestration import catalog, dead_letter
-from orchestration.schema_changes import PATTERNS, Change, Verdict, contract_type
+from orchestration import catalog
+from orchestration.quality import dead_letter
+from orchestration.ingest.schema_changes import PATTERNS, Change, Verdict, contract_type
 from orchestration.warehouse import ident, literal
 
 DEFAULTS = {"tables": "freeze", "columns": "discard_value", "dataType": "freeze", "primaryKey": "evolve"}  # evolve: the later row of a repeated key wins

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration import lineage, partitions, runs, settings
+from orchestration import lineage, settings
+from orchestration.rebuild import partitions
+from orchestration.ops import runs
 from orchestration.warehouse import Warehouse
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -27,7 +29,7 @@ RANGE_END = "dagster/asset_partition_range_end"
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 # The instance configuration shipped with the project (pools that serialize warehouse writers).
-DAGSTER_YAML = Path(__file__).with_name("dagster.yaml")
+DAGSTER_YAML = Path(__file__).parents[1] / "dagster.yaml"
 
 
 @dataclass

@@ -18,10 +18,12 @@ from pathlib import Path
 import duckdb
 
 from contracts.model import Contract
-from orchestration import dead_letter, landing, lateness, schema_changes, schema_policy, settings
-from orchestration.landing import Delivery, content_hash, discover
-from orchestration.partitions import transaction
-from orchestration.readers import TEMP_TABLE, Loaded, Reject, UnreadableFile, load_delivery
+from orchestration.quality import dead_letter
+from orchestration.ingest import landing, lateness, schema_changes, schema_policy
+from orchestration import settings
+from orchestration.ingest.landing import Delivery, content_hash, discover
+from orchestration.rebuild.partitions import transaction
+from orchestration.ingest.readers import TEMP_TABLE, Loaded, Reject, UnreadableFile, load_delivery
 from orchestration.warehouse import ident, literal
 
 

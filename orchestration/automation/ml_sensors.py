@@ -32,8 +32,8 @@ import dagster as dg
 
 from assets import ml
 from orchestration.ml import config, features, plan
-from orchestration.sensors import INTERVAL_SECONDS
-from orchestration.sync import RANGE_END, RANGE_START, contiguous_ranges
+from orchestration.automation.sensors import INTERVAL_SECONDS
+from orchestration.ops.sync import RANGE_END, RANGE_START, contiguous_ranges
 
 CORE_FLIGHTS = dg.AssetKey(["core", "flights"])
 WEATHER = dg.AssetKey(["raw", "weather"])
