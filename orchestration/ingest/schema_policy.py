@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from contracts.loader import _line_index
 from contracts.model import Contract
 from orchestration import catalog
 from orchestration.quality import dead_letter
@@ -129,8 +130,6 @@ def record_discards(con, contract: Contract, decision: Decision, run_id: str) ->
 @functools.lru_cache(maxsize=32)
 def _contract_text(path: str, mtime_ns: int, size: int) -> tuple[dict, dict]:
     """(line index, document) of a contract file, parsed once per version of the file."""
-    from contracts.loader import _line_index
-
     text = Path(path).read_text(encoding="utf-8")
     return _line_index(text), yaml.safe_load(text)
 

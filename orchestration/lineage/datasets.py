@@ -39,6 +39,7 @@ from openlineage.client.facet_v2 import (
 from openlineage.client.naming.dataset import LocalFileSystem
 
 from orchestration import catalog, settings
+from orchestration.ml import registry
 
 TABLE_NAME = "dagster/table_name"
 REGISTERED_MODEL = "plumbline/registered_model"  # static: this asset's data is versions of that MLflow registered model
@@ -69,8 +70,6 @@ def _value(metadata: Mapping, key: str):
 
 def registry_namespace(recorded_uri: str | None = None) -> str:
     """The MLflow registry's URI, without credentials: a namespace is shown to every lineage reader."""
-    from orchestration.ml import registry
-
     uri = os.environ.get("MLFLOW_REGISTRY_URI") or recorded_uri or registry.tracking_uri()
     parts = urlsplit(uri)
     if parts.username or parts.password:  # rebuilt only then: urlunsplit would turn sqlite://// into sqlite://
