@@ -308,6 +308,8 @@ def test_http_receiver_gets_every_event_in_order_exactly_once_across_an_outage(t
     assert [p for e in received for p in errors(e)] == []
 
 
+# the daemon hands a run-status sensor its repository; building that context by hand is a beta parameter
+@pytest.mark.filterwarnings("ignore:Parameter `repository_def`:dagster.BetaWarning")
 def test_run_status_sensor_emits_for_runs_dagster_launched(lineage_home):
     """Runs from the UI, schedules, sensors and backfills reach lineage through the run-status sensor."""
     home, inst, _ = lineage_home
