@@ -2,8 +2,9 @@
 
 import dagster as dg
 
+from assets import policy
 from contracts.model import Contract
-from orchestration import catalog
+from orchestration import catalog, names
 from orchestration.rebuild import partition_metadata, partitions, restatements
 from orchestration.quality import checks, schema_checks
 from orchestration.warehouse import Warehouse
@@ -21,18 +22,15 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
         description=(f"{contract.description} Contract-enforced ({catalog.shown_path(contract)}, v{contract.version}) as {kind}: "
                      "casts and sentinels, row rules (failures to ops.dead_letter), dedup by primary key "
                      f"{list(contract.primary_key)} with the latest delivery winning; each rebuild is one transaction."),
-        owners=catalog.owners(contract),
         kinds={"duckdb"},
         code_version=catalog.code_version(contract),
-        partitions_def=part_def,
-        backfill_policy=dg.BackfillPolicy.single_run() if part_def else None,
         check_specs=[*checks.check_specs(contract, key), restatements.check_spec(contract, key),
                      *schema_checks.check_specs(key)],
         freshness_policy=catalog.freshness_policy(contract),
         metadata={"dagster/column_schema": catalog.column_schema(contract, part_def is not None),
                   "dagster/table_name": f"warehouse.{contract.table}"},
-        tags={"plumbline/source": contract.name, "plumbline/layer": "raw"},
-        pool="warehouse",
+        tags={names.SOURCE_TAG: contract.name},
+        **policy.warehouse_writer(part_def),
     )
     def _raw(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
         keys = list(context.partition_keys) if part_def else None
@@ -67,8 +65,8 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
 
 def _account_metadata(a: partitions.PartitionAccount, restated: dict | None) -> dict:
     """One partition's own figures: rows delivered, accepted, dead-lettered, superseded; its bronze files; its restatement."""
-    return {"dagster/row_count": a.accepted, "delivered": a.delivered, "dead_lettered": a.dead_lettered,
-            "superseded": a.superseded, **partition_metadata.built_from(a.built_from), **restatements.metadata(restated)}
+    return {"dagster/row_count": a.accepted, names.DELIVERED: a.delivered, names.DEAD_LETTERED: a.dead_lettered,
+            names.SUPERSEDED: a.superseded, **partition_metadata.built_from(a.built_from), **restatements.metadata(restated)}
 
 
 # Open contract-rule rejects, and every line the reader rejected (those never become rows).

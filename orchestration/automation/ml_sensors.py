@@ -31,13 +31,14 @@ from collections.abc import Iterable
 import dagster as dg
 
 from assets import ml
+from orchestration import names
 from orchestration.ml import config, features, plan
 from orchestration.automation.sensors import INTERVAL_SECONDS
 from orchestration.ops.sync import RANGE_END, RANGE_START, contiguous_ranges
 
 CORE_FLIGHTS = dg.AssetKey(["core", "flights"])
 WEATHER = dg.AssetKey(["raw", "weather"])
-PROMOTION_GATE = dg.AssetCheckKey(ml.EVALUATION, "promotion_gate")
+PROMOTION_GATE = dg.AssetCheckKey(ml.EVALUATION, names.PROMOTION_GATE)
 PAGE = 1000  # materialization records read per query; a tick reads every page there is
 GATE_HISTORY = 100  # completed promotion-gate results remembered in the scoring sensor's cursor
 # Statuses of a run that has not finished yet (queued by the daemon, or launched and running).
@@ -176,7 +177,7 @@ def _gate_results(instance: dg.DagsterInstance) -> list[tuple[int, dict, str]]:
 
 def _promoted_at(instance: dg.DagsterInstance, gates: list[tuple[int, dict, str]]) -> int:
     """Storage id of the latest promotion's check evaluation: predictions older than it are stale."""
-    run_id = next((run for _, meta, run in gates if meta.get("decision") == "promoted"), None)
+    run_id = next((run for _, meta, run in gates if meta.get(names.DECISION) == names.PROMOTED), None)
     if run_id is None:
         return 0
     events = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
@@ -205,11 +206,11 @@ def scoring_sensor(job_name: str) -> dg.SensorDefinition:
         # watermark could skip one: remember the ids already seen instead
         gates = _gate_results(context.instance)
         seen_gates = set(cursor.get("promotion_gate", []))
-        promoted = [(i, meta) for i, meta, _ in gates if i not in seen_gates and meta.get("decision") == "promoted"]
+        promoted = [(i, meta) for i, meta, _ in gates if i not in seen_gates and meta.get(names.DECISION) == names.PROMOTED]
         cursor["promotion_gate"] = [i for i, _, _ in gates]
         context.update_cursor(json.dumps(cursor))
 
-        champion = next((meta.get("champion_version") for _, meta, _ in gates), None)
+        champion = next((meta.get(names.CHAMPION_VERSION) for _, meta, _ in gates), None)
         if champion in (None, "none"):
             return dg.SkipReason(f"no champion model yet ({len(records)} new feature partition(s)): the promotion "
                                  f"gate's first promotion scores every featured day from {start}")
@@ -218,7 +219,7 @@ def scoring_sensor(job_name: str) -> dg.SensorDefinition:
             days, why = stale, "scored before their features changed or before the champion was promoted"
         elif promoted:
             days = {d for d in context.instance.get_materialized_partitions(ml.FEATURES) if d >= start} & stale
-            why = f"champion v{promoted[0][1].get('champion_version')} promoted: re-score from {start}"
+            why = f"champion v{promoted[0][1].get(names.CHAMPION_VERSION)} promoted: re-score from {start}"
         else:
             days = {d for d in _days(records) if d >= start} & stale
             why = "feature partitions changed"

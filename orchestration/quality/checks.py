@@ -23,14 +23,13 @@ import dagster as dg
 import pandas as pd
 
 from contracts.model import Contract, Rule
-from orchestration import catalog
+from orchestration import catalog, names
+from orchestration.names import ACCOUNTING, CONFORMANCE
 from orchestration.warehouse import SNAPSHOT_PARTITION, ident, literal, table_exists
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
-CONFORMANCE = "schema_conformance"  # type and required rules, folded into one check
-ACCOUNTING = "accounting"
 EXAMPLES = 5
 LISTED = 20  # partitions named in a check's metadata
 
@@ -230,7 +229,7 @@ def _result(contract: Contract, rule: Rule, outcome: _Outcome, seen: Observed, r
     tolerance = contract.tolerance(rule)
     error_rule = rule.severity == "error"
     keys = set(seen.delivered)
-    metadata = {"rule": rule.description, "contract_severity": rule.severity, "engine": "great_expectations",
+    metadata = {names.RULE: rule.description, "contract_severity": rule.severity, "engine": "great_expectations",
                 "examples": dg.MetadataValue.json(outcome.examples)}
     if rule.kind == "row_count":
         in_run = [p for p in outcome.examples if p in keys]
@@ -260,7 +259,7 @@ def _result(contract: Contract, rule: Rule, outcome: _Outcome, seen: Observed, r
     # rows that break the rule and are in the table: by design for warning/info rules, a defect for error rules
     loaded = max(outcome.unexpected - sum(rejected.values()), 0)
     metadata.update({
-        "rows_checked": rows_checked, "rows_breaking": outcome.unexpected, "dead_lettered_rows": sum(rejected.values()),
+        "rows_checked": rows_checked, "rows_breaking": outcome.unexpected, names.DEAD_LETTERED_ROWS: sum(rejected.values()),
         "reject_tolerance": tolerance,
         "over_tolerance": dg.MetadataValue.json([{"partition": p, "rejected": n, "delivered": d, "share": round(n / d, 6) if d else None}
                                                  for p, n, d in over[:LISTED]]),
@@ -322,7 +321,7 @@ def _conformance(contract: Contract, seen: Observed) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=CONFORMANCE, passed=not (rejected or elsewhere),
         severity=dg.AssetCheckSeverity.ERROR if over else dg.AssetCheckSeverity.WARN, description=reason,
-        metadata={"dead_lettered_by_rule": dg.MetadataValue.json({rid: sum(v.values()) for rid, v in rejected.items()}),
-                  "dead_lettered_rows": sum(sum(v.values()) for v in rejected.values()),
+        metadata={names.DEAD_LETTERED_BY_RULE: dg.MetadataValue.json({rid: sum(v.values()) for rid, v in rejected.items()}),
+                  names.DEAD_LETTERED_ROWS: sum(sum(v.values()) for v in rejected.values()),
                   "open_dead_letters_elsewhere_by_rule": dg.MetadataValue.json(elsewhere),
                   "reject_tolerance": contract.reject_tolerance})
