@@ -194,9 +194,10 @@ def open_by_rule(con) -> list[tuple[str, str, int, str]]:
                        "GROUP BY ALL ORDER BY 1, 3 DESC").fetchall()
 
 
-def replayable(con, source: str | None, rule: str | None, partition: str | None) -> list[tuple]:
-    """(source, file id, row offset, rule id, partition) of the open contract-rule rows selected."""
-    where, params = ["status = 'open'", "stage = 'raw'"], []
+def _selection(where: list[str], params: list, source: str | None, rule: str | None,
+               partition: str | None) -> tuple[str, list]:
+    """`where` narrowed to a source, a rule and a partition when given (an on-call selection)."""
+    where, params = list(where), list(params)
     for col, val in (("source", source), ("rule_id", rule)):
         if val:
             where.append(f"{col} = ?")
@@ -204,8 +205,14 @@ def replayable(con, source: str | None, rule: str | None, partition: str | None)
     if partition:
         where.append("partition_date = ?::DATE")
         params.append(partition)
+    return " AND ".join(where), params
+
+
+def replayable(con, source: str | None, rule: str | None, partition: str | None) -> list[tuple]:
+    """(source, file id, row offset, rule id, partition) of the open contract-rule rows selected."""
+    where, params = _selection(["status = 'open'", "stage = 'raw'"], [], source, rule, partition)
     return con.execute(f"SELECT source, file_id, row_offset, rule_id, strftime(partition_date, '%Y-%m-%d') "
-                       f"FROM ops.dead_letter WHERE {' AND '.join(where)}", params).fetchall()
+                       f"FROM ops.dead_letter WHERE {where}", params).fetchall()
 
 
 def record_replay(con, rows: list[tuple], revalidated: bool) -> tuple[int, int]:
@@ -225,35 +232,19 @@ def record_replay(con, rows: list[tuple], revalidated: bool) -> tuple[int, int]:
 
 def list_rows(con, source: str | None = None, rule: str | None = None, partition: str | None = None,
               status: str = "open", limit: int = 50) -> list[tuple]:
-    where, params = ["status = ?"], [status]
-    if source:
-        where.append("source = ?")
-        params.append(source)
-    if rule:
-        where.append("rule_id = ?")
-        params.append(rule)
-    if partition:
-        where.append("partition_date = ?::DATE")
-        params.append(partition)
+    where, params = _selection(["status = ?"], [status], source, rule, partition)
     return con.execute(
         f"""SELECT source, partition_date, rule_id, count(*) AS rows, min(reason) AS example
-        FROM ops.dead_letter WHERE {' AND '.join(where)}
+        FROM ops.dead_letter WHERE {where}
         GROUP BY ALL ORDER BY source, rule_id, partition_date NULLS FIRST LIMIT ?""", [*params, limit]).fetchall()
 
 
 def show_rows(con, source: str | None, rule: str | None, partition: str | None, limit: int = 20) -> list[dict]:
-    where, params = ["TRUE"], []
-    for col, val in (("source", source), ("rule_id", rule)):
-        if val:
-            where.append(f"{col} = ?")
-            params.append(val)
-    if partition:
-        where.append("partition_date = ?::DATE")
-        params.append(partition)
+    where, params = _selection(["TRUE"], [], source, rule, partition)
     cur = con.execute(
         f"""SELECT source, partition_date, file_path, row_offset, rule_id, severity, reason, payload, status,
                    attempts, contract_version, run_id, first_seen
-        FROM ops.dead_letter WHERE {' AND '.join(where)}
+        FROM ops.dead_letter WHERE {where}
         ORDER BY source, partition_date NULLS FIRST, file_path, row_offset, rule_id LIMIT ?""", [*params, limit])
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row)) for row in cur.fetchall()]

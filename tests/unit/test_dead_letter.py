@@ -73,6 +73,12 @@ def test_record_rows_writes_each_rejected_row_once_with_its_values(con):
     assert {r[9:] for r in rows} == {(RUN, 1, "open")}
 
 
+def test_open_rows_are_listed_by_rule_most_frequent_first(con):
+    _stage(con, [("2013-01-05", 0, "gate_pattern"), ("2013-01-05", 1, "gate_required"), ("2013-01-06", 2, "gate_required")])
+    dead_letter.record_stage_failures(con, _contract(), RUN, ["2013-01-05", "2013-01-06"])
+    assert [r[1:3] for r in dead_letter.open_by_rule(con)] == [("gate_required", 2), ("gate_pattern", 1)]
+
+
 def test_bronze_rejects_are_read_stage_rows_counted_per_partition(con):
     contract = _contract()
     rejects = [Reject(3, "csv_unparseable_line", 'x,"y', "line 3: bad quote", partition="2013-01-05"),
@@ -95,8 +101,8 @@ def test_stage_failures_are_recorded_then_resolved_by_the_run_that_passes_them(c
     assert _statuses(con) == [("2013-01-05", 0, "gate_required", "raw", "open", None),
                               ("2013-01-06", 2, "gate_pattern", "raw", "open", None)]  # the first failed rule names the row
     assert dead_letter.counted_in_accounting(con, "o'hare", "2013-01-05") == 1
-    assert dead_letter.open_by_rule(con) == [("o'hare", "gate_pattern", 1, "gate 'x' breaks gate_pattern,gate_required"),
-                                             ("o'hare", "gate_required", 1, "gate 'x' breaks gate_required")]
+    assert sorted(dead_letter.open_by_rule(con)) == [("o'hare", "gate_pattern", 1, "gate 'x' breaks gate_pattern,gate_required"),
+                                                     ("o'hare", "gate_required", 1, "gate 'x' breaks gate_required")]
     # After a contract fix nothing fails: only the rebuilt partition's rows are resolved, never deleted.
     _stage(con, [("2013-01-05", 0, ""), ("2013-01-05", 1, "")])
     dead_letter.record_stage_failures(con, contract, "run 'two'", ["2013-01-05"])
