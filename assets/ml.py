@@ -12,7 +12,7 @@ from orchestration import catalog, names
 from orchestration.rebuild import partition_metadata, partitions
 from orchestration.ml import config, drift, evaluation, features, registry, scoring, training
 from orchestration.ml import training_set as split
-from orchestration.warehouse import Warehouse, literal
+from orchestration.warehouse import Warehouse, key_list
 
 # Read when the code location loads, for what shapes the graph (the rolling window of the partition
 # mapping); every run reads the configuration again, so a changed split or threshold applies at once.
@@ -57,10 +57,9 @@ def flight_features(context: dg.AssetExecutionContext, warehouse: Warehouse) -> 
             con.execute(partitions.raw_table_ddl(catalog.contracts()[source]))
         rows = partitions.replace_partitions(con, "ml.flight_features", features.DDL, keys,
                                              features.select(CFG.rolling_days, CFG.delay_minutes))
-        dates = ", ".join(f"{literal(k)}::DATE" for k in keys)
         outcomes = {k: {} for k in keys}
         for day, outcome, n in con.execute(f"SELECT strftime(event_date, '%Y-%m-%d'), outcome, count(*) FROM ml.flight_features "
-                                           f"WHERE event_date IN ({dates}) GROUP BY ALL ORDER BY 1, 2").fetchall():
+                                           f"WHERE event_date IN {key_list(keys)} GROUP BY ALL ORDER BY 1, 2").fetchall():
             outcomes[day][outcome] = n
     context.log.info(f"ml.flight_features: {sum(rows.values())} flights in {len(keys)} partition(s)")
     partition_metadata.record(context, {k: {"dagster/row_count": rows[k], "outcomes": dg.MetadataValue.json(outcomes[k])}

@@ -6,7 +6,7 @@ from assets import policy
 from contracts.model import Contract
 from orchestration import catalog, names
 from orchestration.rebuild import partition_metadata, partitions, restatements
-from orchestration.quality import checks, schema_checks
+from orchestration.quality import checks, dead_letter, schema_checks
 from orchestration.warehouse import Warehouse
 
 
@@ -69,22 +69,16 @@ def _account_metadata(a: partitions.PartitionAccount, restated: dict | None) -> 
             names.SUPERSEDED: a.superseded, **partition_metadata.built_from(a.built_from), **restatements.metadata(restated)}
 
 
-# Open contract-rule rejects, and every line the reader rejected (those never become rows).
-COUNTED_DEAD_LETTERS = "((stage = 'raw' AND status = 'open') OR stage = 'read')"
-
-
 def _verify_accounting(con, contract: Contract, accounts) -> tuple[bool, dict]:
     """Recount each partition independently: rows in the table, open dead letters, staged rows."""
     broken = []
     for a in accounts:
         if contract.partitioning:
             in_table = con.execute(f"SELECT count(*) FROM {contract.table} WHERE event_date = ?::DATE", [a.partition]).fetchone()[0]
-            dead = con.execute("SELECT count(DISTINCT (file_id, row_offset, stage)) FROM ops.dead_letter WHERE source = ? "
-                               f"AND {COUNTED_DEAD_LETTERS} AND partition_date = ?::DATE", [contract.name, a.partition]).fetchone()[0]
+            dead = dead_letter.counted_in_accounting(con, contract.name, a.partition)
         else:
             in_table = con.execute(f"SELECT count(*) FROM {contract.table}").fetchone()[0]
-            dead = con.execute("SELECT count(DISTINCT (file_id, row_offset, stage)) FROM ops.dead_letter WHERE source = ? "
-                               f"AND {COUNTED_DEAD_LETTERS} AND partition_date IS NULL", [contract.name]).fetchone()[0]
+            dead = dead_letter.counted_in_accounting(con, contract.name, None)
         if a.delivered != a.accepted + a.dead_lettered + a.superseded or in_table != a.accepted or dead != a.dead_lettered:
             broken.append({"partition": a.partition, "delivered": a.delivered, "accepted": a.accepted, "in_table": in_table,
                            "dead_lettered": a.dead_lettered, "open_dead_letters": dead, "superseded": a.superseded})

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from orchestration import settings
-from orchestration.rebuild.partitions import transaction
+from orchestration.warehouse import transaction
 from orchestration.ml.config import MlConfig
 
 CHAMPION = "champion"

@@ -11,7 +11,7 @@ import pandas as pd
 from orchestration.rebuild import partitions
 from orchestration.ml import drift, evaluation, features, model, registry
 from orchestration.ml.config import MlConfig
-from orchestration.warehouse import literal
+from orchestration.warehouse import key_list
 
 PREDICTION_COLUMNS = [("event_date", "DATE"), ("carrier", "VARCHAR"), ("flight", "INTEGER"), ("origin", "VARCHAR"),
                       ("p_delayed", "DOUBLE"), ("model_version", "VARCHAR"), ("outcome", "VARCHAR"), ("delayed", "BOOLEAN")]
@@ -46,10 +46,10 @@ def score(con, cfg: MlConfig, keys: list[str]) -> Scored:
                          "(materialize ml/delay_model and ml/model_evaluation; the promotion gate sets it) or "
                          "promote a version: plumbline model promote <version>")
     fitted, ref = registry.load(cfg, champion), registry.reference(cfg, champion)
-    dates = ", ".join(f"{literal(k)}::DATE" for k in keys)
+    dates = key_list(keys)
     con.execute(features.DDL)
-    df = model.frame(con, "ml.flight_features", f"event_date IN ({dates})")
-    outcome = con.execute(f"SELECT outcome FROM ml.flight_features WHERE event_date IN ({dates}) "
+    df = model.frame(con, "ml.flight_features", f"event_date IN {dates}")
+    outcome = con.execute(f"SELECT outcome FROM ml.flight_features WHERE event_date IN {dates} "
                           f"ORDER BY {', '.join(features.KEY)}").df()["outcome"]
     p = model.predict(fitted, df)
     scored = df[features.KEY].assign(p_delayed=p, model_version=champion, outcome=outcome.to_numpy(), delayed=df["delayed"])

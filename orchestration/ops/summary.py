@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import duckdb
 
 from orchestration import settings
+from orchestration.quality import dead_letter
 from orchestration.settings import NothingSynced
 from orchestration.warehouse import Warehouse, table_exists
 
@@ -57,8 +58,7 @@ def summary_text(warehouse: Warehouse | None = None) -> str:
             lines.append(f"  {source:<9} {d:>9} = {a:>9} + {dl:>5} + {s:>5}{'' if d == a + dl + s else '   <-- MISMATCH'}")
         lines.append("")
         lines.append("Rejected (ops.dead_letter, open) by rule:")
-        rows = con.execute("SELECT source, rule_id, count(*), min(reason) FROM ops.dead_letter WHERE status = 'open' "
-                           "GROUP BY ALL ORDER BY 1, 3 DESC").fetchall()
+        rows = dead_letter.open_by_rule(con)
         for source, rule, n, reason in rows:
             lines.append(f"  {source:<9} {rule:<34} {n:>5}  e.g. {reason[:110]}")
         if not rows:

@@ -25,7 +25,8 @@ import pandas as pd
 from contracts.model import Contract, Rule
 from orchestration import catalog, names
 from orchestration.names import ACCOUNTING, CONFORMANCE
-from orchestration.warehouse import SNAPSHOT_PARTITION, ident, literal, table_exists
+from orchestration.quality import dead_letter
+from orchestration.warehouse import SNAPSHOT_PARTITION, ident, key_list, literal, table_exists
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
@@ -97,11 +98,7 @@ def observe(con, contract: Contract, accounts) -> Observed:
             rejected.setdefault(rule, {})[p] = n
     elsewhere: dict[str, dict[str, int]] = {}
     if not snapshot:  # a snapshot is rebuilt whole: no other partition holds dead letters
-        other = "partition_date NOT IN (" + ", ".join(f"{literal(k)}::DATE" for k in keys) + ")" if keys else "TRUE"
-        for rule, p, n in con.execute(
-                f"""SELECT rule_id, strftime(partition_date, '%Y-%m-%d'), count(*) FROM ops.dead_letter
-                WHERE source = ? AND status = 'open' AND stage = 'raw' AND {other} GROUP BY ALL""", [contract.name]).fetchall():
-            elsewhere.setdefault(rule, {})[p] = n
+        elsewhere = dead_letter.open_rule_counts_outside(con, contract.name, keys)
     accepted = dict(con.execute(
         "SELECT strftime(partition_date, '%Y-%m-%d'), accepted FROM ops.partition_accounting WHERE source = ?",
         [contract.name]).fetchall())
@@ -127,7 +124,7 @@ def _staged(con, contract: Contract, rules: list[Rule], keys: list[str]) -> pd.D
     """The delivered rows of the rebuilt partitions, typed: the dead-lettered ones and the accepted ones
     (a superseded duplicate is represented by the row that won). Only the columns the rules read."""
     cols = ", ".join(ident(c) for c in sorted({r.column for r in rules if r.column})) or "1 AS _row"
-    where = "TRUE" if contract.partitioning is None else "event_date IN (" + ", ".join(f"{literal(k)}::DATE" for k in keys) + ")"
+    where = "TRUE" if contract.partitioning is None else f"event_date IN {key_list(keys)}"
     return con.execute(f"SELECT {cols} FROM _stage WHERE _failed <> '' UNION ALL SELECT {cols} FROM {contract.table} WHERE {where}").df()
 
 

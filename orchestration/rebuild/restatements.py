@@ -13,15 +13,14 @@ import dagster as dg
 
 from contracts.model import Contract
 from orchestration import catalog, names
-from orchestration.warehouse import SNAPSHOT_PARTITION, ident, literal
+from orchestration.warehouse import SNAPSHOT_PARTITION, ident, key_list, literal
 
 def measure(con, contract: Contract, keys: list[str]) -> dict[str, tuple[int, dict[str, float]]]:
     """partition -> (rows, {measure: sum}) as the table holds it now."""
     sums = "".join(f", sum({ident(m)})::DOUBLE" for m in contract.restatement.key_measures)
     if contract.partitioning:
-        dates = ", ".join(f"{literal(k)}::DATE" for k in keys)
         rows = con.execute(f"SELECT strftime(event_date, '%Y-%m-%d'), count(*){sums} FROM {contract.table} "
-                           f"WHERE event_date IN ({dates}) GROUP BY ALL").fetchall()
+                           f"WHERE event_date IN {key_list(keys)} GROUP BY ALL").fetchall()
     else:
         rows = con.execute(f"SELECT {literal(SNAPSHOT_PARTITION)}, count(*){sums} FROM {contract.table}").fetchall()
     names = contract.restatement.key_measures
