@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestration.ingest import lateness
-from orchestration.warehouse import Warehouse
+from orchestration.resources import resources
 
 
 @dataclass
@@ -41,7 +41,7 @@ def replay(runner, contracts: dict, source: str | None, rule: str | None, partit
     dead_letter.record_stage_failures), rows that still fail stay open with one more attempt.
     """
     where, params = _selection(source, rule, partition)
-    with Warehouse().connect(read_only=True) as con:
+    with resources()["warehouse"].connect(read_only=True) as con:
         rows = con.execute(f"SELECT source, file_id, row_offset, rule_id, strftime(partition_date, '%Y-%m-%d') "
                            f"FROM ops.dead_letter WHERE {where}", params).fetchall()
     by_source: dict[str, list[tuple]] = {}
@@ -53,7 +53,7 @@ def replay(runner, contracts: dict, source: str | None, rule: str | None, partit
         say(f"{name}: replaying {len(selected)} dead-letter row(s)"
             + (f" in {len(keys)} partition(s) {keys[0]} .. {keys[-1]}" if keys else " (snapshot)"))
         ok = runner.rematerialize(name, keys)
-        with Warehouse().connect() as con:
+        with resources()["warehouse"].connect() as con:
             con.execute("CREATE OR REPLACE TEMP TABLE _replayed (source VARCHAR, file_id VARCHAR, row_offset BIGINT, rule_id VARCHAR)")
             con.executemany("INSERT INTO _replayed VALUES (?, ?, ?, ?)", [r[:4] for r in selected])
             match = ("FROM _replayed r WHERE r.source = d.source AND r.file_id = d.file_id "
@@ -71,7 +71,7 @@ def replay(runner, contracts: dict, source: str | None, rule: str | None, partit
 
 def release(runner, contract, partitions: list[str] | None, say=print) -> tuple[list[str], bool]:
     """Release held late rows of a source (all, or these partitions) and restate their partitions."""
-    with Warehouse().connect() as con:
+    with resources()["warehouse"].connect() as con:
         keys = lateness.release(con, contract, partitions)
     if not keys:
         say(f"{contract.name}: no held late rows match")
