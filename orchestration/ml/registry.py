@@ -198,9 +198,13 @@ class ModelRegistry(dg.ConfigurableResource):
         import mlflow.artifacts
         import mlflow.sklearn
 
-        self.client()  # opens (and re-bases) the local store first
+        # not a models:/ URI: MLflow resolves those on its process-wide registry, whatever URI it is given
+        c = self.client()
+        where = c.get_model_version_download_uri(cfg.model_name, str(number))
+        if where.startswith("models:/"):  # a logged model's id: its artifacts are where that model says
+            where = c.get_logged_model(where.removeprefix("models:/")).artifact_location
         with _quiet_transfers(), tempfile.TemporaryDirectory() as tmp:
-            path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{cfg.model_name}/{number}", dst_path=tmp,
+            path = mlflow.artifacts.download_artifacts(artifact_uri=where, dst_path=tmp,
                                                        tracking_uri=self.tracking(), registry_uri=self.registry())
             return mlflow.sklearn.load_model(path)
 
