@@ -45,8 +45,8 @@ class SyncReport:
 
 def instance() -> dg.DagsterInstance:
     """The persistent instance under PLUMBLINE_HOME (or DAGSTER_HOME), created on first use. Built
-    from that folder, not from the environment, which stays as it was: a child process that needs the
-    instance is given DAGSTER_HOME explicitly."""
+    from that folder, so the environment stays as it was (a child process is told DAGSTER_HOME by
+    whoever starts it)."""
     home = settings.dagster_home().expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
