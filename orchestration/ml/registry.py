@@ -2,7 +2,7 @@
 
 `ModelRegistry` is a resource: the deployment mapping (orchestration/resources.py) says where its
 tracking store, registry and artifacts are, and every MLflow call is given those URIs explicitly;
-nothing is exported to the environment. Left empty (the embedded deployment), tracking and registry
+none is exported to the environment. Left empty (the embedded deployment), tracking and registry
 are MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI when the user set them, else a SQLite store with
 artifacts under $PLUMBLINE_HOME/mlflow. MLflow records absolute artifact URIs, so a home that was
 copied or moved has them re-based onto where it is now before the store is opened. The champion is
@@ -108,7 +108,7 @@ class ModelRegistry(dg.ConfigurableResource):
 
     tracking_uri: str = ""
     registry_uri: str = ""
-    artifact_location: str = ""  # where new experiments keep their artifacts; empty: MLflow's default
+    artifact_location: str = ""  # where new experiments keep their artifacts; empty: see artifacts()
 
     def tracking(self) -> str:
         return self.tracking_uri or tracking_uri()
