@@ -10,8 +10,9 @@ import dagster as dg
 from assets import core, policy
 from orchestration import catalog, names
 from orchestration.rebuild import partition_metadata, partitions
-from orchestration.ml import config, drift, evaluation, features, registry, scoring, training
+from orchestration.ml import config, drift, evaluation, features, scoring, training
 from orchestration.ml import training_set as split
+from orchestration.ml.registry import ModelRegistry
 from orchestration.warehouse import Warehouse, key_list
 
 # Read when the code location loads, for what shapes the graph (the rolling window of the partition
@@ -102,14 +103,14 @@ def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
 
 @dg.asset(key=MODEL, deps=[TRAINING_SET], kinds={"scikit-learn", "mlflow"}, code_version=training.MODEL_CODE_VERSION,
           metadata={names.REGISTERED_MODEL: CFG.model_name}, group_name="ml", **policy.warehouse_writer())
-def delay_model(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+def delay_model(context: dg.AssetExecutionContext, warehouse: Warehouse, model_registry: ModelRegistry) -> dg.MaterializeResult:
     """A gradient-boosting classifier of P(arrival delay > threshold), trained with fixed seeds on the
     train window and registered in MLflow with its parameters, metrics, the training set's provenance,
     the code version and library versions. The same training set and parameters reuse the version."""
     cfg = config.load()
     with warehouse.connect(read_only=True) as con:
-        trained = training.train(con, cfg)
-    v = registry.version(cfg, trained.version)
+        trained = training.train(con, cfg, model_registry)
+    v = model_registry.version(cfg, trained.version)
     context.log.info(f"{cfg.model_name} v{trained.version} ({'reused: same fingerprint' if trained.reused else 'trained'}); "
                      f"validation AUC {trained.metrics.get('validation_auc')}")
     if trained.left_out:
@@ -118,7 +119,7 @@ def delay_model(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.M
     return dg.MaterializeResult(
         metadata={MODEL_VERSION: trained.version, "model_uri": f"models:/{cfg.model_name}/{trained.version}",
                   "left_out_features": dg.MetadataValue.json(trained.left_out),
-                  "mlflow_run_id": v.run_id, names.MLFLOW_TRACKING_URI: registry.tracking_uri(), "reused": trained.reused,
+                  "mlflow_run_id": v.run_id, names.MLFLOW_TRACKING_URI: model_registry.tracking(), "reused": trained.reused,
                   "training_set_version": trained.provenance["version"], "fingerprint": trained.fingerprint,
                   **{k: float(val) for k, val in sorted(trained.metrics.items()) if isinstance(val, (int, float))}},
         data_version=dg.DataVersion(trained.fingerprint))
@@ -134,12 +135,12 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:
           metadata={"dagster/table_name": "warehouse.ml.model_evaluation",
                     "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in evaluation.COLUMNS])},
           group_name="ml", **policy.warehouse_writer())
-def model_evaluation(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+def model_evaluation(context: dg.AssetExecutionContext, warehouse: Warehouse, model_registry: ModelRegistry) -> dg.MaterializeResult:
     """AUC, log loss, Brier score and calibration error on the test window, overall and per carrier,
     for the challenger (the latest ml/delay_model), the current champion and the baseline."""
     challenger = str(_latest(context.instance, MODEL)[MODEL_VERSION])
     with warehouse.connect() as con:
-        rows, champion, reliability = training.evaluate(con, config.load(), challenger)
+        rows, champion, reliability = training.evaluate(con, config.load(), model_registry, challenger)
     overall = {r["model"]: r for r in rows if r["scope"] == evaluation.OVERALL}
     table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows if r["scope"] == evaluation.OVERALL]
     context.log.info("test window: " + "; ".join(f"{m} AUC {r['auc']:.4f}" for m, r in overall.items() if r["auc"] is not None))
@@ -153,18 +154,18 @@ def model_evaluation(context: dg.AssetExecutionContext, warehouse: Warehouse) ->
 @dg.asset_check(asset=EVALUATION, blocking=True, name=names.PROMOTION_GATE,
                 description="Promotes the challenger to champion only if it beats the champion (or the baseline) by the "
                             "configured margin with no carrier regressing beyond the configured amount.")
-def promotion_gate(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+def promotion_gate(context: dg.AssetCheckExecutionContext, warehouse: Warehouse, model_registry: ModelRegistry) -> dg.AssetCheckResult:
     cfg = config.load()
     challenger = str(_latest(context.instance, EVALUATION)[names.CHALLENGER_VERSION])
     with warehouse.connect() as con:
         rows = evaluation.load(con, challenger)
-        champion = registry.champion(cfg)
+        champion = model_registry.champion(cfg)
         decision = evaluation.decide(rows, challenger, champion, cfg.promotion)
         if decision.promote:
-            registry.promote(con, cfg, challenger, actor=names.PROMOTION_GATE, reason=decision.reason)
+            model_registry.promote(con, cfg, challenger, actor=names.PROMOTION_GATE, reason=decision.reason)
         elif champion != challenger:
-            registry.reject(con, cfg, challenger, actor=names.PROMOTION_GATE, reason=decision.reason)
-    now = registry.champion(cfg)
+            model_registry.reject(con, cfg, challenger, actor=names.PROMOTION_GATE, reason=decision.reason)
+    now = model_registry.champion(cfg)
     context.log.info(f"promotion gate: v{challenger} {'promoted' if decision.promote else 'not promoted'}: {decision.reason}")
     kept = decision.promote or champion == challenger
     return dg.AssetCheckResult(
@@ -197,21 +198,21 @@ DRIFT_CHECKS = {
               "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in scoring.PREDICTION_COLUMNS])},
     group_name="ml", **policy.warehouse_writer(DAILY),
 )
-def flight_predictions(context: dg.AssetExecutionContext, warehouse: Warehouse):
+def flight_predictions(context: dg.AssetExecutionContext, warehouse: Warehouse, model_registry: ModelRegistry):
     """The champion's P(delayed) for every flight of the partition, with the model version that
     scored it; drift of the partition against the training reference in ml.drift. When the
     champion changes, re-scoring is a backfill of these partitions."""
     keys = list(context.partition_keys)
     cfg = config.load()
     with warehouse.connect() as con:
-        scored = scoring.score(con, cfg, keys)
+        scored = scoring.score(con, cfg, model_registry, keys)
         measured = drift.scored(con)  # the drift checks grade every scored partition, not only this run's
     context.log.info(f"ml.flight_predictions: {sum(scored.rows.values())} flights in {len(keys)} partition(s) scored by "
                      f"{cfg.model_name} v{scored.version}")
     partition_metadata.record(context, {k: {"dagster/row_count": scored.rows[k]} for k in keys})
     yield dg.MaterializeResult(metadata={
         MODEL_VERSION: scored.version, "model_uri": f"models:/{cfg.model_name}/{scored.version}",
-        names.MLFLOW_TRACKING_URI: registry.tracking_uri()})
+        names.MLFLOW_TRACKING_URI: model_registry.tracking()})
     yield from drift_results(measured, cfg.drift, keys)
 
 

@@ -13,7 +13,7 @@ from orchestration import catalog, names
 from orchestration.automation import sensors
 from orchestration.automation.lineage_sensors import sensors as lineage_sensors
 from orchestration.automation import ml_sensors
-from orchestration.warehouse import Warehouse
+from orchestration.resources import resources
 
 CONTRACTS = catalog.contracts()
 PARTITIONED = [c for c in CONTRACTS.values() if c.partitioning]
@@ -82,5 +82,5 @@ defs = dg.Definitions(
              *(sensors.rebuild_sensor(c.name, SNAPSHOTS_JOB, False) for c in SNAPSHOTS),
              *ml_sensors.sensors(FEATURES_JOB, TRAIN_JOB, SCORE_JOB)],
     schedules=schedules,
-    resources={"warehouse": Warehouse()},
+    resources=resources(),
 )

@@ -33,7 +33,7 @@ import dagster as dg
 from assets import ml
 from orchestration import names
 from orchestration.ml import config, features, plan
-from orchestration.automation.sensors import INTERVAL_SECONDS
+from orchestration.automation.sensors import interval_seconds
 from orchestration.ops.sync import RANGE_END, RANGE_START, contiguous_ranges
 
 CORE_FLIGHTS = dg.AssetKey(["core", "flights"])
@@ -105,7 +105,7 @@ def feature_days(changed_flights: list[str], changed_weather: list[str], built: 
 
 
 def features_sensor(job_name: str) -> dg.SensorDefinition:
-    @dg.sensor(name="ml_features_sensor", job_name=job_name, minimum_interval_seconds=INTERVAL_SECONDS, default_status=RUNNING,
+    @dg.sensor(name="ml_features_sensor", job_name=job_name, minimum_interval_seconds=interval_seconds(), default_status=RUNNING,
                description=f"Rebuilds the ml.flight_features partitions that read a changed core.flights day (and the "
                            f"{ml.CFG.rolling_days} days after it, whose rolling window covers it) or a changed raw.weather day.")
     def _sensor(context: dg.SensorEvaluationContext):
@@ -133,7 +133,7 @@ def features_sensor(job_name: str) -> dg.SensorDefinition:
 
 
 def training_sensor(job_name: str, features_job: str) -> dg.SensorDefinition:
-    @dg.sensor(name="ml_training_sensor", job_name=job_name, minimum_interval_seconds=INTERVAL_SECONDS, default_status=RUNNING,
+    @dg.sensor(name="ml_training_sensor", job_name=job_name, minimum_interval_seconds=interval_seconds(), default_status=RUNNING,
                description="Retrains, evaluates and runs the promotion gate when feature partitions inside the split "
                            "windows change, once every window is featured enough (training.min_window_coverage).")
     def _sensor(context: dg.SensorEvaluationContext):
@@ -194,7 +194,7 @@ def stale_score_days(instance: dg.DagsterInstance, gates: list[tuple[int, dict, 
 
 
 def scoring_sensor(job_name: str) -> dg.SensorDefinition:
-    @dg.sensor(name="ml_scoring_sensor", job_name=job_name, minimum_interval_seconds=INTERVAL_SECONDS, default_status=RUNNING,
+    @dg.sensor(name="ml_scoring_sensor", job_name=job_name, minimum_interval_seconds=interval_seconds(), default_status=RUNNING,
                description="Scores changed ml.flight_features partitions from scoring.start on with the champion; when the "
                            "promotion gate promotes a new champion, re-scores every featured day from scoring.start.")
     def _sensor(context: dg.SensorEvaluationContext):

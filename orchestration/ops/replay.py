@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from orchestration.ingest import lateness
 from orchestration.quality import dead_letter
-from orchestration.warehouse import Warehouse
+from orchestration.resources import resources
 
 
 @dataclass
@@ -29,7 +29,7 @@ def replay(runner, contracts: dict, source: str | None, rule: str | None, partit
     The affected partitions are rebuilt; rows that pass are resolved by that run (see
     dead_letter.record_stage_failures), rows that still fail stay open with one more attempt.
     """
-    with Warehouse().connect(read_only=True) as con:
+    with resources()["warehouse"].connect(read_only=True) as con:
         rows = dead_letter.replayable(con, source, rule, partition)
     by_source: dict[str, list[tuple]] = {}
     for r in rows:
@@ -40,7 +40,7 @@ def replay(runner, contracts: dict, source: str | None, rule: str | None, partit
         say(f"{name}: replaying {len(selected)} dead-letter row(s)"
             + (f" in {len(keys)} partition(s) {keys[0]} .. {keys[-1]}" if keys else " (snapshot)"))
         ok = runner.rematerialize(name, keys)
-        with Warehouse().connect() as con:
+        with resources()["warehouse"].connect() as con:
             resolved, still = dead_letter.record_replay(con, selected, revalidated=ok)
         say(f"{name}: {resolved} resolved, {still} still failing" + ("" if ok else " (a run FAILED; nothing re-validated there)"))
         outcomes.append(ReplayOutcome(name, keys or [], len(selected), resolved, still, ok))
@@ -49,7 +49,7 @@ def replay(runner, contracts: dict, source: str | None, rule: str | None, partit
 
 def release(runner, contract, partitions: list[str] | None, say=print) -> tuple[list[str], bool]:
     """Release held late rows of a source (all, or these partitions) and restate their partitions."""
-    with Warehouse().connect() as con:
+    with resources()["warehouse"].connect() as con:
         keys = lateness.release(con, contract, partitions)
     if not keys:
         say(f"{contract.name}: no held late rows match")

@@ -10,6 +10,7 @@ import duckdb
 from orchestration import settings
 from orchestration.quality import dead_letter
 from orchestration.settings import NothingSynced
+from orchestration.resources import resources
 from orchestration.warehouse import Warehouse, table_exists
 
 
@@ -19,7 +20,7 @@ NOTED = 10  # loaded files with notes shown; the rest are counted
 @contextlib.contextmanager
 def synced_warehouse(warehouse: Warehouse | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection to a warehouse that a sync has written; creates nothing on an empty home."""
-    warehouse = warehouse or Warehouse()
+    warehouse = warehouse or resources()["warehouse"]
     if not warehouse.db_path().is_file():
         raise NothingSynced()
     with warehouse.connect(read_only=True) as con:
@@ -72,14 +73,15 @@ def summary_text(warehouse: Warehouse | None = None) -> str:
 
 def model_lines(con) -> list[str]:
     """The champion's test-window metrics against the baseline, what it scored, and drift."""
-    from orchestration.ml import config, oncall, registry
+    from orchestration.ml import config, oncall
 
     if not table_exists(con, "ml", "model_evaluation"):
         return []
     cfg = config.load()
-    champion = registry.champion(cfg)
+    model_registry = resources()["model_registry"]
+    champion = model_registry.champion(cfg)
     test = cfg.window("test")
-    lines = ["", f"Model {cfg.model_name} ({registry.tracking_uri()}):"]
+    lines = ["", f"Model {cfg.model_name} ({model_registry.tracking()}):"]
     if champion is None:
         return lines + ["  no champion: the promotion gate rejected every version (plumbline model list)"]
     latest = con.execute("SELECT challenger_version FROM ml.model_evaluation WHERE model = 'challenger' "
