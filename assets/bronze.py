@@ -4,9 +4,10 @@ from collections import Counter
 
 import dagster as dg
 
+from assets import policy
 from contracts.model import Contract
 from orchestration.ingest import bronze
-from orchestration import catalog, settings
+from orchestration import catalog, names, settings
 from orchestration.warehouse import Warehouse
 
 
@@ -17,12 +18,11 @@ def bronze_asset(contract: Contract) -> dg.AssetsDefinition:
         description=(f"Deliveries of {contract.name} from landing/{contract.name}/, each kept once per content "
                      "hash as an immutable parquet file of text columns, with a row in ops.landed_files. "
                      "Unreadable or refused files get a status and a reason and never stop the others."),
-        owners=catalog.owners(contract),
         kinds={"duckdb", "parquet"},
         code_version=catalog.code_version(contract),
-        tags={"plumbline/source": contract.name, "plumbline/layer": "bronze"},
+        tags={names.SOURCE_TAG: contract.name},
         metadata={"dagster/column_schema": catalog.bronze_schema(contract)},
-        pool="warehouse",
+        **policy.warehouse_writer(),
     )
     def _bronze(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
         with warehouse.connect() as con:
@@ -35,10 +35,10 @@ def bronze_asset(contract: Contract) -> dg.AssetsDefinition:
             "dagster/column_schema": catalog.bronze_schema(contract),
             "files_seen": len(landed),
             "files_by_status": dg.MetadataValue.json(dict(statuses)),
-            "partitions_touched": dg.MetadataValue.json(touched),
+            names.PARTITIONS_TOUCHED: dg.MetadataValue.json(touched),
             "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
             # The files this run read (identical re-sends and unsafe paths were not): lineage inputs.
-            "deliveries": dg.MetadataValue.json([
+            names.DELIVERIES: dg.MetadataValue.json([
                 {"path": str(settings.landing_dir() / f.path), "file_id": f.file_id, "status": f.status, "rows": f.rows}
                 for f in landed if f.status not in ("duplicate",) and f.file_id != "-"]),
         })

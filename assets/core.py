@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from assets import policy
 from orchestration import catalog
 from orchestration.rebuild import partition_metadata, partitions
 from orchestration.warehouse import Warehouse
@@ -76,16 +77,12 @@ DDL = "CREATE TABLE IF NOT EXISTS core.flights (" + ", ".join(f"{n} {t}" for n, 
     key=["core", "flights"],
     deps=[dg.AssetKey(["raw", s]) for s in ("flights", "airlines", "airports", "planes")],
     group_name="core",
-    owners=catalog.owners(FLIGHTS),
     kinds={"duckdb"},
     code_version="1",
-    partitions_def=catalog.partitions_def(FLIGHTS),
-    backfill_policy=dg.BackfillPolicy.single_run(),
     metadata={"dagster/column_schema": COLUMN_SCHEMA,
               "dagster/column_lineage": column_lineage(),
               "dagster/table_name": "warehouse.core.flights"},
-    tags={"plumbline/layer": "core"},
-    pool="warehouse",
+    **policy.warehouse_writer(catalog.partitions_def(FLIGHTS)),
 )
 def core_flights(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
     """Flights with departure and arrival as UTC instants computed from each airport's time zone

@@ -2,7 +2,8 @@
 
 import dagster as dg
 
-from orchestration import catalog
+from assets import policy
+from orchestration import catalog, names
 from orchestration.rebuild import partition_metadata, partitions
 from orchestration.warehouse import Warehouse
 
@@ -33,11 +34,8 @@ COLUMN_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in COLUMNS
     key=["marts", "carrier_daily"],
     deps=[dg.AssetKey(["core", "flights"])],
     group_name="marts",
-    owners=catalog.owners(catalog.contracts()["flights"]),
     kinds={"duckdb"},
     code_version="1",
-    partitions_def=catalog.partitions_def(catalog.contracts()["flights"]),
-    backfill_policy=dg.BackfillPolicy.single_run(),
     metadata={"dagster/column_schema": COLUMN_SCHEMA,
               "dagster/column_lineage": dg.TableColumnLineage(deps_by_column={
                   "event_date": [dg.TableColumnDep(dg.AssetKey(["core", "flights"]), "event_date")],
@@ -52,10 +50,9 @@ COLUMN_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in COLUMNS
               }),
               "dagster/table_name": "warehouse.marts.carrier_daily",
               # Columns computed by GROUP BY aggregates, so lineage can say so (transformation subtype).
-              "plumbline/aggregated_columns": dg.MetadataValue.json(
+              names.AGGREGATED_COLUMNS: dg.MetadataValue.json(
                   ["flights", "cancellations", "on_time_share", "mean_dep_delay", "mean_arr_delay"])},
-    tags={"plumbline/layer": "marts"},
-    pool="warehouse",
+    **policy.warehouse_writer(catalog.partitions_def(catalog.contracts()["flights"])),
 )
 def carrier_daily(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
     """Per day, carrier and origin: flights, cancellations, on-time share (arrival delay at most

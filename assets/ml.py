@@ -7,21 +7,17 @@ $PLUMBLINE_ML_CONFIG.
 
 import dagster as dg
 
-from assets import core
-from orchestration import catalog
+from assets import core, policy
+from orchestration import catalog, names
 from orchestration.rebuild import partition_metadata, partitions
-from orchestration.ml import config, drift, evaluation, features, registry, scoring, training
+from orchestration.ml import config, drift, evaluation, features, scoring, training
 from orchestration.ml import training_set as split
 from orchestration.ml.layer import (AIRPORTS, CFG, CORE_FLIGHTS, DAILY, EVALUATION, FEATURES, MODEL, PLANES, PREDICTIONS,
                                     TRAINING_SET, WEATHER)
-from orchestration.warehouse import Warehouse, literal
+from orchestration.ml.registry import ModelRegistry
+from orchestration.warehouse import Warehouse, key_list
 
-FLIGHTS = catalog.contracts()["flights"]
-OWNERS = catalog.owners(FLIGHTS)
-
-MODEL_VERSION = "model_version"  # materialization metadata of ml/delay_model: the registered version
-
-COMMON = dict(group_name="ml", owners=OWNERS, pool="warehouse", tags={"plumbline/layer": "ml"})
+MODEL_VERSION = names.MODEL_VERSION  # materialization metadata of ml/delay_model: the registered version
 
 
 def _column_lineage() -> dg.TableColumnLineage:
@@ -34,11 +30,11 @@ def _column_lineage() -> dg.TableColumnLineage:
     key=FEATURES,
     deps=[dg.AssetDep(CORE_FLIGHTS, partition_mapping=features.partition_mapping(CFG.rolling_days)),
           dg.AssetDep(WEATHER), PLANES, AIRPORTS],
-    partitions_def=DAILY, backfill_policy=dg.BackfillPolicy.single_run(), kinds={"duckdb"}, code_version=training.MODEL_CODE_VERSION,
+    kinds={"duckdb"}, code_version=training.MODEL_CODE_VERSION,
     metadata={"dagster/column_schema": features.COLUMN_SCHEMA, "dagster/column_lineage": _column_lineage(),
               "dagster/table_name": "warehouse.ml.flight_features",
-              "plumbline/aggregated_columns": dg.MetadataValue.json(features.AGGREGATED)},
-    **COMMON,
+              names.AGGREGATED_COLUMNS: dg.MetadataValue.json(features.AGGREGATED)},
+    group_name="ml", **policy.warehouse_writer(DAILY),
 )
 def flight_features(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
     """Per flight: scheduled hour, weekday, month, carrier, origin, destination, distance, plane age
@@ -53,10 +49,9 @@ def flight_features(context: dg.AssetExecutionContext, warehouse: Warehouse) -> 
             con.execute(partitions.raw_table_ddl(catalog.contracts()[source]))
         rows = partitions.replace_partitions(con, "ml.flight_features", features.DDL, keys,
                                              features.select(CFG.rolling_days, CFG.delay_minutes))
-        dates = ", ".join(f"{literal(k)}::DATE" for k in keys)
         outcomes = {k: {} for k in keys}
         for day, outcome, n in con.execute(f"SELECT strftime(event_date, '%Y-%m-%d'), outcome, count(*) FROM ml.flight_features "
-                                           f"WHERE event_date IN ({dates}) GROUP BY ALL ORDER BY 1, 2").fetchall():
+                                           f"WHERE event_date IN {key_list(keys)} GROUP BY ALL ORDER BY 1, 2").fetchall():
             outcomes[day][outcome] = n
     context.log.info(f"ml.flight_features: {sum(rows.values())} flights in {len(keys)} partition(s)")
     partition_metadata.record(context, {k: {"dagster/row_count": rows[k], "outcomes": dg.MetadataValue.json(outcomes[k])}
@@ -66,10 +61,10 @@ def flight_features(context: dg.AssetExecutionContext, warehouse: Warehouse) -> 
 
 @dg.asset(
     key=TRAINING_SET, deps=[FEATURES], kinds={"duckdb"}, code_version=training.MODEL_CODE_VERSION,
-    check_specs=[dg.AssetCheckSpec("training_set_split", asset=TRAINING_SET, blocking=True,
+    check_specs=[dg.AssetCheckSpec(names.TRAINING_SET_SPLIT, asset=TRAINING_SET, blocking=True,
                                    description="Train, validation and test windows do not overlap and no flight is in two of them.")],
     metadata={"dagster/table_name": "warehouse.ml.training_set"},
-    **COMMON,
+    group_name="ml", **policy.warehouse_writer(),
 )
 def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
     """Labelled flights of the train, validation and test windows (config split), with provenance:
@@ -87,7 +82,7 @@ def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
         data_version=dg.DataVersion(provenance["version"]))
     ok = not problems["overlapping_windows"] and not problems["keys_in_two_splits"]
     yield dg.AssetCheckResult(
-        check_name="training_set_split", passed=ok, severity=dg.AssetCheckSeverity.ERROR,
+        check_name=names.TRAINING_SET_SPLIT, passed=ok, severity=dg.AssetCheckSeverity.ERROR,
         description=(
             f"train, validation and test windows of {cfg.path.name} are disjoint and no flight is in two of them" if ok else
             f"the split in {cfg.path} is unsound: windows overlapping: {problems['overlapping_windows'] or 'none'}; "
@@ -98,15 +93,15 @@ def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
 
 
 @dg.asset(key=MODEL, deps=[TRAINING_SET], kinds={"scikit-learn", "mlflow"}, code_version=training.MODEL_CODE_VERSION,
-          metadata={"plumbline/registered_model": CFG.model_name}, **COMMON)
-def delay_model(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+          metadata={names.REGISTERED_MODEL: CFG.model_name}, group_name="ml", **policy.warehouse_writer())
+def delay_model(context: dg.AssetExecutionContext, warehouse: Warehouse, model_registry: ModelRegistry) -> dg.MaterializeResult:
     """A gradient-boosting classifier of P(arrival delay > threshold), trained with fixed seeds on the
     train window and registered in MLflow with its parameters, metrics, the training set's provenance,
     the code version and library versions. The same training set and parameters reuse the version."""
     cfg = config.load()
     with warehouse.connect(read_only=True) as con:
-        trained = training.train(con, cfg)
-    v = registry.version(cfg, trained.version)
+        trained = training.train(con, cfg, model_registry)
+    v = model_registry.version(cfg, trained.version)
     context.log.info(f"{cfg.model_name} v{trained.version} ({'reused: same fingerprint' if trained.reused else 'trained'}); "
                      f"validation AUC {trained.metrics.get('validation_auc')}")
     if trained.left_out:
@@ -115,7 +110,7 @@ def delay_model(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.M
     return dg.MaterializeResult(
         metadata={MODEL_VERSION: trained.version, "model_uri": f"models:/{cfg.model_name}/{trained.version}",
                   "left_out_features": dg.MetadataValue.json(trained.left_out),
-                  "mlflow_run_id": v.run_id, "mlflow_tracking_uri": registry.tracking_uri(), "reused": trained.reused,
+                  "mlflow_run_id": v.run_id, names.MLFLOW_TRACKING_URI: model_registry.tracking(), "reused": trained.reused,
                   "training_set_version": trained.provenance["version"], "fingerprint": trained.fingerprint,
                   **{k: float(val) for k, val in sorted(trained.metrics.items()) if isinstance(val, (int, float))}},
         data_version=dg.DataVersion(trained.fingerprint))
@@ -130,38 +125,38 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:
 @dg.asset(key=EVALUATION, deps=[MODEL, TRAINING_SET], kinds={"duckdb", "mlflow"}, code_version=training.MODEL_CODE_VERSION,
           metadata={"dagster/table_name": "warehouse.ml.model_evaluation",
                     "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in evaluation.COLUMNS])},
-          **COMMON)
-def model_evaluation(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+          group_name="ml", **policy.warehouse_writer())
+def model_evaluation(context: dg.AssetExecutionContext, warehouse: Warehouse, model_registry: ModelRegistry) -> dg.MaterializeResult:
     """AUC, log loss, Brier score and calibration error on the test window, overall and per carrier,
     for the challenger (the latest ml/delay_model), the current champion and the baseline."""
     challenger = str(_latest(context.instance, MODEL)[MODEL_VERSION])
     with warehouse.connect() as con:
-        rows, champion, reliability = training.evaluate(con, config.load(), challenger)
+        rows, champion, reliability = training.evaluate(con, config.load(), model_registry, challenger)
     overall = {r["model"]: r for r in rows if r["scope"] == evaluation.OVERALL}
     table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows if r["scope"] == evaluation.OVERALL]
     context.log.info("test window: " + "; ".join(f"{m} AUC {r['auc']:.4f}" for m, r in overall.items() if r["auc"] is not None))
     return dg.MaterializeResult(metadata={
-        "challenger_version": challenger, "champion_version": champion or "none",
+        names.CHALLENGER_VERSION: challenger, names.CHAMPION_VERSION: champion or "none",
         "dagster/row_count": len(rows), "overall": dg.MetadataValue.json(table),
         "challenger_calibration": dg.MetadataValue.json(reliability),
         **{f"{m}_{k}": float(r[k]) for m, r in overall.items() for k in ("auc", "log_loss", "brier", "ece") if r[k] is not None}})
 
 
-@dg.asset_check(asset=EVALUATION, blocking=True, name="promotion_gate",
+@dg.asset_check(asset=EVALUATION, blocking=True, name=names.PROMOTION_GATE,
                 description="Promotes the challenger to champion only if it beats the champion (or the baseline) by the "
                             "configured margin with no carrier regressing beyond the configured amount.")
-def promotion_gate(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+def promotion_gate(context: dg.AssetCheckExecutionContext, warehouse: Warehouse, model_registry: ModelRegistry) -> dg.AssetCheckResult:
     cfg = config.load()
-    challenger = str(_latest(context.instance, EVALUATION)["challenger_version"])
+    challenger = str(_latest(context.instance, EVALUATION)[names.CHALLENGER_VERSION])
     with warehouse.connect() as con:
         rows = evaluation.load(con, challenger)
-        champion = registry.champion(cfg)
+        champion = model_registry.champion(cfg)
         decision = evaluation.decide(rows, challenger, champion, cfg.promotion)
         if decision.promote:
-            registry.promote(con, cfg, challenger, actor="promotion_gate", reason=decision.reason)
+            model_registry.promote(con, cfg, challenger, actor=names.PROMOTION_GATE, reason=decision.reason)
         elif champion != challenger:
-            registry.reject(con, cfg, challenger, actor="promotion_gate", reason=decision.reason)
-    now = registry.champion(cfg)
+            model_registry.reject(con, cfg, challenger, actor=names.PROMOTION_GATE, reason=decision.reason)
+    now = model_registry.champion(cfg)
     context.log.info(f"promotion gate: v{challenger} {'promoted' if decision.promote else 'not promoted'}: {decision.reason}")
     kept = decision.promote or champion == challenger
     return dg.AssetCheckResult(
@@ -169,46 +164,46 @@ def promotion_gate(context: dg.AssetCheckExecutionContext, warehouse: Warehouse)
         # a rejected challenger leaves the champion serving (a warning); with no champion at all, scoring must stop
         severity=dg.AssetCheckSeverity.WARN if now else dg.AssetCheckSeverity.ERROR,
         description=decision.reason,
-        metadata={"challenger_version": challenger, "champion_version": now or "none", "previous_champion": champion or "none",
-                  "decision": "promoted" if decision.promote else ("already champion" if champion == challenger else "rejected"),
+        metadata={names.CHALLENGER_VERSION: challenger, names.CHAMPION_VERSION: now or "none", "previous_champion": champion or "none",
+                  names.DECISION: names.PROMOTED if decision.promote else ("already champion" if champion == challenger else "rejected"),
                   "compared_with": decision.compared_with, "auc_gain": decision.auc_gain if decision.auc_gain is not None else float("nan"),
                   "regressed_carriers": dg.MetadataValue.json(decision.regressed_carriers)})
 
 
 DRIFT_CHECKS = {
-    "feature_drift": "PSI of each feature against the training reference, graded on its excess over a typical "
-                     "training day, across every scored partition in ml.drift (not only the last run's)",
-    "prediction_drift": "PSI of the predicted probability against its training distribution, graded on its excess over "
-                        "a typical training day, across every scored partition in ml.drift (not only the last run's)",
-    "performance_drift": "each scored partition's AUC against the test-window AUC, where labels are known, graded on "
-                         "the drop, across every scored partition in ml.drift (not only the last run's)",
+    names.FEATURE_DRIFT: "PSI of each feature against the training reference, graded on its excess over a typical "
+                         "training day, across every scored partition in ml.drift (not only the last run's)",
+    names.PREDICTION_DRIFT: "PSI of the predicted probability against its training distribution, graded on its excess over "
+                            "a typical training day, across every scored partition in ml.drift (not only the last run's)",
+    names.PERFORMANCE_DRIFT: "each scored partition's AUC against the test-window AUC, where labels are known, graded on "
+                             "the drop, across every scored partition in ml.drift (not only the last run's)",
 }
 
 
 @dg.asset(
     key=PREDICTIONS, deps=[dg.AssetDep(FEATURES), EVALUATION],
-    partitions_def=DAILY, backfill_policy=dg.BackfillPolicy.single_run(), kinds={"duckdb", "scikit-learn"},
+    kinds={"duckdb", "scikit-learn"},
     code_version=training.MODEL_CODE_VERSION,
     check_specs=[dg.AssetCheckSpec(name, asset=PREDICTIONS, description=d) for name, d in DRIFT_CHECKS.items()],
     metadata={"dagster/table_name": "warehouse.ml.flight_predictions",
               "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in scoring.PREDICTION_COLUMNS])},
-    **COMMON,
+    group_name="ml", **policy.warehouse_writer(DAILY),
 )
-def flight_predictions(context: dg.AssetExecutionContext, warehouse: Warehouse):
+def flight_predictions(context: dg.AssetExecutionContext, warehouse: Warehouse, model_registry: ModelRegistry):
     """The champion's P(delayed) for every flight of the partition, with the model version that
     scored it; drift of the partition against the training reference in ml.drift. When the
     champion changes, re-scoring is a backfill of these partitions."""
     keys = list(context.partition_keys)
     cfg = config.load()
     with warehouse.connect() as con:
-        scored = scoring.score(con, cfg, keys)
+        scored = scoring.score(con, cfg, model_registry, keys)
         measured = drift.scored(con)  # the drift checks grade every scored partition, not only this run's
     context.log.info(f"ml.flight_predictions: {sum(scored.rows.values())} flights in {len(keys)} partition(s) scored by "
                      f"{cfg.model_name} v{scored.version}")
     partition_metadata.record(context, {k: {"dagster/row_count": scored.rows[k]} for k in keys})
     yield dg.MaterializeResult(metadata={
         MODEL_VERSION: scored.version, "model_uri": f"models:/{cfg.model_name}/{scored.version}",
-        "mlflow_tracking_uri": registry.tracking_uri()})
+        names.MLFLOW_TRACKING_URI: model_registry.tracking()})
     yield from drift_results(measured, cfg.drift, keys)
 
 
@@ -220,8 +215,8 @@ def drift_results(measured, d: dict, keys: list[str]) -> list[dg.AssetCheckResul
         rows = drift.for_check(measured, check)
         beyond = rows[rows.grade != "ok"]
         worst = [drift.described(r) for r in beyond.head(10).itertuples()]
-        fields = ("drop", "auc") if check == "performance_drift" else ("excess", "psi")
-        thresholds = ({"warn_drop": d["auc_drop_warn"], "fail_drop": d["auc_drop_fail"]} if check == "performance_drift"
+        fields = ("drop", "auc") if check == names.PERFORMANCE_DRIFT else ("excess", "psi")
+        thresholds = ({"warn_drop": d["auc_drop_warn"], "fail_drop": d["auc_drop_fail"]} if check == names.PERFORMANCE_DRIFT
                       else {"warn_excess": d["psi_warn"], "fail_excess": d["psi_fail"]})
         partitions, in_run = rows.partition.nunique(), beyond[beyond.partition.isin(keys)]
         reason = (f"none of {len(rows)} measurement(s) of {partitions} scored partition(s) in ml.drift is beyond the "

@@ -2,10 +2,11 @@
 
 import dagster as dg
 
+from assets import policy
 from contracts.model import Contract
-from orchestration import catalog
+from orchestration import catalog, names
 from orchestration.rebuild import partition_metadata, partitions, restatements
-from orchestration.quality import checks, schema_checks
+from orchestration.quality import checks, dead_letter, schema_checks
 from orchestration.warehouse import Warehouse
 
 
@@ -21,18 +22,15 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
         description=(f"{contract.description} Contract-enforced ({catalog.shown_path(contract)}, v{contract.version}) as {kind}: "
                      "casts and sentinels, row rules (failures to ops.dead_letter), dedup by primary key "
                      f"{list(contract.primary_key)} with the latest delivery winning; each rebuild is one transaction."),
-        owners=catalog.owners(contract),
         kinds={"duckdb"},
         code_version=catalog.code_version(contract),
-        partitions_def=part_def,
-        backfill_policy=dg.BackfillPolicy.single_run() if part_def else None,
         check_specs=[*checks.check_specs(contract, key), restatements.check_spec(contract, key),
                      *schema_checks.check_specs(key)],
         freshness_policy=catalog.freshness_policy(contract),
         metadata={"dagster/column_schema": catalog.column_schema(contract, part_def is not None),
                   "dagster/table_name": f"warehouse.{contract.table}"},
-        tags={"plumbline/source": contract.name, "plumbline/layer": "raw"},
-        pool="warehouse",
+        tags={names.SOURCE_TAG: contract.name},
+        **policy.warehouse_writer(part_def),
     )
     def _raw(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
         keys = list(context.partition_keys) if part_def else None
@@ -67,12 +65,8 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
 
 def _account_metadata(a: partitions.PartitionAccount, restated: dict | None) -> dict:
     """One partition's own figures: rows delivered, accepted, dead-lettered, superseded; its bronze files; its restatement."""
-    return {"dagster/row_count": a.accepted, "delivered": a.delivered, "dead_lettered": a.dead_lettered,
-            "superseded": a.superseded, **partition_metadata.built_from(a.built_from), **restatements.metadata(restated)}
-
-
-# Open contract-rule rejects, and every line the reader rejected (those never become rows).
-COUNTED_DEAD_LETTERS = "((stage = 'raw' AND status = 'open') OR stage = 'read')"
+    return {"dagster/row_count": a.accepted, names.DELIVERED: a.delivered, names.DEAD_LETTERED: a.dead_lettered,
+            names.SUPERSEDED: a.superseded, **partition_metadata.built_from(a.built_from), **restatements.metadata(restated)}
 
 
 def _verify_accounting(con, contract: Contract, accounts) -> tuple[bool, dict]:
@@ -81,12 +75,10 @@ def _verify_accounting(con, contract: Contract, accounts) -> tuple[bool, dict]:
     for a in accounts:
         if contract.partitioning:
             in_table = con.execute(f"SELECT count(*) FROM {contract.table} WHERE event_date = ?::DATE", [a.partition]).fetchone()[0]
-            dead = con.execute("SELECT count(DISTINCT (file_id, row_offset, stage)) FROM ops.dead_letter WHERE source = ? "
-                               f"AND {COUNTED_DEAD_LETTERS} AND partition_date = ?::DATE", [contract.name, a.partition]).fetchone()[0]
+            dead = dead_letter.counted_in_accounting(con, contract.name, a.partition)
         else:
             in_table = con.execute(f"SELECT count(*) FROM {contract.table}").fetchone()[0]
-            dead = con.execute("SELECT count(DISTINCT (file_id, row_offset, stage)) FROM ops.dead_letter WHERE source = ? "
-                               f"AND {COUNTED_DEAD_LETTERS} AND partition_date IS NULL", [contract.name]).fetchone()[0]
+            dead = dead_letter.counted_in_accounting(con, contract.name, None)
         if a.delivered != a.accepted + a.dead_lettered + a.superseded or in_table != a.accepted or dead != a.dead_lettered:
             broken.append({"partition": a.partition, "delivered": a.delivered, "accepted": a.accepted, "in_table": in_table,
                            "dead_lettered": a.dead_lettered, "open_dead_letters": dead, "superseded": a.superseded})

@@ -23,6 +23,7 @@ from open_data_contract_standard.model import OpenDataContractStandard
 from contracts.model import (
     ALLOWED_PHYSICAL,
     DEFAULT_REJECT_TOLERANCE,
+    EVOLUTION_KEYS,
     EVOLUTION_MODES,
     LOGICAL_TO_DUCKDB,
     SEVERITIES,
@@ -42,7 +43,6 @@ VENDOR = "plumbline"
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 RULE_ID = re.compile(r"^[A-Za-z0-9_]+$")  # rule ids name Dagster asset checks, which allow only these
 RESERVED_PREFIX = "_"  # bronze and raw add _extra, _row_offset, _file_id, _source_file, ... to every table
-EVOLUTION_KEYS = ("tables", "columns", "dataType", "primaryKey")
 DEAD_LETTER = {"rowRuleFailure": "dead_letter", "unreadableFile": "quarantine"}  # the only behaviour implemented
 RANGE_OPTIONS = ("minimum", "maximum")  # the logicalTypeOptions plumbline enforces
 DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?)?$")
@@ -82,7 +82,7 @@ def _validator(api_version: str) -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
-def _line_index(text: str) -> dict[tuple, int]:
+def line_index(text: str) -> dict[tuple, int]:
     """Map every YAML path (tuple of keys/indices) to its 1-based line, for error messages."""
     index: dict[tuple, int] = {}
 
@@ -164,7 +164,7 @@ def load_contract(path: str | Path) -> Contract:
         raise ContractError(path, "", f"not valid YAML: {e}", line + 1 if line is not None else None) from e
     if not isinstance(data, dict):
         raise ContractError(path, "", "expected a YAML mapping with apiVersion, kind, id, version")
-    lines = _line_index(text)
+    lines = line_index(text)
 
     # validated against the version it declares: another ODCS tool reads it by that version too
     version = data.get("apiVersion")
@@ -498,7 +498,7 @@ def _load_all(directory: str) -> dict[str, Contract]:
     for f in contract_files(Path(directory)):
         c = load_contract(f)
         if c.name != f.stem:
-            line = _line_index(f.read_text(encoding="utf-8")).get(("name",))
+            line = line_index(f.read_text(encoding="utf-8")).get(("name",))
             raise ContractError(f, "name", f"name {c.name!r} must equal the file name {f.stem!r}", line)
         contracts[c.name] = c
     for c in contracts.values():
@@ -510,7 +510,7 @@ def _load_all(directory: str) -> dict[str, Contract]:
                 loc = _relationship_loc(c, rule.id)
                 raise ContractError(c.path, _dotted(loc), f"relationship {rule.id!r} points at {source}.{column}, "
                                     f"which is not a column of a contract in {directory}",
-                                    _nearest_line(_line_index(Path(c.path).read_text(encoding="utf-8")), loc))
+                                    _nearest_line(line_index(Path(c.path).read_text(encoding="utf-8")), loc))
     return contracts
 
 

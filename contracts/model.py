@@ -33,7 +33,11 @@ ALLOWED_PHYSICAL = {
 
 SEVERITIES = ("error", "warning", "info")
 DEFAULT_REJECT_TOLERANCE = 0.01  # customProperties.rejectTolerance when a contract does not set it
+# customProperties.schemaEvolution (dlt's vocabulary): what each kind of change may do, and the default
+EVOLUTION_KEYS = ("tables", "columns", "dataType", "primaryKey")
 EVOLUTION_MODES = ("evolve", "freeze", "discard_row", "discard_value")
+EVOLUTION_DEFAULTS = {"tables": "freeze", "columns": "discard_value", "dataType": "freeze",
+                      "primaryKey": "evolve"}  # evolve: the later row of a repeated key wins
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,10 @@ class Contract:
     sla: dict = field(default_factory=dict)
     restatement: Restatement = field(default_factory=Restatement)
     reject_tolerance: float = DEFAULT_REJECT_TOLERANCE  # for rules without their own (customProperties.rejectTolerance)
+
+    def evolution_mode(self, key: str) -> str:
+        """The schemaEvolution mode for one of EVOLUTION_KEYS: the contract's, else the default."""
+        return self.schema_evolution.get(key, EVOLUTION_DEFAULTS[key])
 
     @property
     def primary_key(self) -> tuple[str, ...]:

@@ -9,11 +9,11 @@ from assets.core import core_flights
 from assets.marts import carrier_daily
 from assets import ml
 from assets.raw import raw_asset
-from orchestration import catalog
+from orchestration import catalog, names
 from orchestration.automation import sensors
 from orchestration.automation.lineage_sensors import sensors as lineage_sensors
 from orchestration.automation import ml_sensors
-from orchestration.warehouse import Warehouse
+from orchestration.resources import resources
 
 CONTRACTS = catalog.contracts()
 PARTITIONED = [c for c in CONTRACTS.values() if c.partitioning]
@@ -25,6 +25,14 @@ FEATURES_JOB = "build_features"
 TRAIN_JOB = "train_model"
 SCORE_JOB = "score_flights"
 ML = dg.AssetSelection.groups("ml")
+BUILT_ON = "flights"  # the contract core, marts and ml are built from: its owners own them
+
+
+def platform_policy(spec: dg.AssetSpec) -> dg.AssetSpec:
+    """Every asset's owners are those of the contract it is built from, and its layer tag is its group
+    (its pool and backfill policy: assets/policy.py)."""
+    contract = CONTRACTS[spec.tags.get(names.SOURCE_TAG, BUILT_ON)]
+    return spec.merge_attributes(owners=catalog.owners(contract), tags={names.LAYER_TAG: spec.group_name})
 
 
 def rebuild_job_name(source: str) -> str:
@@ -63,9 +71,10 @@ schedules = [
 ]
 
 defs = dg.Definitions(
-    assets=[*(bronze_asset(c) for c in CONTRACTS.values()), *(raw_asset(c) for c in CONTRACTS.values()),
-            core_flights, carrier_daily,
-            ml.flight_features, ml.training_set, ml.delay_model, ml.model_evaluation, ml.flight_predictions],
+    assets=dg.map_asset_specs(platform_policy, [
+        *(bronze_asset(c) for c in CONTRACTS.values()), *(raw_asset(c) for c in CONTRACTS.values()),
+        core_flights, carrier_daily,
+        ml.flight_features, ml.training_set, ml.delay_model, ml.model_evaluation, ml.flight_predictions]),
     asset_checks=[ml.promotion_gate],
     jobs=jobs,
     sensors=[*lineage_sensors, sensors.landing_sensor(INGEST_JOB),
@@ -73,5 +82,5 @@ defs = dg.Definitions(
              *(sensors.rebuild_sensor(c.name, SNAPSHOTS_JOB, False) for c in SNAPSHOTS),
              *ml_sensors.sensors(FEATURES_JOB, TRAIN_JOB, SCORE_JOB)],
     schedules=schedules,
-    resources={"warehouse": Warehouse()},
+    resources=resources(),
 )

@@ -1,4 +1,5 @@
-"""The DuckDB warehouse: one place that opens connections and owns the ops tables' DDL."""
+"""The DuckDB warehouse: one place that opens connections, owns the ops tables' DDL, and renders
+SQL text (quoting, partition-key lists, date ranges, transactions) for every other module."""
 
 from __future__ import annotations
 
@@ -118,6 +119,11 @@ def ident(name: str) -> str:
     return f'"{name}"'
 
 
+def delivered_ident(name: str) -> str:
+    """Quote a column name exactly as a delivery spells it (it may be anything, including SQL)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def literal(value) -> str:
     """A SQL literal for a contract value (strings quoted, numbers validated)."""
     if value is None:
@@ -127,6 +133,34 @@ def literal(value) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     return "'" + str(value).replace("'", "''") + "'"
+
+
+def date_literal(value) -> str:
+    """A DATE literal from an ISO date string or a date: '2013-01-01'::DATE."""
+    return f"{literal(str(value))}::DATE"
+
+
+def key_list(keys) -> str:
+    """Daily partition keys as a parenthesised list for IN: ('2013-01-01'::DATE, ...); () when empty."""
+    return "(" + ", ".join(date_literal(k) for k in keys) + ")"
+
+
+def date_range(column: str, start, end=None) -> str:
+    """A predicate on a DATE column (SQL text) for the half-open range [start, end), or from start on."""
+    upper = f" AND {column} < {date_literal(end)}" if end is not None else ""
+    return f"{column} >= {date_literal(start)}{upper}"
+
+
+@contextlib.contextmanager
+def transaction(con):
+    """All or nothing: a crash or error anywhere inside leaves the tables as they were."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 def table_exists(con, schema: str, table: str) -> bool:

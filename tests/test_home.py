@@ -208,7 +208,8 @@ def test_a_moved_home_keeps_its_models_and_shows_repository_relative_contract_pa
         assert summary.returncode == 0 and "Traceback" not in summary.stderr, summary.stderr
         assert str(home) not in summary.stdout
         load = subprocess.run(
-            [sys.executable, "-c", "from orchestration.ml import config, registry; cfg = config.load(); "
+            [sys.executable, "-c", "from orchestration.ml import config; from orchestration.resources import resources; "
+             "cfg = config.load(); registry = resources()['model_registry']; "
              "v = registry.champion(cfg) or registry.versions(cfg)[-1].version; m = registry.load(cfg, v); "
              "print(type(m).__name__, v)"],
             cwd=tmp_path, capture_output=True, text=True, timeout=300,
@@ -237,8 +238,9 @@ def test_a_registered_model_loads_after_its_home_moved(tmp_path, monkeypatch):
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    from orchestration.ml import registry
+    from orchestration.resources import resources
 
+    registry = resources()["model_registry"]
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)

@@ -24,9 +24,11 @@ from orchestration.demo.feed import write_feed
 from orchestration.ml import config, features, oncall, registry, training
 from orchestration.ops.sync import RUN_CONFIG, instance, sync
 from orchestration.rebuild.ranges import RANGE_END, RANGE_START
+from orchestration.resources import resources
 from orchestration.warehouse import Warehouse
 
 QUIET = dict(say=lambda *_: None)
+MODELS = resources()["model_registry"]  # the registry the assets are given
 FLIGHT_KEY = ["year", "month", "day", "carrier", "flight", "origin"]
 
 
@@ -103,7 +105,7 @@ def test_sync_ends_with_a_champion_predictions_for_the_test_window_and_metrics_a
     cfg = config.load()
     jobs = [job for job, _, _ in report.runs]
     assert {"build_features", "train_model", "score_flights"} <= set(jobs)
-    champion = registry.champion(cfg)
+    champion = MODELS.champion(cfg)
     assert champion is not None
     test = cfg.window("test")
     scored = query("SELECT strftime(event_date, '%Y-%m-%d'), count(*), list(DISTINCT model_version) "
@@ -128,19 +130,17 @@ def test_sync_ends_with_a_champion_predictions_for_the_test_window_and_metrics_a
 
 
 def test_the_registered_model_traces_back_to_its_run_data_code_and_libraries(ml_home):
-    import mlflow
-
     cfg = config.load()
-    champion = registry.champion(cfg)
-    version = registry.version(cfg, champion)
-    run = mlflow.get_run(version.run_id)  # the registered version links back to its training run
+    champion = MODELS.champion(cfg)
+    version = MODELS.version(cfg, champion)
+    run = MODELS.run(version.run_id)  # the registered version links back to its training run
     assert run.data.params["max_iter"] == str(cfg.params["max_iter"])
     assert run.data.params["split.test"] == f"{cfg.window('test').start}..{cfg.window('test').end}"
     assert 0.6 < run.data.metrics["validation_auc"] < 1
     tags = run.data.tags
     assert tags["plumbline.code_version"].startswith("0.1.0")
     assert tags["plumbline.library.scikit-learn"] == "1.9.1"
-    provenance = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/provenance.json")
+    provenance = MODELS.artifact(version.run_id, "provenance.json")
     stored = json.loads(query("SELECT provenance FROM ml.training_set_provenance")[0][0])
     assert provenance == stored and tags[registry.TRAINING_SET_TAG] == provenance["version"]
     assert len(provenance["partitions"]) == 365 and all(len(h) == 32 for h in provenance["partitions"].values())
@@ -214,7 +214,7 @@ def test_a_restated_flights_day_rebuilds_exactly_the_feature_days_whose_window_r
     graph = definitions.defs.resolve_asset_graph()
     daily = graph.get(ml.FEATURES).partitions_def  # Dagster's own view, through the partition mapping
     assert features.affected_days(["2013-12-05"], daily, cfg.rolling_days) == partitions.partition_range("2013-12-05", "2013-12-12")
-    champion = registry.champion(cfg)
+    champion = MODELS.champion(cfg)
 
     with Warehouse().connect(read_only=True) as con:
         before = {d: feature_hash(con, d) for d in partitions.partition_range("2013-11-25", "2013-12-20")}
@@ -233,7 +233,7 @@ def test_a_restated_flights_day_rebuilds_exactly_the_feature_days_whose_window_r
     runs = [(job, label) for job, label, _ in report.runs]
     assert [label for job, label in runs if job == "build_features"] == ["[2013-12-05 .. 2013-12-12]"]
     assert ("train_model", "(training set, model, evaluation, promotion gate)") in runs, "the test window changed"
-    if registry.champion(cfg) == champion:  # the retrained model did not win: only the touched days are re-scored
+    if MODELS.champion(cfg) == champion:  # the retrained model did not win: only the touched days are re-scored
         assert [label for job, label in runs if job == "score_flights"] == ["[2013-12-05 .. 2013-12-12]"]
     with Warehouse().connect(read_only=True) as con:
         after = {d: feature_hash(con, d) for d in before}
@@ -245,7 +245,7 @@ def test_a_restated_flights_day_rebuilds_exactly_the_feature_days_whose_window_r
 def test_the_split_check_fails_loudly_on_overlapping_windows_and_nothing_is_trained(home_copy, tmp_path, monkeypatch):
     cfg = config.load()
     monkeypatch.setenv("PLUMBLINE_ML_CONFIG", str(write_config(tmp_path, split={"validation": {"start": "2013-08-20", "end": "2013-10-15"}})))
-    versions_before = len(registry.versions(cfg))
+    versions_before = len(MODELS.versions(cfg))
     result = run_job("train_model")
     assert not result.success
     (check,) = check_results(result, "training_set_split")
@@ -253,7 +253,7 @@ def test_the_split_check_fails_loudly_on_overlapping_windows_and_nothing_is_trai
     assert check.metadata["overlapping_windows"].value == ["train and validation"]
     assert check.metadata["keys_in_two_splits"].value > 1000
     assert "ml__delay_model" not in {e.step_key for e in result.all_events if e.is_step_success}, "blocked before training"
-    assert len(registry.versions(cfg)) == versions_before
+    assert len(MODELS.versions(cfg)) == versions_before
 
 
 def test_training_twice_on_the_same_training_set_gives_the_same_model(ml_home):
@@ -268,7 +268,7 @@ def test_training_twice_on_the_same_training_set_gives_the_same_model(ml_home):
 
 def test_a_worse_model_is_rejected_the_champion_stays_and_on_call_can_promote_roll_back_and_rescore(home_copy, tmp_path, monkeypatch, capsys):
     cfg = config.load()
-    champion = registry.champion(cfg)
+    champion = MODELS.champion(cfg)
     # a deliberately worse model: two leaves, three rounds
     monkeypatch.setenv("PLUMBLINE_ML_CONFIG", str(write_config(tmp_path, model={"params": {
         **cfg.params, "max_iter": 3, "max_leaf_nodes": 2}})))
@@ -278,22 +278,22 @@ def test_a_worse_model_is_rejected_the_champion_stays_and_on_call_can_promote_ro
     assert challenger != champion
     assert not gate.passed and gate.severity == dg.AssetCheckSeverity.WARN, "rejected; the champion keeps serving"
     assert f"does not beat champion v{champion}" in gate.description
-    assert registry.champion(cfg) == champion
-    v = registry.version(cfg, challenger)
+    assert MODELS.champion(cfg) == champion
+    v = MODELS.version(cfg, challenger)
     assert v.tags[registry.STATUS_TAG] == "rejected" and "does not beat" in v.tags[registry.REASON_TAG]
 
     # on-call promotes it anyway, re-scores December by backfill, then rolls back
     monkeypatch.setenv("PLUMBLINE_ACTOR", "oncall@example.com")
     assert cli.main(["model", "promote", challenger, "--reason", "incident 42: try the small model"]) == 0
     out = capsys.readouterr().out
-    assert registry.champion(cfg) == challenger
+    assert MODELS.champion(cfg) == challenger
     assert "plumbline backfill --assets key:ml/flight_predictions --from 2013-10-16 --to 2013-12-31" in out
     assert cli.main(["backfill", "--assets", "key:ml/flight_predictions", "--from", "2013-12-01", "--to", "2013-12-31",
                      "--in-process"]) == 0
     with Warehouse().connect(read_only=True) as con:
         assert oncall.scored_by(con) == [(champion, "2013-10-16", "2013-11-30", 46), (challenger, "2013-12-01", "2013-12-31", 31)]
     assert cli.main(["model", "rollback", "--reason", "incident 42 over"]) == 0
-    assert registry.champion(cfg) == champion
+    assert MODELS.champion(cfg) == champion
     assert cli.main(["model", "rollback"]) == 2, "the first champion has nothing before it"
     assert "nothing to roll back to" in capsys.readouterr().err
     history = query("SELECT action, version, previous_champion, actor FROM ops.model_promotions ORDER BY decided_at")

@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from orchestration.demo.feed import write_feed
-from orchestration.ml import config, features, registry
+from orchestration.ml import config, features
 from orchestration.ops.sync import instance, sync
+from orchestration.resources import resources
 
 WEATHER = ["temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib"]
 
@@ -58,9 +59,8 @@ def test_features_with_no_values_are_left_out_of_training_with_a_note(january_wi
 
     cfg = config.load()
     version = str(mat.metadata["model_version"].value)
-    import mlflow
-
-    provenance = mlflow.artifacts.load_dict(f"runs:/{registry.version(cfg, version).run_id}/provenance.json")
+    models = resources()["model_registry"]
+    provenance = models.artifact(models.version(cfg, version).run_id, "provenance.json")
     assert sorted(provenance["left_out_features"]) == sorted(WEATHER)
     assert provenance["features"] == [f for f in features.MODEL_INPUTS if f not in WEATHER]
     # the model scores the test window with the features it was trained on

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from contracts.loader import CONTRACTS_DIR, _line_index, load_contract
+from contracts.loader import CONTRACTS_DIR, line_index, load_contract
 from orchestration.ops import deliveries
 from orchestration.quality import schema_checks
 from test_bad_input import (csv_bytes, day_rows, dead_rows, file_name, ingest, landed_row, landing, raw_count,
@@ -83,7 +83,7 @@ def test_numeric_column_turned_text_follows_the_datatype_policy(plumbline_home, 
     assert "(breaking)" in f["reason"]
     if mode == "freeze":
         assert f["status"] == "quarantined" and f["bronze_path"] is None
-        line = _line_index(Path(contract.path).read_text()).get(("schema", 0, "properties",
+        line = line_index(Path(contract.path).read_text()).get(("schema", 0, "properties",
                                                                    contract.column_names.index("dep_delay")))
         assert f"{contract.path}:{line}" in f["reason"]
         assert f"plumbline deliveries retry --source flights --file {path}" in f["reason"]

@@ -30,13 +30,14 @@ from collections.abc import Iterable
 
 import dagster as dg
 
-from orchestration.automation.sensors import INTERVAL_SECONDS
+from orchestration import names
+from orchestration.automation.sensors import interval_seconds
 from orchestration.ml import config, features, plan
 from orchestration.ml.layer import (CFG, CORE_FLIGHTS, DAILY, EVALUATION, FEATURE_INPUTS, FEATURES, PREDICTIONS,
                                     TRAINING_SET, WEATHER)
 from orchestration.rebuild.ranges import RANGE_END, RANGE_START, contiguous_ranges
 
-PROMOTION_GATE = dg.AssetCheckKey(EVALUATION, "promotion_gate")
+PROMOTION_GATE = dg.AssetCheckKey(EVALUATION, names.PROMOTION_GATE)
 PAGE = 1000  # materialization records read per query; a tick reads every page there is
 GATE_HISTORY = 100  # completed promotion-gate results remembered in the scoring sensor's cursor
 # Statuses of a run that has not finished yet (queued by the daemon, or launched and running).
@@ -103,7 +104,7 @@ def feature_days(changed_flights: list[str], changed_weather: list[str], built: 
 
 
 def features_sensor(job_name: str) -> dg.SensorDefinition:
-    @dg.sensor(name="ml_features_sensor", job_name=job_name, minimum_interval_seconds=INTERVAL_SECONDS, default_status=RUNNING,
+    @dg.sensor(name="ml_features_sensor", job_name=job_name, minimum_interval_seconds=interval_seconds(), default_status=RUNNING,
                description=f"Rebuilds the ml.flight_features partitions that read a changed core.flights day (and the "
                            f"{CFG.rolling_days} days after it, whose rolling window covers it) or a changed raw.weather day.")
     def _sensor(context: dg.SensorEvaluationContext):
@@ -131,7 +132,7 @@ def features_sensor(job_name: str) -> dg.SensorDefinition:
 
 
 def training_sensor(job_name: str, features_job: str) -> dg.SensorDefinition:
-    @dg.sensor(name="ml_training_sensor", job_name=job_name, minimum_interval_seconds=INTERVAL_SECONDS, default_status=RUNNING,
+    @dg.sensor(name="ml_training_sensor", job_name=job_name, minimum_interval_seconds=interval_seconds(), default_status=RUNNING,
                description="Retrains, evaluates and runs the promotion gate when feature partitions inside the split "
                            "windows change, once every window is featured enough (training.min_window_coverage).")
     def _sensor(context: dg.SensorEvaluationContext):
@@ -175,7 +176,7 @@ def _gate_results(instance: dg.DagsterInstance) -> list[tuple[int, dict, str]]:
 
 def _promoted_at(instance: dg.DagsterInstance, gates: list[tuple[int, dict, str]]) -> int:
     """Storage id of the latest promotion's check evaluation: predictions older than it are stale."""
-    run_id = next((run for _, meta, run in gates if meta.get("decision") == "promoted"), None)
+    run_id = next((run for _, meta, run in gates if meta.get(names.DECISION) == names.PROMOTED), None)
     if run_id is None:
         return 0
     events = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
@@ -192,7 +193,7 @@ def stale_score_days(instance: dg.DagsterInstance, gates: list[tuple[int, dict, 
 
 
 def scoring_sensor(job_name: str) -> dg.SensorDefinition:
-    @dg.sensor(name="ml_scoring_sensor", job_name=job_name, minimum_interval_seconds=INTERVAL_SECONDS, default_status=RUNNING,
+    @dg.sensor(name="ml_scoring_sensor", job_name=job_name, minimum_interval_seconds=interval_seconds(), default_status=RUNNING,
                description="Scores changed ml.flight_features partitions from scoring.start on with the champion; when the "
                            "promotion gate promotes a new champion, re-scores every featured day from scoring.start.")
     def _sensor(context: dg.SensorEvaluationContext):
@@ -204,11 +205,11 @@ def scoring_sensor(job_name: str) -> dg.SensorDefinition:
         # watermark could skip one: remember the ids already seen instead
         gates = _gate_results(context.instance)
         seen_gates = set(cursor.get("promotion_gate", []))
-        promoted = [(i, meta) for i, meta, _ in gates if i not in seen_gates and meta.get("decision") == "promoted"]
+        promoted = [(i, meta) for i, meta, _ in gates if i not in seen_gates and meta.get(names.DECISION) == names.PROMOTED]
         cursor["promotion_gate"] = [i for i, _, _ in gates]
         context.update_cursor(json.dumps(cursor))
 
-        champion = next((meta.get("champion_version") for _, meta, _ in gates), None)
+        champion = next((meta.get(names.CHAMPION_VERSION) for _, meta, _ in gates), None)
         if champion in (None, "none"):
             return dg.SkipReason(f"no champion model yet ({len(records)} new feature partition(s)): the promotion "
                                  f"gate's first promotion scores every featured day from {start}")
@@ -217,7 +218,7 @@ def scoring_sensor(job_name: str) -> dg.SensorDefinition:
             days, why = stale, "scored before their features changed or before the champion was promoted"
         elif promoted:
             days = {d for d in context.instance.get_materialized_partitions(FEATURES) if d >= start} & stale
-            why = f"champion v{promoted[0][1].get('champion_version')} promoted: re-score from {start}"
+            why = f"champion v{promoted[0][1].get(names.CHAMPION_VERSION)} promoted: re-score from {start}"
         else:
             days = {d for d in _days(records) if d >= start} & stale
             why = "feature partitions changed"

@@ -27,10 +27,13 @@ from orchestration import catalog, settings
 from orchestration.ingest import landing
 from orchestration.rebuild import partitions
 from orchestration.rebuild.ranges import RANGE_END, RANGE_START, contiguous_ranges
-from orchestration.warehouse import Warehouse
+from orchestration.resources import resources
 
-# How often the daemon evaluates each sensor; a test deployment may shorten it.
-INTERVAL_SECONDS = int(os.environ.get("PLUMBLINE_SENSOR_INTERVAL_SECONDS", "30"))
+
+def interval_seconds() -> int:
+    """How often the daemon evaluates each sensor; a test deployment may shorten it. Read when the
+    sensors are built (each load of the definitions), not when this module is imported."""
+    return int(os.environ.get("PLUMBLINE_SENSOR_INTERVAL_SECONDS", "30"))
 
 
 def scan(previous: dict[str, list]) -> dict[str, list]:
@@ -63,7 +66,7 @@ class WarehouseBusy(Exception):
 
 def read_warehouse(read, empty):
     """read(con) on the warehouse without waiting for a writer; `empty` when no sync has written it yet."""
-    warehouse = Warehouse()
+    warehouse = resources()["warehouse"]
     if not warehouse.db_path().is_file():
         return empty
     try:
@@ -89,7 +92,7 @@ def _is_landed(path: str, entry: list, landed: set[tuple[str, str]]) -> bool:
 
 
 def landing_sensor(ingest_job_name: str) -> dg.SensorDefinition:
-    @dg.sensor(name="landing_sensor", job_name=ingest_job_name, minimum_interval_seconds=INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING,
+    @dg.sensor(name="landing_sensor", job_name=ingest_job_name, minimum_interval_seconds=interval_seconds(), default_status=dg.DefaultSensorStatus.RUNNING,
                description="Ingests deliveries in the landing zone that ops.landed_files does not hold yet (path and content hash).")
     def _sensor(context: dg.SensorEvaluationContext):
         previous = json.loads(context.cursor) if context.cursor else {}
@@ -131,7 +134,7 @@ def rebuild_sensor(source: str, job_name: str, partitioned: bool) -> dg.SensorDe
     key = dg.AssetKey(["bronze", source])
     raw = dg.AssetKey(["raw", source])
 
-    @dg.sensor(name=f"rebuild_{source}_sensor", job_name=job_name, minimum_interval_seconds=INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING,
+    @dg.sensor(name=f"rebuild_{source}_sensor", job_name=job_name, minimum_interval_seconds=interval_seconds(), default_status=dg.DefaultSensorStatus.RUNNING,
                description=f"Rebuilds the partitions of raw.{source} (and downstream) whose deliveries changed since they "
                            "were built (ops.landed_files against ops.partition_accounting).")
     def _sensor(context: dg.SensorEvaluationContext):

@@ -22,9 +22,8 @@ from orchestration.quality import dead_letter
 from orchestration.ingest import landing, lateness, schema_changes, schema_policy
 from orchestration import settings
 from orchestration.ingest.landing import Delivery, content_hash, discover
-from orchestration.rebuild.partitions import transaction
 from orchestration.ingest.readers import TEMP_TABLE, Loaded, Reject, UnreadableFile, load_delivery
-from orchestration.warehouse import ident, literal
+from orchestration.warehouse import date_range, delivered_ident, ident, literal, transaction
 
 
 @dataclass
@@ -37,11 +36,6 @@ class LandedFile:
     event_dates: tuple[str, ...] = ()
     reason: str | None = None
     rejected_at_read: int = 0  # lines the reader could not turn into rows (dead-lettered, stage read)
-
-
-def _quote_any(name: str) -> str:
-    """Quote a column name exactly as delivered (it may be anything, including SQL)."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def event_date_sql(contract: Contract) -> str:
@@ -180,9 +174,9 @@ def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loa
     verdict = schema_changes.examine(con, contract, TEMP_TABLE, loaded.observed_schema, mapping, missing, extra,
                                      delivery.delivered_at, rel)
     schema = verdict.schema
-    select = [f"{_quote_any(mapping[c.name])} AS {ident(c.name)}" if c.name in mapping else f"NULL::VARCHAR AS {ident(c.name)}"
+    select = [f"{delivered_ident(mapping[c.name])} AS {ident(c.name)}" if c.name in mapping else f"NULL::VARCHAR AS {ident(c.name)}"
               for c in contract.columns]
-    extra_sql = ("json_object(" + ", ".join(f"{literal(n)}, {_quote_any(n)}" for n in extra) + ")::VARCHAR") if extra else "NULL::VARCHAR"
+    extra_sql = ("json_object(" + ", ".join(f"{literal(n)}, {delivered_ident(n)}" for n in extra) + ")::VARCHAR") if extra else "NULL::VARCHAR"
     delivered_at = literal(delivery.delivered_at.isoformat()) + "::TIMESTAMPTZ" if delivery.delivered_at else "NULL::TIMESTAMPTZ"
     dates_known = contract.partitioning is not None and all(c in mapping for c in contract.partitioning.event_date)
     con.execute(f"""CREATE OR REPLACE TEMP VIEW _mapped AS
@@ -259,10 +253,7 @@ def _attribute_rejects(con, contract: Contract, mapping: dict[str, str], rejects
 
 def _in_range_sql(contract: Contract) -> str:
     p = contract.partitioning
-    if p is None:
-        return "TRUE"
-    end = f" AND _event_date < {literal(p.end.isoformat())}::DATE" if p.end else ""
-    return f"_event_date >= {literal(p.start.isoformat())}::DATE{end}"
+    return "TRUE" if p is None else date_range("_event_date", p.start, p.end)
 
 
 def _record(con, f: LandedFile, base: dict, schema, bronze_path) -> LandedFile:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pyarrow loads where a jsonl or parquet delivery is read, no
     import pyarrow as pa
 
 from orchestration.ingest.landing import Delivery
+from orchestration.warehouse import delivered_ident, literal
 
 TEMP_TABLE = "_delivery"
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a single record larger than this is refused, not buffered
@@ -114,15 +115,14 @@ def _load_csv(con, delivery: Delivery) -> Loaded:
     _check_columns(header)
     # Positional names inside DuckDB: a delivered column named rowid would otherwise hide the row id.
     columns_sql = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(header))) + "}"
-    named = ", ".join(f'c{i} AS "{c.replace(chr(34), chr(34) * 2)}"' for i, c in enumerate(header))
-    path_sql = _escape(str(delivery.path))
+    named = ", ".join(f"c{i} AS {delivered_ident(c)}" for i, c in enumerate(header))
     # DuckDB appends to an existing rejects table: without this, earlier files' bad lines land on this file.
     con.execute("DROP TABLE IF EXISTS temp._rejects")
     con.execute("DROP TABLE IF EXISTS temp._rejects_scan")
     # Fixed dialect: a feed declares its format, so a wrong delimiter is an error, not a guess.
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _delivery_data AS
-        SELECT * FROM read_csv('{path_sql}', header = true, auto_detect = false, delim = ',', quote = '"',
+        SELECT * FROM read_csv({literal(str(delivery.path))}, header = true, auto_detect = false, delim = ',', quote = '"',
             escape = '"', columns = {columns_sql}, store_rejects = true, max_line_size = {MAX_LINE_BYTES},
             rejects_table = '_rejects', rejects_scan = '_rejects_scan')"""
     )
@@ -346,6 +346,3 @@ def _register(con, table: pa.Table) -> None:
     finally:
         con.unregister("_delivery_arrow")
 
-
-def _escape(text: str) -> str:
-    return text.replace("'", "''")

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from contracts.model import Contract
-from orchestration.warehouse import literal
+from orchestration.warehouse import delivered_ident, literal
 
 # A column changes type when more than this share (and at least this many) of its non-null values
 # no longer fit; fewer misfits are bad rows, dead-lettered one by one by the contract's type rules.
@@ -79,10 +79,6 @@ class Verdict:
 # ---------------------------------------------------------------------------- observing
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def observe(con, table: str, delivered: list[dict], expected: dict[str, str], nulls: dict[str, list[str]] | None = None) -> list[dict]:
     """Per column the type its values fit, and a value profile (min, max, distinct) used to suggest
     renames. expected: delivered name -> contract type, whose misfits are counted for
@@ -125,7 +121,7 @@ def _profiles(con, table: str, delivered: list[dict], nulls: dict[str, list[str]
 
     One pass over (column, value) pairs grouped by column: a query with aggregates per column costs
     the planner time quadratic in the number of columns (minutes at a few hundred)."""
-    values = ", ".join(f"CAST({_q(c['name'])} AS VARCHAR) AS c{i}" for i, c in enumerate(delivered))
+    values = ", ".join(f"CAST({delivered_ident(c['name'])} AS VARCHAR) AS c{i}" for i, c in enumerate(delivered))
     text = "NULLIF(trim(v), '')"
     sentinels = [f"(col = 'c{i}' AND {text} IN ({', '.join(literal(t) for t in nulls[c['name']])}))"
                  for i, c in enumerate(delivered) if nulls.get(c["name"])]
@@ -237,7 +233,7 @@ def row_checks(con, contract: Contract, table: str, mapping: dict[str, str], sch
             changes.append(Change("nullability_changed", col.name, f"required, but {n} of {rows} values are null{sampled}", True))
     key = contract.primary_key
     if key and all(k in mapping for k in key):
-        cols = ", ".join(_q(mapping[k]) for k in key)
+        cols = ", ".join(delivered_ident(mapping[k]) for k in key)
         dup = con.execute(f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {table} GROUP BY {cols} "
                           "HAVING count(*) > 1)").fetchall()[0][0]
         if dup:
@@ -247,7 +243,7 @@ def row_checks(con, contract: Contract, table: str, mapping: dict[str, str], sch
         if rule.kind == "allowed_values" and rule.column in mapping:
             allowed = ", ".join(literal(str(v)) for v in rule.values)
             new = [r[0] for r in con.execute(
-                f"SELECT DISTINCT CAST({_q(mapping[rule.column])} AS VARCHAR) AS v FROM {table} "
+                f"SELECT DISTINCT CAST({delivered_ident(mapping[rule.column])} AS VARCHAR) AS v FROM {table} "
                 f"WHERE v IS NOT NULL AND v NOT IN ({allowed}) ORDER BY 1 LIMIT 10").fetchall()]
             if new:
                 changes.append(Change("allowed_values_changed", rule.column, f"new values {new} (rule {rule.id})",

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import yaml
 
-from contracts.loader import _line_index
+from contracts.loader import line_index
 from contracts.model import Contract
 from orchestration import catalog
 from orchestration.quality import dead_letter
 from orchestration.ingest.schema_changes import PATTERNS, Change, Verdict, contract_type
 from orchestration.warehouse import ident, literal
-
-DEFAULTS = {"tables": "freeze", "columns": "discard_value", "dataType": "freeze", "primaryKey": "evolve"}  # evolve: the later row of a repeated key wins
 
 
 @dataclass
@@ -74,10 +72,6 @@ class Decision:
         return out
 
 
-def mode(contract: Contract, key: str) -> str:
-    return contract.schema_evolution.get(key, DEFAULTS[key])
-
-
 def decide(contract: Contract, verdict: Verdict, missing: list[str]) -> Decision:
     d = Decision(changes=list(verdict.changes))
     added = [c for c in verdict.changes if c.kind == "column_added"]
@@ -90,7 +84,7 @@ def decide(contract: Contract, verdict: Verdict, missing: list[str]) -> Decision
         elif c.kind == "column_added":
             continue  # grouped below, one note for all added columns
         else:
-            m = mode(contract, c.policy_key)
+            m = contract.evolution_mode(c.policy_key)
             if m == "freeze" or (c.kind == "column_removed" and m != "evolve"):
                 d.quarantine.append(c)  # NULL in place of a column the source stopped sending would be a wrong value
             elif m == "discard_row":
@@ -103,7 +97,7 @@ def decide(contract: Contract, verdict: Verdict, missing: list[str]) -> Decision
             else:
                 d.notes.append(f"{c.describe()}; accepted (schemaEvolution.{c.policy_key} = {m})")
     if added:
-        m = mode(contract, "columns")
+        m = contract.evolution_mode("columns")
         names = [c.column for c in added]
         # one change for all of them: one reason and one dead letter per row, however many columns were added
         group = added[0] if len(added) == 1 else Change(
@@ -131,7 +125,7 @@ def record_discards(con, contract: Contract, decision: Decision, run_id: str) ->
 def _contract_text(path: str, mtime_ns: int, size: int) -> tuple[dict, dict]:
     """(line index, document) of a contract file, parsed once per version of the file."""
     text = Path(path).read_text(encoding="utf-8")
-    return _line_index(text), yaml.safe_load(text)
+    return line_index(text), yaml.safe_load(text)
 
 
 def contract_line(contract: Contract, change: Change | None) -> str:

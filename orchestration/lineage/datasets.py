@@ -38,14 +38,14 @@ from openlineage.client.facet_v2 import (
 )
 from openlineage.client.naming.dataset import LocalFileSystem
 
-from orchestration import catalog, settings
+from orchestration import catalog, names, settings
 from orchestration.ml import registry
+from orchestration.names import REGISTERED_MODEL
 
 TABLE_NAME = "dagster/table_name"
-REGISTERED_MODEL = "plumbline/registered_model"  # static: this asset's data is versions of that MLflow registered model
-VERSION_WRITTEN = "model_version"  # materialization metadata of a REGISTERED_MODEL asset: the version it registered
+VERSION_WRITTEN = names.MODEL_VERSION  # materialization metadata of a REGISTERED_MODEL asset: the version it registered
 # Materialization metadata of an asset that reads registered versions: the role it read each in.
-VERSIONS_READ = ("model_version", "challenger_version", "champion_version")
+VERSIONS_READ = (names.MODEL_VERSION, names.CHALLENGER_VERSION, names.CHAMPION_VERSION)
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def _version(value) -> str | None:
 
 
 def _model_version(model: str, version: str | None, metadata: Mapping) -> ModelVersion:
-    return ModelVersion(model_place(registry_namespace(_value(metadata, "mlflow_tracking_uri")), model, version), model, version)
+    return ModelVersion(model_place(registry_namespace(_value(metadata, names.MLFLOW_TRACKING_URI)), model, version), model, version)
 
 
 def model_written(node, metadata: Mapping) -> ModelVersion | None:
@@ -206,8 +206,8 @@ def _transformation(kind: str, subtype: str, description: str | None) -> column_
 def column_lineage_facet(graph, node) -> column_lineage_dataset.ColumnLineageDatasetFacet | None:
     """From dagster/column_lineage where the asset declares it; for raw, from its contract."""
     fields: dict[str, list[tuple[Place, str, column_lineage_dataset.Transformation]]] = {}
-    aggregated = set(node.metadata.get("plumbline/aggregated_columns").value
-                     if node.metadata.get("plumbline/aggregated_columns") else [])
+    aggregated = set(node.metadata.get(names.AGGREGATED_COLUMNS).value
+                     if node.metadata.get(names.AGGREGATED_COLUMNS) else [])
     declared = node.metadata.get("dagster/column_lineage")
     if declared is not None:
         lineage = declared.column_lineage if hasattr(declared, "column_lineage") else declared

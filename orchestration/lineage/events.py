@@ -32,6 +32,7 @@ from openlineage.client.facet_v2 import (
     parent_run,
 )
 
+from orchestration import names
 from orchestration.rebuild import partition_metadata
 from orchestration.lineage import datasets
 from orchestration.lineage.facets import PRODUCER, DataQualityMetricsDatasetFacet, DeadLetterDatasetFacet, EventIdentityRunFacet
@@ -188,14 +189,14 @@ def _inputs(graph, node, partitions: list[str], models: list[datasets.ModelVersi
         input_facets = {}
         if read := _partitions_read(graph, node, parent, partitions):
             input_facets["subset"] = base_subset_dataset.InputSubsetInputDatasetFacet(inputCondition=_partitions(read))
-        if parent.path[0] == "bronze" and _value(metadata, "delivered") is not None:
+        if parent.path[0] == "bronze" and _value(metadata, names.DELIVERED) is not None:
             input_facets["inputStatistics"] = input_statistics_input_dataset.InputStatisticsInputDatasetFacet(
-                rowCount=int(_value(metadata, "delivered")), fileCount=_value(metadata, "bronze_files"))
+                rowCount=int(_value(metadata, names.DELIVERED)), fileCount=_value(metadata, names.BRONZE_FILES))
         out.append(InputDataset(namespace=p.namespace, name=p.name, inputFacets=input_facets))
     for m in models:
         out.append(InputDataset(namespace=m.place.namespace, name=m.place.name,
                                 facets={**datasets.model_facets(m), "version": datasets.version_facet(m.version)}))
-    for delivery in _value(metadata, "deliveries", []) or []:
+    for delivery in _value(metadata, names.DELIVERIES, []) or []:
         p = datasets.file_place(delivery["path"])
         out.append(InputDataset(namespace=p.namespace, name=p.name, inputFacets={
             "inputStatistics": input_statistics_input_dataset.InputStatisticsInputDatasetFacet(
@@ -210,7 +211,7 @@ def _assertions(checks) -> data_quality_assertions_dataset.DataQualityAssertions
         data_quality_assertions_dataset.Assertion(
             assertion=c.check_name, success=bool(c.passed),
             severity=c.severity.value.lower() if c.severity else None,
-            description=_value(c.metadata, "rule"))
+            description=_value(c.metadata, names.RULE))
         for c in checks])
 
 
@@ -219,12 +220,12 @@ def _dead_letters(checks) -> DeadLetterDatasetFacet | None:
     by_rule: dict[str, int] = {}
     seen = False
     for c in checks:
-        if "dead_lettered_by_rule" in c.metadata:
+        if names.DEAD_LETTERED_BY_RULE in c.metadata:
             seen = True
-            by_rule.update({r: int(n) for r, n in (_value(c.metadata, "dead_lettered_by_rule") or {}).items()})
-        elif "dead_lettered_rows" in c.metadata:
+            by_rule.update({r: int(n) for r, n in (_value(c.metadata, names.DEAD_LETTERED_BY_RULE) or {}).items()})
+        elif names.DEAD_LETTERED_ROWS in c.metadata:
             seen = True
-            n = int(_value(c.metadata, "dead_lettered_rows") or 0)
+            n = int(_value(c.metadata, names.DEAD_LETTERED_ROWS) or 0)
             if n:
                 by_rule[c.check_name] = n
     if not seen:

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 
+import dagster as dg
 from openlineage.client import OpenLineageClient
 from openlineage.client.transport.console import ConsoleTransport
 from openlineage.client.transport.file import FileConfig, FileTransport
@@ -78,6 +79,20 @@ def client() -> OpenLineageClient:
     path = default_events_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     return OpenLineageClient(transport=FileTransport(FileConfig(log_file_path=str(path), append=True)))
+
+
+class LineageTransport(dg.ConfigurableResource):
+    """The OpenLineage transport as the deployment mapping hands it out (orchestration/resources.py):
+    configured the standard way (see the module docstring), else JSON lines under $PLUMBLINE_HOME/lineage/."""
+
+    def disabled(self) -> bool:
+        return disabled()
+
+    def kind(self) -> str | None:
+        return kind()
+
+    def client(self) -> OpenLineageClient:
+        return client()
 
 
 def is_noop(c: OpenLineageClient) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from orchestration import names
 from orchestration.ml import features
 
 if TYPE_CHECKING:
@@ -110,9 +111,9 @@ def grade(value: float, warn: float, fail: float) -> str:
 
 # ml.drift holds both kinds of measurement in (value, reference): name them for what they are.
 CHECKS = {
-    "feature_drift": "psi",        # PSI of a feature against the training reference
-    "prediction_drift": "psi",     # PSI of the predicted probability
-    "performance_drift": "auc",    # the partition's AUC against the version's test-window AUC
+    names.FEATURE_DRIFT: "psi",      # PSI of a feature against the training reference
+    names.PREDICTION_DRIFT: "psi",   # PSI of the predicted probability
+    names.PERFORMANCE_DRIFT: "auc",  # the partition's AUC against the version's test-window AUC
 }
 
 
@@ -125,8 +126,8 @@ def scored(con) -> pd.DataFrame:
 def for_check(measured: pd.DataFrame, check: str) -> pd.DataFrame:
     """The measurements one drift check grades, with the graded excess (what the thresholds apply to)."""
     rows = measured[measured.measure == CHECKS[check]]
-    if check != "performance_drift":
-        rows = rows[(rows.feature == "prediction") == (check == "prediction_drift")]
+    if check != names.PERFORMANCE_DRIFT:
+        rows = rows[(rows.feature == "prediction") == (check == names.PREDICTION_DRIFT)]
     # PSI is graded on its excess over a typical training day; AUC on its drop below the reference
     excess = rows.value - rows.reference if CHECKS[check] == "psi" else rows.reference - rows.value
     return rows.assign(excess=excess).sort_values(["excess", "partition", "feature"], ascending=[False, True, True])

@@ -8,6 +8,7 @@ import os
 
 from orchestration.ml import registry
 from orchestration.ml.config import MlConfig
+from orchestration.ml.registry import ModelRegistry
 from orchestration.warehouse import table_exists
 
 
@@ -27,19 +28,19 @@ def test_auc(con, version: str) -> float | None:
     return rows[0][0] if rows else None
 
 
-def versions(con, cfg: MlConfig) -> list[dict]:
+def versions(con, cfg: MlConfig, model_registry: ModelRegistry) -> list[dict]:
     """Every registered version, oldest first: status, whether it is the champion, test AUC, training set."""
-    champion = registry.champion(cfg) if (found := registry.versions(cfg)) else None
+    champion = model_registry.champion(cfg) if (found := model_registry.versions(cfg)) else None
     return [{"version": str(v.version), "status": v.tags.get(registry.STATUS_TAG), "champion": str(v.version) == champion,
              "test_auc": test_auc(con, str(v.version)), "training_set": v.tags.get(registry.TRAINING_SET_TAG),
              "reason": v.tags.get(registry.REASON_TAG)} for v in found]
 
 
-def versions_text(con, cfg: MlConfig) -> str:
-    found = versions(con, cfg)
+def versions_text(con, cfg: MlConfig, model_registry: ModelRegistry) -> str:
+    found = versions(con, cfg, model_registry)
     if not found:
-        return f"model {cfg.model_name} has no versions in {registry.tracking_uri()} (plumbline sync trains one)"
-    lines = [f"model {cfg.model_name} in {registry.tracking_uri()}:",
+        return f"model {cfg.model_name} has no versions in {model_registry.tracking()} (plumbline sync trains one)"
+    lines = [f"model {cfg.model_name} in {model_registry.tracking()}:",
              f"  {'version':>7}  {'status':<11} {'test AUC':>8}  {'training set':<16}  reason"]
     for v in found:
         auc = v["test_auc"]

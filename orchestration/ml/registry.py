@@ -1,26 +1,34 @@
 """The model registry: MLflow, where ML engineers already look.
 
-Tracking and registry default to a SQLite store with artifacts under $PLUMBLINE_HOME/mlflow;
-MLFLOW_TRACKING_URI (and MLFLOW_REGISTRY_URI) point elsewhere the standard way. MLflow records
-absolute artifact URIs, so a home that was copied or moved has them re-based onto where it is now
-before the store is opened. The champion is
+`ModelRegistry` is a resource: the deployment mapping (orchestration/resources.py) says where its
+tracking store, registry and artifacts are, and every MLflow call is given those URIs explicitly;
+none is exported to the environment. Left empty (the embedded deployment), tracking and registry
+are MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI when the user set them, else a SQLite store with
+artifacts under $PLUMBLINE_HOME/mlflow. MLflow records absolute artifact URIs, so a home that was
+copied or moved has them re-based onto where it is now before the store is opened. The champion is
 the MLflow alias `champion`; every promotion, rejection and rollback is recorded twice: as tags on
 the model version (what the MLflow UI shows) and as a row in ops.model_promotions (who, when, why).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import platform
 import sqlite3
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
+import dagster as dg
+
 from orchestration import settings
-from orchestration.rebuild.partitions import transaction
+from orchestration.warehouse import transaction
 from orchestration.ml.config import MlConfig
 
 CHAMPION = "champion"
@@ -29,6 +37,7 @@ REASON_TAG = "plumbline.reason"
 TRAINING_SET_TAG = "plumbline.training_set_version"
 FINGERPRINT_TAG = "plumbline.fingerprint"  # training set + parameters + code: same fingerprint, same model
 LIBRARIES = ("scikit-learn", "numpy", "pandas", "duckdb", "dagster", "mlflow-skinny", "pyarrow")
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # MLflow's only switch for its progress bars
 
 class RegistryError(RuntimeError):
     pass
@@ -43,6 +52,7 @@ def _user_setting(var: str) -> str | None:
 
 
 def tracking_uri() -> str:
+    """The embedded deployment's tracking URI: the user's MLFLOW_TRACKING_URI, else SQLite under the home."""
     return _user_setting("MLFLOW_TRACKING_URI") or f"sqlite:///{local_dir() / 'mlflow.db'}"
 
 
@@ -78,38 +88,210 @@ def rebase_local_store() -> int:
         con.close()
 
 
-def client():
-    """An MLflow client on the configured store (the fluent API is pointed at it too)."""
-    import mlflow
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # progress bars clutter run logs
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    uri = tracking_uri()
-    if _user_setting("MLFLOW_TRACKING_URI") is None:
-        local_dir().mkdir(parents=True, exist_ok=True)
-        rebase_local_store()
-    # MLflow exports what it is given as MLFLOW_*_URI; put the environment back, so the next call
-    # (another PLUMBLINE_HOME in the same process) still tells the user's setting from ours
-    saved = {v: os.environ.get(v) for v in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(_user_setting("MLFLOW_REGISTRY_URI") or uri)
-    for var, value in saved.items():
-        if value is None:
-            os.environ.pop(var, None)
-        else:
-            os.environ[var] = value
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=_user_setting("MLFLOW_REGISTRY_URI") or uri)
+@contextlib.contextmanager
+def _quiet_transfers() -> Iterator[None]:
+    """No MLflow progress bars in run logs while artifacts move, unless the user asked for them;
+    the variable is MLflow's only switch, so it is set for the block and put back after it."""
+    if PROGRESS_BAR in os.environ:
+        yield
+        return
+    os.environ[PROGRESS_BAR] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(PROGRESS_BAR, None)
 
 
-def experiment_id(cfg: MlConfig) -> str:
-    c = client()
-    found = c.get_experiment_by_name(cfg.experiment)
-    if found is not None:
-        return found.experiment_id
-    # with the default local store, artifacts go under PLUMBLINE_HOME too (MLflow would use ./mlruns)
-    location = None if _user_setting("MLFLOW_TRACKING_URI") else (local_dir() / "artifacts").as_uri()
-    return c.create_experiment(cfg.experiment, artifact_location=location)
+class ModelRegistry(dg.ConfigurableResource):
+    """MLflow tracking and model registry. Empty settings are the embedded store (see the module
+    docstring), resolved at call time like the warehouse path, so PLUMBLINE_HOME can change."""
+
+    tracking_uri: str = ""
+    registry_uri: str = ""
+    artifact_location: str = ""  # where new experiments keep their artifacts; empty: see artifacts()
+
+    def tracking(self) -> str:
+        return self.tracking_uri or tracking_uri()
+
+    def registry(self) -> str:
+        return self.registry_uri or _user_setting("MLFLOW_REGISTRY_URI") or self.tracking()
+
+    def is_local(self) -> bool:
+        """The embedded SQLite store under PLUMBLINE_HOME (nothing configured elsewhere)."""
+        return not self.tracking_uri and _user_setting("MLFLOW_TRACKING_URI") is None
+
+    def artifacts(self) -> str | None:
+        if self.artifact_location:
+            return self.artifact_location
+        # with the local store, artifacts go under PLUMBLINE_HOME too (MLflow would use ./mlruns)
+        return (local_dir() / "artifacts").as_uri() if self.is_local() else None
+
+    def client(self):
+        """An MLflow client on this registry's store."""
+        import mlflow
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        if self.is_local():
+            local_dir().mkdir(parents=True, exist_ok=True)
+            rebase_local_store()
+        return mlflow.MlflowClient(tracking_uri=self.tracking(), registry_uri=self.registry())
+
+    @contextlib.contextmanager
+    def _fluent(self) -> Iterator[None]:
+        """MLflow's fluent logging API (start_run, log_model) takes no URI and reads a process-wide
+        one; point it at this registry for the block only, without mlflow.set_tracking_uri, which
+        would also export MLFLOW_TRACKING_URI to the environment."""
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+        tracking_utils._tracking_uri, registry_utils._registry_uri = self.tracking(), self.registry()
+        try:
+            with _quiet_transfers():
+                yield
+        finally:
+            tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+
+    def experiment_id(self, cfg: MlConfig) -> str:
+        c = self.client()
+        found = c.get_experiment_by_name(cfg.experiment)
+        if found is not None:
+            return found.experiment_id
+        return c.create_experiment(cfg.experiment, artifact_location=self.artifacts())
+
+    def versions(self, cfg: MlConfig) -> list:
+        """Every registered version of the model, oldest first (none when it is not registered yet)."""
+        c = self.client()
+        try:
+            found = c.search_model_versions(f"name = '{cfg.model_name}'")
+        except Exception as e:  # noqa: BLE001 - MLflow raises its own exception types per store
+            if "RESOURCE_DOES_NOT_EXIST" in str(e):
+                return []
+            raise
+        return sorted(found, key=lambda v: int(v.version))
+
+    def find(self, cfg: MlConfig, fingerprint: str):
+        return next((v for v in self.versions(cfg) if v.tags.get(FINGERPRINT_TAG) == fingerprint), None)
+
+    def champion(self, cfg: MlConfig) -> str | None:
+        c = self.client()
+        try:
+            return str(c.get_model_version_by_alias(cfg.model_name, CHAMPION).version)  # MLflow returns an int here
+        except Exception as e:  # noqa: BLE001
+            if "RESOURCE_DOES_NOT_EXIST" in str(e) or "not found" in str(e).lower():
+                return None
+            raise
+
+    def version(self, cfg: MlConfig, number: str):
+        c = self.client()
+        try:
+            return c.get_model_version(cfg.model_name, str(number))
+        except Exception as e:  # noqa: BLE001
+            raise RegistryError(f"model {cfg.model_name} has no version {number} in {self.tracking()} "
+                                f"(list them: plumbline model list)") from e
+
+    def run(self, run_id: str):
+        return self.client().get_run(run_id)
+
+    def load(self, cfg: MlConfig, number: str):
+        import mlflow.artifacts
+        import mlflow.sklearn
+
+        # not a models:/ URI: MLflow resolves those on its process-wide registry, whatever URI it is given
+        c = self.client()
+        where = c.get_model_version_download_uri(cfg.model_name, str(number))
+        if where.startswith("models:/"):  # a logged model's id: its artifacts are where that model says
+            where = c.get_logged_model(where.removeprefix("models:/")).artifact_location
+        with _quiet_transfers(), tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=where, dst_path=tmp,
+                                                       tracking_uri=self.tracking(), registry_uri=self.registry())
+            return mlflow.sklearn.load_model(path)
+
+    def artifact(self, run_id: str, name: str) -> dict:
+        """A JSON artifact logged with a run (provenance.json, drift_reference.json)."""
+        import mlflow.artifacts
+
+        self.client()
+        with _quiet_transfers(), tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp,
+                                                       tracking_uri=self.tracking(), registry_uri=self.registry())
+            return json.loads(Path(path).read_text())
+
+    def register(self, cfg: MlConfig, model, *, fingerprint: str, provenance: dict, metrics: dict, reference: dict) -> str:
+        """One MLflow run with everything needed to trace the model, and the model version it registers."""
+        import mlflow
+        import mlflow.sklearn
+        import skops.io
+
+        experiment = self.experiment_id(cfg)
+        with self._fluent(), mlflow.start_run(experiment_id=experiment, run_name=f"train {provenance['version']}"):
+            mlflow.log_params(cfg.params)
+            mlflow.log_params({"features": ",".join(provenance["features"]), **{
+                f"split.{name}": f"{s['start']}..{s['end']}" for name, s in provenance["splits"].items()}})
+            mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            mlflow.set_tags({"plumbline.code_version": code_version(), TRAINING_SET_TAG: provenance["version"],
+                             FINGERPRINT_TAG: fingerprint, **{f"plumbline.library.{k}": v for k, v in library_versions().items()},
+                             **{f"plumbline.contract.{k}": v for k, v in provenance["contracts"].items()}})
+            mlflow.log_dict(provenance, "provenance.json")
+            mlflow.log_dict(reference, "drift_reference.json")
+            # the model was built in this process: trust exactly the types it is made of, nothing else
+            trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+            info = mlflow.sklearn.log_model(model, name="model", registered_model_name=cfg.model_name,
+                                            skops_trusted_types=trusted)
+        number = str(info.registered_model_version)
+        c = self.client()
+        for key, value in {STATUS_TAG: "candidate", TRAINING_SET_TAG: provenance["version"], FINGERPRINT_TAG: fingerprint,
+                           "plumbline.code_version": code_version()}.items():
+            c.set_model_version_tag(cfg.model_name, number, key, value)
+        return number
+
+    def reference(self, cfg: MlConfig, number: str) -> dict:
+        return self.artifact(self.version(cfg, number).run_id, "drift_reference.json")
+
+    def promote(self, con, cfg: MlConfig, number: str, *, actor: str, reason: str) -> str | None:
+        """Make `number` the champion; returns the previous champion."""
+        c = self.client()
+        self.version(cfg, number)  # refuses an unknown version with the list command
+        previous = self.champion(cfg)
+        with transaction(con):  # the record commits only once the alias has moved
+            _record(con, cfg, "promote", number, previous, actor, reason)
+            c.set_registered_model_alias(cfg.model_name, CHAMPION, str(number))
+        c.set_model_version_tag(cfg.model_name, str(number), STATUS_TAG, "champion")
+        c.set_model_version_tag(cfg.model_name, str(number), REASON_TAG, reason)
+        if previous and previous != str(number):
+            c.set_model_version_tag(cfg.model_name, previous, STATUS_TAG, "retired")
+        return previous
+
+    def reject(self, con, cfg: MlConfig, number: str, *, actor: str, reason: str) -> None:
+        tags = self.version(cfg, number).tags
+        if tags.get(STATUS_TAG) == "rejected" and tags.get(REASON_TAG) == reason:
+            return  # a reused version judged again on the same evidence: already on record
+        c = self.client()
+        c.set_model_version_tag(cfg.model_name, str(number), STATUS_TAG, "rejected")
+        c.set_model_version_tag(cfg.model_name, str(number), REASON_TAG, reason)
+        _record(con, cfg, "reject", number, self.champion(cfg), actor, reason)
+
+    def rollback(self, con, cfg: MlConfig, *, actor: str, reason: str) -> tuple[str, str]:
+        """Restore the champion before the current one; returns (restored, replaced)."""
+        current = self.champion(cfg)
+        if current is None:
+            raise RegistryError(f"model {cfg.model_name} has no champion to roll back")
+        row = con.execute("""SELECT previous_champion FROM ops.model_promotions
+            WHERE model = ? AND version = ? AND action = 'promote' ORDER BY decided_at DESC LIMIT 1""",
+                          [cfg.model_name, current]).fetchall()
+        previous = row[0][0] if row else None
+        if not previous:
+            raise RegistryError(f"model {cfg.model_name} version {current} was the first champion: there is nothing to roll "
+                                "back to (promote a version instead: plumbline model promote <version>)")
+        c = self.client()
+        with transaction(con):
+            _record(con, cfg, "rollback", previous, current, actor, reason)
+            c.set_registered_model_alias(cfg.model_name, CHAMPION, previous)
+        c.set_model_version_tag(cfg.model_name, previous, STATUS_TAG, "champion")
+        c.set_model_version_tag(cfg.model_name, current, STATUS_TAG, "rolled_back")
+        c.set_model_version_tag(cfg.model_name, current, REASON_TAG, reason)
+        return previous, current
 
 
 def code_version() -> str:
@@ -133,135 +315,9 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def versions(cfg: MlConfig) -> list:
-    """Every registered version of the model, oldest first (none when it is not registered yet)."""
-    c = client()
-    try:
-        found = c.search_model_versions(f"name = '{cfg.model_name}'")
-    except Exception as e:  # noqa: BLE001 - MLflow raises its own exception types per store
-        if "RESOURCE_DOES_NOT_EXIST" in str(e):
-            return []
-        raise
-    return sorted(found, key=lambda v: int(v.version))
-
-
-def find(cfg: MlConfig, fingerprint: str):
-    return next((v for v in versions(cfg) if v.tags.get(FINGERPRINT_TAG) == fingerprint), None)
-
-
-def champion(cfg: MlConfig) -> str | None:
-    c = client()
-    try:
-        return str(c.get_model_version_by_alias(cfg.model_name, CHAMPION).version)  # MLflow returns an int here
-    except Exception as e:  # noqa: BLE001
-        if "RESOURCE_DOES_NOT_EXIST" in str(e) or "not found" in str(e).lower():
-            return None
-        raise
-
-
-def version(cfg: MlConfig, number: str):
-    c = client()
-    try:
-        return c.get_model_version(cfg.model_name, str(number))
-    except Exception as e:  # noqa: BLE001
-        raise RegistryError(f"model {cfg.model_name} has no version {number} in {tracking_uri()} "
-                            f"(list them: plumbline model list)") from e
-
-
-def load(cfg: MlConfig, number: str):
-    import mlflow.sklearn
-
-    client()
-    return mlflow.sklearn.load_model(f"models:/{cfg.model_name}/{number}")
-
-
-def register(cfg: MlConfig, model, *, fingerprint: str, provenance: dict, metrics: dict, reference: dict) -> str:
-    """One MLflow run with everything needed to trace the model, and the model version it registers."""
-    import mlflow
-    import mlflow.sklearn
-    import skops.io
-
-    experiment = experiment_id(cfg)
-    with mlflow.start_run(experiment_id=experiment, run_name=f"train {provenance['version']}"):
-        mlflow.log_params(cfg.params)
-        mlflow.log_params({"features": ",".join(provenance["features"]), **{
-            f"split.{name}": f"{s['start']}..{s['end']}" for name, s in provenance["splits"].items()}})
-        mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        mlflow.set_tags({"plumbline.code_version": code_version(), TRAINING_SET_TAG: provenance["version"],
-                         FINGERPRINT_TAG: fingerprint, **{f"plumbline.library.{k}": v for k, v in library_versions().items()},
-                         **{f"plumbline.contract.{k}": v for k, v in provenance["contracts"].items()}})
-        mlflow.log_dict(provenance, "provenance.json")
-        mlflow.log_dict(reference, "drift_reference.json")
-        # the model was built in this process: trust exactly the types it is made of, nothing else
-        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=cfg.model_name,
-                                        skops_trusted_types=trusted)
-    number = str(info.registered_model_version)
-    c = client()
-    for key, value in {STATUS_TAG: "candidate", TRAINING_SET_TAG: provenance["version"], FINGERPRINT_TAG: fingerprint,
-                       "plumbline.code_version": code_version()}.items():
-        c.set_model_version_tag(cfg.model_name, number, key, value)
-    return number
-
-
-def reference(cfg: MlConfig, number: str) -> dict:
-    import mlflow
-
-    client()
-    run_id = version(cfg, number).run_id
-    return mlflow.artifacts.load_dict(f"runs:/{run_id}/drift_reference.json")
-
-
 def _record(con, cfg: MlConfig, action: str, number: str, previous: str | None, actor: str, reason: str) -> None:
     con.execute("INSERT INTO ops.model_promotions VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [dt.datetime.now(dt.timezone.utc), action, cfg.model_name, str(number), previous, actor, reason])
-
-
-def promote(con, cfg: MlConfig, number: str, *, actor: str, reason: str) -> str | None:
-    """Make `number` the champion; returns the previous champion."""
-    c = client()
-    version(cfg, number)  # refuses an unknown version with the list command
-    previous = champion(cfg)
-    with transaction(con):  # the record commits only once the alias has moved
-        _record(con, cfg, "promote", number, previous, actor, reason)
-        c.set_registered_model_alias(cfg.model_name, CHAMPION, str(number))
-    c.set_model_version_tag(cfg.model_name, str(number), STATUS_TAG, "champion")
-    c.set_model_version_tag(cfg.model_name, str(number), REASON_TAG, reason)
-    if previous and previous != str(number):
-        c.set_model_version_tag(cfg.model_name, previous, STATUS_TAG, "retired")
-    return previous
-
-
-def reject(con, cfg: MlConfig, number: str, *, actor: str, reason: str) -> None:
-    tags = version(cfg, number).tags
-    if tags.get(STATUS_TAG) == "rejected" and tags.get(REASON_TAG) == reason:
-        return  # a reused version judged again on the same evidence: already on record
-    c = client()
-    c.set_model_version_tag(cfg.model_name, str(number), STATUS_TAG, "rejected")
-    c.set_model_version_tag(cfg.model_name, str(number), REASON_TAG, reason)
-    _record(con, cfg, "reject", number, champion(cfg), actor, reason)
-
-
-def rollback(con, cfg: MlConfig, *, actor: str, reason: str) -> tuple[str, str]:
-    """Restore the champion before the current one; returns (restored, replaced)."""
-    current = champion(cfg)
-    if current is None:
-        raise RegistryError(f"model {cfg.model_name} has no champion to roll back")
-    row = con.execute("""SELECT previous_champion FROM ops.model_promotions
-        WHERE model = ? AND version = ? AND action = 'promote' ORDER BY decided_at DESC LIMIT 1""",
-                      [cfg.model_name, current]).fetchall()
-    previous = row[0][0] if row else None
-    if not previous:
-        raise RegistryError(f"model {cfg.model_name} version {current} was the first champion: there is nothing to roll "
-                            "back to (promote a version instead: plumbline model promote <version>)")
-    c = client()
-    with transaction(con):
-        _record(con, cfg, "rollback", previous, current, actor, reason)
-        c.set_registered_model_alias(cfg.model_name, CHAMPION, previous)
-    c.set_model_version_tag(cfg.model_name, previous, STATUS_TAG, "champion")
-    c.set_model_version_tag(cfg.model_name, current, STATUS_TAG, "rolled_back")
-    c.set_model_version_tag(cfg.model_name, current, REASON_TAG, reason)
-    return previous, current
 
 
 def history(con, cfg: MlConfig) -> list[tuple]:

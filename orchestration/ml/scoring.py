@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestration.rebuild import partitions
-from orchestration.ml import drift, evaluation, features, model, registry
+from orchestration.ml import drift, evaluation, features, model
 from orchestration.ml.config import MlConfig
-from orchestration.warehouse import literal
+from orchestration.ml.registry import ModelRegistry
+from orchestration.warehouse import key_list
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,17 +45,17 @@ def evaluation_auc(con, version: str) -> float | None:
     return rows[0][0] if rows else None
 
 
-def score(con, cfg: MlConfig, keys: list[str]) -> Scored:
-    champion = registry.champion(cfg)
+def score(con, cfg: MlConfig, model_registry: ModelRegistry, keys: list[str]) -> Scored:
+    champion = model_registry.champion(cfg)
     if champion is None:
-        raise NoChampion(f"model {cfg.model_name} has no champion in {registry.tracking_uri()}: train and evaluate one "
+        raise NoChampion(f"model {cfg.model_name} has no champion in {model_registry.tracking()}: train and evaluate one "
                          "(materialize ml/delay_model and ml/model_evaluation; the promotion gate sets it) or "
                          "promote a version: plumbline model promote <version>")
-    fitted, ref = registry.load(cfg, champion), registry.reference(cfg, champion)
-    dates = ", ".join(f"{literal(k)}::DATE" for k in keys)
+    fitted, ref = model_registry.load(cfg, champion), model_registry.reference(cfg, champion)
+    dates = key_list(keys)
     con.execute(features.DDL)
-    df = model.frame(con, "ml.flight_features", f"event_date IN ({dates})")
-    outcome = con.execute(f"SELECT outcome FROM ml.flight_features WHERE event_date IN ({dates}) "
+    df = model.frame(con, "ml.flight_features", f"event_date IN {dates}")
+    outcome = con.execute(f"SELECT outcome FROM ml.flight_features WHERE event_date IN {dates} "
                           f"ORDER BY {', '.join(features.KEY)}").df()["outcome"]
     p = model.predict(fitted, df)
     scored = df[features.KEY].assign(p_delayed=p, model_version=champion, outcome=outcome.to_numpy(), delayed=df["delayed"])

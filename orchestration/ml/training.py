@@ -6,8 +6,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from orchestration.ml import drift, evaluation, features, model, registry, training_set
+from orchestration.ml import drift, evaluation, features, model, training_set
 from orchestration.ml.config import MlConfig
+from orchestration.ml.registry import ModelRegistry
 from orchestration.warehouse import ident
 
 # Bump when the features, the model or its training change in a way that alters the model.
@@ -75,36 +76,34 @@ def fit(con, cfg: MlConfig, unusable: dict[str, str] | None = None):
     return m, metrics, drift.reference(train, p_train, int(cfg.drift["bins"]), float(cfg.drift["typical_daily_quantile"]))
 
 
-def train(con, cfg: MlConfig) -> Trained:
+def train(con, cfg: MlConfig, model_registry: ModelRegistry) -> Trained:
     provenance = training_set.current_provenance(con)
     if provenance is None:
         raise ValueError("ml.training_set has not been built yet: materialize ml/training_set first")
     fp = fingerprint(cfg, provenance)
-    existing = registry.find(cfg, fp)
+    existing = model_registry.find(cfg, fp)
     if existing is not None:
-        import mlflow
-
-        run = mlflow.get_run(existing.run_id)
+        run = model_registry.run(existing.run_id)
         return Trained(str(existing.version), True, dict(run.data.metrics), provenance, fp, left_out(con, cfg))
     unusable = left_out(con, cfg)
     m, metrics, reference = fit(con, cfg, unusable)
     # the model run's provenance is the training set's, corrected to the features the model really uses
     trained_on = {**provenance, "features": model.inputs_of(m), "left_out_features": unusable} if unusable else provenance
-    version = registry.register(cfg, m, fingerprint=fp, provenance=trained_on, metrics=metrics, reference=reference)
+    version = model_registry.register(cfg, m, fingerprint=fp, provenance=trained_on, metrics=metrics, reference=reference)
     return Trained(version, False, metrics, provenance, fp, unusable)
 
 
-def evaluate(con, cfg: MlConfig, challenger: str) -> tuple[list[dict], str | None, list[dict]]:
+def evaluate(con, cfg: MlConfig, model_registry: ModelRegistry, challenger: str) -> tuple[list[dict], str | None, list[dict]]:
     """Measure challenger, champion and baseline on the test window; store the rows and return them,
     the champion, and the challenger's reliability table (predicted against observed delay rate)."""
     test = model.frame(con, "ml.training_set", "split = 'test'")
     train = model.frame(con, "ml.training_set", "split = 'train'")
     daily = int(cfg.drift["min_labelled_flights"])
-    p = model.predict(registry.load(cfg, challenger), test)
+    p = model.predict(model_registry.load(cfg, challenger), test)
     rows = evaluation.measure("challenger", challenger, test, p, daily)
     rows += evaluation.measure("baseline", None, test, model.Baseline(train).predict(test), daily)
-    champion = registry.champion(cfg)
+    champion = model_registry.champion(cfg)
     if champion and champion != challenger:
-        rows += evaluation.measure("champion", champion, test, model.predict(registry.load(cfg, champion), test), daily)
+        rows += evaluation.measure("champion", champion, test, model.predict(model_registry.load(cfg, champion), test), daily)
     evaluation.store(con, challenger, rows)
     return rows, champion, model.calibration(test["delayed"].astype(int).to_numpy(), p)[1]

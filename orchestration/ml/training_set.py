@@ -14,7 +14,7 @@ import json
 from orchestration import catalog
 from orchestration.ml import features
 from orchestration.ml.config import MlConfig
-from orchestration.warehouse import ident, literal, table_exists
+from orchestration.warehouse import ident, key_list, literal, table_exists
 
 DDL_PROVENANCE = "CREATE TABLE IF NOT EXISTS ml.training_set_provenance (version VARCHAR, provenance JSON)"
 _KEY = ", ".join(features.KEY)
@@ -29,10 +29,9 @@ def partition_versions(con, days: list[str]) -> dict[str, str]:
     """event_date -> md5 of the partition's feature rows in key order (missing days are absent)."""
     if not days:
         return {}
-    dates = ", ".join(f"{literal(d)}::DATE" for d in days)
     rows = con.execute(f"""
         SELECT strftime(event_date, '%Y-%m-%d'), md5(string_agg(f::VARCHAR, chr(10) ORDER BY {_KEY}))
-        FROM ml.flight_features f WHERE event_date IN ({dates}) GROUP BY event_date ORDER BY 1""").fetchall()
+        FROM ml.flight_features f WHERE event_date IN {key_list(days)} GROUP BY event_date ORDER BY 1""").fetchall()
     return dict(rows)
 
 

@@ -227,7 +227,7 @@ def _contracts(args) -> int:
 
 def _deliveries(args) -> int:
     from orchestration.ops import deliveries
-    from orchestration.warehouse import Warehouse
+    from orchestration.resources import resources
 
     if args.deliveries_command == "list":
         from orchestration.ops.summary import synced_warehouse
@@ -243,7 +243,8 @@ def _deliveries(args) -> int:
         for source, _, path, dates, reason in rows:
             print(f"{source:<9} {path}  partitions {dates[0] if dates else '-'}..{dates[-1] if dates else '-'}\n    {reason}")
         return 0
-    with Warehouse().connect() as con:
+    warehouse = resources()["warehouse"]
+    with warehouse.connect() as con:
         released = deliveries.release(con, args.source, args.file)
     if not released:
         print(f"no quarantined delivery of {args.source}" + (f" at {args.file}" if args.file else ""))
@@ -252,7 +253,7 @@ def _deliveries(args) -> int:
     from orchestration.ops.sync import sync
 
     report = sync()
-    with Warehouse().connect(read_only=True) as con:
+    with warehouse.connect(read_only=True) as con:
         still = [p for _, _, p, _, _ in deliveries.quarantined(con, args.source) if p in released]
     for p in still:
         print(f"still quarantined: {p} (plumbline deliveries list --source {args.source})")
@@ -261,8 +262,10 @@ def _deliveries(args) -> int:
 
 def _model(args) -> int:
     from orchestration.ml import config, oncall, registry
-    from orchestration.warehouse import Warehouse
+    from orchestration.resources import resources
 
+    deployed = resources()
+    model_registry = deployed["model_registry"]
     try:
         cfg = config.load()
     except config.MlConfigError as e:
@@ -274,20 +277,20 @@ def _model(args) -> int:
 
             with synced_warehouse() as con:
                 if getattr(args, "json", False):
-                    _json(oncall.versions(con, cfg))
+                    _json(oncall.versions(con, cfg, model_registry))
                 else:
-                    print(oncall.versions_text(con, cfg) if args.model_command == "list" else oncall.history_text(con, cfg))
+                    print(oncall.versions_text(con, cfg, model_registry) if args.model_command == "list" else oncall.history_text(con, cfg))
             return 0
-        with Warehouse().connect() as con:
+        with deployed["warehouse"].connect() as con:
             if args.model_command == "promote":
-                previous = registry.promote(con, cfg, args.version, actor=oncall.actor(),
-                                            reason=args.reason or "promoted by hand (plumbline model promote)")
+                previous = model_registry.promote(con, cfg, args.version, actor=oncall.actor(),
+                                                  reason=args.reason or "promoted by hand (plumbline model promote)")
                 print(f"{cfg.model_name}: v{args.version} is the champion (was {'v' + previous if previous else 'none'}); "
                       "recorded in ops.model_promotions")
                 champion = args.version
             else:
-                restored, replaced = registry.rollback(con, cfg, actor=oncall.actor(),
-                                                       reason=args.reason or "rolled back by hand (plumbline model rollback)")
+                restored, replaced = model_registry.rollback(con, cfg, actor=oncall.actor(),
+                                                             reason=args.reason or "rolled back by hand (plumbline model rollback)")
                 print(f"{cfg.model_name}: rolled back from v{replaced} to v{restored}; recorded in ops.model_promotions")
                 champion = restored
             print(oncall.rescore_hint(con, cfg, champion))
@@ -396,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from orchestration.ops.runs import Stopped
+    from orchestration.resources import UnknownDeployment
 
     args = build_parser().parse_args(argv)
     try:
@@ -407,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     except settings.NothingSynced as e:  # a read command on an empty home: what to do, not a traceback
         print(e, file=sys.stderr)
         return 1
+    except UnknownDeployment as e:  # a misspelt deployment: the names there are, not a traceback
+        print(f"plumbline: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

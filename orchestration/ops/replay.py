@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestration.ingest import lateness
-from orchestration.warehouse import Warehouse
+from orchestration.quality import dead_letter
+from orchestration.resources import resources
 
 
 @dataclass
@@ -22,28 +23,14 @@ class ReplayOutcome:
     runs_ok: bool
 
 
-def _selection(source: str | None, rule: str | None, partition: str | None) -> tuple[str, list]:
-    where, params = ["status = 'open'", "stage = 'raw'"], []
-    for col, val in (("source", source), ("rule_id", rule)):
-        if val:
-            where.append(f"{col} = ?")
-            params.append(val)
-    if partition:
-        where.append("partition_date = ?::DATE")
-        params.append(partition)
-    return " AND ".join(where), params
-
-
 def replay(runner, contracts: dict, source: str | None, rule: str | None, partition: str | None, say=print) -> list[ReplayOutcome]:
     """Re-validate open contract-rule dead letters against the contracts as they are now.
 
     The affected partitions are rebuilt; rows that pass are resolved by that run (see
     dead_letter.record_stage_failures), rows that still fail stay open with one more attempt.
     """
-    where, params = _selection(source, rule, partition)
-    with Warehouse().connect(read_only=True) as con:
-        rows = con.execute(f"SELECT source, file_id, row_offset, rule_id, strftime(partition_date, '%Y-%m-%d') "
-                           f"FROM ops.dead_letter WHERE {where}", params).fetchall()
+    with resources()["warehouse"].connect(read_only=True) as con:
+        rows = dead_letter.replayable(con, source, rule, partition)
     by_source: dict[str, list[tuple]] = {}
     for r in rows:
         by_source.setdefault(r[0], []).append(r)
@@ -53,17 +40,8 @@ def replay(runner, contracts: dict, source: str | None, rule: str | None, partit
         say(f"{name}: replaying {len(selected)} dead-letter row(s)"
             + (f" in {len(keys)} partition(s) {keys[0]} .. {keys[-1]}" if keys else " (snapshot)"))
         ok = runner.rematerialize(name, keys)
-        with Warehouse().connect() as con:
-            con.execute("CREATE OR REPLACE TEMP TABLE _replayed (source VARCHAR, file_id VARCHAR, row_offset BIGINT, rule_id VARCHAR)")
-            con.executemany("INSERT INTO _replayed VALUES (?, ?, ?, ?)", [r[:4] for r in selected])
-            match = ("FROM _replayed r WHERE r.source = d.source AND r.file_id = d.file_id "
-                     "AND r.row_offset = d.row_offset AND r.rule_id = d.rule_id")
-            if ok:  # a failed run re-validated nothing: leave the attempts alone
-                con.execute(f"UPDATE ops.dead_letter d SET attempts = attempts + 1, last_seen = now() "
-                            f"WHERE d.status = 'open' AND EXISTS (SELECT 1 {match})")
-            resolved, still = con.execute(
-                f"SELECT count(*) FILTER (WHERE status = 'resolved'), count(*) FILTER (WHERE status = 'open') "
-                f"FROM ops.dead_letter d WHERE EXISTS (SELECT 1 {match})").fetchone()
+        with resources()["warehouse"].connect() as con:
+            resolved, still = dead_letter.record_replay(con, selected, revalidated=ok)
         say(f"{name}: {resolved} resolved, {still} still failing" + ("" if ok else " (a run FAILED; nothing re-validated there)"))
         outcomes.append(ReplayOutcome(name, keys or [], len(selected), resolved, still, ok))
     return outcomes
@@ -71,7 +49,7 @@ def replay(runner, contracts: dict, source: str | None, rule: str | None, partit
 
 def release(runner, contract, partitions: list[str] | None, say=print) -> tuple[list[str], bool]:
     """Release held late rows of a source (all, or these partitions) and restate their partitions."""
-    with Warehouse().connect() as con:
+    with resources()["warehouse"].connect() as con:
         keys = lateness.release(con, contract, partitions)
     if not keys:
         say(f"{contract.name}: no held late rows match")

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 import duckdb
 
 from orchestration import settings
-from orchestration.ml import config, oncall, registry
+from orchestration.ml import config, oncall
+from orchestration.quality import dead_letter
 from orchestration.settings import NothingSynced
+from orchestration.resources import resources
 from orchestration.warehouse import Warehouse, table_exists
 
 
@@ -19,7 +21,7 @@ NOTED = 10  # loaded files with notes shown; the rest are counted
 @contextlib.contextmanager
 def synced_warehouse(warehouse: Warehouse | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection to a warehouse that a sync has written; creates nothing on an empty home."""
-    warehouse = warehouse or Warehouse()
+    warehouse = warehouse or resources()["warehouse"]
     if not warehouse.db_path().is_file():
         raise NothingSynced()
     with warehouse.connect(read_only=True) as con:
@@ -58,8 +60,7 @@ def summary_text(warehouse: Warehouse | None = None) -> str:
             lines.append(f"  {source:<9} {d:>9} = {a:>9} + {dl:>5} + {s:>5}{'' if d == a + dl + s else '   <-- MISMATCH'}")
         lines.append("")
         lines.append("Rejected (ops.dead_letter, open) by rule:")
-        rows = con.execute("SELECT source, rule_id, count(*), min(reason) FROM ops.dead_letter WHERE status = 'open' "
-                           "GROUP BY ALL ORDER BY 1, 3 DESC").fetchall()
+        rows = dead_letter.open_by_rule(con)
         for source, rule, n, reason in rows:
             lines.append(f"  {source:<9} {rule:<34} {n:>5}  e.g. {reason[:110]}")
         if not rows:
@@ -76,9 +77,10 @@ def model_lines(con) -> list[str]:
     if not table_exists(con, "ml", "model_evaluation"):
         return []
     cfg = config.load()
-    champion = registry.champion(cfg)
+    model_registry = resources()["model_registry"]
+    champion = model_registry.champion(cfg)
     test = cfg.window("test")
-    lines = ["", f"Model {cfg.model_name} ({registry.tracking_uri()}):"]
+    lines = ["", f"Model {cfg.model_name} ({model_registry.tracking()}):"]
     if champion is None:
         return lines + ["  no champion: the promotion gate rejected every version (plumbline model list)"]
     latest = con.execute("SELECT challenger_version FROM ml.model_evaluation WHERE model = 'challenger' "

@@ -7,7 +7,6 @@ recorded in the Dagster instance, so they show in the UI like any other run.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import uuid
@@ -17,11 +16,13 @@ from pathlib import Path
 import dagster as dg
 
 from orchestration import definitions, lineage, settings
-from orchestration.ml import config, plan, registry, training_set
+from orchestration.ml import config, plan, training_set
 from orchestration.ml.layer import DAILY
+from orchestration.ml.registry import ModelRegistry
 from orchestration.ops import runs
 from orchestration.rebuild import partitions
 from orchestration.rebuild.ranges import RANGE_END, RANGE_START, contiguous_ranges
+from orchestration.resources import resources
 from orchestration.warehouse import Warehouse
 
 # The console shows plumbline's progress lines; Dagster's step events stay in the instance (UI).
@@ -42,14 +43,15 @@ class SyncReport:
 
 
 def instance() -> dg.DagsterInstance:
-    """The persistent instance under PLUMBLINE_HOME (or DAGSTER_HOME), created on first use."""
-    home = settings.dagster_home()
+    """The persistent instance under PLUMBLINE_HOME (or DAGSTER_HOME), created on first use. Built
+    from that folder, so the environment stays as it was (a child process is told DAGSTER_HOME by
+    whoever starts it)."""
+    home = settings.dagster_home().expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
         shutil.copyfile(DAGSTER_YAML, config)
-    os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
+    return dg.DagsterInstance.from_config(str(home))
 
 
 class Runner:
@@ -60,6 +62,7 @@ class Runner:
 
     def __init__(self, say=print, dagster_instance: dg.DagsterInstance | None = None, command: str = "plumbline"):
         self.defs = definitions.defs
+        self.resources = resources()  # the deployment's warehouse and model registry, as the runs get them
         self.instance = dagster_instance or instance()
         self.say = say
         self.command = command  # names the command in the line a signal prints
@@ -100,12 +103,14 @@ class Runner:
         run per contiguous range."""
         if not definitions.CONTRACTS[source].partitioning:
             ok = self.run(definitions.SNAPSHOTS_JOB, f"({source})", selection=selection or [dg.AssetKey(["raw", source])])
-            return refresh_ml(Warehouse(), self.run, self.say, {}, snapshots_changed=True) and ok
+            return refresh_ml(self.resources["warehouse"], self.resources["model_registry"], self.run, self.say, {},
+                              snapshots_changed=True) and ok
         ok = True
         for start, end in contiguous_ranges(keys or []):
             ok &= self.run(definitions.rebuild_job_name(source), f"[{start} .. {end}]",
                            tags={RANGE_START: start, RANGE_END: end}, selection=selection)
-        return refresh_ml(Warehouse(), self.run, self.say, {source: list(keys or [])}, snapshots_changed=False) and ok
+        return refresh_ml(self.resources["warehouse"], self.resources["model_registry"], self.run, self.say,
+                          {source: list(keys or [])}, snapshots_changed=False) and ok
 
 
 def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncReport:
@@ -120,7 +125,7 @@ def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncR
 
     lineage.flush()  # deliver what an unreachable backend left behind last time, before anything new
     run(definitions.INGEST_JOB, "(every pending delivery)")
-    warehouse = Warehouse()
+    warehouse = runner.resources["warehouse"]
     with warehouse.connect() as con:
         held: dict[str, set[str]] = {}
         for c in definitions.CONTRACTS.values():
@@ -147,7 +152,7 @@ def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncR
 
     if stale_snapshots:
         _refresh_downstream_of_snapshots(con_factory=warehouse, run=run, stale_partitioned=report.stale)
-    refresh_ml(warehouse, run, say, report.stale, bool(stale_snapshots))
+    refresh_ml(warehouse, runner.resources["model_registry"], run, say, report.stale, bool(stale_snapshots))
     say(f"sync finished in {time.monotonic() - started:.1f}s: {len(report.runs)} run(s), "
         f"{'all succeeded' if report.ok else 'SOME FAILED'}")
     return report
@@ -171,7 +176,8 @@ def _refresh_downstream_of_snapshots(con_factory: Warehouse, run, stale_partitio
             run(job, f"downstream [{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end}, selection=downstream)
 
 
-def refresh_ml(warehouse: Warehouse, run, say, stale: dict[str, list[str]], snapshots_changed: bool) -> bool:
+def refresh_ml(warehouse: Warehouse, model_registry: ModelRegistry, run, say, stale: dict[str, list[str]],
+               snapshots_changed: bool) -> bool:
     """Features for every day the data changed (and the days whose rolling window reads it), then
     training, evaluation and the promotion gate when the training windows changed, then scoring.
     Returns whether every run succeeded."""
@@ -190,10 +196,10 @@ def refresh_ml(warehouse: Warehouse, run, say, stale: dict[str, list[str]], snap
         say(f"ml: {todo.waiting}")
     if not todo.retrain and not todo.score_days:
         return ok
-    before = registry.champion(cfg)
+    before = model_registry.champion(cfg)
     if todo.retrain:
         ok &= run(definitions.TRAIN_JOB, "(training set, model, evaluation, promotion gate)")
-    after = registry.champion(cfg)
+    after = model_registry.champion(cfg)
     score_days = todo.score_days
     if after is None:
         say("ml: no champion model, nothing scored (plumbline model list; plumbline summary)")

@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from contracts.model import Contract, Rule
-from orchestration import catalog
-from orchestration.warehouse import SNAPSHOT_PARTITION, ident, literal, table_exists
+from orchestration import catalog, names
+from orchestration.names import ACCOUNTING, CONFORMANCE
+from orchestration.quality import dead_letter
+from orchestration.warehouse import SNAPSHOT_PARTITION, ident, key_list, literal, table_exists
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,8 +37,6 @@ if TYPE_CHECKING:
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
-CONFORMANCE = "schema_conformance"  # type and required rules, folded into one check
-ACCOUNTING = "accounting"
 EXAMPLES = 5
 LISTED = 20  # partitions named in a check's metadata
 
@@ -106,11 +106,7 @@ def observe(con, contract: Contract, accounts) -> Observed:
             rejected.setdefault(rule, {})[p] = n
     elsewhere: dict[str, dict[str, int]] = {}
     if not snapshot:  # a snapshot is rebuilt whole: no other partition holds dead letters
-        other = "partition_date NOT IN (" + ", ".join(f"{literal(k)}::DATE" for k in keys) + ")" if keys else "TRUE"
-        for rule, p, n in con.execute(
-                f"""SELECT rule_id, strftime(partition_date, '%Y-%m-%d'), count(*) FROM ops.dead_letter
-                WHERE source = ? AND status = 'open' AND stage = 'raw' AND {other} GROUP BY ALL""", [contract.name]).fetchall():
-            elsewhere.setdefault(rule, {})[p] = n
+        elsewhere = dead_letter.open_rule_counts_outside(con, contract.name, keys)
     accepted = dict(con.execute(
         "SELECT strftime(partition_date, '%Y-%m-%d'), accepted FROM ops.partition_accounting WHERE source = ?",
         [contract.name]).fetchall())
@@ -136,7 +132,7 @@ def _staged(con, contract: Contract, rules: list[Rule], keys: list[str]) -> pd.D
     """The delivered rows of the rebuilt partitions, typed: the dead-lettered ones and the accepted ones
     (a superseded duplicate is represented by the row that won). Only the columns the rules read."""
     cols = ", ".join(ident(c) for c in sorted({r.column for r in rules if r.column})) or "1 AS _row"
-    where = "TRUE" if contract.partitioning is None else "event_date IN (" + ", ".join(f"{literal(k)}::DATE" for k in keys) + ")"
+    where = "TRUE" if contract.partitioning is None else f"event_date IN {key_list(keys)}"
     return con.execute(f"SELECT {cols} FROM _stage WHERE _failed <> '' UNION ALL SELECT {cols} FROM {contract.table} WHERE {where}").df()
 
 
@@ -241,7 +237,7 @@ def _result(contract: Contract, rule: Rule, outcome: _Outcome, seen: Observed, r
     tolerance = contract.tolerance(rule)
     error_rule = rule.severity == "error"
     keys = set(seen.delivered)
-    metadata = {"rule": rule.description, "contract_severity": rule.severity, "engine": "great_expectations",
+    metadata = {names.RULE: rule.description, "contract_severity": rule.severity, "engine": "great_expectations",
                 "examples": dg.MetadataValue.json(outcome.examples)}
     if rule.kind == "row_count":
         in_run = [p for p in outcome.examples if p in keys]
@@ -271,7 +267,7 @@ def _result(contract: Contract, rule: Rule, outcome: _Outcome, seen: Observed, r
     # rows that break the rule and are in the table: by design for warning/info rules, a defect for error rules
     loaded = max(outcome.unexpected - sum(rejected.values()), 0)
     metadata.update({
-        "rows_checked": rows_checked, "rows_breaking": outcome.unexpected, "dead_lettered_rows": sum(rejected.values()),
+        "rows_checked": rows_checked, "rows_breaking": outcome.unexpected, names.DEAD_LETTERED_ROWS: sum(rejected.values()),
         "reject_tolerance": tolerance,
         "over_tolerance": dg.MetadataValue.json([{"partition": p, "rejected": n, "delivered": d, "share": round(n / d, 6) if d else None}
                                                  for p, n, d in over[:LISTED]]),
@@ -333,7 +329,7 @@ def _conformance(contract: Contract, seen: Observed) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=CONFORMANCE, passed=not (rejected or elsewhere),
         severity=dg.AssetCheckSeverity.ERROR if over else dg.AssetCheckSeverity.WARN, description=reason,
-        metadata={"dead_lettered_by_rule": dg.MetadataValue.json({rid: sum(v.values()) for rid, v in rejected.items()}),
-                  "dead_lettered_rows": sum(sum(v.values()) for v in rejected.values()),
+        metadata={names.DEAD_LETTERED_BY_RULE: dg.MetadataValue.json({rid: sum(v.values()) for rid, v in rejected.items()}),
+                  names.DEAD_LETTERED_ROWS: sum(sum(v.values()) for v in rejected.values()),
                   "open_dead_letters_elsewhere_by_rule": dg.MetadataValue.json(elsewhere),
                   "reject_tolerance": contract.reject_tolerance})

@@ -9,21 +9,18 @@ import json
 import dagster as dg
 
 from contracts.model import Contract
+from orchestration import names
 from orchestration.rebuild import partitions
 from orchestration.ingest import schema_changes
 from orchestration.warehouse import SNAPSHOT_PARTITION
 
-QUARANTINE = "schema_changes"
-VERSION_DIFF = "schema_version_diff"
-
-
 def check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
     return [
-        dg.AssetCheckSpec(QUARANTINE, asset=asset_key, blocking=True,
+        dg.AssetCheckSpec(names.SCHEMA_CHANGES, asset=asset_key, blocking=True,
                           description="no delivery for the partitions a run builds is quarantined by a breaking schema "
                                       "change (ERROR naming the source, file, change, contract line and replay command); "
                                       "WARN while a quarantined delivery holds back other partitions of the asset"),
-        dg.AssetCheckSpec(VERSION_DIFF, asset=asset_key, blocking=False,
+        dg.AssetCheckSpec(names.SCHEMA_VERSION_DIFF, asset=asset_key, blocking=False,
                           description="the delivered schema versions of these partitions, and how each differs from "
                                       "the source's previous version (ops.schema_versions)"),
     ]
@@ -45,7 +42,7 @@ def results(con, contract: Contract, keys: list[str] | None) -> list[dg.AssetChe
     else:
         reason = f"no delivery of {contract.name} is quarantined"
     quarantine = dg.AssetCheckResult(
-        check_name=QUARANTINE, passed=not (held or elsewhere),
+        check_name=names.SCHEMA_CHANGES, passed=not (held or elsewhere),
         severity=dg.AssetCheckSeverity.ERROR if held else dg.AssetCheckSeverity.WARN, description=reason,
         metadata={"quarantined": dg.MetadataValue.json([{"file": p, "partitions": d[:10], "reason": r} for p, d, r in held[:20]]),
                   "quarantined_elsewhere": dg.MetadataValue.json(
@@ -68,5 +65,5 @@ def _version_diff(con, contract: Contract, wanted: set[str], snapshot: bool) -> 
               + ", ".join(changes[:5]) + (f" and {len(changes) - 5} more" if len(changes) > 5 else "") if changed else
               f"{len(feeding)} schema version(s) feed these partitions, none differs from the version before it")
     return dg.AssetCheckResult(
-        check_name=VERSION_DIFF, passed=not changed, severity=dg.AssetCheckSeverity.WARN, description=reason,
+        check_name=names.SCHEMA_VERSION_DIFF, passed=not changed, severity=dg.AssetCheckSeverity.WARN, description=reason,
         metadata={"versions": dg.MetadataValue.json(rows[:20]), "versions_feeding": len(feeding)})

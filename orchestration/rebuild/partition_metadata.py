@@ -14,10 +14,11 @@ from typing import Any
 
 import dagster as dg
 
+from orchestration import names
+from orchestration.names import BRONZE_FILES, BUILT_FROM
+
 # Figures that add up across partitions (every row belongs to exactly one partition).
-ADDITIVE = ("dagster/row_count", "delivered", "dead_lettered", "superseded")
-BUILT_FROM = "built_from"  # the bronze file ids a partition was rebuilt from
-BRONZE_FILES = "bronze_files"
+ADDITIVE = ("dagster/row_count", names.DELIVERED, names.DEAD_LETTERED, names.SUPERSEDED)
 
 
 def record(context: dg.AssetExecutionContext, by_partition: Mapping[str, Mapping[str, Any]]) -> None:

@@ -9,7 +9,6 @@ delivered and dead-lettered.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -21,7 +20,7 @@ from orchestration.ingest import lateness
 from orchestration.rebuild import restatements
 from orchestration import settings
 from orchestration.rebuild.conform import stage_select
-from orchestration.warehouse import SNAPSHOT_PARTITION, ident, literal
+from orchestration.warehouse import SNAPSHOT_PARTITION, date_literal, ident, key_list, literal, transaction
 
 @dataclass(frozen=True)
 class PartitionAccount:
@@ -109,23 +108,22 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
     wanted = set(keys)
     files = [(fid, bp) for fid, bp, dates in loaded_files(con, contract.name)
              if snapshot or wanted.intersection(dates)]
-    date_list = ", ".join(f"{literal(k)}::DATE" for k in keys)
+    date_list = key_list(keys)  # keys is [SNAPSHOT_PARTITION] for a snapshot
     if files:
         paths = ", ".join(literal(str(home / bp)) for _, bp in files)
-        where = "" if snapshot else f" WHERE _event_date IN ({date_list}) AND {lateness.held_filter(con, contract)}"
+        where = "" if snapshot else f" WHERE _event_date IN {date_list} AND {lateness.held_filter(con, contract)}"
         source_sql = f"SELECT * FROM read_parquet([{paths}], union_by_name = true){where}"
     else:
         source_sql = stage_empty_source(contract)
     pk = ", ".join(ident(c) for c in contract.primary_key)
     cols = ", ".join(ident(c.name) for c in contract.columns)
-    part_filter = "TRUE" if snapshot else f"event_date IN ({date_list})"
-    dlq_filter = "d.partition_date IS NULL" if snapshot else f"d.partition_date IN ({date_list})"
+    part_filter = "TRUE" if snapshot else f"event_date IN {date_list}"
+    dlq_partitions = None if snapshot else keys  # a snapshot's dead letters have no partition
     event_col = "" if snapshot else ", _event_date"
 
-    accounting_keys = literal(SNAPSHOT_PARTITION) + "::DATE" if snapshot else date_list
     previous = {str(p): set(json.loads(b)) for p, b in con.execute(
-        "SELECT partition_date, built_from FROM ops.partition_accounting WHERE source = ? AND partition_date IN "
-        f"({accounting_keys})", [contract.name]).fetchall()}
+        f"SELECT partition_date, built_from FROM ops.partition_accounting WHERE source = ? AND partition_date IN {date_list}",
+        [contract.name]).fetchall()}
 
     with transaction(con):
         before = restatements.measure(con, contract, sorted(previous)) if previous else {}
@@ -145,9 +143,9 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
                     WHERE _failed = '' AND EXISTS (SELECT 1 FROM dup d WHERE {dup_match}))
                 WHERE _rank = 1)
             ORDER BY {'' if snapshot else '_event_date, '}{pk}""")
-        dead_letter.record_stage_failures(con, contract, run_id, dlq_filter)
+        dead_letter.record_stage_failures(con, contract, run_id, dlq_partitions)
         if not snapshot:
-            lateness.resolve_released(con, contract, dlq_filter, run_id)
+            lateness.resolve_released(con, contract, keys, run_id)
         accounts = _account(con, contract, keys, snapshot)
         held = files_by_partition(con, contract)  # a quarantined delivery stays part of what a partition was built from
         accounts = [dataclasses.replace(a, built_from=tuple(sorted(
@@ -158,25 +156,13 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
                                            {a.partition: a.built_from for a in accounts}, run_id)
         else:
             restated = []
-        con.execute(f"DELETE FROM ops.partition_accounting WHERE source = ? AND partition_date IN ({accounting_keys})",
+        con.execute(f"DELETE FROM ops.partition_accounting WHERE source = ? AND partition_date IN {date_list}",
                     [contract.name])
         con.executemany(
             "INSERT INTO ops.partition_accounting VALUES (?, ?::DATE, ?, ?, ?, ?, ?, ?)",
             [(contract.name, a.partition, a.delivered, a.accepted, a.dead_lettered, a.superseded,
               json.dumps(list(a.built_from)), contract.version) for a in accounts])
     return Rebuilt(accounts, restated)
-
-
-@contextlib.contextmanager
-def transaction(con):
-    """All or nothing: a crash or error anywhere inside leaves the tables as they were."""
-    con.execute("BEGIN TRANSACTION")
-    try:
-        yield
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
 
 
 def replace_partitions(con, table: str, ddl: str, keys: list[str], select_template: str) -> dict[str, int]:
@@ -186,8 +172,7 @@ def replace_partitions(con, table: str, ddl: str, keys: list[str], select_templa
     Returns rows per partition.
     """
     con.execute(ddl)
-    dates = ", ".join(f"{literal(k)}::DATE" for k in keys)
-    partition_filter = f"event_date IN ({dates})"
+    partition_filter = f"event_date IN {key_list(keys)}"
     with transaction(con):
         con.execute(f"DELETE FROM {table} WHERE {partition_filter}")
         con.execute(f"INSERT INTO {table} {select_template.format(partition_filter=partition_filter)}")
@@ -204,15 +189,15 @@ def stage_empty_source(contract: Contract) -> str:
 
 
 def _account(con, contract: Contract, keys: list[str], snapshot: bool) -> list[PartitionAccount]:
-    group = literal(SNAPSHOT_PARTITION) + "::DATE" if snapshot else "_event_date"
+    group = date_literal(SNAPSHOT_PARTITION) if snapshot else "_event_date"
     staged = {str(p): (n, dl, files) for p, n, dl, files in con.execute(
         f"""SELECT {group} AS p, count(*), count(*) FILTER (WHERE _failed <> ''), list(DISTINCT _file_id ORDER BY _file_id)
         FROM _stage GROUP BY ALL""").fetchall()}
-    table_group = literal(SNAPSHOT_PARTITION) + "::DATE" if snapshot else "event_date"
-    key_filter = "TRUE" if snapshot else "event_date IN (" + ", ".join(f"{literal(k)}::DATE" for k in keys) + ")"
+    table_group = date_literal(SNAPSHOT_PARTITION) if snapshot else "event_date"
+    key_filter = "TRUE" if snapshot else f"event_date IN {key_list(keys)}"
     accepted = {str(p): n for p, n in con.execute(
         f"SELECT {table_group}, count(*) FROM {contract.table} WHERE {key_filter} GROUP BY ALL").fetchall()}
-    unread = read_rejects(con, contract, keys)
+    unread = dead_letter.read_rejects(con, contract.name, None if snapshot else keys)
     out = []
     for k in keys:
         delivered, dead, files = staged.get(k, (0, 0, []))
@@ -221,19 +206,6 @@ def _account(con, contract: Contract, keys: list[str], snapshot: bool) -> list[P
         acc = accepted.get(k, 0)
         out.append(PartitionAccount(k, delivered, acc, dead, delivered - acc - dead, tuple(sorted({*files, *reject_files}))))
     return out
-
-
-def read_rejects(con, contract: Contract, keys: list[str]) -> dict[str, tuple[int, list[str]]]:
-    """partition -> (lines the reader rejected there, their files); a snapshot's are those with no partition."""
-    if contract.partitioning is None:
-        group, where = literal(SNAPSHOT_PARTITION), "partition_date IS NULL"
-    else:
-        group = "strftime(partition_date, '%Y-%m-%d')"
-        where = "partition_date IN (" + ", ".join(f"{literal(k)}::DATE" for k in keys) + ")"
-    return {p: (n, files or []) for p, n, files in con.execute(
-        f"""SELECT {group}, count(DISTINCT (file_id, row_offset)), list(DISTINCT file_id ORDER BY file_id)
-        FROM ops.dead_letter WHERE source = ? AND stage = 'read' AND {where} GROUP BY ALL""",
-        [contract.name]).fetchall()}
 
 
 def partition_range(start: str, end: str) -> list[str]:

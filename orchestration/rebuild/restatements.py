@@ -12,19 +12,15 @@ import json
 import dagster as dg
 
 from contracts.model import Contract
-from orchestration import catalog
-from orchestration.warehouse import SNAPSHOT_PARTITION, ident, literal
-
-CHECK = "restatements"
-
+from orchestration import catalog, names
+from orchestration.warehouse import SNAPSHOT_PARTITION, ident, key_list, literal
 
 def measure(con, contract: Contract, keys: list[str]) -> dict[str, tuple[int, dict[str, float]]]:
     """partition -> (rows, {measure: sum}) as the table holds it now."""
     sums = "".join(f", sum({ident(m)})::DOUBLE" for m in contract.restatement.key_measures)
     if contract.partitioning:
-        dates = ", ".join(f"{literal(k)}::DATE" for k in keys)
         rows = con.execute(f"SELECT strftime(event_date, '%Y-%m-%d'), count(*){sums} FROM {contract.table} "
-                           f"WHERE event_date IN ({dates}) GROUP BY ALL").fetchall()
+                           f"WHERE event_date IN {key_list(keys)} GROUP BY ALL").fetchall()
     else:
         rows = con.execute(f"SELECT {literal(SNAPSHOT_PARTITION)}, count(*){sums} FROM {contract.table}").fetchall()
     names = contract.restatement.key_measures
@@ -76,7 +72,7 @@ def largest_change(r: dict) -> float:
 
 def check_spec(contract: Contract, asset_key: dg.AssetKey) -> dg.AssetCheckSpec:
     rs = contract.restatement
-    return dg.AssetCheckSpec(CHECK, asset=asset_key, blocking=False, description=(
+    return dg.AssetCheckSpec(names.RESTATEMENTS, asset=asset_key, blocking=False, description=(
         f"a partition restated more than {rs.max_restatements} times, or whose row count or key measures "
         f"{list(rs.key_measures)} moved more than {rs.max_change_percent:g}% in one restatement "
         f"(restatement in {catalog.shown_path(contract)})"))
@@ -97,7 +93,7 @@ def check_result(con, contract: Contract, keys: list[str], restated: list[dict])
     reason = "; ".join(problems) or (f"{len(restated)} partition(s) restated by this run, each within "
                                      f"{rs.max_change_percent:g}% and {rs.max_restatements} restatements")
     return dg.AssetCheckResult(
-        check_name=CHECK, passed=not (too_often or too_large), severity=dg.AssetCheckSeverity.WARN, description=reason,
+        check_name=names.RESTATEMENTS, passed=not (too_often or too_large), severity=dg.AssetCheckSeverity.WARN, description=reason,
         metadata={"restated_in_this_run": len(restated),
                   "restated_too_often": dg.MetadataValue.json(too_often[:50]),
                   "changed_too_much": dg.MetadataValue.json(too_large[:50]),

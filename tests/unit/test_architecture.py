@@ -31,10 +31,11 @@ LAYERS = {
     "orchestration.ingest": 2, "orchestration.rebuild": 2, "orchestration.quality": 2,
     "orchestration.ml": 3,               # trains and scores in the warehouse (rebuild's partition replacement)
     "orchestration.lineage": 4,          # describes runs of every mechanism: names model versions from ml.registry
-    "assets": 5, "orchestration.automation": 5,
-    "orchestration.definitions": 6,
-    "orchestration.ops": 7, "orchestration.demo": 7,
-    "orchestration.ops.cli": 8,          # the entry point: nothing imports it
+    "orchestration.resources": 5,        # the deployment's warehouse, model registry and lineage transport
+    "assets": 6, "orchestration.automation": 6,
+    "orchestration.definitions": 7,
+    "orchestration.ops": 8, "orchestration.demo": 8,
+    "orchestration.ops.cli": 9,          # the entry point: nothing imports it
 }
 # Packages of one layer that may import each other (module cycles are still refused): ingest,
 # rebuild and quality are one mechanism seen from three sides (a delivery read by ingest is

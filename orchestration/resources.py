@@ -1,0 +1,41 @@
+"""The resources of each deployment, chosen from one mapping (as in hooli's `resource_def[get_env()]`):
+the warehouse, the MLflow model registry and the OpenLineage transport. PLUMBLINE_DEPLOYMENT names
+the deployment; nothing else reads it, so another deployment is one more entry here."""
+
+from __future__ import annotations
+
+import os
+
+from orchestration.lineage.transport import LineageTransport
+from orchestration.ml.registry import ModelRegistry
+from orchestration.warehouse import Warehouse
+
+DEPLOYMENT_VARIABLE = "PLUMBLINE_DEPLOYMENT"
+DEFAULT_DEPLOYMENT = "embedded"
+
+resources_by_deployment: dict[str, dict] = {
+    # one DuckDB file, MLflow in SQLite and lineage in JSON lines, all under $PLUMBLINE_HOME (read at
+    # call time); MLFLOW_* and OpenLineage's own settings still point elsewhere the standard way
+    "embedded": {"warehouse": Warehouse(), "model_registry": ModelRegistry(), "lineage": LineageTransport()},
+}
+
+
+class UnknownDeployment(ValueError):
+    """PLUMBLINE_DEPLOYMENT names no entry of resources_by_deployment."""
+
+
+def deployment() -> str:
+    """The deployment this process runs as: $PLUMBLINE_DEPLOYMENT, default embedded."""
+    return _known(os.environ.get(DEPLOYMENT_VARIABLE) or DEFAULT_DEPLOYMENT)
+
+
+def resources(name: str | None = None) -> dict:
+    """The resources of deployment `name` (default: deployment()) by resource key, as Definitions takes them."""
+    return dict(resources_by_deployment[_known(name) if name else deployment()])
+
+
+def _known(name: str) -> str:
+    if name not in resources_by_deployment:
+        raise UnknownDeployment(f"{DEPLOYMENT_VARIABLE}={name!r} is not a plumbline deployment: set it to one of "
+                                f"{', '.join(sorted(resources_by_deployment))} (unset means {DEFAULT_DEPLOYMENT})")
+    return name
