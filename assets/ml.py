@@ -12,20 +12,11 @@ from orchestration import catalog, names
 from orchestration.rebuild import partition_metadata, partitions
 from orchestration.ml import config, drift, evaluation, features, scoring, training
 from orchestration.ml import training_set as split
+from orchestration.ml.layer import (AIRPORTS, CFG, CORE_FLIGHTS, DAILY, EVALUATION, FEATURES, MODEL, PLANES, PREDICTIONS,
+                                    TRAINING_SET, WEATHER)
 from orchestration.ml.registry import ModelRegistry
 from orchestration.warehouse import Warehouse, key_list
 
-# Read when the code location loads, for what shapes the graph (the rolling window of the partition
-# mapping); every run reads the configuration again, so a changed split or threshold applies at once.
-CFG = config.load()
-FLIGHTS = catalog.contracts()["flights"]
-DAILY = catalog.partitions_def(FLIGHTS)
-
-FEATURES = dg.AssetKey(["ml", "flight_features"])
-TRAINING_SET = dg.AssetKey(["ml", "training_set"])
-MODEL = dg.AssetKey(["ml", "delay_model"])
-EVALUATION = dg.AssetKey(["ml", "model_evaluation"])
-PREDICTIONS = dg.AssetKey(["ml", "flight_predictions"])
 MODEL_VERSION = names.MODEL_VERSION  # materialization metadata of ml/delay_model: the registered version
 
 
@@ -37,8 +28,8 @@ def _column_lineage() -> dg.TableColumnLineage:
 
 @dg.asset(
     key=FEATURES,
-    deps=[dg.AssetDep(dg.AssetKey(["core", "flights"]), partition_mapping=features.partition_mapping(CFG.rolling_days)),
-          dg.AssetDep(dg.AssetKey(["raw", "weather"])), dg.AssetKey(["raw", "planes"]), dg.AssetKey(["raw", "airports"])],
+    deps=[dg.AssetDep(CORE_FLIGHTS, partition_mapping=features.partition_mapping(CFG.rolling_days)),
+          dg.AssetDep(WEATHER), PLANES, AIRPORTS],
     kinds={"duckdb"}, code_version=training.MODEL_CODE_VERSION,
     metadata={"dagster/column_schema": features.COLUMN_SCHEMA, "dagster/column_lineage": _column_lineage(),
               "dagster/table_name": "warehouse.ml.flight_features",

@@ -76,7 +76,8 @@ def main() -> int:
     from orchestration import definitions
     from orchestration.demo.feed import write_feed
     from orchestration.rebuild.partitions import partition_range
-    from orchestration.ops.sync import RANGE_END, RANGE_START, Runner
+    from orchestration.ops.sync import Runner
+    from orchestration.rebuild.ranges import RANGE_END, RANGE_START
 
     quiet = lambda *_: None  # noqa: E731
     days = partition_range("2013-01-01", (dt.date(2013, 1, 1) + dt.timedelta(days=args.days - 1)).isoformat())

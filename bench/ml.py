@@ -240,7 +240,8 @@ def child_plumbline(step: str, work: Path) -> dict:
     from assets import ml
     from orchestration import definitions
     from orchestration.ml import config
-    from orchestration.ops.sync import RANGE_END, RANGE_START, Runner
+    from orchestration.ops.sync import Runner
+    from orchestration.rebuild.ranges import RANGE_END, RANGE_START
     from orchestration.warehouse import Warehouse
 
     cfg = config.load()

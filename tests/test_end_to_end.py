@@ -207,7 +207,8 @@ def test_core_flights_times_are_utc_and_arrivals_roll_over(demo_home):
 
 def test_idempotent_sync_and_rematerialization(demo_home):
     from orchestration import definitions
-    from orchestration.ops.sync import RANGE_END, RANGE_START, RUN_CONFIG, instance
+    from orchestration.ops.sync import RUN_CONFIG, instance
+    from orchestration.rebuild.ranges import RANGE_END, RANGE_START
 
     before = all_hashes()
     report = sync(say=lambda *_: None)

@@ -25,7 +25,8 @@ import yaml
 from orchestration import definitions
 from orchestration.demo.feed import write_feed
 from orchestration.ml import config
-from orchestration.ops.sync import RANGE_END, RANGE_START, Runner, instance, sync
+from orchestration.ops.sync import Runner, instance, sync
+from orchestration.rebuild.ranges import RANGE_END, RANGE_START
 
 REPO = Path(__file__).resolve().parents[1]
 PLUMBLINE = Path(sys.executable).parent / "plumbline"

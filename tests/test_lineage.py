@@ -22,13 +22,14 @@ from orchestration.ops import sync
 from orchestration.definitions import defs
 from orchestration.demo.feed import write_feed
 from orchestration.lineage import datasets, events, spool
+from orchestration.rebuild.ranges import RANGE_END, RANGE_START
 from orchestration.warehouse import Warehouse
 
 RANGE = ("2013-01-01", "2013-01-02")
 # The runs `plumbline sync` would make for a clean feed, limited to two days.
 RUNS = [("ingest_deliveries", {}), ("refresh_snapshots", {}),
-        ("rebuild_flights", {sync.RANGE_START: RANGE[0], sync.RANGE_END: RANGE[1]}),
-        ("rebuild_weather", {sync.RANGE_START: RANGE[0], sync.RANGE_END: RANGE[1]})]
+        ("rebuild_flights", {RANGE_START: RANGE[0], RANGE_END: RANGE[1]}),
+        ("rebuild_weather", {RANGE_START: RANGE[0], RANGE_END: RANGE[1]})]
 
 
 def job_name(key: dg.AssetKey) -> str:
@@ -307,6 +308,8 @@ def test_http_receiver_gets_every_event_in_order_exactly_once_across_an_outage(t
     assert [p for e in received for p in errors(e)] == []
 
 
+# the daemon hands a run-status sensor its repository; building that context by hand is a beta parameter
+@pytest.mark.filterwarnings("ignore:Parameter `repository_def`:dagster.BetaWarning")
 def test_run_status_sensor_emits_for_runs_dagster_launched(lineage_home):
     """Runs from the UI, schedules, sensors and backfills reach lineage through the run-status sensor."""
     home, inst, _ = lineage_home
@@ -318,8 +321,8 @@ def test_run_status_sensor_emits_for_runs_dagster_launched(lineage_home):
     events_file = home / "lineage" / "events.jsonl"
     assert result.run_id not in events_file.read_text()
     success = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_SUCCESS)
-    context = dg.build_run_status_sensor_context(sensor_name=sensor.name, dagster_event=success,
-                                                 dagster_instance=inst, dagster_run=result.dagster_run)
+    context = dg.build_run_status_sensor_context(sensor_name=sensor.name, dagster_event=success, dagster_instance=inst,
+                                                 dagster_run=result.dagster_run, repository_def=defs.get_repository_def())
     sensor(context)
     mine = [e for e in read_events(events_file) if e["run"]["runId"] == result.run_id
             or e["run"]["facets"].get("parent", {}).get("run", {}).get("runId") == result.run_id]

@@ -22,7 +22,8 @@ from orchestration.ops import cli
 from orchestration.rebuild import partitions
 from orchestration.demo.feed import write_feed
 from orchestration.ml import config, features, oncall, registry, training
-from orchestration.ops.sync import RANGE_END, RANGE_START, RUN_CONFIG, instance, sync
+from orchestration.ops.sync import RUN_CONFIG, instance, sync
+from orchestration.rebuild.ranges import RANGE_END, RANGE_START
 from orchestration.resources import resources
 from orchestration.warehouse import Warehouse
 

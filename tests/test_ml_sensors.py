@@ -25,7 +25,8 @@ from orchestration.ingest import lateness
 from orchestration.demo.feed import write_feed
 from orchestration.ml import config
 from orchestration.automation import ml_sensors
-from orchestration.ops.sync import RANGE_END, RANGE_START, Runner, instance
+from orchestration.ops.sync import Runner, instance
+from orchestration.rebuild.ranges import RANGE_END, RANGE_START
 from orchestration.warehouse import Warehouse
 
 # flights days loaded, with the weather of their whole ISO weeks (so 2013-10-27 has weather, no flights)

@@ -13,7 +13,8 @@ def _emitter(status: dg.DagsterRunStatus, name: str) -> dg.RunStatusSensorDefini
     @dg.run_status_sensor(run_status=status, name=name, default_status=dg.DefaultSensorStatus.RUNNING,
                           description=f"Emit OpenLineage events for every run that ends {status.value}.")
     def _sensor(context: dg.RunStatusSensorContext):
-        result = lineage.emit_run(context.instance, context.dagster_run.run_id)
+        # the run's asset graph comes from the code location this sensor belongs to
+        result = lineage.emit_run(context.instance, context.dagster_run.run_id, context.repository_def)
         if result and result.pending:
             context.log.warning(f"OpenLineage events not delivered yet; {result.pending} event(s) kept in the spool: {result.error}")
 

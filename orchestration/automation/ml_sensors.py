@@ -30,15 +30,14 @@ from collections.abc import Iterable
 
 import dagster as dg
 
-from assets import ml
 from orchestration import names
-from orchestration.ml import config, features, plan
 from orchestration.automation.sensors import interval_seconds
-from orchestration.ops.sync import RANGE_END, RANGE_START, contiguous_ranges
+from orchestration.ml import config, features, plan
+from orchestration.ml.layer import (CFG, CORE_FLIGHTS, DAILY, EVALUATION, FEATURE_INPUTS, FEATURES, PREDICTIONS,
+                                    TRAINING_SET, WEATHER)
+from orchestration.rebuild.ranges import RANGE_END, RANGE_START, contiguous_ranges
 
-CORE_FLIGHTS = dg.AssetKey(["core", "flights"])
-WEATHER = dg.AssetKey(["raw", "weather"])
-PROMOTION_GATE = dg.AssetCheckKey(ml.EVALUATION, names.PROMOTION_GATE)
+PROMOTION_GATE = dg.AssetCheckKey(EVALUATION, names.PROMOTION_GATE)
 PAGE = 1000  # materialization records read per query; a tick reads every page there is
 GATE_HISTORY = 100  # completed promotion-gate results remembered in the scoring sensor's cursor
 # Statuses of a run that has not finished yet (queued by the daemon, or launched and running).
@@ -80,10 +79,10 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, int]:
 def stale_feature_days(instance: dg.DagsterInstance) -> set[str]:
     """Feature days (with core.flights built) whose core.flights window or weather day was
     materialized after the day's own features."""
-    flights, weather, featured = (_latest(instance, k) for k in (CORE_FLIGHTS, WEATHER, ml.FEATURES))
+    flights, weather, featured = (_latest(instance, k) for k in (CORE_FLIGHTS, WEATHER, FEATURES))
     newest_input: dict[str, int] = dict(weather)
     for day, storage_id in flights.items():
-        for d in features.affected_days([day], ml.DAILY, ml.CFG.rolling_days):
+        for d in features.affected_days([day], DAILY, CFG.rolling_days):
             newest_input[d] = max(newest_input.get(d, 0), storage_id)
     return {d for d in flights if newest_input.get(d, 0) > featured.get(d, 0)}
 
@@ -100,18 +99,18 @@ def feature_days(changed_flights: list[str], changed_weather: list[str], built: 
     """Feature partitions to rebuild: those that read a changed core.flights day through the asset's
     partition mapping (its own day and the next rolling_days), and the days whose weather changed;
     only days with core.flights built (a feature day is its flights)."""
-    days = set(features.affected_days(changed_flights, ml.DAILY, ml.CFG.rolling_days)) | set(changed_weather)
+    days = set(features.affected_days(changed_flights, DAILY, CFG.rolling_days)) | set(changed_weather)
     return sorted(days & built)
 
 
 def features_sensor(job_name: str) -> dg.SensorDefinition:
     @dg.sensor(name="ml_features_sensor", job_name=job_name, minimum_interval_seconds=interval_seconds(), default_status=RUNNING,
                description=f"Rebuilds the ml.flight_features partitions that read a changed core.flights day (and the "
-                           f"{ml.CFG.rolling_days} days after it, whose rolling window covers it) or a changed raw.weather day.")
+                           f"{CFG.rolling_days} days after it, whose rolling window covers it) or a changed raw.weather day.")
     def _sensor(context: dg.SensorEvaluationContext):
         # the feature query reads every input table: until each has been loaded once, a run could only
         # fail, so wait and keep the cursor (the changes seen so far are featured when they are)
-        inputs = sorted(ml.flight_features.dependency_keys)
+        inputs = sorted(FEATURE_INPUTS)
         latest = context.instance.get_latest_materialization_events(inputs)  # leaves out keys it never saw
         missing = [key.to_user_string() for key in inputs if latest.get(key) is None]
         if missing:
@@ -143,17 +142,17 @@ def training_sensor(job_name: str, features_job: str) -> dg.SensorDefinition:
         if waiting:
             return dg.SkipReason("waiting for " + ", ".join(f"{r.job_name} {r.run_id[:8]}" for r in waiting) + " to finish")
         cfg = config.load()
-        covered = plan.coverage(cfg, context.instance.get_materialized_partitions(ml.FEATURES))
+        covered = plan.coverage(cfg, context.instance.get_materialized_partitions(FEATURES))
         short = {name: share for name, share in covered.items() if share < cfg.min_window_coverage}
         if short:
             return dg.SkipReason(f"training waits until every split window is at least {cfg.min_window_coverage:.0%} "
                                  "featured: " + ", ".join(f"{name} {share:.0%}" for name, share in short.items()))
         cursor = _cursor(context)
         first = not cursor
-        records, cursor["ml/flight_features"] = _since(context.instance, ml.FEATURES, cursor.get("ml/flight_features"))
+        records, cursor["ml/flight_features"] = _since(context.instance, FEATURES, cursor.get("ml/flight_features"))
         split_days = {d for w in cfg.windows for d in w.days()}
-        featured = _latest(context.instance, ml.FEATURES)
-        trained = context.instance.fetch_materializations(ml.TRAINING_SET, limit=1, ascending=False).records
+        featured = _latest(context.instance, FEATURES)
+        trained = context.instance.fetch_materializations(TRAINING_SET, limit=1, ascending=False).records
         trained_id = trained[0].storage_id if trained else 0
         # only features newer than the last training set are a reason to train
         days = sorted(d for d in (featured if first else _days(records))
@@ -187,7 +186,7 @@ def _promoted_at(instance: dg.DagsterInstance, gates: list[tuple[int, dict, str]
 
 def stale_score_days(instance: dg.DagsterInstance, gates: list[tuple[int, dict, str]], start: str) -> set[str]:
     """Featured days from scoring.start scored before their features changed or before the last promotion."""
-    featured, scored = _latest(instance, ml.FEATURES), _latest(instance, ml.PREDICTIONS)
+    featured, scored = _latest(instance, FEATURES), _latest(instance, PREDICTIONS)
     promoted = _promoted_at(instance, gates)
     return {d for d, storage_id in featured.items()
             if d >= start and max(storage_id, promoted) > scored.get(d, 0)}
@@ -201,7 +200,7 @@ def scoring_sensor(job_name: str) -> dg.SensorDefinition:
         start = config.load().scoring_start.isoformat()
         cursor = _cursor(context)
         first = not cursor
-        records, cursor["ml/flight_features"] = _since(context.instance, ml.FEATURES, cursor.get("ml/flight_features"))
+        records, cursor["ml/flight_features"] = _since(context.instance, FEATURES, cursor.get("ml/flight_features"))
         # results are keyed by execution id and an execution completes after it is planned, so a
         # watermark could skip one: remember the ids already seen instead
         gates = _gate_results(context.instance)
@@ -218,7 +217,7 @@ def scoring_sensor(job_name: str) -> dg.SensorDefinition:
         if first:
             days, why = stale, "scored before their features changed or before the champion was promoted"
         elif promoted:
-            days = {d for d in context.instance.get_materialized_partitions(ml.FEATURES) if d >= start} & stale
+            days = {d for d in context.instance.get_materialized_partitions(FEATURES) if d >= start} & stale
             why = f"champion v{promoted[0][1].get(names.CHAMPION_VERSION)} promoted: re-score from {start}"
         else:
             days = {d for d in _days(records) if d >= start} & stale

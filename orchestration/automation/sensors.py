@@ -26,7 +26,7 @@ import duckdb
 from orchestration import catalog, settings
 from orchestration.ingest import landing
 from orchestration.rebuild import partitions
-from orchestration.ops.sync import RANGE_END, RANGE_START, contiguous_ranges
+from orchestration.rebuild.ranges import RANGE_END, RANGE_START, contiguous_ranges
 from orchestration.resources import resources
 
 

@@ -22,10 +22,12 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+if TYPE_CHECKING:  # pyarrow loads where a jsonl or parquet delivery is read, not with the code location
+    import pyarrow as pa
 
 from orchestration.ingest.landing import Delivery
 from orchestration.warehouse import delivered_ident, literal
@@ -240,6 +242,8 @@ def _json_type(value) -> str:
 
 
 def _load_jsonl(con, delivery: Delivery) -> Loaded:
+    import pyarrow as pa
+
     records: list[dict] = []
     offsets: list[int] = []
     rejects: list[Reject] = []
@@ -298,6 +302,9 @@ def _jsonl_reject(offset: int, line: bytes, e: ValueError) -> Reject:
 
 
 def _load_parquet(con, delivery: Delivery) -> Loaded:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     if delivery.compression == "gzip":
         with gzip.open(delivery.path, "rb") as f:
             table = pq.read_table(io.BytesIO(f.read()))
@@ -326,6 +333,8 @@ def _load_parquet(con, delivery: Delivery) -> Loaded:
 
 def _timestamps_as_text(col: pa.ChunkedArray) -> pa.Array:
     """ISO text keeps the offset of aware timestamps and leaves naive ones naive."""
+    import pyarrow as pa
+
     return pa.array([None if v is None else v.isoformat() for v in col.to_pylist()], type=pa.string())
 
 

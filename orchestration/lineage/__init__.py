@@ -11,22 +11,20 @@ import logging
 import dagster as dg
 from openlineage.client.serde import Serde
 
-from orchestration.lineage import spool, transport
+from orchestration.lineage import events, spool, transport
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 5.0  # seconds an asynchronous transport may take to wind down after a flush
 
 
-def emit_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions | None = None) -> spool.FlushResult | None:
-    """Spool the lineage of a finished Dagster run (once per run), then flush the spool. Never raises."""
+def emit_run(instance: dg.DagsterInstance, run_id: str,
+             defs: dg.Definitions | dg.RepositoryDefinition) -> spool.FlushResult | None:
+    """Spool the lineage of a finished Dagster run (once per run), then flush the spool. Never raises.
+    `defs` is the code location the run belongs to (its Definitions, or a sensor's repository)."""
     if transport.disabled():
         return None
     try:
-        if defs is None:
-            from orchestration.definitions import defs
         if not spool.already_spooled(run_id):
-            from orchestration.lineage import events
-
             spool.append([Serde.to_dict(e) for e in events.for_run(instance, run_id, defs)], marker=run_id)
     except Exception:  # lineage must never fail a run: say so loudly and carry on
         log.exception("OpenLineage events for run %s could not be built or spooled", run_id)

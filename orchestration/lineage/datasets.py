@@ -39,6 +39,7 @@ from openlineage.client.facet_v2 import (
 from openlineage.client.naming.dataset import LocalFileSystem
 
 from orchestration import catalog, names, settings
+from orchestration.ml import registry
 from orchestration.names import REGISTERED_MODEL
 
 TABLE_NAME = "dagster/table_name"
@@ -69,8 +70,6 @@ def _value(metadata: Mapping, key: str):
 
 def registry_namespace(recorded_uri: str | None = None) -> str:
     """The MLflow registry's URI, without credentials: a namespace is shown to every lineage reader."""
-    from orchestration.ml import registry
-
     uri = os.environ.get("MLFLOW_REGISTRY_URI") or recorded_uri or registry.tracking_uri()
     parts = urlsplit(uri)
     if parts.username or parts.password:  # rebuilt only then: urlunsplit would turn sqlite://// into sqlite://

@@ -83,15 +83,20 @@ def _value(metadata: dict, key: str, default=None):
     return default if v is None else getattr(v, "value", v)
 
 
-def _steps_by_asset(defs: dg.Definitions) -> dict[str, list[dg.AssetKey]]:
+def _asset_graph(defs: dg.Definitions | dg.RepositoryDefinition):
+    """The asset graph of a code location, from its Definitions (sync) or its repository (a sensor's context)."""
+    return defs.resolve_asset_graph() if isinstance(defs, dg.Definitions) else defs.asset_graph
+
+
+def _steps_by_asset(defs: dg.Definitions | dg.RepositoryDefinition) -> dict[str, list[dg.AssetKey]]:
     out: dict[str, list[dg.AssetKey]] = {}
-    graph = defs.resolve_asset_graph()
+    graph = _asset_graph(defs)
     for ad in graph.assets_defs:
         out.setdefault(ad.node_def.name, []).extend(ad.keys)
     return out
 
 
-def read_log(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions):
+def read_log(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions | dg.RepositoryDefinition):
     """(run start time, run end time, terminal state, run error, steps) from the event log."""
     step_assets = _steps_by_asset(defs)
     steps: dict[str, Step] = {}
@@ -257,9 +262,9 @@ def _output(graph, node, partitions: list[str], model: datasets.ModelVersion | N
     return OutputDataset(namespace=p.namespace, name=p.name, facets=facets, outputFacets=output_facets)
 
 
-def for_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions) -> list[RunEvent]:
+def for_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions | dg.RepositoryDefinition) -> list[RunEvent]:
     run = instance.get_run_by_id(run_id)
-    graph = defs.resolve_asset_graph()
+    graph = _asset_graph(defs)
     started, ended, state, run_error, steps = read_log(instance, run_id, defs)
     parent_job = _job(run.job_name, "JOB")
     if started is None:  # a run canceled before it started still gets its pair of events

@@ -14,11 +14,17 @@ a day that looks like no training day did. Values outside the training range alw
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from orchestration import names
 from orchestration.ml import features
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+# numpy and pandas load inside the functions that use them: the code location imports this module,
+# and only the steps that train, evaluate or score need them (tests/unit/test_architecture.py).
 
 MISSING = "<missing>"
 OTHER = "<other>"
@@ -26,6 +32,8 @@ EPSILON = 1e-4  # a bin empty on one side would make PSI infinite
 
 
 def _numeric(values: pd.Series, bins: int) -> dict:
+    import numpy as np
+
     known = values.dropna().to_numpy(dtype=float)
     if not len(known):
         return {"kind": "numeric", "edges": []}
@@ -36,6 +44,8 @@ def _numeric(values: pd.Series, bins: int) -> dict:
 
 def shares(ref: dict, values: pd.Series) -> np.ndarray:
     """The share of values in each of the reference's bins (missing values last)."""
+    import numpy as np
+
     n = max(len(values), 1)
     if ref["kind"] == "categorical":
         v = values.astype(object).where(values.notna(), MISSING).astype(str)
@@ -56,6 +66,8 @@ def shares(ref: dict, values: pd.Series) -> np.ndarray:
 
 
 def psi(expected, actual) -> float:
+    import numpy as np
+
     e = np.clip(np.asarray(expected, dtype=float), EPSILON, None)
     a = np.clip(np.asarray(actual, dtype=float), EPSILON, None)
     return float(np.sum((a - e) * np.log(a / e)))
@@ -63,6 +75,9 @@ def psi(expected, actual) -> float:
 
 def reference(train: pd.DataFrame, predictions: np.ndarray, bins: int, quantile: float) -> dict:
     """Bins and training shares of every feature and of the prediction, and their typical daily PSI."""
+    import numpy as np
+    import pandas as pd
+
     columns = {c: train[c] for c in features.MODEL_INPUTS}
     columns["prediction"] = pd.Series(predictions, index=train.index, dtype=float)
     out = {}
@@ -81,6 +96,8 @@ def reference(train: pd.DataFrame, predictions: np.ndarray, bins: int, quantile:
 
 def stability(ref: dict, df: pd.DataFrame, predictions: np.ndarray) -> dict[str, tuple[float, float]]:
     """feature -> (PSI of this partition, typical daily PSI in training)."""
+    import pandas as pd
+
     out = {}
     for name, r in ref.items():
         values = pd.Series(predictions, dtype=float) if name == "prediction" else df[name].reset_index(drop=True)

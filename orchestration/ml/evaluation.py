@@ -9,11 +9,16 @@ carrier with enough test flights loses more than the configured amount.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from orchestration.ml import model
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+# numpy and pandas load inside the functions that use them: the code location imports this module,
+# and only the steps that train, evaluate or score need them (tests/unit/test_architecture.py).
 
 COLUMNS = [("challenger_version", "VARCHAR"), ("model", "VARCHAR"), ("model_version", "VARCHAR"), ("scope", "VARCHAR"),
            ("flights", "BIGINT"), ("auc", "DOUBLE"), ("log_loss", "DOUBLE"), ("brier", "DOUBLE"), ("ece", "DOUBLE"),
@@ -24,6 +29,9 @@ OVERALL = "overall"
 
 def measure(label: str, version: str | None, test: pd.DataFrame, p, min_daily_flights: int) -> list[dict]:
     """Overall and per-carrier metrics of one model's predictions p on the test rows."""
+    import numpy as np
+    import pandas as pd
+
     frame = pd.DataFrame({"day": test["event_date"].to_numpy(), "carrier": test["carrier"].to_numpy(),
                           "y": test["delayed"].astype(int).to_numpy(), "p": p})
     daily = [model.metrics(part["y"], part["p"])["auc"] for _, part in frame.groupby("day")

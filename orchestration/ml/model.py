@@ -7,21 +7,25 @@ same training set gives the same model and the same metrics.
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
-from sklearn.compose import make_column_transformer
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OrdinalEncoder
+from typing import TYPE_CHECKING
 
 from orchestration.ml import features
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    from sklearn.pipeline import Pipeline
+
+# numpy, pandas and scikit-learn load inside the functions that use them: the code location imports
+# this module, and only the steps that train, evaluate or score need them (tests/unit/test_architecture.py).
 
 CALIBRATION_BINS = 10
 
 
 def frame(con, relation: str, where: str = "TRUE") -> pd.DataFrame:
     """Key, features and label from a training-set or features relation, in key order."""
+    import pandas as pd
+
     cols = ", ".join(dict.fromkeys([*features.KEY, *features.FEATURES, "delayed"]))
     df = con.execute(f"SELECT {cols} FROM {relation} WHERE {where} ORDER BY {', '.join(features.KEY)}").df()
     for c in features.CATEGORICAL:
@@ -33,6 +37,12 @@ def frame(con, relation: str, where: str = "TRUE") -> pd.DataFrame:
 
 def build(params: dict, inputs: list[str] | None = None) -> Pipeline:
     """The pipeline over `inputs` (default every model input, in features.MODEL_INPUTS order)."""
+    import numpy as np
+    from sklearn.compose import make_column_transformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+
     inputs = features.MODEL_INPUTS if inputs is None else inputs
     categorical = [c for c in features.CATEGORICAL if c in inputs]
     encode = make_column_transformer(
@@ -55,6 +65,8 @@ def inputs_of(model: Pipeline) -> list[str]:
 
 def predict(model: Pipeline, df: pd.DataFrame) -> np.ndarray:
     """P(delayed) per row, from the features the model was trained on."""
+    import numpy as np
+
     if df.empty:
         return np.zeros(0)
     return model.predict_proba(df[inputs_of(model)])[:, 1]
@@ -62,6 +74,8 @@ def predict(model: Pipeline, df: pd.DataFrame) -> np.ndarray:
 
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> tuple[float, list[dict]]:
     """Expected calibration error and the reliability table (equal-width bins of the prediction)."""
+    import numpy as np
+
     edges = np.linspace(0, 1, bins + 1)
     idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
     table, ece = [], 0.0
@@ -78,6 +92,9 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> t
 
 def metrics(y, p) -> dict:
     """AUC, log loss, Brier score and calibration error; AUC is None when only one class is present."""
+    import numpy as np
+    from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+
     y, p = np.asarray(y, dtype=int), np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
     if len(y) == 0:
         return {"flights": 0, "auc": None, "log_loss": None, "brier": None, "ece": None}
@@ -95,4 +112,6 @@ class Baseline:
         self.rates = train.groupby(["carrier", "origin"])["delayed"].mean().astype(float).to_dict()
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
+        import numpy as np
+
         return np.array([self.rates.get((c, o), self.overall) for c, o in zip(df["carrier"], df["origin"])], dtype=float)

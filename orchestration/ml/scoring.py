@@ -4,15 +4,20 @@ each partition has drifted from the training reference."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from orchestration.rebuild import partitions
 from orchestration.ml import drift, evaluation, features, model
 from orchestration.ml.config import MlConfig
 from orchestration.ml.registry import ModelRegistry
 from orchestration.warehouse import key_list
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+# numpy and pandas load inside the functions that use them: the code location imports this module,
+# and only the steps that train, evaluate or score need them (tests/unit/test_architecture.py).
 
 PREDICTION_COLUMNS = [("event_date", "DATE"), ("carrier", "VARCHAR"), ("flight", "INTEGER"), ("origin", "VARCHAR"),
                       ("p_delayed", "DOUBLE"), ("model_version", "VARCHAR"), ("outcome", "VARCHAR"), ("delayed", "BOOLEAN")]
@@ -72,6 +77,9 @@ def score(con, cfg: MlConfig, model_registry: ModelRegistry, keys: list[str]) ->
 
 def measure(cfg: MlConfig, ref: dict, scored: pd.DataFrame, df: pd.DataFrame, reference_auc: float | None) -> pd.DataFrame:
     """PSI per feature and of the prediction per partition; AUC where enough labels are known."""
+    import numpy as np
+    import pandas as pd
+
     d = cfg.drift
     out = []
     version = scored["model_version"].iloc[0] if len(scored) else None

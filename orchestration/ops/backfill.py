@@ -16,6 +16,10 @@ from dataclasses import dataclass
 import dagster as dg
 import requests
 
+from orchestration import definitions
+from orchestration.rebuild.partitions import partition_range
+from orchestration.rebuild.ranges import RANGE_END, RANGE_START, contiguous_ranges
+
 DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 SUCCESS = {"COMPLETED", "COMPLETED_SUCCESS"}
 
@@ -118,12 +122,6 @@ def only_failed(p: Plan, failed: dict[dg.AssetKey, set[str]]) -> Plan:
     return Plan(p.assets, {k: [x for x in ks if x in failed.get(k, set())] for k, ks in p.partitions.items()}, p.skipped)
 
 
-def ranges(keys: list[str]) -> list[tuple[str, str]]:
-    from orchestration.ops.sync import contiguous_ranges
-
-    return contiguous_ranges(keys)
-
-
 class Server:
     """A running dagster-webserver, spoken to over GraphQL."""
 
@@ -151,13 +149,13 @@ class Server:
             failed = set()
             for s in spans:
                 if s["status"] == "FAILED":
-                    failed.update(ranges_between(s["startKey"], s["endKey"]))
+                    failed.update(partition_range(s["startKey"], s["endKey"]))
             out[key] = failed
         return out
 
     def launch(self, p: Plan, title: str) -> str:
         params = {"title": title, "partitionsByAssets": [
-            {"assetKey": {"path": list(k.path)}, "partitions": {"ranges": [{"start": a, "end": b} for a, b in ranges(ks)]}}
+            {"assetKey": {"path": list(k.path)}, "partitions": {"ranges": [{"start": a, "end": b} for a, b in contiguous_ranges(ks)]}}
             for k, ks in p.partitions.items() if ks]}
         result = self.query(LAUNCH, {"params": params})["launchPartitionBackfill"]
         if result["__typename"] != "LaunchBackfillSuccess":
@@ -187,12 +185,6 @@ class Server:
             time.sleep(poll)
 
 
-def ranges_between(start: str, end: str) -> list[str]:
-    from orchestration.rebuild.partitions import partition_range
-
-    return partition_range(start, end)
-
-
 def failed_in_instance(instance: dg.DagsterInstance, defs: dg.Definitions, keys: list[dg.AssetKey],
                        p: Plan) -> dict[dg.AssetKey, set[str]]:
     graph = defs.resolve_asset_graph()
@@ -205,9 +197,6 @@ def failed_in_instance(instance: dg.DagsterInstance, defs: dg.Definitions, keys:
 
 def run_in_process(runner, defs, p: Plan) -> bool:
     """One run per contiguous range of each partitioned job that holds the selected assets."""
-    from orchestration import definitions
-    from orchestration.ops.sync import RANGE_END, RANGE_START
-
     ok = True
     todo: dict[str, tuple[list[dg.AssetKey], set[str]]] = {}
     for key, ks in p.partitions.items():
@@ -220,7 +209,7 @@ def run_in_process(runner, defs, p: Plan) -> bool:
         assets.append(key)
         keys.update(ks)
     for job, (assets, keys) in todo.items():
-        for a, b in ranges(sorted(keys)):
+        for a, b in contiguous_ranges(sorted(keys)):
             ok &= runner.run(job, f"[{a} .. {b}] {', '.join(k.to_user_string() for k in assets)}",
                              tags={RANGE_START: a, RANGE_END: b}, selection=assets)
     return ok

@@ -10,6 +10,7 @@ import sys
 
 from orchestration import settings
 
+# Each command imports what it uses inside its function, so read commands start without loading the definitions.
 JSON_HELP = "print a JSON array of objects instead of text"
 
 
@@ -82,8 +83,9 @@ def _dlq_replay(args) -> int:
 
 
 def _backfill(args) -> int:
-    from orchestration.ops import backfill
     from orchestration import definitions
+    from orchestration.ops import backfill
+    from orchestration.rebuild.ranges import contiguous_ranges
 
     try:
         plan = backfill.plan(definitions.defs, args.assets, args.date_from, args.date_to)
@@ -101,7 +103,7 @@ def _backfill(args) -> int:
         return 2
     for key in plan.assets:
         ks = plan.partitions[key]
-        spans = ", ".join(a if a == b else f"{a} .. {b}" for a, b in backfill.ranges(ks)) or "none"
+        spans = ", ".join(a if a == b else f"{a} .. {b}" for a, b in contiguous_ranges(ks)) or "none"
         print(f"{key.to_user_string():<22} {len(ks):>4} partition(s): {spans}")
     if plan.skipped:
         print(f"not partitioned, left out: {', '.join(k.to_user_string() for k in plan.skipped)} "

@@ -7,12 +7,11 @@ partitions it touches (their built_from changes from quarantined:<id> to <id>).
 
 from __future__ import annotations
 
+from orchestration.catalog import contracts
 from orchestration.rebuild import partitions
 
 
 def quarantined(con, source: str | None = None) -> list[tuple[str, str, list[str], str]]:
-    from orchestration.catalog import contracts
-
     names = [source] if source else sorted(contracts())
     return [(name, *row) for name in names for row in partitions.quarantined_files(con, name)]
 

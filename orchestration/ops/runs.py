@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -91,24 +92,23 @@ def owner(run: dg.DagsterRun) -> str:
     return "launched by the Dagster daemon or webserver"
 
 
-def _emit_lineage(instance: dg.DagsterInstance, run_id: str, defs) -> None:
-    from orchestration import lineage
+# emit_lineage(run_id) emits the lineage of a run ended here (its terminal FAIL or ABORT event); the
+# caller passes it because it knows the code location the run belongs to.
+EmitLineage = Callable[[str], object]
 
-    lineage.emit_run(instance, run_id, defs)  # its terminal event (FAIL/ABORT) ends the run's lineage
 
-
-def reclaim(instance: dg.DagsterInstance, run: dg.DagsterRun, say, defs=None) -> None:
+def reclaim(instance: dg.DagsterInstance, run: dg.DagsterRun, say, emit_lineage: EmitLineage) -> None:
     """End a run whose process is gone: failed, slots freed, lineage emitted, and say so."""
     message = (f"The process that executed this run ({owner(run)}) is gone: killed or crashed before the run ended. "
                "Marked failed by plumbline; its pool slots were freed.")
     instance.report_run_failed(run, message=message)
     instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-    _emit_lineage(instance, run.run_id, defs)
+    emit_lineage(run.run_id)
     say(f"run {run.run_id} ({run.job_name}, {owner(run)}) died before it finished: marked failed, "
         "its warehouse pool slot freed, FAIL lineage emitted")
 
 
-def reclaim_dead_runs(instance: dg.DagsterInstance, say, defs=None) -> list[str]:
+def reclaim_dead_runs(instance: dg.DagsterInstance, say, emit_lineage: EmitLineage) -> list[str]:
     """Fail and free every unfinished plumbline run on this host whose process is gone, and free
     the slots a finished run still holds."""
     records = instance.get_run_records(filters=dg.RunsFilter(statuses=IN_PROGRESS, tags={HOST_TAG: socket.gethostname()}))
@@ -116,7 +116,7 @@ def reclaim_dead_runs(instance: dg.DagsterInstance, say, defs=None) -> list[str]
     for record in records:
         run = record.dagster_run
         if process_alive(run.tags) is False:
-            reclaim(instance, run, say, defs)
+            reclaim(instance, run, say, emit_lineage)
             dead.append(run.run_id)
     storage = instance.event_log_storage
     holding = {s.run_id for info in storage.get_concurrency_infos(sorted(storage.get_concurrency_keys())).values()
@@ -129,7 +129,7 @@ def reclaim_dead_runs(instance: dg.DagsterInstance, say, defs=None) -> list[str]
     return dead
 
 
-def cancel(instance: dg.DagsterInstance, run_id: str, signum: int, defs=None) -> bool:
+def cancel(instance: dg.DagsterInstance, run_id: str, signum: int, emit_lineage: EmitLineage) -> bool:
     """Mark a run stopped by a signal canceled, free its slots and emit its lineage. False when
     there was nothing to cancel: the run was never created, or it succeeded before the signal."""
     run = instance.get_run_by_id(run_id)
@@ -138,7 +138,7 @@ def cancel(instance: dg.DagsterInstance, run_id: str, signum: int, defs=None) ->
     # a step interrupted before the CANCELING mark was seen ends the run FAILURE: it was canceled all the same
     if run.status != dg.DagsterRunStatus.CANCELED:
         instance.report_run_canceled(run, message=f"{signal.Signals(signum).name} received: run stopped by plumbline")
-    _emit_lineage(instance, run_id, defs)
+    emit_lineage(run_id)
     # last: a step still queued in this process re-queues itself until the process exits
     instance.event_log_storage.free_concurrency_slots_for_run(run_id)
     return True
@@ -173,8 +173,9 @@ class Watch:
     slot, so the watch learns of signals through a wakeup fd and, if the run does not end by itself
     within seconds, cancels it, frees its slots, emits its lineage and exits the process."""
 
-    def __init__(self, instance: dg.DagsterInstance, run_id: str, job: str, say, command: str, defs=None):
-        self.instance, self.run_id, self.job, self.say, self.command, self.defs = instance, run_id, job, say, command, defs
+    def __init__(self, instance: dg.DagsterInstance, run_id: str, job: str, say, command: str, emit_lineage: EmitLineage):
+        self.instance, self.run_id, self.job, self.say, self.command = instance, run_id, job, say, command
+        self.emit_lineage = emit_lineage
         self.signum: int | None = None
         self._done = threading.Event()
         self._old_fd: int | None = None
@@ -232,7 +233,7 @@ class Watch:
                 if run is None:
                     continue
                 if not run.is_finished and process_alive(run.tags) is False:
-                    reclaim(self.instance, run, self.say, self.defs)
+                    reclaim(self.instance, run, self.say, self.emit_lineage)
                     continue
                 assigned = next((p.assigned_timestamp for p in info.pending_steps
                                  if p.run_id == slot.run_id and p.step_key == slot.step_key and p.assigned_timestamp), None)
@@ -259,7 +260,7 @@ class Watch:
                 break
         if self._done.is_set():
             return  # the run ended in the main thread, which finishes the stop
-        cancel(self.instance, self.run_id, signum, self.defs)
+        cancel(self.instance, self.run_id, signum, self.emit_lineage)
         print(Stopped(signum, self.run_id, self.job).line(self.command), file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(128 + signum)

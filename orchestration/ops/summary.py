@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import duckdb
 
 from orchestration import settings
+from orchestration.ml import config, oncall
 from orchestration.quality import dead_letter
 from orchestration.settings import NothingSynced
 from orchestration.resources import resources
@@ -73,8 +74,6 @@ def summary_text(warehouse: Warehouse | None = None) -> str:
 
 def model_lines(con) -> list[str]:
     """The champion's test-window metrics against the baseline, what it scored, and drift."""
-    from orchestration.ml import config, oncall
-
     if not table_exists(con, "ml", "model_evaluation"):
         return []
     cfg = config.load()

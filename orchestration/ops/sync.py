@@ -7,7 +7,6 @@ recorded in the Dagster instance, so they show in the UI like any other run.
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 import time
 import uuid
@@ -16,15 +15,15 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration import lineage, settings
-from orchestration.rebuild import partitions
-from orchestration.ops import runs
+from orchestration import definitions, lineage, settings
+from orchestration.ml import config, plan, training_set
+from orchestration.ml.layer import DAILY
 from orchestration.ml.registry import ModelRegistry
+from orchestration.ops import runs
+from orchestration.rebuild import partitions
+from orchestration.rebuild.ranges import RANGE_END, RANGE_START, contiguous_ranges
 from orchestration.resources import resources
 from orchestration.warehouse import Warehouse
-
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
 
 # The console shows plumbline's progress lines; Dagster's step events stay in the instance (UI).
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -55,18 +54,6 @@ def instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(home))
 
 
-def contiguous_ranges(keys: list[str]) -> list[tuple[str, str]]:
-    """['2013-01-01','2013-01-02','2013-01-05'] -> [('2013-01-01','2013-01-02'), ('2013-01-05','2013-01-05')]"""
-    out: list[tuple[str, str]] = []
-    for k in sorted(keys):
-        day = dt.date.fromisoformat(k)
-        if out and dt.date.fromisoformat(out[-1][1]) + dt.timedelta(days=1) == day:
-            out[-1] = (out[-1][0], k)
-        else:
-            out.append((k, k))
-    return out
-
-
 class Runner:
     """Runs plumbline jobs in this process against the instance, printing one line per run.
 
@@ -74,8 +61,6 @@ class Runner:
     every run it starts names this process in its tags and stops on SIGTERM or SIGINT (runs.Stopped)."""
 
     def __init__(self, say=print, dagster_instance: dg.DagsterInstance | None = None, command: str = "plumbline"):
-        from orchestration import definitions
-
         self.defs = definitions.defs
         self.resources = resources()  # the deployment's warehouse and model registry, as the runs get them
         self.instance = dagster_instance or instance()
@@ -84,28 +69,31 @@ class Runner:
         self.started = time.monotonic()
         self.runs: list[tuple[str, str, bool, str]] = []  # (job, label, success, run id)
         runs.install_signal_handlers()
-        runs.reclaim_dead_runs(self.instance, say, self.defs)
+        runs.reclaim_dead_runs(self.instance, say, self.emit_lineage)
+
+    def emit_lineage(self, run_id: str) -> lineage.spool.FlushResult | None:
+        return lineage.emit_run(self.instance, run_id, self.defs)  # the same emitter the run-status sensors use
 
     def run(self, job_name: str, label: str, tags: dict | None = None, selection=None) -> bool:
         t0 = time.monotonic()
         self.say(f"[{time.monotonic() - self.started:6.1f}s] {job_name} {label} ...")
         run_id = str(uuid.uuid4())
         try:
-            with runs.Watch(self.instance, run_id, job_name, self.say, self.command, self.defs) as watch:
+            with runs.Watch(self.instance, run_id, job_name, self.say, self.command, self.emit_lineage) as watch:
                 result = self.defs.resolve_job_def(job_name).execute_in_process(
                     run_config=RUN_CONFIG, instance=self.instance, run_id=run_id, tags={**(tags or {}), **runs.owner_tags()},
                     asset_selection=selection, raise_on_error=False)
         except runs.Stopped as e:  # the signal came before Dagster took over its handling
-            canceled = runs.cancel(self.instance, run_id, e.signum, self.defs)
+            canceled = runs.cancel(self.instance, run_id, e.signum, self.emit_lineage)
             raise runs.Stopped(e.signum, *((run_id, job_name) if canceled else ())) from None
         if watch.signum is not None:  # a running step was interrupted and the run ended here
-            canceled = runs.cancel(self.instance, run_id, watch.signum, self.defs)
+            canceled = runs.cancel(self.instance, run_id, watch.signum, self.emit_lineage)
             raise runs.Stopped(watch.signum, *((run_id, job_name) if canceled else ()))
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         self.say(f"[{time.monotonic() - self.started:6.1f}s]   {'ok' if result.success else 'FAILED ' + str(failed)} "
                  f"in {time.monotonic() - t0:.1f}s (run {settings.run_ref(result.run_id)})")
         self.runs.append((job_name, label, result.success, result.run_id))
-        emitted = lineage.emit_run(self.instance, result.run_id, self.defs)  # the same emitter the run-status sensors use
+        emitted = self.emit_lineage(result.run_id)
         if emitted and emitted.pending:
             self.say(f"  lineage backend unreachable: {emitted.pending} event(s) spooled ({emitted.error})")
         return result.success
@@ -113,8 +101,6 @@ class Runner:
     def rematerialize(self, source: str, keys: list[str] | None, selection=None) -> bool:
         """Rebuild these partitions of raw.<source> and everything downstream (the ML layer too), one
         run per contiguous range."""
-        from orchestration import definitions
-
         if not definitions.CONTRACTS[source].partitioning:
             ok = self.run(definitions.SNAPSHOTS_JOB, f"({source})", selection=selection or [dg.AssetKey(["raw", source])])
             return refresh_ml(self.resources["warehouse"], self.resources["model_registry"], self.run, self.say, {},
@@ -128,8 +114,6 @@ class Runner:
 
 
 def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncReport:
-    from orchestration import definitions
-
     runner = Runner(say, dagster_instance, command="plumbline sync")
     report = SyncReport()
     started = runner.started
@@ -176,8 +160,6 @@ def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncR
 
 def _refresh_downstream_of_snapshots(con_factory: Warehouse, run, stale_partitioned: dict) -> None:
     """A changed dimension changes every built partition downstream of it (minus those just rebuilt)."""
-    from orchestration import definitions
-
     todo = []
     with con_factory.connect(read_only=True) as con:
         for c in definitions.PARTITIONED:
@@ -199,15 +181,11 @@ def refresh_ml(warehouse: Warehouse, model_registry: ModelRegistry, run, say, st
     """Features for every day the data changed (and the days whose rolling window reads it), then
     training, evaluation and the promotion gate when the training windows changed, then scoring.
     Returns whether every run succeeded."""
-    from assets import ml
-    from orchestration import definitions
-    from orchestration.ml import config, plan, training_set
-
     cfg = config.load()
     with warehouse.connect(read_only=True) as con:
         built = sorted(plan.days_in(con, "core.flights"))
         has_set = training_set.current_provenance(con) is not None
-        todo = plan.plan(con, cfg, ml.DAILY, built if snapshots_changed else stale.get("flights", []),
+        todo = plan.plan(con, cfg, DAILY, built if snapshots_changed else stale.get("flights", []),
                          stale.get("weather", []), has_set)
     if not built:
         return True

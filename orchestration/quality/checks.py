@@ -18,15 +18,21 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import pandas as pd
 
 from contracts.model import Contract, Rule
 from orchestration import catalog, names
 from orchestration.names import ACCOUNTING, CONFORMANCE
 from orchestration.quality import dead_letter
 from orchestration.warehouse import SNAPSHOT_PARTITION, ident, key_list, literal, table_exists
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas and Great Expectations load inside the functions that judge the rules: the code location
+# imports this module, and only the steps that check a partition need them.
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
@@ -87,6 +93,8 @@ class Observed:
 def observe(con, contract: Contract, accounts) -> Observed:
     """Read what the checks need right after partitions.rebuild() built `accounts`, while its temp
     table _stage is still there; judge() then runs without holding the warehouse."""
+    import pandas as pd
+
     snapshot = contract.partitioning is None
     keys = [a.partition for a in accounts]
     rejected: dict[str, dict[str, int]] = {}
@@ -170,6 +178,7 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
               accepted: dict[str, int]) -> dict[str, _Outcome]:
     """Run the rules with Great Expectations: row rules on the staged rows, row_count on one row per partition."""
     import great_expectations as gx
+    import pandas as pd
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
@@ -208,6 +217,8 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
 
 
 def _plain(v):
+    import pandas as pd
+
     return None if pd.isna(v) else (v.item() if hasattr(v, "item") else v if isinstance(v, (int, float, str)) else str(v))
 
 
