@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 from orchestration.ml import model
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
 # numpy and pandas load inside the functions that use them: the code location imports this module,

@@ -13,7 +13,6 @@ from orchestration.ml.registry import ModelRegistry
 from orchestration.warehouse import key_list
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
 # numpy and pandas load inside the functions that use them: the code location imports this module,
