@@ -16,7 +16,7 @@ DEFAULT_DEPLOYMENT = "embedded"
 resources_by_deployment: dict[str, dict] = {
     # one DuckDB file, MLflow in SQLite and lineage in JSON lines, all under $PLUMBLINE_HOME (read at
     # call time); MLFLOW_* and OpenLineage's own settings still point elsewhere the standard way
-    "embedded": {"warehouse": Warehouse(), "model_registry": ModelRegistry(), "lineage": LineageTransport()},
+    "embedded": {"warehouse": Warehouse(), "model_registry": ModelRegistry(), "lineage_transport": LineageTransport()},
 }
 
 

@@ -22,6 +22,7 @@ from orchestration.ops import sync
 from orchestration.definitions import defs
 from orchestration.demo.feed import write_feed
 from orchestration.lineage import datasets, events, spool
+from orchestration.lineage.transport import LineageTransport
 from orchestration.rebuild.ranges import RANGE_END, RANGE_START
 from orchestration.warehouse import Warehouse
 
@@ -41,7 +42,7 @@ def run_jobs(runs, inst) -> list[str]:
     for job, tags in runs:
         result = defs.resolve_job_def(job).execute_in_process(instance=inst, tags=tags, raise_on_error=False)
         assert result.success, job
-        lineage.emit_run(inst, result.run_id, defs)
+        lineage.emit_run(inst, result.run_id, defs, LineageTransport())
         ids.append(result.run_id)
     return ids
 
@@ -209,7 +210,7 @@ def test_run_ids_are_deterministic_and_a_run_is_emitted_once(lineage_home, emitt
     assert first == again and len(set(first)) == 4  # the Dagster run and raw, core, marts flights
     assert first[0] == run_ids[2]
     before = len(emitted)
-    lineage.emit_run(inst, run_ids[2], defs)  # as the run-status sensor would, after sync already did
+    lineage.emit_run(inst, run_ids[2], defs, LineageTransport())  # as the run-status sensor would, after sync already did
     home = lineage_home[0]
     assert len(read_events(home / "lineage" / "events.jsonl")) == before
 
@@ -295,9 +296,9 @@ def test_http_receiver_gets_every_event_in_order_exactly_once_across_an_outage(t
         assert not (home / "lineage" / "events.jsonl").exists()
 
         receiver = Receiver(receiver.port)
-        result = lineage.flush()
+        result = lineage.flush(LineageTransport())
         assert result.sent == 16 and result.pending == 0 and spool.pending() == []
-        assert lineage.flush().sent == 0  # nothing is sent twice
+        assert lineage.flush(LineageTransport()).sent == 0  # nothing is sent twice
     finally:
         receiver.stop()
     expected = [Serde.to_dict(e) for run_id in (snapshots, flights) for e in events.for_run(inst, run_id, defs)]
@@ -322,7 +323,8 @@ def test_run_status_sensor_emits_for_runs_dagster_launched(lineage_home):
     assert result.run_id not in events_file.read_text()
     success = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_SUCCESS)
     context = dg.build_run_status_sensor_context(sensor_name=sensor.name, dagster_event=success, dagster_instance=inst,
-                                                 dagster_run=result.dagster_run, repository_def=defs.get_repository_def())
+                                                 dagster_run=result.dagster_run, repository_def=defs.get_repository_def(),
+                                                 resources={"lineage_transport": LineageTransport()})
     sensor(context)
     mine = [e for e in read_events(events_file) if e["run"]["runId"] == result.run_id
             or e["run"]["facets"].get("parent", {}).get("run", {}).get("runId") == result.run_id]

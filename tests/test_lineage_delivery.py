@@ -30,6 +30,7 @@ from orchestration import catalog, lineage
 from orchestration.ops import sync
 from orchestration.definitions import defs
 from orchestration.lineage import events, spool, typed
+from orchestration.lineage.transport import LineageTransport
 from orchestration.warehouse import Warehouse
 from test_lineage import Receiver
 
@@ -96,20 +97,20 @@ def test_events_emitted_while_the_receiver_is_down_are_delivered_when_it_is_back
     configure(monkeypatch, **receiver_settings(kind, port))
     run_id = materialize_airlines(instance)
 
-    result = lineage.emit_run(instance, run_id, defs)
+    result = lineage.emit_run(instance, run_id, defs, LineageTransport())
     assert result is not None and result.sent == 0 and result.pending == 4, result
     assert len(spool.pending()) == 4  # nothing reported as sent while nobody listened
 
     receiver = Receiver(port)
     try:
         kept = {p.name: p.read_bytes() for p in spool.pending()}
-        result = lineage.flush()
+        result = lineage.flush(LineageTransport())
         assert (result.sent, result.pending) == (4, 0) and spool.pending() == []
-        assert lineage.flush().sent == 0
+        assert lineage.flush(LineageTransport()).sent == 0
         # A crash between the acknowledgement and the deletion re-sends the event on the next flush:
         first = min(kept)
         (spool.spool_dir() / first).write_bytes(kept[first])
-        assert lineage.flush().sent == 1
+        assert lineage.flush(LineageTransport()).sent == 1
     finally:
         receiver.stop()
 
@@ -138,7 +139,7 @@ def test_kafka_without_its_client_library_keeps_the_events_with_a_clear_warning(
               TRANSPORT__CONFIG='{"bootstrap.servers": "127.0.0.1:9"}')
     run_id = materialize_airlines(instance)
     with caplog.at_level(logging.WARNING, logger="orchestration.lineage"):
-        result = lineage.emit_run(instance, run_id, defs)
+        result = lineage.emit_run(instance, run_id, defs, LineageTransport())
     assert result is not None and result.sent == 0 and result.pending == 4, result
     assert "confluent_kafka" in result.error
     warning = " ".join(r.getMessage() for r in caplog.records if r.name.startswith("orchestration.lineage"))
@@ -146,7 +147,7 @@ def test_kafka_without_its_client_library_keeps_the_events_with_a_clear_warning(
 
     for var in [k for k in os.environ if k.startswith("OPENLINEAGE__")]:
         monkeypatch.delenv(var)  # the operator falls back to the default file: the run's lineage is all there
-    assert lineage.flush().sent == 4
+    assert lineage.flush(LineageTransport()).sent == 4
     got = read_events(home / "lineage" / "events.jsonl")
     assert [(e["run"]["runId"], e["eventType"]) for e in got] == expected(instance, run_id)
     assert [p for e in got for p in errors(e)] == []
@@ -162,7 +163,7 @@ def test_a_kafka_message_the_broker_never_took_stays_in_the_spool(home, instance
     configure(monkeypatch, TRANSPORT__TYPE="kafka", TRANSPORT__TOPIC="lineage",
               TRANSPORT__CONFIG=json.dumps({"bootstrap.servers": f"127.0.0.1:{closed_port}", "message.timeout.ms": "1500"}))
     run_id = materialize_airlines(instance)
-    result = lineage.emit_run(instance, run_id, defs)
+    result = lineage.emit_run(instance, run_id, defs, LineageTransport())
     assert result is not None and result.sent == 0 and result.pending == 4, result
     assert "timed out" in result.error.lower()
 
@@ -174,7 +175,7 @@ def test_a_transport_setting_without_a_type_keeps_the_json_lines_file(home, inst
     configure(monkeypatch, TRANSPORT__TIMEOUT="3")
     run_id = materialize_airlines(instance)
     with caplog.at_level(logging.WARNING, logger="orchestration.lineage"):
-        result = lineage.emit_run(instance, run_id, defs)
+        result = lineage.emit_run(instance, run_id, defs, LineageTransport())
     assert result is not None and (result.sent, result.pending) == (4, 0)
     got = read_events(home / "lineage" / "events.jsonl")
     assert [(e["run"]["runId"], e["eventType"]) for e in got] == expected(instance, run_id)
@@ -228,7 +229,7 @@ def test_spooled_events_are_replayed_as_typed_events(home, instance, monkeypatch
     child = rebuilt[1]
     assert isinstance(child.run.facets["parent"], parent_run.ParentRunFacet)  # what kafka's message key reads
 
-    assert lineage.emit_run(instance, run_id, defs).sent == 4
+    assert lineage.emit_run(instance, run_id, defs, LineageTransport()).sent == 4
     got = read_events(home / "lineage" / "events.jsonl")
     [bronze_complete] = [e for e in got if e["job"]["name"] == "bronze.airlines" and e["eventType"] == "COMPLETE"]
     landed = str(home / "landing" / "airlines")
@@ -242,6 +243,6 @@ def test_the_spool_outlives_a_missing_transport_module(home, instance, monkeypat
     """A transport type nobody can import keeps the events too (not only kafka)."""
     configure(monkeypatch, TRANSPORT__TYPE="no_such_module.NoTransport")
     run_id = materialize_airlines(instance)
-    result = lineage.emit_run(instance, run_id, defs)
+    result = lineage.emit_run(instance, run_id, defs, LineageTransport())
     assert result is not None and result.pending == 4
     assert "no_such_module" in result.error and len(spool.pending()) == 4

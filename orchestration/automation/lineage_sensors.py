@@ -7,14 +7,16 @@ from __future__ import annotations
 import dagster as dg
 
 from orchestration import lineage
+from orchestration.lineage.transport import LineageTransport
 
 
 def _emitter(status: dg.DagsterRunStatus, name: str) -> dg.RunStatusSensorDefinition:
     @dg.run_status_sensor(run_status=status, name=name, default_status=dg.DefaultSensorStatus.RUNNING,
                           description=f"Emit OpenLineage events for every run that ends {status.value}.")
-    def _sensor(context: dg.RunStatusSensorContext):
+    def _sensor(context: dg.RunStatusSensorContext, lineage_transport: LineageTransport):
         # the run's asset graph comes from the code location this sensor belongs to
-        result = lineage.emit_run(context.instance, context.dagster_run.run_id, context.repository_def)
+        result = lineage.emit_run(context.instance, context.dagster_run.run_id, context.repository_def,
+                                  lineage_transport)
         if result and result.pending:
             context.log.warning(f"OpenLineage events not delivered yet; {result.pending} event(s) kept in the spool: {result.error}")
 
@@ -23,8 +25,8 @@ def _emitter(status: dg.DagsterRunStatus, name: str) -> dg.RunStatusSensorDefini
 
 @dg.sensor(name="lineage_spool", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Deliver OpenLineage events kept in the spool while the backend was unreachable.")
-def lineage_spool(context: dg.SensorEvaluationContext):
-    result = lineage.flush()
+def lineage_spool(context: dg.SensorEvaluationContext, lineage_transport: LineageTransport):
+    result = lineage.flush(lineage_transport)
     return dg.SkipReason(f"lineage spool: {result.sent} sent, {result.pending} pending" if result else "lineage disabled")
 
 

@@ -17,29 +17,30 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 5.0  # seconds an asynchronous transport may take to wind down after a flush
 
 
-def emit_run(instance: dg.DagsterInstance, run_id: str,
-             defs: dg.Definitions | dg.RepositoryDefinition) -> spool.FlushResult | None:
-    """Spool the lineage of a finished Dagster run (once per run), then flush the spool. Never raises.
-    `defs` is the code location the run belongs to (its Definitions, or a sensor's repository)."""
-    if transport.disabled():
+def emit_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions | dg.RepositoryDefinition,
+             via: transport.LineageTransport) -> spool.FlushResult | None:
+    """Spool the lineage of a finished Dagster run (once per run), then flush the spool through the
+    deployment's transport `via`. Never raises. `defs` is the code location the run belongs to (its
+    Definitions, or a sensor's repository)."""
+    if via.disabled():
         return None
     try:
         if not spool.already_spooled(run_id):
             spool.append([Serde.to_dict(e) for e in events.for_run(instance, run_id, defs)], marker=run_id)
     except Exception:  # lineage must never fail a run: say so loudly and carry on
         log.exception("OpenLineage events for run %s could not be built or spooled", run_id)
-    return flush()
+    return flush(via)
 
 
-def flush() -> spool.FlushResult | None:
+def flush(via: transport.LineageTransport) -> spool.FlushResult | None:
     """Deliver what the spool holds through the configured transport; built here, after spooling,
     so a transport that cannot be built keeps the events for a later flush. Never raises."""
-    if transport.disabled():
+    if via.disabled():
         return None
     try:
-        client = transport.client()
+        client = via.client()
     except Exception as e:
-        kind, waiting = transport.kind(), len(spool.pending())
+        kind, waiting = via.kind(), len(spool.pending())
         log.warning("OpenLineage transport `%s` could not be built (%s: %s)%s; %d event(s) kept in %s until it can",
                     kind, type(e).__name__, e, transport.install_hint(kind), waiting, spool.spool_dir())
         return spool.FlushResult(0, waiting, f"{type(e).__name__}: {e}")

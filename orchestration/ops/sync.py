@@ -72,7 +72,7 @@ class Runner:
         runs.reclaim_dead_runs(self.instance, say, self.emit_lineage)
 
     def emit_lineage(self, run_id: str) -> lineage.spool.FlushResult | None:
-        return lineage.emit_run(self.instance, run_id, self.defs)  # the same emitter the run-status sensors use
+        return lineage.emit_run(self.instance, run_id, self.defs, self.resources["lineage_transport"])  # the same emitter the run-status sensors use
 
     def run(self, job_name: str, label: str, tags: dict | None = None, selection=None) -> bool:
         t0 = time.monotonic()
@@ -123,7 +123,7 @@ def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncR
         report.runs.append((job_name, label, ok))
         return ok
 
-    lineage.flush()  # deliver what an unreachable backend left behind last time, before anything new
+    lineage.flush(runner.resources["lineage_transport"])  # deliver what an unreachable backend left behind last time, before anything new
     run(definitions.INGEST_JOB, "(every pending delivery)")
     warehouse = runner.resources["warehouse"]
     with warehouse.connect() as con:

@@ -27,7 +27,7 @@ def test_the_default_deployment_is_embedded_with_its_three_resources(home):
     assert deployment() == "embedded"
     found = resources()
     assert {k: type(v) for k, v in found.items()} == {
-        "warehouse": Warehouse, "model_registry": ModelRegistry, "lineage": LineageTransport}
+        "warehouse": Warehouse, "model_registry": ModelRegistry, "lineage_transport": LineageTransport}
     assert found == resources("embedded") and found["warehouse"] is resources_by_deployment["embedded"]["warehouse"]
     found.clear()  # a caller's copy: the mapping itself is untouched
     assert set(resources()) == {"warehouse", "model_registry", "lineage"}
