@@ -30,7 +30,7 @@ def test_the_default_deployment_is_embedded_with_its_three_resources(home):
         "warehouse": Warehouse, "model_registry": ModelRegistry, "lineage_transport": LineageTransport}
     assert found == resources("embedded") and found["warehouse"] is resources_by_deployment["embedded"]["warehouse"]
     found.clear()  # a caller's copy: the mapping itself is untouched
-    assert set(resources()) == {"warehouse", "model_registry", "lineage"}
+    assert set(resources()) == {"warehouse", "model_registry", "lineage_transport"}
 
 
 @pytest.mark.parametrize("name", ["production-typo", "Embedded"])
