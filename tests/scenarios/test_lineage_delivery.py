@@ -31,9 +31,9 @@ from orchestration.ops import sync
 from orchestration.definitions import defs
 from orchestration.lineage import events, spool, typed
 from orchestration.warehouse import Warehouse
-from test_lineage import Receiver
+from scenarios.test_lineage import Receiver
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IDENTITY = "plumbline_event"  # the run facet that names each event
 
 

@@ -27,7 +27,7 @@ from orchestration.demo.feed import write_feed
 from orchestration.ml import config
 from orchestration.ops.sync import RANGE_END, RANGE_START, Runner, instance, sync
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PLUMBLINE = Path(sys.executable).parent / "plumbline"
 FIRST, LAST = dt.date(2013, 3, 1), dt.date(2013, 3, 21)
 NEW_DAY = LAST + dt.timedelta(days=1)  # delivered after the sync
