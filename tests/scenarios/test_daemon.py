@@ -23,6 +23,8 @@ import yaml
 
 from orchestration.warehouse import Warehouse
 
+pytestmark = pytest.mark.slow  # a Dagster webserver and daemon run on a Postgres instance
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 INT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",

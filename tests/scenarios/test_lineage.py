@@ -24,6 +24,8 @@ from orchestration.demo.feed import write_feed
 from orchestration.lineage import datasets, events, spool
 from orchestration.warehouse import Warehouse
 
+pytestmark = pytest.mark.slow  # the clean year is fed and synced for the module
+
 RANGE = ("2013-01-01", "2013-01-02")
 # The runs `plumbline sync` would make for a clean feed, limited to two days.
 RUNS = [("ingest_deliveries", {}), ("refresh_snapshots", {}),

@@ -14,6 +14,8 @@ from orchestration.demo.feed import write_feed
 from orchestration.ml import config, features, registry
 from orchestration.ops.sync import instance, sync
 
+pytestmark = pytest.mark.slow  # a month synced and a model trained on it
+
 WEATHER = ["temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib"]
 
 
