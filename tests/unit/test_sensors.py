@@ -175,6 +175,20 @@ def test_stale_partitions_launch_one_run_per_contiguous_range(plumbline_home, ja
     assert late.run_requests[0].run_key not in {r.run_key for r in data.run_requests}
 
 
+def test_the_days_of_a_quarantined_delivery_run_apart_from_the_rest(plumbline_home, january, instance):
+    deliver(plumbline_home, january, "flights_20130105T0600Z.csv", [1, 2, 3, 4])
+    root = plumbline_home / "landing" / "flights"
+    without_distance = january[january.day.isin([2, 3])].drop(columns=["distance"])  # a required column missing
+    (root / "flights_20130106T0600Z.csv").write_text(without_distance.to_csv(index=False, lineterminator="\n"))
+    with Warehouse().connect() as con:
+        landed = {f.path: f.status for f in bronze.ingest_source(con, load_contracts()["flights"], "ingest-run")}
+    assert landed == {"flights/flights_20130105T0600Z.csv": "loaded", "flights/flights_20130106T0600Z.csv": "quarantined"}
+    bronze_materialized(instance)
+    # the quarantined days fail their blocking check: one run of their own, the healthy days around them apart
+    assert ranges(tick(FLIGHTS, instance)) == [("2013-01-01", "2013-01-01"), ("2013-01-04", "2013-01-04"),
+                                               ("2013-01-02", "2013-01-03")]
+
+
 def test_an_unpartitioned_source_is_rebuilt_whole(plumbline_home, january, instance):
     deliver(plumbline_home, january, "airlines_20130101T0000Z.csv", [], source="airlines")
     ingest("airlines")
