@@ -23,7 +23,9 @@ import yaml
 
 from orchestration.warehouse import Warehouse
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # a Dagster webserver and daemon run on a Postgres instance
+
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 INT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
                "arr_delay", "flight", "air_time", "distance", "hour", "minute"]

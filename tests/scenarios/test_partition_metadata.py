@@ -10,8 +10,8 @@ import pytest
 
 from orchestration.ops.sync import instance, sync
 from orchestration.warehouse import Warehouse
-from test_bad_input import INT_COLUMNS
-from test_late_data import deliver
+from scenarios.test_bad_input import INT_COLUMNS
+from scenarios.test_late_data import deliver
 
 DAYS = [f"2013-01-0{d}" for d in range(1, 6)]
 BAD_DAY = "2013-01-03"  # one departure delay beyond the contract's range: one dead letter

@@ -15,6 +15,8 @@ from orchestration.ml import config, features
 from orchestration.ops.sync import instance, sync
 from orchestration.resources import resources
 
+pytestmark = pytest.mark.slow  # a month synced and a model trained on it
+
 WEATHER = ["temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib"]
 
 

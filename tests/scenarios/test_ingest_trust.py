@@ -17,7 +17,7 @@ import time
 import pandas as pd
 import pyarrow as pa
 import pytest
-from test_bad_input import (TEN_MB, assert_accounting_balances, assert_good_day_loaded, contract, csv_bytes,  # noqa: F401
+from scenarios.test_bad_input import (TEN_MB, assert_accounting_balances, assert_good_day_loaded, contract, csv_bytes,  # noqa: F401
                             day_rows, dead_rows, file_name, ingest, jsonl_bytes, landed_row, landing, parquet_bytes,
                             raw_count, records, rel, write_good)
 

@@ -28,7 +28,7 @@ from orchestration.ml import config
 from orchestration.ops.sync import Runner, instance, sync
 from orchestration.rebuild.ranges import RANGE_END, RANGE_START
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PLUMBLINE = Path(sys.executable).parent / "plumbline"
 FIRST, LAST = dt.date(2013, 3, 1), dt.date(2013, 3, 21)
 NEW_DAY = LAST + dt.timedelta(days=1)  # delivered after the sync
@@ -110,6 +110,7 @@ def requested(ticks: dict) -> dict[str, list]:
             for name, data in ticks.items() if data.run_requests}
 
 
+@pytest.mark.slow  # three weeks synced with a model trained
 def test_starting_the_ui_on_a_synced_home_launches_nothing_until_a_file_lands(synced):
     home, inst = synced
     runs_after_sync = len(inst.get_runs())
@@ -157,6 +158,7 @@ def write_day(target: Path, day: dt.date) -> None:
     tmp.rename(target)
 
 
+@pytest.mark.slow  # three weeks synced with a model trained
 def test_the_cli_prints_whole_run_ids_and_links_into_the_ui(synced, monkeypatch):
     _, inst = synced
     said = []
@@ -174,6 +176,7 @@ def cli(args: list[str], home: Path, cwd: Path | None = None, **env) -> subproce
                           env={**environ, "PLUMBLINE_HOME": str(home), **env})
 
 
+@pytest.mark.slow  # three weeks synced with a model trained
 @pytest.mark.parametrize("args", JSON_COMMANDS, ids=" ".join)
 def test_list_commands_speak_json(synced, args):
     home, _ = synced
@@ -185,6 +188,7 @@ def test_list_commands_speak_json(synced, args):
         assert rows and {"version", "status", "champion", "test_auc", "training_set"} <= set(rows[0])
 
 
+@pytest.mark.slow  # three weeks synced with a model trained
 def test_a_moved_home_keeps_its_models_and_shows_repository_relative_contract_paths(synced, tmp_path):
     home, inst = synced
     for asset in definitions.defs.resolve_all_asset_specs():

@@ -24,7 +24,7 @@ import pytest
 
 from orchestration.ops.sync import instance
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 POOL = "warehouse"
 INT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
                "arr_delay", "flight", "air_time", "distance", "hour", "minute"]

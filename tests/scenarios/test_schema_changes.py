@@ -15,7 +15,7 @@ import yaml
 from contracts.loader import CONTRACTS_DIR, line_index, load_contract
 from orchestration.ops import deliveries
 from orchestration.quality import schema_checks
-from test_bad_input import (csv_bytes, day_rows, dead_rows, file_name, ingest, landed_row, landing, raw_count,
+from scenarios.test_bad_input import (csv_bytes, day_rows, dead_rows, file_name, ingest, landed_row, landing, raw_count,
                                   rel)
 
 DAY1, DAY2 = (3, 4), (3, 5)

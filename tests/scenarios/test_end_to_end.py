@@ -12,7 +12,6 @@ import pytest
 
 from contracts.loader import load_contracts
 from openlineage_validation import asset_graph_edges, data_edges, errors, read_events, rebuilt_edges
-from orchestration.demo.feed import write_feed
 from orchestration.ops import replay
 from orchestration.ops.sync import Runner, instance, sync
 from orchestration.warehouse import Warehouse
@@ -52,18 +51,9 @@ def all_hashes(exclude=(), skip=()) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def demo_home(tmp_path_factory, dagster_home_dir):
-    home = tmp_path_factory.mktemp("demo")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PLUMBLINE_HOME", str(home))
-    mp.setenv("DAGSTER_HOME", str(dagster_home_dir("demo")))
-    for var in ("OPENLINEAGE_URL", "OPENLINEAGE_DISABLED", "OPENLINEAGE_CONFIG"):
-        mp.delenv(var, raising=False)  # lineage goes to the default JSON lines, which the tests read
-    manifest = write_feed(home, profile="demo", seed=13)
-    report = sync(say=lambda *_: None)
-    assert report.ok, report.runs
-    yield home, manifest
-    mp.undo()
+def demo_home(demo_year):
+    """The session's demo year (feed demo, seed 13, one sync), read only; lineage in the default JSON lines."""
+    return demo_year.home, demo_year.manifest
 
 
 def clean_frame(con, name: str):
@@ -205,7 +195,7 @@ def test_core_flights_times_are_utc_and_arrivals_roll_over(demo_home):
         assert mart == (con.execute("SELECT count(*) FROM core.flights").fetchone()[0], cancelled)
 
 
-def test_idempotent_sync_and_rematerialization(demo_home):
+def test_idempotent_sync_and_rematerialization(demo_year_copy):
     from orchestration import definitions
     from orchestration.ops.sync import RUN_CONFIG, instance
     from orchestration.rebuild.ranges import RANGE_END, RANGE_START

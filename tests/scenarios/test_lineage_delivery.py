@@ -32,9 +32,9 @@ from orchestration.definitions import defs
 from orchestration.lineage import events, spool, typed
 from orchestration.lineage.transport import LineageTransport
 from orchestration.warehouse import Warehouse
-from test_lineage import Receiver
+from scenarios.test_lineage import Receiver
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IDENTITY = "plumbline_event"  # the run facet that names each event
 
 

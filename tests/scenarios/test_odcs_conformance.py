@@ -16,7 +16,7 @@ from contracts.loader import CONTRACTS_DIR, SUPPORTED_API_VERSIONS, ContractErro
 
 CONTRACT_FILES = sorted(CONTRACTS_DIR.glob("*.yaml"))
 IDS = [f.stem for f in CONTRACT_FILES]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATACONTRACT = Path(sys.executable).parent / "datacontract"  # datacontract-cli, from the test extra
 
 

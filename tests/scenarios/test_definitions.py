@@ -14,7 +14,7 @@ import yaml
 from contracts.loader import load_contracts
 from orchestration.quality import checks as quality_checks
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the project venv's bin: dg, dagster and dagster-cloud sit beside python
 JOBS = ("ingest_deliveries", "refresh_snapshots", "rebuild_flights", "rebuild_weather")
 

@@ -29,6 +29,8 @@ from orchestration.ops.sync import Runner, instance
 from orchestration.rebuild.ranges import RANGE_END, RANGE_START
 from orchestration.warehouse import Warehouse
 
+pytestmark = pytest.mark.slow  # six weeks synced and sensors ticked through training and scoring
+
 # flights days loaded, with the weather of their whole ISO weeks (so 2013-10-27 has weather, no flights)
 BLOCKS = [(dt.date(2013, 2, 25), dt.date(2013, 3, 17)), (dt.date(2013, 10, 7), dt.date(2013, 10, 26))]
 RESTATED = dt.date(2013, 3, 5)  # delivered short at first; the rest arrives late

@@ -23,7 +23,7 @@ from orchestration.rebuild import partitions
 from orchestration.ops.sync import Runner, instance, sync
 from orchestration.warehouse import Warehouse
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
                "arr_delay", "flight", "air_time", "distance", "hour", "minute"]
 PARTITIONED_ASSETS = {("raw", "flights"), ("core", "flights"), ("marts", "carrier_daily")}

@@ -26,6 +26,8 @@ from orchestration.lineage.transport import LineageTransport
 from orchestration.rebuild.ranges import RANGE_END, RANGE_START
 from orchestration.warehouse import Warehouse
 
+pytestmark = pytest.mark.slow  # the clean year is fed and synced for the module
+
 RANGE = ("2013-01-01", "2013-01-02")
 # The runs `plumbline sync` would make for a clean feed, limited to two days.
 RUNS = [("ingest_deliveries", {}), ("refresh_snapshots", {}),

@@ -20,7 +20,6 @@ import yaml
 from contracts.loader import load_contracts
 from orchestration.ops import cli
 from orchestration.rebuild import partitions
-from orchestration.demo.feed import write_feed
 from orchestration.ml import config, features, oncall, registry, training
 from orchestration.ops.sync import RUN_CONFIG, instance, sync
 from orchestration.rebuild.ranges import RANGE_END, RANGE_START
@@ -33,35 +32,17 @@ FLIGHT_KEY = ["year", "month", "day", "carrier", "flight", "origin"]
 
 
 @pytest.fixture(scope="module")
-def ml_home(tmp_path_factory, dagster_home_dir):
-    """The demo year fed and synced once: data, features, a trained champion, predictions."""
-    home = tmp_path_factory.mktemp("ml")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PLUMBLINE_HOME", str(home))
-    mp.setenv("DAGSTER_HOME", str(dagster_home_dir("ml")))
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PLUMBLINE_ML_CONFIG"):
-        mp.delenv(var, raising=False)
-    write_feed(home, profile="demo", seed=13)
-    lines: list[str] = []
-    report = sync(say=lines.append)
-    assert report.ok, report.runs
-    yield home, report, lines
-    mp.undo()
+def ml_home(demo_year):
+    """The session's demo year (feed demo, seed 13, one sync): data, features, a trained champion,
+    predictions. Read only; MLflow in its local store under the home, the shipped ML configuration."""
+    return demo_year.home, demo_year.report, demo_year.said
 
 
 @pytest.fixture
-def home_copy(ml_home, tmp_path, dagster_home_dir, monkeypatch):
+def home_copy(demo_year_copy):
     """A private copy of the synced home (warehouse, MLflow store, Dagster instance) to change.
     MLflow's absolute artifact paths are re-based onto the copy when it is opened there."""
-    home, _, _ = ml_home
-    copy = tmp_path / "home"
-    shutil.copytree(home, copy)
-    dagster = dagster_home_dir("ml-copy")
-    shutil.rmtree(dagster)
-    shutil.copytree(Path(instance().root_directory), dagster)
-    monkeypatch.setenv("PLUMBLINE_HOME", str(copy))
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster))
-    return copy
+    return demo_year_copy
 
 
 def query(sql: str, params=()) -> list[tuple]:

@@ -1,4 +1,4 @@
-"""OpenLineage for the ML layer on the real demo year, built once per module (feed demo + one
+"""OpenLineage for the ML layer on the real demo year, built once per session (feed demo + one
 `plumbline sync`): every event validates against the official schemas; the registered model
 version is ml/delay_model's output dataset and the exact input of evaluation and scoring; features
 and predictions say which partitions they wrote and read; the dataset graph the events describe is
@@ -7,7 +7,6 @@ the asset graph; sync reports no lineage error."""
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import re
 from types import SimpleNamespace
 
@@ -19,46 +18,20 @@ from assets import ml
 from openlineage_validation import asset_graph_edges, errors, read_events, rebuilt_edges
 from orchestration.ops import sync as sync_module
 from orchestration.definitions import TRAIN_JOB, defs
-from orchestration.demo.feed import write_feed
 from orchestration.lineage import datasets, events
-from orchestration.ops.sync import sync
 
 MODEL_NAME = ml.CFG.model_name
 VERSION_NAME = re.compile(rf"^models/{re.escape(MODEL_NAME)}/versions/(\d+)$")
 
 
-class Recorder(logging.Handler):
-    def __init__(self):
-        super().__init__(level=logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 @pytest.fixture(scope="module")
-def demo(dagster_home_dir):
-    """The demo year synced once, PLUMBLINE_HOME and DAGSTER_HOME on tmpfs, MLflow in its default
-    local store; what sync said and what the lineage emitter logged are kept."""
-    home = dagster_home_dir("ml-lineage-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PLUMBLINE_HOME", str(home))
-    mp.setenv("DAGSTER_HOME", str(dagster_home_dir("ml-lineage")))
-    for var in ("OPENLINEAGE_URL", "OPENLINEAGE_DISABLED", "OPENLINEAGE_CONFIG", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        mp.delenv(var, raising=False)  # default lineage file, default MLflow store under PLUMBLINE_HOME
-    mp.chdir(home)  # no openlineage.yml here; anything MLflow writes relative to the working directory stays in home
-    write_feed(home, profile="demo", seed=13)
-    said: list[str] = []
-    logged = Recorder()
-    logging.getLogger("orchestration.lineage").addHandler(logged)
-    try:
-        report = sync(say=said.append)
-    finally:
-        logging.getLogger("orchestration.lineage").removeHandler(logged)
-    assert report.ok, report.runs
-    yield SimpleNamespace(home=home, said=said, logged=logged.messages,
-                          events=read_events(home / "lineage" / "events.jsonl"), instance=sync_module.instance())
-    mp.undo()
+def demo(demo_year, tmp_path_factory):
+    """The session's demo year (one sync, MLflow in its default local store), read only; what sync
+    said and what the lineage emitter logged are kept."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("ml-lineage-cwd"))  # no openlineage.yml here
+        yield SimpleNamespace(home=demo_year.home, said=demo_year.said, logged=demo_year.logged,
+                              events=read_events(demo_year.home / "lineage" / "events.jsonl"), instance=sync_module.instance())
 
 
 def asset_events(demo, job: str, kind: str | None = None) -> list[dict]:
@@ -202,16 +175,18 @@ def test_dataset_graph_from_events_is_the_asset_graph_joined_at_model_versions(d
     assert edges == asset_graph_edges() | {((model.namespace, model.name), (predictions.namespace, predictions.name))}
 
 
-def test_a_model_run_that_registered_nothing_names_the_registered_model(demo, monkeypatch):
+def test_a_model_run_that_registered_nothing_names_the_registered_model(demo_year_copy, monkeypatch):
     """With the registry unreachable ml/delay_model fails before any version exists: START and FAIL
     name the registered model itself, and the events still validate."""
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow itself exports both once a client was made
         monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.chdir(demo_year_copy)  # no openlineage.yml here
+    inst = sync_module.instance()  # the copy's: the failed run stays out of the shared year
     result = defs.resolve_job_def(TRAIN_JOB).execute_in_process(
-        instance=demo.instance, asset_selection=[ml.MODEL], run_config=sync_module.RUN_CONFIG, raise_on_error=False)
+        instance=inst, asset_selection=[ml.MODEL], run_config=sync_module.RUN_CONFIG, raise_on_error=False)
     assert not result.success
-    built = [Serde.to_dict(e) for e in events.for_run(demo.instance, result.run_id, defs)]
+    built = [Serde.to_dict(e) for e in events.for_run(inst, result.run_id, defs)]
     model = [e for e in built if e["job"]["name"] == "ml.delay_model"]
     assert [e["eventType"] for e in model] == ["START", "FAIL"]
     for e in model:

@@ -1,0 +1,1 @@
+"""Scenarios: plumbline end to end on real deliveries, homes, instances and daemons."""
