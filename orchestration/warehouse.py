@@ -142,6 +142,8 @@ def date_literal(value) -> str:
 
 def key_list(keys) -> str:
     """Daily partition keys as a parenthesised list for IN: ('2013-01-01'::DATE, ...); () when empty."""
+    if isinstance(keys, str):  # one key passed bare would be read as its characters
+        raise TypeError(f"key_list takes a list of partition keys, not the string {keys!r}")
     return "(" + ", ".join(date_literal(k) for k in keys) + ")"
 
 

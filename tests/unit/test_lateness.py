@@ -104,7 +104,7 @@ def test_held_rows_stay_out_of_a_rebuild_until_released_then_their_partition_is_
     assert json.loads(events["new"]) == ["2013-03-20"]
     assert rebuilt_rows(warehouse_con, flights) == [("late", "2013-01-07"), ("late", "2013-03-01"), ("new", "2013-01-05")]
 
-    lateness.resolve_released(warehouse_con, flights, "partition_date = DATE '2013-01-07'", "run-2")
+    lateness.resolve_released(warehouse_con, flights, ["2013-01-07"], "run-2")
     assert warehouse_con.execute("SELECT status, resolved_by_run FROM ops.dead_letter WHERE partition_date = DATE '2013-01-07'"
                                  ).fetchall() == [("resolved", "run-2")]
     assert lateness.release(warehouse_con, flights, None) == ["2013-01-05"], "no partitions: release everything held"

@@ -10,8 +10,9 @@ import duckdb
 import pytest
 
 from contracts.loader import load_contracts
+from contracts.model import EVOLUTION_KEYS
 from orchestration.ingest.schema_changes import Change, Verdict
-from orchestration.ingest.schema_policy import DEFAULTS, decide, mode, quarantine_reason
+from orchestration.ingest.schema_policy import decide, quarantine_reason
 
 TYPE_CHANGED = Change("type_changed", "dep_delay", "integer -> string; contract expects integer, 40 of 100 values do not fit",
                       True, "dataType", "integer", "string")
@@ -103,8 +104,8 @@ def test_one_added_column_stays_the_change_it_was():
 def test_a_contract_without_a_setting_takes_the_default():
     shipped = load_contracts()["flights"]
     bare = dataclasses.replace(shipped, schema_evolution={})
-    assert {k: mode(bare, k) for k in DEFAULTS} == {"tables": "freeze", "columns": "discard_value",
-                                                    "dataType": "freeze", "primaryKey": "evolve"}
+    assert {k: bare.evolution_mode(k) for k in EVOLUTION_KEYS} == {"tables": "freeze", "columns": "discard_value",
+                                                                   "dataType": "freeze", "primaryKey": "evolve"}
     assert where(decide(bare, verdict(PK_CHANGED), missing=[]), PK_CHANGED) == "accepted"
     assert where(decide(bare, verdict(TYPE_CHANGED), missing=[]), TYPE_CHANGED) == "quarantine"
 
