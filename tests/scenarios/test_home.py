@@ -100,7 +100,8 @@ def evaluate_every_sensor(inst: dg.DagsterInstance, cursors: dict[str, str | Non
     for sensor in definitions.defs.get_repository_def().sensor_defs:
         if isinstance(sensor, dg.RunStatusSensorDefinition):
             continue  # they emit lineage for finished runs and launch nothing
-        with dg.build_sensor_context(instance=inst, cursor=cursors.get(sensor.name), definitions=definitions.defs) as ctx:
+        with dg.build_sensor_context(instance=inst, cursor=cursors.get(sensor.name), definitions=definitions.defs,
+                                     resources=definitions.defs.resources) as ctx:  # the daemon hands sensors their resources
             out[sensor.name] = sensor.evaluate_tick(ctx)
     return out
 
