@@ -4,6 +4,7 @@ SQL text (quoting, partition-key lists, date ranges, transactions) for every oth
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import re
 import sys
 import time
@@ -136,14 +137,24 @@ def literal(value) -> str:
 
 
 def date_literal(value) -> str:
-    """A DATE literal from an ISO date string or a date: '2013-01-01'::DATE."""
-    return f"{literal(str(value))}::DATE"
+    """A DATE literal from an ISO date string or a date: '2013-01-01'::DATE. The key is parsed here:
+    DuckDB's cast would read a date from the front of '2013-01-01 junk' and drop the rest."""
+    text = str(value)
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not a partition key (YYYY-MM-DD): {text!r}") from None
+    return f"{literal(text)}::DATE"
 
 
 def key_list(keys) -> str:
-    """Daily partition keys as a parenthesised list for IN: ('2013-01-01'::DATE, ...); () when empty."""
+    """Daily partition keys as a parenthesised list for IN: ('2013-01-01'::DATE, ...); an empty
+    subquery when there are none (IN matches nothing, NOT IN everything; DuckDB 1.5 refuses `IN ()`)."""
     if isinstance(keys, str):  # one key passed bare would be read as its characters
         raise TypeError(f"key_list takes a list of partition keys, not the string {keys!r}")
+    keys = list(keys)
+    if not keys:
+        return "(SELECT NULL::DATE WHERE false)"
     return "(" + ", ".join(date_literal(k) for k in keys) + ")"
 
 
@@ -163,6 +174,32 @@ def transaction(con):
         con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
+
+
+def insert_absent(con, table: str, columns: str, key: tuple[str, ...], rows_sql: str, params=None) -> None:
+    """INSERT the rows of `rows_sql` (named as `columns`) whose key `table` does not hold yet. The
+    same SQL on every warehouse: DuckLake has no primary keys, so no ON CONFLICT."""
+    match = " AND ".join(f"_t.{ident(k)} IS NOT DISTINCT FROM _n.{ident(k)}" for k in key)
+    sql = (f"INSERT INTO {table} ({columns}) SELECT {columns} FROM ({rows_sql}) AS _n "
+           f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS _t WHERE {match})")
+    if params is None:
+        con.execute(sql)
+    else:
+        con.executemany(sql, params)
+
+
+def insert_absent_values(con, table: str, columns: str, key: tuple[str, ...], rows: list) -> None:
+    """insert_absent for parameter rows, one statement per row (dead letters of unreadable lines, a landed file)."""
+    names = [c.strip() for c in columns.split(",")]
+    values = ", ".join(f"?::{_PARAM_TYPE.get(n, 'VARCHAR')} AS {ident(n)}" for n in names)
+    insert_absent(con, table, columns, key, f"SELECT {values}", rows)
+
+
+# Parameter types of the ops columns written from Python rows (anything else binds as VARCHAR).
+_PARAM_TYPE = {"partition_date": "DATE", "row_offset": "BIGINT", "payload": "JSON", "first_seen": "TIMESTAMPTZ",
+               "last_seen": "TIMESTAMPTZ", "attempts": "INTEGER", "size_bytes": "BIGINT", "delivered_at": "TIMESTAMPTZ",
+               "observed_schema": "JSON", "rows": "BIGINT", "event_dates": "JSON", "landed_at": "TIMESTAMPTZ",
+               "rejected_at_read": "BIGINT"}
 
 
 def table_exists(con, schema: str, table: str) -> bool:

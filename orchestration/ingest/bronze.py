@@ -23,7 +23,7 @@ from orchestration.ingest import landing, lateness, schema_changes, schema_polic
 from orchestration import settings
 from orchestration.ingest.landing import Delivery, content_hash, discover
 from orchestration.ingest.readers import TEMP_TABLE, Loaded, Reject, UnreadableFile, load_delivery
-from orchestration.warehouse import date_range, delivered_ident, ident, literal, transaction
+from orchestration.warehouse import date_range, delivered_ident, ident, insert_absent_values, literal, transaction
 
 
 @dataclass
@@ -257,13 +257,10 @@ def _in_range_sql(contract: Contract) -> str:
 
 
 def _record(con, f: LandedFile, base: dict, schema, bronze_path) -> LandedFile:
-    con.execute(
-        """INSERT INTO ops.landed_files (source, path, file_id, size_bytes, format, compression, delivered_at,
-               observed_schema, rows, event_dates, status, reason, bronze_path, landed_at, rejected_at_read)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-           ON CONFLICT DO NOTHING""",
-        [f.source, f.path, f.file_id, base.get("size_bytes"), base["format"], base["compression"], base["delivered_at"],
-         json.dumps(schema) if schema is not None else None, f.rows, json.dumps(list(f.event_dates)), f.status,
-         f.reason, bronze_path, base["landed_at"], f.rejected_at_read],
-    )
+    insert_absent_values(
+        con, "ops.landed_files", "source, path, file_id, size_bytes, format, compression, delivered_at, observed_schema, "
+        "rows, event_dates, status, reason, bronze_path, landed_at, rejected_at_read", ("source", "path", "file_id"),
+        [(f.source, f.path, f.file_id, base.get("size_bytes"), base["format"], base["compression"], base["delivered_at"],
+          json.dumps(schema) if schema is not None else None, f.rows, json.dumps(list(f.event_dates)), f.status,
+          f.reason, bronze_path, base["landed_at"], f.rejected_at_read)])
     return f

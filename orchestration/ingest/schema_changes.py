@@ -268,19 +268,26 @@ def examine(con, contract: Contract, table: str, delivered_schema: list[dict], m
 def record_version(con, contract: Contract, verdict: Verdict, path: str, delivered_at, dates, status: str) -> None:
     """Upsert the delivery's schema version: first/last delivery by delivery time, partitions touched."""
     shape = json.dumps([{"name": c["name"], "type": c["type"]} for c in verdict.schema])
+    # MERGE, not ON CONFLICT: the same upsert on DuckLake, which has no primary keys.
     con.execute(
-        """INSERT INTO ops.schema_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-           ON CONFLICT (source, schema_hash) DO UPDATE SET
-             first_file = CASE WHEN (excluded.first_delivered_at, excluded.first_file) < (first_delivered_at, first_file)
-                               THEN excluded.first_file ELSE first_file END,
-             first_delivered_at = least(first_delivered_at, excluded.first_delivered_at),
-             last_file = CASE WHEN (excluded.last_delivered_at, excluded.last_file) > (last_delivered_at, last_file)
-                              THEN excluded.last_file ELSE last_file END,
-             last_delivered_at = greatest(last_delivered_at, excluded.last_delivered_at),
-             files = files + excluded.files,
+        """MERGE INTO ops.schema_versions AS v
+           USING (SELECT ? AS source, ? AS schema_hash, ?::JSON AS observed_schema, ? AS first_file,
+                         ?::TIMESTAMPTZ AS first_delivered_at, ? AS last_file, ?::TIMESTAMPTZ AS last_delivered_at,
+                         ?::BIGINT AS files, ?::JSON AS partitions, ?::BIGINT AS quarantined_files) AS n
+           ON v.source = n.source AND v.schema_hash = n.schema_hash
+           WHEN MATCHED THEN UPDATE SET
+             first_file = CASE WHEN (n.first_delivered_at, n.first_file) < (v.first_delivered_at, v.first_file)
+                               THEN n.first_file ELSE v.first_file END,
+             first_delivered_at = least(v.first_delivered_at, n.first_delivered_at),
+             last_file = CASE WHEN (n.last_delivered_at, n.last_file) > (v.last_delivered_at, v.last_file)
+                              THEN n.last_file ELSE v.last_file END,
+             last_delivered_at = greatest(v.last_delivered_at, n.last_delivered_at),
+             files = v.files + n.files,
              partitions = to_json(list_sort(list_distinct(
-                 flatten([CAST(partitions AS VARCHAR[]), CAST(excluded.partitions AS VARCHAR[])])))),
-             quarantined_files = quarantined_files + excluded.quarantined_files""",
+                 flatten([CAST(v.partitions AS VARCHAR[]), CAST(n.partitions AS VARCHAR[])])))),
+             quarantined_files = v.quarantined_files + n.quarantined_files
+           WHEN NOT MATCHED THEN INSERT VALUES (n.source, n.schema_hash, n.observed_schema, n.first_file,
+             n.first_delivered_at, n.last_file, n.last_delivered_at, n.files, n.partitions, n.quarantined_files)""",
         [contract.name, verdict.schema_hash, shape, path, delivered_at, path, delivered_at,
          0 if status == "quarantined" else 1, json.dumps(sorted(dates)), 1 if status == "quarantined" else 0])
 

@@ -14,8 +14,9 @@ import json
 from contracts.model import Contract
 from orchestration import catalog
 from orchestration.ingest.readers import Reject
-from orchestration.warehouse import SNAPSHOT_PARTITION, date_range, ident, key_list, literal
+from orchestration.warehouse import SNAPSHOT_PARTITION, date_range, ident, insert_absent, insert_absent_values, key_list, literal
 
+KEY = ("source", "file_id", "row_offset", "rule_id")  # a dead letter is recorded once per row and rule
 COLUMNS = ("source, partition_date, file_id, file_path, row_offset, rule_id, stage, reason, severity, payload, "
            "contract_version, run_id, first_seen, last_seen, attempts, status")
 
@@ -44,7 +45,7 @@ def record_bronze_rejects(con, contract: Contract, file_id: str, path: str, reje
         for r in rejects
     ]
     if rows:
-        con.executemany(f"INSERT INTO ops.dead_letter ({COLUMNS}) VALUES ({', '.join('?' * 16)}) ON CONFLICT DO NOTHING", rows)
+        insert_absent_values(con, "ops.dead_letter", COLUMNS, KEY, rows)
 
 
 def _record_bronze_rows(con, contract: Contract, rows_sql: str, partition_sql: str, rule_sql: str, reason_sql: str,
@@ -52,14 +53,13 @@ def _record_bronze_rows(con, contract: Contract, rows_sql: str, partition_sql: s
     """Bronze-shaped rows (contract columns, _extra, provenance) of `rows_sql`, aliased _b, with the
     delivered values as the payload; partition, rule, reason and severity are SQL expressions."""
     cols = ", ".join(f"{literal(c.name)}, _b.{ident(c.name)}" for c in contract.columns)
-    con.execute(
-        f"""INSERT INTO ops.dead_letter ({COLUMNS})
-        SELECT {literal(contract.name)}, {partition_sql}, _file_id, _file_path, _row_offset, {rule_sql}, 'bronze',
-               {reason_sql}, {severity_sql},
-               json_object({cols}, '_extra', _b._extra::JSON), {literal(contract.version)}, {literal(run_id)},
-               now(), now(), 1, 'open'
-        FROM {rows_sql}
-        ON CONFLICT DO NOTHING""")
+    insert_absent(con, "ops.dead_letter", COLUMNS, KEY, f"""
+        SELECT {literal(contract.name)} AS source, {partition_sql} AS partition_date, _file_id AS file_id,
+               _file_path AS file_path, _row_offset AS row_offset, {rule_sql} AS rule_id, 'bronze' AS stage,
+               {reason_sql} AS reason, {severity_sql} AS severity,
+               json_object({cols}, '_extra', _b._extra::JSON) AS payload, {literal(contract.version)} AS contract_version,
+               {literal(run_id)} AS run_id, now() AS first_seen, now() AS last_seen, 1 AS attempts, 'open' AS status
+        FROM {rows_sql}""")
 
 
 def record_event_date_failures(con, contract: Contract, run_id: str, in_range_sql: str) -> None:
@@ -98,14 +98,13 @@ def _in_partitions(partitions: list[str] | None, column: str = "d.partition_date
 def record_stage_failures(con, contract: Contract, run_id: str, partitions: list[str] | None) -> None:
     """Rows of the temp table _stage that broke an error rule; resolve open rows of these partitions
     that now pass."""
-    con.execute(
-        f"""INSERT INTO ops.dead_letter ({COLUMNS})
-        SELECT {literal(contract.name)}, _event_date, _file_id, _file_path, _row_offset,
-               split_part(_failed, ',', 1), 'raw', _reason, 'error', _payload, {literal(contract.version)},
-               {literal(run_id)}, now(), now(), 1, 'open'
-        FROM _stage WHERE _failed <> ''
-        ON CONFLICT DO NOTHING"""
-    )
+    insert_absent(con, "ops.dead_letter", COLUMNS, KEY, f"""
+        SELECT {literal(contract.name)} AS source, _event_date AS partition_date, _file_id AS file_id,
+               _file_path AS file_path, _row_offset AS row_offset, split_part(_failed, ',', 1) AS rule_id,
+               'raw' AS stage, _reason AS reason, 'error' AS severity, _payload AS payload,
+               {literal(contract.version)} AS contract_version, {literal(run_id)} AS run_id, now() AS first_seen,
+               now() AS last_seen, 1 AS attempts, 'open' AS status
+        FROM _stage WHERE _failed <> ''""")
     # A row that no longer fails (say, after a contract fix) is resolved by this run, never deleted.
     con.execute(
         f"""UPDATE ops.dead_letter AS d SET status = 'resolved', resolved_by_run = {literal(run_id)}

@@ -63,19 +63,18 @@ def test_date_literal_takes_iso_text_or_a_date(con):
 
 def test_key_list_renders_partition_keys_for_in(con):
     assert key_list(["2013-01-01", "2013-01-03"]) == "('2013-01-01'::DATE, '2013-01-03'::DATE)"
-    assert key_list([]) == "()"
     con.execute("CREATE TABLE t AS SELECT DATE '2013-01-01' + i::INTEGER AS event_date FROM range(5) r(i)")
     picked = con.execute(f"SELECT strftime(event_date, '%Y-%m-%d') FROM t WHERE event_date IN {key_list(['2013-01-01', '2013-01-03'])} "
                          "ORDER BY 1").fetchall()
     assert picked == [("2013-01-01",), ("2013-01-03",)]
     assert con.execute(f"SELECT count(*) FROM t WHERE event_date IN {key_list([])}").fetchall() == [(0,)]
+    assert con.execute(f"SELECT count(*) FROM t WHERE event_date NOT IN {key_list([])}").fetchall() == [(5,)]
 
 
 def test_a_hostile_partition_key_is_a_bad_date_never_sql(con):
     con.execute("CREATE TABLE t AS SELECT DATE '2013-01-01' AS event_date")
-    hostile = key_list(["2013-01-01'::DATE); DROP TABLE t; --"])
-    with pytest.raises(duckdb.ConversionException):
-        con.execute(f"SELECT * FROM t WHERE event_date IN {hostile}").fetchall()
+    with pytest.raises(ValueError, match="not a partition key"):
+        key_list(["2013-01-01'::DATE); DROP TABLE t; --"])
     assert con.execute("SELECT count(*) FROM t").fetchall() == [(1,)]
 
 
