@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from orchestration.lakehouse import Lakehouse
 from orchestration.lineage.transport import LineageTransport
 from orchestration.ml.registry import ModelRegistry
 from orchestration.warehouse import Warehouse
@@ -17,6 +18,9 @@ resources_by_deployment: dict[str, dict] = {
     # one DuckDB file, MLflow in SQLite and lineage in JSON lines, all under $PLUMBLINE_HOME (read at
     # call time); MLFLOW_* and OpenLineage's own settings still point elsewhere the standard way
     "embedded": {"warehouse": Warehouse(), "model_registry": ModelRegistry(), "lineage_transport": LineageTransport()},
+    # DuckLake on a PostgreSQL catalog with data files on a shared path, MLflow in PostgreSQL: several
+    # workers on several machines (docs/deploy.md); settings from the environment at call time
+    "production": {"warehouse": Lakehouse(), "model_registry": ModelRegistry(), "lineage_transport": LineageTransport()},
 }
 
 

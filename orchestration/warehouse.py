@@ -164,6 +164,10 @@ def date_range(column: str, start, end=None) -> str:
     return f"{column} >= {date_literal(start)}{upper}"
 
 
+class WriteConflict(RuntimeError):
+    """Another writer committed a conflicting change first; nothing of this transaction was applied."""
+
+
 @contextlib.contextmanager
 def transaction(con):
     """All or nothing: a crash or error anywhere inside leaves the tables as they were."""
@@ -173,7 +177,38 @@ def transaction(con):
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    con.execute("COMMIT")
+    try:
+        con.execute("COMMIT")
+    except duckdb.TransactionException as e:
+        if "conflict" not in str(e).lower():
+            raise
+        raise WriteConflict(f"{e}. Nothing of this transaction was applied; running it again applies it "
+                            "(the production instance retries the run)") from e
+
+
+# Writers of the same partitions on a warehouse that takes concurrent writers (DuckLake) are
+# serialized per connection by a locker the warehouse registers; the embedded file needs none.
+_LOCKERS: dict[int, object] = {}
+
+
+def register_locker(con, locker) -> None:
+    _LOCKERS[id(con)] = locker
+
+
+def unregister_locker(con) -> None:
+    _LOCKERS.pop(id(con), None)
+
+
+@contextlib.contextmanager
+def partition_lock(con, table: str, keys) -> Iterator[None]:
+    """Hold the partitions `keys` of `table` against other writers from before the transaction that
+    replaces them begins until after it ends: a later writer then starts from what the first wrote."""
+    locker = _LOCKERS.get(id(con))
+    if locker is None:
+        yield
+        return
+    with locker.hold(table, sorted(str(k) for k in keys)):
+        yield
 
 
 def insert_absent(con, table: str, columns: str, key: tuple[str, ...], rows_sql: str, params=None) -> None:
@@ -214,6 +249,14 @@ class Warehouse(dg.ConfigurableResource):
 
     def db_path(self) -> Path:
         return Path(self.path) if self.path else settings.warehouse_path()
+
+    def exists(self) -> bool:
+        """Whether a sync has created the warehouse."""
+        return self.db_path().is_file()
+
+    def location(self) -> str:
+        """Where the warehouse is: for lineage namespaces and messages."""
+        return f"duckdb://{self.db_path()}"
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = False, wait_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -67,7 +67,7 @@ class WarehouseBusy(Exception):
 def read_warehouse(read, empty):
     """read(con) on the warehouse without waiting for a writer; `empty` when no sync has written it yet."""
     warehouse = resources()["warehouse"]
-    if not warehouse.db_path().is_file():
+    if not warehouse.exists():
         return empty
     try:
         with warehouse.connect(read_only=True, wait_s=0) as con:

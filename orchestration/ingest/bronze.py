@@ -23,7 +23,8 @@ from orchestration.ingest import landing, lateness, schema_changes, schema_polic
 from orchestration import settings
 from orchestration.ingest.landing import Delivery, content_hash, discover
 from orchestration.ingest.readers import TEMP_TABLE, Loaded, Reject, UnreadableFile, load_delivery
-from orchestration.warehouse import date_range, delivered_ident, ident, insert_absent_values, literal, transaction
+from orchestration.warehouse import (SNAPSHOT_PARTITION, date_range, delivered_ident, ident, insert_absent_values, literal,
+                                    partition_lock, transaction)
 
 
 @dataclass
@@ -82,32 +83,34 @@ def pending(con: duckdb.DuckDBPyConnection, contract: Contract, landing: Path) -
 
 def ingest_source(con, contract: Contract, run_id: str, log=None) -> list[LandedFile]:
     """Ingest every pending delivery of one source; return what happened to each file."""
-    results = []
-    deliveries, moving = landing.settle(pending(con, contract, settings.landing_dir()))
-    seconds = landing.settle_seconds()
-    for d in moving:
-        results.append(LandedFile(contract.name, d.relative, "-", "settling", reason=landing.still_being_written(seconds)))
-        if log:
-            log(f"{contract.name}: {d.relative}: settling ({results[-1].reason})")
-    # Fixed for the whole ingestion, so files arriving together are judged alike, in any order.
-    mark = lateness.watermark(con, contract)
-    for i, delivery in enumerate(deliveries, 1):
-        try:
-            result = ingest_file(con, contract, delivery, run_id, mark)
-        except Exception as e:  # whatever goes wrong with one file is that file's problem, never the source's
+    # One ingester per source at a time on a warehouse with concurrent writers: both would take the same file.
+    with partition_lock(con, f"bronze.{contract.name}", [SNAPSHOT_PARTITION]):
+        results = []
+        deliveries, moving = landing.settle(pending(con, contract, settings.landing_dir()))
+        seconds = landing.settle_seconds()
+        for d in moving:
+            results.append(LandedFile(contract.name, d.relative, "-", "settling", reason=landing.still_being_written(seconds)))
+            if log:
+                log(f"{contract.name}: {d.relative}: settling ({results[-1].reason})")
+        # Fixed for the whole ingestion, so files arriving together are judged alike, in any order.
+        mark = lateness.watermark(con, contract)
+        for i, delivery in enumerate(deliveries, 1):
             try:
-                file_id = content_hash(delivery.path)[0]
-            except OSError:
-                file_id = "-"
-            result = _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
-                                             reason=f"{delivery.relative}: {type(e).__name__}: {str(e)[:300]}; the file was "
-                                                    "not loaded: re-deliver it (a new file or new content is picked up automatically)"),
-                             _base(contract, delivery), None, None)
-        results.append(result)
-        if log and (i % 50 == 0 or i == len(deliveries) or result.status != "loaded"):
-            log(f"{contract.name}: {i}/{len(deliveries)} files; {delivery.relative}: {result.status}"
-                + (f" ({result.reason})" if result.reason else ""))
-    return results
+                result = ingest_file(con, contract, delivery, run_id, mark)
+            except Exception as e:  # whatever goes wrong with one file is that file's problem, never the source's
+                try:
+                    file_id = content_hash(delivery.path)[0]
+                except OSError:
+                    file_id = "-"
+                result = _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
+                                                 reason=f"{delivery.relative}: {type(e).__name__}: {str(e)[:300]}; the file was "
+                                                        "not loaded: re-deliver it (a new file or new content is picked up automatically)"),
+                                 _base(contract, delivery), None, None)
+            results.append(result)
+            if log and (i % 50 == 0 or i == len(deliveries) or result.status != "loaded"):
+                log(f"{contract.name}: {i}/{len(deliveries)} files; {delivery.relative}: {result.status}"
+                    + (f" ({result.reason})" if result.reason else ""))
+        return results
 
 
 def _base(contract: Contract, delivery: Delivery) -> dict:

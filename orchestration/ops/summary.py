@@ -22,7 +22,7 @@ NOTED = 10  # loaded files with notes shown; the rest are counted
 def synced_warehouse(warehouse: Warehouse | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection to a warehouse that a sync has written; creates nothing on an empty home."""
     warehouse = warehouse or resources()["warehouse"]
-    if not warehouse.db_path().is_file():
+    if not warehouse.exists():
         raise NothingSynced()
     with warehouse.connect(read_only=True) as con:
         if not table_exists(con, "ops", "landed_files"):

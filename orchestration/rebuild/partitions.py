@@ -20,7 +20,7 @@ from orchestration.ingest import lateness
 from orchestration.rebuild import restatements
 from orchestration import settings
 from orchestration.rebuild.conform import stage_select
-from orchestration.warehouse import SNAPSHOT_PARTITION, date_literal, ident, key_list, literal, transaction
+from orchestration.warehouse import SNAPSHOT_PARTITION, date_literal, ident, key_list, literal, partition_lock, transaction
 
 @dataclass(frozen=True)
 class PartitionAccount:
@@ -121,47 +121,48 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
     dlq_partitions = None if snapshot else keys  # a snapshot's dead letters have no partition
     event_col = "" if snapshot else ", _event_date"
 
-    previous = {str(p): set(json.loads(b)) for p, b in con.execute(
-        f"SELECT partition_date, built_from FROM ops.partition_accounting WHERE source = ? AND partition_date IN {date_list}",
-        [contract.name]).fetchall()}
+    with partition_lock(con, contract.table, keys):  # a concurrent writer of these partitions waits
+        previous = {str(p): set(json.loads(b)) for p, b in con.execute(
+            f"SELECT partition_date, built_from FROM ops.partition_accounting WHERE source = ? AND partition_date IN {date_list}",
+            [contract.name]).fetchall()}
 
-    with transaction(con):
-        before = restatements.measure(con, contract, sorted(previous)) if previous else {}
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {stage_select(contract, source_sql)}")
-        con.execute(f"DELETE FROM {contract.table} WHERE {part_filter}")
-        # Only keys delivered more than once need ranking; sorting every row by key is the expensive part.
-        dup_match = " AND ".join(f"s.{ident(c)} = d.{ident(c)}" for c in contract.primary_key)
-        con.execute(f"""
-            INSERT INTO {contract.table}
-            WITH dup AS (SELECT {pk} FROM _stage WHERE _failed = '' GROUP BY ALL HAVING count(*) > 1)
-            SELECT {cols}{event_col}, _file_id, _row_offset FROM (
-                SELECT * FROM _stage s WHERE _failed = '' AND NOT EXISTS (SELECT 1 FROM dup d WHERE {dup_match})
-                UNION ALL
-                SELECT * EXCLUDE (_rank, _arrival) FROM (
-                    SELECT s.*, a._arrival, row_number() OVER (PARTITION BY {pk} ORDER BY {WINNER_ORDER}) AS _rank
-                    FROM _stage s LEFT JOIN ({arrivals_sql(contract.name)}) a USING (_file_id)
-                    WHERE _failed = '' AND EXISTS (SELECT 1 FROM dup d WHERE {dup_match}))
-                WHERE _rank = 1)
-            ORDER BY {'' if snapshot else '_event_date, '}{pk}""")
-        dead_letter.record_stage_failures(con, contract, run_id, dlq_partitions)
-        if not snapshot:
-            lateness.resolve_released(con, contract, keys, run_id)
-        accounts = _account(con, contract, keys, snapshot)
-        held = files_by_partition(con, contract)  # a quarantined delivery stays part of what a partition was built from
-        accounts = [dataclasses.replace(a, built_from=tuple(sorted(
-            set(a.built_from) | {f for f in held.get(a.partition, ()) if f.startswith(QUARANTINED)}))) for a in accounts]
-        if previous:
-            after = restatements.measure(con, contract, sorted(previous))
-            restated = restatements.record(con, contract, previous, before, after,
-                                           {a.partition: a.built_from for a in accounts}, run_id)
-        else:
-            restated = []
-        con.execute(f"DELETE FROM ops.partition_accounting WHERE source = ? AND partition_date IN {date_list}",
-                    [contract.name])
-        con.executemany(
-            "INSERT INTO ops.partition_accounting VALUES (?, ?::DATE, ?, ?, ?, ?, ?, ?)",
-            [(contract.name, a.partition, a.delivered, a.accepted, a.dead_lettered, a.superseded,
-              json.dumps(list(a.built_from)), contract.version) for a in accounts])
+        with transaction(con):
+            before = restatements.measure(con, contract, sorted(previous)) if previous else {}
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {stage_select(contract, source_sql)}")
+            con.execute(f"DELETE FROM {contract.table} WHERE {part_filter}")
+            # Only keys delivered more than once need ranking; sorting every row by key is the expensive part.
+            dup_match = " AND ".join(f"s.{ident(c)} = d.{ident(c)}" for c in contract.primary_key)
+            con.execute(f"""
+                INSERT INTO {contract.table}
+                WITH dup AS (SELECT {pk} FROM _stage WHERE _failed = '' GROUP BY ALL HAVING count(*) > 1)
+                SELECT {cols}{event_col}, _file_id, _row_offset FROM (
+                    SELECT * FROM _stage s WHERE _failed = '' AND NOT EXISTS (SELECT 1 FROM dup d WHERE {dup_match})
+                    UNION ALL
+                    SELECT * EXCLUDE (_rank, _arrival) FROM (
+                        SELECT s.*, a._arrival, row_number() OVER (PARTITION BY {pk} ORDER BY {WINNER_ORDER}) AS _rank
+                        FROM _stage s LEFT JOIN ({arrivals_sql(contract.name)}) a USING (_file_id)
+                        WHERE _failed = '' AND EXISTS (SELECT 1 FROM dup d WHERE {dup_match}))
+                    WHERE _rank = 1)
+                ORDER BY {'' if snapshot else '_event_date, '}{pk}""")
+            dead_letter.record_stage_failures(con, contract, run_id, dlq_partitions)
+            if not snapshot:
+                lateness.resolve_released(con, contract, keys, run_id)
+            accounts = _account(con, contract, keys, snapshot)
+            held = files_by_partition(con, contract)  # a quarantined delivery stays part of what a partition was built from
+            accounts = [dataclasses.replace(a, built_from=tuple(sorted(
+                set(a.built_from) | {f for f in held.get(a.partition, ()) if f.startswith(QUARANTINED)}))) for a in accounts]
+            if previous:
+                after = restatements.measure(con, contract, sorted(previous))
+                restated = restatements.record(con, contract, previous, before, after,
+                                               {a.partition: a.built_from for a in accounts}, run_id)
+            else:
+                restated = []
+            con.execute(f"DELETE FROM ops.partition_accounting WHERE source = ? AND partition_date IN {date_list}",
+                        [contract.name])
+            con.executemany(
+                "INSERT INTO ops.partition_accounting VALUES (?, ?::DATE, ?, ?, ?, ?, ?, ?)",
+                [(contract.name, a.partition, a.delivered, a.accepted, a.dead_lettered, a.superseded,
+                  json.dumps(list(a.built_from)), contract.version) for a in accounts])
     return Rebuilt(accounts, restated)
 
 
@@ -173,7 +174,7 @@ def replace_partitions(con, table: str, ddl: str, keys: list[str], select_templa
     """
     con.execute(ddl)
     partition_filter = f"event_date IN {key_list(keys)}"
-    with transaction(con):
+    with partition_lock(con, table, keys), transaction(con):
         con.execute(f"DELETE FROM {table} WHERE {partition_filter}")
         con.execute(f"INSERT INTO {table} {select_template.format(partition_filter=partition_filter)}")
         counts = dict(con.execute(
