@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from dagster._core.container_context import process_shared_container_context_config
 
 from contracts.loader import load_contracts
 from orchestration.quality import checks as quality_checks
@@ -55,13 +57,42 @@ def test_dagster_cloud_yaml_describes_the_plumbline_location():
     assert location["build"]["directory"] == "."
 
 
+# What a run of the production profile reads from its environment (docs/deploy.md); the instance is
+# Dagster+'s own in a hybrid deployment, so PLUMBLINE_INSTANCE_URL is not among them.
+PRODUCTION_SETTINGS = ("PLUMBLINE_CATALOG_URL", "PLUMBLINE_DATA_PATH", "PLUMBLINE_MLFLOW_URL", "PLUMBLINE_BROKER_URL")
+# The container_context fields the Kubernetes and Docker agents take (dagster_k8s.K8sContainerContext,
+# dagster_docker.DockerContainerContext; neither package is a dependency, so they are named here).
+K8S_FIELDS = {"image_pull_policy", "image_pull_secrets", "service_account_name", "env_config_maps", "env_secrets",
+              "env_vars", "volume_mounts", "volumes", "labels", "namespace", "resources", "scheduler_name",
+              "security_context", "server_k8s_config", "run_k8s_config", "env"}
+DOCKER_FIELDS = {"registry", "env_vars", "networks", "container_kwargs"}
+
+
+def test_dagster_cloud_yaml_runs_the_production_profile_on_hybrid_agents():
+    [location] = yaml.safe_load((ROOT / "dagster_cloud.yaml").read_text())["locations"]
+    context = location["container_context"]
+    # Dagster's own parsing of the part every agent reads: env_vars as KEY or KEY=VALUE strings.
+    shared = process_shared_container_context_config(context)
+    assert "PLUMBLINE_DEPLOYMENT=production" in shared["env_vars"]
+    assert set(context) <= {"env_vars", "k8s", "docker", "ecs"}, context
+    assert set(context["k8s"]) <= K8S_FIELDS and set(context["docker"]) <= DOCKER_FIELDS
+    # Kubernetes takes the settings from a ConfigMap and a Secret; Docker from the agent's environment.
+    assert context["k8s"]["env_config_maps"] and context["k8s"]["env_secrets"]
+    docker = context["docker"]["env_vars"]
+    assert set(PRODUCTION_SETTINGS) <= set(docker), docker
+    # No value in the file: secrets and addresses come from where each agent keeps them.
+    assert all("=" not in v for v in docker), docker
+    assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", (ROOT / "dagster_cloud.yaml").read_text())
+
+
 def test_dagster_cloud_yaml_passes_the_dagster_cloud_check(env):
     result = cloud_check(ROOT, env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Checked OK" in result.stdout
 
 
-@pytest.mark.parametrize("breakage", ["unknown_key", "no_location_name", "two_code_sources", "missing_build_dir"])
+@pytest.mark.parametrize("breakage", ["unknown_key", "no_location_name", "two_code_sources", "missing_build_dir",
+                                      "container_context_not_a_mapping"])
 def test_a_broken_dagster_cloud_yaml_fails_the_same_check(tmp_path, env, breakage):
     config = yaml.safe_load((ROOT / "dagster_cloud.yaml").read_text())
     location = config["locations"][0]
@@ -69,6 +100,8 @@ def test_a_broken_dagster_cloud_yaml_fails_the_same_check(tmp_path, env, breakag
         location["python_module"] = "orchestration.definitions"
     elif breakage == "no_location_name":
         del location["location_name"]
+    elif breakage == "container_context_not_a_mapping":
+        location["container_context"] = ["PLUMBLINE_DEPLOYMENT=production"]
     elif breakage == "two_code_sources":
         location["code_source"]["python_file"] = "orchestration/definitions.py"
     else:
