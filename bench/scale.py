@@ -1,0 +1,279 @@
+"""Benchmark: the same backfill of raw → core → marts over the demo year, split in 4 ranges launched
+at once, on the embedded profile (one DuckDB file, one writer at a time) and on the production
+profile (DuckLake on a PostgreSQL catalog, a PostgreSQL Dagster instance, steps on Celery workers
+over RabbitMQ) with 1 worker and with 2 workers. This is a benchmark, not a test.
+
+    .venv/bin/python bench/scale.py [--days 365] [--ranges 4] [--workdir DIR]
+
+Needs PostgreSQL (PLUMBLINE_BENCH_POSTGRES, default postgresql://postgres@127.0.0.1:5432) and RabbitMQ
+(PLUMBLINE_BENCH_AMQP, default amqp://guest:guest@127.0.0.1:5672) with `rabbitmqctl` for a vhost of
+its own; it creates its databases, vhost and directories and removes them at the end.
+
+Setup, not timed: the demo feed written once; for each mode a fresh home whose deliveries are
+ingested into bronze and whose dimension snapshots are built. Timed: the 4 `rebuild_flights` runs
+(raw.flights, core.flights, marts.carrier_daily), each a `plumbline`-style Runner in its own process,
+started together and waited for. Peak memory is the largest sum of the resident set sizes of every
+process of the mode (runner processes, workers and their children), sampled every 0.2 s. Then the
+DuckLake commit overhead: one day of marts.carrier_daily replaced 20 times on each warehouse.
+Every mode must leave the same rows in the three tables; the script checks it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PG = os.environ.get("PLUMBLINE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+AMQP = os.environ.get("PLUMBLINE_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672")
+TABLES = ("raw.flights", "core.flights", "marts.carrier_daily")
+ENV_PREFIXES = ("PLUMBLINE_", "OPENLINEAGE", "MLFLOW_", "DAGSTER_", "CELERY_")
+
+
+# ----------------------------------------------------------------------------- child processes
+
+def child(job: str, label: str, start: str | None, end: str | None) -> int:
+    """One run in this process, as `plumbline sync` would run it; exit 0 when it succeeded."""
+    from orchestration.ops.sync import Runner
+    from orchestration.rebuild.ranges import RANGE_END, RANGE_START
+
+    tags = {RANGE_START: start, RANGE_END: end} if start else None
+    return 0 if Runner(lambda *_: None).run(job, label, tags=tags) else 1
+
+
+def replace_timing(repeats: int, day: str) -> float:
+    """Seconds per replace of one day of marts.carrier_daily on this process's warehouse."""
+    from assets.marts import COLUMNS, SELECT
+    from orchestration.rebuild import partitions
+    from orchestration.resources import resources
+
+    ddl = "CREATE TABLE IF NOT EXISTS marts.carrier_daily (" + ", ".join(f"{n} {t}" for n, t in COLUMNS) + ")"
+    with resources()["warehouse"].connect() as con:
+        partitions.replace_partitions(con, "marts.carrier_daily", ddl, [day], SELECT)  # warm
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            partitions.replace_partitions(con, "marts.carrier_daily", ddl, [day], SELECT)
+        return (time.perf_counter() - t0) / repeats
+
+
+def tables_hash() -> dict[str, str]:
+    from orchestration.resources import resources
+
+    out = {}
+    with resources()["warehouse"].connect(read_only=True) as con:
+        for t in TABLES:
+            cols = [c for (c,) in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+                "AND table_catalog = current_database() ORDER BY ordinal_position", t.split(".")).fetchall()]
+            rows = con.execute(f"SELECT {', '.join(cols)} FROM {t} ORDER BY ALL").fetchall()
+            out[t] = f"{len(rows)} rows {hashlib.sha256(repr(rows).encode()).hexdigest()[:16]}"
+    return out
+
+
+# ----------------------------------------------------------------------------- the parent
+
+class Memory:
+    """Peak total RSS of a set of process trees, sampled in a thread."""
+
+    def __init__(self):
+        import psutil
+
+        self.psutil = psutil
+        self.roots: list[int] = []
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self):
+        while not self._stop.is_set():
+            total = 0
+            for pid in list(self.roots):
+                try:
+                    p = self.psutil.Process(pid)
+                    total += sum(q.memory_info().rss for q in [p, *p.children(recursive=True)])
+                except self.psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.2)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def base_env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
+
+
+def run_child(env: dict, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, "--child", *args], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, what: str) -> bool:
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        print(f"  {what} FAILED:\n{out[-3000:]}", flush=True)
+    return proc.returncode == 0
+
+
+def admin():
+    import psycopg2
+
+    con = psycopg2.connect(f"{PG}/postgres")
+    con.autocommit = True
+    return con
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+def ranges(days: list[str], n: int) -> list[tuple[str, str]]:
+    size = -(-len(days) // n)
+    return [(days[i], days[min(i + size, len(days)) - 1]) for i in range(0, len(days), size)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--days", type=int, default=365)
+    ap.add_argument("--ranges", type=int, default=4)
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        if args.child[0] == "replace":
+            print(json.dumps(replace_timing(int(args.child[1]), args.child[2])))
+            return 0
+        if args.child[0] == "hash":
+            print(json.dumps(tables_hash()))
+            return 0
+        job, label, *bounds = args.child
+        return child(job, label, *(bounds or [None, None]))
+
+    from orchestration import definitions
+    from orchestration.demo.feed import write_feed
+    from orchestration.rebuild.partitions import partition_range
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="plumbline-bench-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    days = partition_range("2013-01-01", (dt.date(2013, 1, 1) + dt.timedelta(days=args.days - 1)).isoformat())
+    spans = ranges(days, args.ranges)
+    feed = work / "feed"
+    if not (feed / "landing").is_dir():
+        write_feed(feed, profile="demo", seed=13)
+    job = definitions.rebuild_job_name("flights")
+    tag = f"plumbline_bench_{uuid.uuid4().hex[:8]}"
+    created_dbs: list[str] = []
+    vhost = None
+    results: dict[str, dict] = {}
+    try:
+        rabbitmqctl("add_vhost", tag)
+        rabbitmqctl("set_permissions", "-p", tag, "guest", ".*", ".*", ".*")
+        vhost = tag
+        for mode, workers in (("embedded", 0), ("production, 1 worker", 1), ("production, 2 workers", 2)):
+            home = work / f"home-{workers}"
+            shutil.rmtree(home, ignore_errors=True)
+            shutil.copytree(feed / "landing", home / "landing")
+            env = {**base_env(), "PLUMBLINE_HOME": str(home), "PLUMBLINE_SETTLE_SECONDS": "0"}
+            if workers:
+                dbs = {role: f"{tag}_{workers}_{role}" for role in ("instance", "catalog", "mlflow")}
+                with admin() as con, con.cursor() as cur:
+                    for db in dbs.values():
+                        cur.execute(f'CREATE DATABASE "{db}"')
+                        created_dbs.append(db)
+                env.update({"PLUMBLINE_DEPLOYMENT": "production", "PLUMBLINE_INSTANCE_URL": f"{PG}/{dbs['instance']}",
+                            "PLUMBLINE_CATALOG_URL": f"{PG}/{dbs['catalog']}", "PLUMBLINE_MLFLOW_URL": f"{PG}/{dbs['mlflow']}",
+                            "PLUMBLINE_DATA_PATH": str(home / "lake"), "PLUMBLINE_BROKER_URL": f"{AMQP}/{vhost}"})
+            worker_procs = [subprocess.Popen([str(Path(sys.executable).parent / "plumbline"), "worker", "--name", f"bench{i}",
+                                              "--loglevel", "WARNING"], env=env, cwd=home,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            for i in range(workers)]
+            try:
+                if workers:
+                    wait_for_workers(env["PLUMBLINE_BROKER_URL"], workers)
+                print(f"{mode}: setup (ingest and snapshots, not timed) ...", flush=True)
+                for setup_job in (definitions.INGEST_JOB, definitions.SNAPSHOTS_JOB):
+                    assert finish(run_child(env, setup_job, "setup"), setup_job)
+                memory = Memory()
+                memory.roots.extend(p.pid for p in worker_procs)
+                t0 = time.perf_counter()
+                procs = [run_child(env, job, f"[{a} .. {b}]", a, b) for a, b in spans]
+                memory.roots.extend(p.pid for p in procs)
+                ok = all([finish(p, f"{job} {a}..{b}") for p, (a, b) in zip(procs, spans)])
+                seconds = time.perf_counter() - t0
+                peak = memory.stop()
+                hashes = json.loads(subprocess.run([sys.executable, __file__, "--child", "hash"], env=env, cwd=REPO,
+                                                   capture_output=True, text=True, check=True).stdout)
+                replace = json.loads(subprocess.run([sys.executable, __file__, "--child", "replace", "20", days[len(days) // 2]],
+                                                    env=env, cwd=REPO, capture_output=True, text=True, check=True).stdout)
+                results[mode] = {"seconds": seconds, "ok": ok, "peak_mb": peak / 2**20, "hashes": hashes, "replace_s": replace}
+                print(f"{mode}: {seconds:.1f} s, peak {peak / 2**20:.0f} MB, {'ok' if ok else 'FAILED'}; "
+                      f"one-day replace {replace * 1000:.0f} ms", flush=True)
+            finally:
+                for p in worker_procs:
+                    p.terminate()
+                for p in worker_procs:
+                    try:
+                        p.wait(30)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+    finally:
+        if created_dbs:
+            with admin() as con, con.cursor() as cur:
+                for db in created_dbs:
+                    cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        if vhost:
+            rabbitmqctl("delete_vhost", vhost)
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+    base = results["embedded"]
+    one = results.get("production, 1 worker")
+    same = len({json.dumps(r["hashes"], sort_keys=True) for r in results.values()}) == 1
+    print()
+    print(f"{len(days)} partitions ({days[0]} .. {days[-1]}) in {len(spans)} ranges launched at once; "
+          f"tables identical in every mode: {same}")
+    for t in TABLES:
+        print(f"  {t}: {base['hashes'][t]}")
+    print()
+    print("| mode | wall s | vs embedded | vs 1 worker | peak MB | one-day replace ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for mode, r in results.items():
+        vs_one = f"{one['seconds'] / r['seconds']:.2f}x faster" if one and mode.startswith("production") else ""
+        print(f"| {mode} | {r['seconds']:.1f} | {r['seconds'] / base['seconds']:.2f}x | {vs_one} | "
+              f"{r['peak_mb']:.0f} | {r['replace_s'] * 1000:.0f} |")
+    if one:
+        print(f"\nDuckLake commit overhead per partition replace: "
+              f"{(one['replace_s'] - base['replace_s']) * 1000:.0f} ms (one day of marts.carrier_daily, 20 repeats)")
+    return 0 if same and all(r["ok"] for r in results.values()) else 1
+
+
+def wait_for_workers(broker: str, n: int, timeout_s: float = 180) -> None:
+    from celery import Celery
+
+    app = Celery(broker=broker)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len(app.control.ping(timeout=1.0) or []) >= n:
+            return
+    raise SystemExit(f"{n} worker(s) did not answer within {timeout_s:.0f}s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
