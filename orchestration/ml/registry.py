@@ -31,6 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
+import psycopg2
 
 from orchestration import settings
 from orchestration.warehouse import transaction
@@ -135,6 +136,26 @@ def shared_artifacts() -> str:
     return Path(root).expanduser().resolve().as_uri()
 
 
+# MLflow creates its tables when a process first opens an empty store, and two processes doing so at
+# once collide (a duplicate-key error on alembic_version): the first open of a PostgreSQL store in each
+# process holds this advisory lock on that database. MLflow keeps the store per URI for the process.
+SCHEMA_LOCK = 0x706C6D6C  # "plml": plumbline's MLflow schema
+_schema_checked: set[str] = set()
+
+
+@contextlib.contextmanager
+def _schema_lock(sqlalchemy_uri: str) -> Iterator[None]:
+    pg = psycopg2.connect(sqlalchemy_uri.replace("postgresql+psycopg2://", "postgresql://", 1),
+                          application_name=f"plumbline mlflow schema pid {os.getpid()}")
+    try:
+        pg.autocommit = True
+        with pg.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
+        yield
+    finally:
+        pg.close()  # ends the session, which releases the lock
+
+
 @contextlib.contextmanager
 def _quiet_transfers() -> Iterator[None]:
     """No MLflow progress bars in run logs while artifacts move, unless the user asked for them;
@@ -206,7 +227,15 @@ class ModelRegistry(dg.ConfigurableResource):
         if self.is_local():
             local_dir().mkdir(parents=True, exist_ok=True)
             rebase_local_store()
-        return mlflow.MlflowClient(tracking_uri=self.tracking(), registry_uri=self.registry())
+        tracking, registry = self.tracking(), self.registry()
+        if tracking in _schema_checked or not tracking.startswith("postgresql+psycopg2://"):
+            return mlflow.MlflowClient(tracking_uri=tracking, registry_uri=registry)
+        # the first client of a process opens the tracking store, which creates MLflow's tables in an
+        # empty database (the registry's store, opened later, finds them): one process at a time
+        with _schema_lock(tracking):
+            client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=registry)
+        _schema_checked.add(tracking)
+        return client
 
     @contextlib.contextmanager
     def _fluent(self) -> Iterator[None]:

@@ -131,3 +131,22 @@ def test_register_promote_and_roll_back_in_postgresql_with_artifacts_on_the_shar
     with pytest.raises(Exception) as raised:
         registry.version(cfg, "99")
     assert PASSWORD not in str(raised.value) and dbs["mlflow"] in str(raised.value)
+
+
+OPEN_STORE = ("from orchestration.ml.registry import ModelRegistry; "
+              "print(ModelRegistry(from_environment=True).client().search_experiments()[0].name)")
+
+
+def test_workers_opening_an_empty_store_at_once_all_get_it(production):
+    """MLflow creates its tables on first open: without plumbline's lock, two processes doing that at
+    once collide (a duplicate key on alembic_version) and one fails."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_STORE], cwd=repo, env=dict(os.environ),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert [(code, out.strip()) for code, out, _ in results] == [(0, "Default")] * 3, [err[-2000:] for _, _, err in results]
+    assert PASSWORD not in "".join(out + err for _, out, err in results)
