@@ -112,6 +112,8 @@ def test_register_promote_and_roll_back_in_postgresql_with_artifacts_on_the_shar
     assert _query(dbs["mlflow"], f"SELECT artifact_location FROM experiments WHERE name = '{cfg.experiment}'") == [(root,)]
     uris = [u for (u,) in _query(dbs["mlflow"], "SELECT artifact_uri FROM runs")]
     assert uris and all(u.startswith(root + "/") for u in uris), uris
+    models = [u for (u,) in _query(dbs["mlflow"], "SELECT artifact_location FROM logged_models")]
+    assert len(models) == 2 and all(u.startswith(root + "/") for u in models), models
 
     # artifacts are files under the data path; nothing under the home or the working directory
     files = {p.name for p in (data / "mlflow").rglob("*") if p.is_file()}
