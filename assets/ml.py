@@ -110,7 +110,7 @@ def delay_model(context: dg.AssetExecutionContext, warehouse: Warehouse, model_r
     return dg.MaterializeResult(
         metadata={MODEL_VERSION: trained.version, "model_uri": f"models:/{cfg.model_name}/{trained.version}",
                   "left_out_features": dg.MetadataValue.json(trained.left_out),
-                  "mlflow_run_id": v.run_id, names.MLFLOW_TRACKING_URI: model_registry.tracking(), "reused": trained.reused,
+                  "mlflow_run_id": v.run_id, names.MLFLOW_TRACKING_URI: model_registry.location(), "reused": trained.reused,
                   "training_set_version": trained.provenance["version"], "fingerprint": trained.fingerprint,
                   **{k: float(val) for k, val in sorted(trained.metrics.items()) if isinstance(val, (int, float))}},
         data_version=dg.DataVersion(trained.fingerprint))
@@ -203,7 +203,7 @@ def flight_predictions(context: dg.AssetExecutionContext, warehouse: Warehouse, 
     partition_metadata.record(context, {k: {"dagster/row_count": scored.rows[k]} for k in keys})
     yield dg.MaterializeResult(metadata={
         MODEL_VERSION: scored.version, "model_uri": f"models:/{cfg.model_name}/{scored.version}",
-        names.MLFLOW_TRACKING_URI: model_registry.tracking()})
+        names.MLFLOW_TRACKING_URI: model_registry.location()})
     yield from drift_results(measured, cfg.drift, keys)
 
 

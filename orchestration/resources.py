@@ -20,7 +20,7 @@ resources_by_deployment: dict[str, dict] = {
     "embedded": {"warehouse": Warehouse(), "model_registry": ModelRegistry(), "lineage_transport": LineageTransport()},
     # DuckLake on a PostgreSQL catalog with data files on a shared path, MLflow in PostgreSQL: several
     # workers on several machines (docs/deploy.md); settings from the environment at call time
-    "production": {"warehouse": Lakehouse(), "model_registry": ModelRegistry(), "lineage_transport": LineageTransport()},
+    "production": {"warehouse": Lakehouse(), "model_registry": ModelRegistry(from_environment=True), "lineage_transport": LineageTransport()},
 }
 
 

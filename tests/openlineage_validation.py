@@ -70,13 +70,14 @@ def rebuilt_edges(events: list[dict]) -> set:
             for e in done for o in e["outputs"] for i in e["inputs"] if (i["namespace"], i["name"]) in written}
 
 
-def asset_graph_edges() -> set:
-    """The Dagster asset graph's edges, each asset named by where its data lives."""
+def asset_graph_edges(naming=None) -> set:
+    """The Dagster asset graph's edges, each asset named by where its data lives (`naming`: a
+    deployment's datasets.Naming, default the embedded one's)."""
     from orchestration.definitions import defs
     from orchestration.lineage import datasets
 
     graph = defs.resolve_asset_graph()
-    place = {k: datasets.place(graph.get(k)) for k in graph.get_all_asset_keys()}
+    place = {k: datasets.place(graph.get(k), naming) for k in graph.get_all_asset_keys()}
     return {((place[p].namespace, place[p].name), (place[k].namespace, place[k].name))
             for k in graph.get_all_asset_keys() for p in graph.get(k).parent_keys}
 
@@ -84,5 +85,5 @@ def asset_graph_edges() -> set:
 def data_edges(edges: set) -> set:
     """Edges between data-layer datasets only (the ML layer has its own lineage tests)."""
     def ml(ds) -> bool:
-        return ds[1].startswith("models/") or ds[1].startswith("warehouse.ml.")
+        return ds[1].startswith("models/") or ds[1].split(".")[1:2] == ["ml"]  # warehouse.ml.*, lake.ml.*
     return {(a, b) for a, b in edges if not ml(a) and not ml(b)}

@@ -8,15 +8,19 @@ import dagster as dg
 
 from orchestration import lineage
 from orchestration.lineage.transport import LineageTransport
+from orchestration.ml.registry import ModelRegistry
+from orchestration.warehouse import Warehouse
 
 
 def _emitter(status: dg.DagsterRunStatus, name: str) -> dg.RunStatusSensorDefinition:
     @dg.run_status_sensor(run_status=status, name=name, default_status=dg.DefaultSensorStatus.RUNNING,
                           description=f"Emit OpenLineage events for every run that ends {status.value}.")
-    def _sensor(context: dg.RunStatusSensorContext, lineage_transport: LineageTransport):
-        # the run's asset graph comes from the code location this sensor belongs to
+    def _sensor(context: dg.RunStatusSensorContext, lineage_transport: LineageTransport, warehouse: Warehouse,
+                model_registry: ModelRegistry):
+        # the run's asset graph comes from the code location this sensor belongs to; its datasets are
+        # named where the deployment's warehouse and model registry keep them (the Lakehouse in production)
         result = lineage.emit_run(context.instance, context.dagster_run.run_id, context.repository_def,
-                                  lineage_transport)
+                                  lineage_transport, warehouse, model_registry)
         if result and result.pending:
             context.log.warning(f"OpenLineage events not delivered yet; {result.pending} event(s) kept in the spool: {result.error}")
 

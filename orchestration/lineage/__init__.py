@@ -11,22 +11,24 @@ import logging
 import dagster as dg
 from openlineage.client.serde import Serde
 
-from orchestration.lineage import events, spool, transport
+from orchestration.lineage import datasets, events, spool, transport
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 5.0  # seconds an asynchronous transport may take to wind down after a flush
 
 
 def emit_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions | dg.RepositoryDefinition,
-             via: transport.LineageTransport) -> spool.FlushResult | None:
+             via: transport.LineageTransport, warehouse=None, model_registry=None) -> spool.FlushResult | None:
     """Spool the lineage of a finished Dagster run (once per run), then flush the spool through the
     deployment's transport `via`. Never raises. `defs` is the code location the run belongs to (its
-    Definitions, or a sensor's repository)."""
+    Definitions, or a sensor's repository); `warehouse` and `model_registry` are the deployment's
+    resources, which name the datasets (left out: the embedded deployment's)."""
     if via.disabled():
         return None
     try:
         if not spool.already_spooled(run_id):
-            spool.append([Serde.to_dict(e) for e in events.for_run(instance, run_id, defs)], marker=run_id)
+            naming = datasets.Naming(warehouse, model_registry)
+            spool.append([Serde.to_dict(e) for e in events.for_run(instance, run_id, defs, naming)], marker=run_id)
     except Exception:  # lineage must never fail a run: say so loudly and carry on
         log.exception("OpenLineage events for run %s could not be built or spooled", run_id)
     return flush(via)

@@ -1,15 +1,22 @@
 """Where each asset's data lives, as OpenLineage datasets, and what is known about it before a run:
 schema, documentation, ownership, column lineage. Derived from the asset graph in one place.
 
-Warehouse tables are named the way dbt's OpenLineage integration names DuckDB tables: namespace
-duckdb://<absolute path of the database file>, name <database>.<schema>.<table>. Files (bronze,
-deliveries) use openlineage-python's local file system naming: namespace "file", name the path.
+Names come from the deployment's resources (`Naming`: its warehouse and model registry), which the
+callers hand over (the lineage sensors and `plumbline sync` have them); nothing here chooses a
+deployment. Warehouse tables are named the way dbt's OpenLineage integration names DuckDB tables:
+namespace the warehouse's location(), name <database>.<schema>.<table>. Embedded, that is
+duckdb://<absolute path of the database file> and warehouse.<schema>.<table> (the file's stem);
+production (DuckLake), ducklake:postgres://<catalog host>:<port>/<catalog database> (no credentials)
+and lake.<schema>.<table> (the name the catalog is attached as). Files (bronze, deliveries) use
+openlineage-python's local file system naming: namespace "file", name the path.
 
 Models live in the MLflow model registry: an asset whose static metadata has
 `plumbline/registered_model` materializes versions of that registered model. Each registered
-version is a dataset of its own: namespace the registry's URI without credentials
-(MLFLOW_REGISTRY_URI when set, else the `mlflow_tracking_uri` the run recorded, else the tracking
-URI plumbline resolves: MLFLOW_TRACKING_URI or the SQLite store under $PLUMBLINE_HOME), name
+version is a dataset of its own: namespace the registry's URI without credentials, query or
+SQLAlchemy driver (a registry set apart from tracking, MLFLOW_REGISTRY_URI in the embedded
+deployment; else the `mlflow_tracking_uri` the run recorded; else the model registry resource's:
+MLFLOW_TRACKING_URI or the SQLite store under $PLUMBLINE_HOME embedded, PLUMBLINE_MLFLOW_URL in
+production), name
 `models/<registered model>/versions/<N>` (the version's path in MLflow's UI and REST API). The registered model without a version,
 `models/<registered model>`, names the asset in the static asset graph and the output of a run
 that failed before it registered a version. Which version a materialization is about is in its
@@ -20,11 +27,10 @@ upstream of it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import dagster as dg
 from openlineage.client.facet_v2 import (
@@ -39,8 +45,11 @@ from openlineage.client.facet_v2 import (
 from openlineage.client.naming.dataset import LocalFileSystem
 
 from orchestration import catalog, names, settings
-from orchestration.ml import registry
+from orchestration.lakehouse import DATABASE as LAKE_DATABASE
+from orchestration.lakehouse import Lakehouse
+from orchestration.ml.registry import ModelRegistry, without_credentials
 from orchestration.names import REGISTERED_MODEL
+from orchestration.warehouse import Warehouse
 
 TABLE_NAME = "dagster/table_name"
 VERSION_WRITTEN = names.MODEL_VERSION  # materialization metadata of a REGISTERED_MODEL asset: the version it registered
@@ -54,8 +63,41 @@ class Place:
     name: str
 
 
-def warehouse_namespace() -> str:
-    return f"duckdb://{settings.warehouse_path()}"
+class Naming:
+    """Where one deployment's data lives, from its resources: the warehouse (the embedded DuckDB file or
+    DuckLake; anything with location()) and the MLflow model registry. Left out, each is the embedded
+    deployment's. Every place a lineage event names is derived from here."""
+
+    def __init__(self, warehouse=None, model_registry: ModelRegistry | None = None):
+        self.warehouse = warehouse if warehouse is not None else Warehouse()
+        self.model_registry = model_registry if model_registry is not None else ModelRegistry()
+
+    def warehouse_namespace(self) -> str:
+        """duckdb://<file> embedded; ducklake:postgres://<host>:<port>/<catalog db> for DuckLake (no credentials)."""
+        return self.warehouse.location()
+
+    def database(self) -> str:
+        """The database part of a table's name, as DuckDB names it: the attached lake, or the file's stem."""
+        if isinstance(self.warehouse, Lakehouse):
+            return LAKE_DATABASE
+        return Path(self.warehouse.db_path()).stem
+
+    def table(self, table_name: str) -> Place:
+        """A table by its dagster/table_name (<database>.<schema>.<table>, as the asset declares it for the
+        embedded file), named in this deployment's warehouse: <its database>.<schema>.<table>."""
+        parts = table_name.split(".")
+        if len(parts) == 3:
+            parts[0] = self.database()
+        return Place(self.warehouse_namespace(), ".".join(parts))
+
+    def registry_namespace(self, recorded_uri: str | None = None) -> str:
+        """The MLflow registry's URI, without credentials: a namespace is shown to every lineage reader."""
+        uri = without_credentials(self.model_registry.registry_override() or recorded_uri or self.model_registry.registry())
+        return uri.rstrip("/") if urlsplit(uri).scheme in ("http", "https") else uri
+
+
+def warehouse_namespace(naming: Naming | None = None) -> str:
+    return (naming or Naming()).warehouse_namespace()
 
 
 def file_place(path: Path | str) -> Place:
@@ -68,13 +110,8 @@ def _value(metadata: Mapping, key: str):
     return getattr(v, "value", v)
 
 
-def registry_namespace(recorded_uri: str | None = None) -> str:
-    """The MLflow registry's URI, without credentials: a namespace is shown to every lineage reader."""
-    uri = os.environ.get("MLFLOW_REGISTRY_URI") or recorded_uri or registry.tracking_uri()
-    parts = urlsplit(uri)
-    if parts.username or parts.password:  # rebuilt only then: urlunsplit would turn sqlite://// into sqlite://
-        uri = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-    return uri.rstrip("/") if parts.scheme in ("http", "https") else uri
+def registry_namespace(recorded_uri: str | None = None, naming: Naming | None = None) -> str:
+    return (naming or Naming()).registry_namespace(recorded_uri)
 
 
 def registered_model(node) -> str | None:
@@ -87,14 +124,16 @@ def model_place(namespace: str, model: str, version: str | None = None) -> Place
     return Place(namespace, f"models/{model}" + (f"/versions/{version}" if version else ""))
 
 
-def place(node) -> Place:
-    """node: an asset graph node. Tables by their dagster/table_name, bronze by its directory,
-    registered models by their name in the registry (model_written() names one run's version)."""
+def place(node, naming: Naming | None = None) -> Place:
+    """node: an asset graph node. Tables by their dagster/table_name in the deployment's warehouse,
+    bronze by its directory, registered models by their name in the registry (model_written() names
+    one run's version). `naming`: the deployment's resources (default: the embedded deployment's)."""
+    naming = naming or Naming()
     table = node.metadata.get(TABLE_NAME)
     if table is not None:
-        return Place(warehouse_namespace(), str(table.value if hasattr(table, "value") else table))
+        return naming.table(str(table.value if hasattr(table, "value") else table))
     if (model := registered_model(node)) is not None:
-        return model_place(registry_namespace(), model)
+        return model_place(naming.registry_namespace(), model)
     if node.key.path[0] == "bronze":
         return file_place(settings.bronze_dir() / node.key.path[-1])
     raise ValueError(f"asset {node.key.to_user_string()} has no {TABLE_NAME} or {REGISTERED_MODEL} metadata and is not "
@@ -117,17 +156,18 @@ def _version(value) -> str | None:
     return text if text.isdigit() else None
 
 
-def _model_version(model: str, version: str | None, metadata: Mapping) -> ModelVersion:
-    return ModelVersion(model_place(registry_namespace(_value(metadata, names.MLFLOW_TRACKING_URI)), model, version), model, version)
+def _model_version(model: str, version: str | None, metadata: Mapping, naming: Naming | None) -> ModelVersion:
+    namespace = (naming or Naming()).registry_namespace(_value(metadata, names.MLFLOW_TRACKING_URI))
+    return ModelVersion(model_place(namespace, model, version), model, version)
 
 
-def model_written(node, metadata: Mapping) -> ModelVersion | None:
+def model_written(node, metadata: Mapping, naming: Naming | None = None) -> ModelVersion | None:
     """For an asset that registers model versions, the version one materialization registered (its
     metadata's model_version), or the registered model when the run registered none; else None."""
     model = registered_model(node)
     if model is None:
         return None
-    return _model_version(model, _version(_value(metadata, VERSION_WRITTEN)), metadata)
+    return _model_version(model, _version(_value(metadata, VERSION_WRITTEN)), metadata, naming)
 
 
 def _upstream_models(graph, node) -> list[str]:
@@ -146,7 +186,7 @@ def _upstream_models(graph, node) -> list[str]:
     return sorted(found)
 
 
-def models_read(graph, node, metadata: Mapping) -> list[ModelVersion]:
+def models_read(graph, node, metadata: Mapping, naming: Naming | None = None) -> list[ModelVersion]:
     """The registered model versions one materialization of `node` read, as its metadata names them
     (model_version, challenger_version, champion_version), of the registered model upstream of it."""
     if registered_model(node) is not None:
@@ -158,7 +198,7 @@ def models_read(graph, node, metadata: Mapping) -> list[ModelVersion]:
     if len(models) != 1:
         raise ValueError(f"asset {node.key.to_user_string()} reports model version(s) {versions} with "
                          f"{len(models)} registered models upstream ({models}): lineage cannot tell which it read")
-    return [_model_version(models[0], v, metadata) for v in versions]
+    return [_model_version(models[0], v, metadata, naming) for v in versions]
 
 
 def model_facets(m: ModelVersion) -> dict:
@@ -203,7 +243,7 @@ def _transformation(kind: str, subtype: str, description: str | None) -> column_
     return column_lineage_dataset.Transformation(type=kind, subtype=subtype, description=description)
 
 
-def column_lineage_facet(graph, node) -> column_lineage_dataset.ColumnLineageDatasetFacet | None:
+def column_lineage_facet(graph, node, naming: Naming | None = None) -> column_lineage_dataset.ColumnLineageDatasetFacet | None:
     """From dagster/column_lineage where the asset declares it; for raw, from its contract."""
     fields: dict[str, list[tuple[Place, str, column_lineage_dataset.Transformation]]] = {}
     aggregated = set(node.metadata.get(names.AGGREGATED_COLUMNS).value
@@ -219,10 +259,10 @@ def column_lineage_facet(graph, node) -> column_lineage_dataset.ColumnLineageDat
                     t = _transformation("DIRECT", "IDENTITY", None)
                 else:
                     t = _transformation("DIRECT", "TRANSFORMATION", "computed from the input column")
-                fields.setdefault(column, []).append((place(graph.get(dep.asset_key)), dep.column_name, t))
+                fields.setdefault(column, []).append((place(graph.get(dep.asset_key), naming), dep.column_name, t))
     elif node.key.path[0] == "raw":
         contract = catalog.contracts()[node.key.path[-1]]
-        bronze = place(graph.get(dg.AssetKey(["bronze", contract.name])))
+        bronze = place(graph.get(dg.AssetKey(["bronze", contract.name])), naming)
         cast = _transformation("DIRECT", "TRANSFORMATION", "contract cast of the delivered text, null sentinels removed")
         for c in contract.columns:
             fields[c.name] = [(bronze, c.name, cast)]

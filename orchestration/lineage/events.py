@@ -6,8 +6,10 @@ with one START and one terminal event (COMPLETE, FAIL or ABORT), a run id determ
 through the partition mapping; the registered model versions read; delivered files for bronze),
 outputs named by where the data lives (for a model, the version registered), and the facets the
 asset and its checks know. No asset code emits anything: the event log carries times, asset keys,
-partitions, metadata, checks and errors. Events are built once the run is over, so a START event
-already names the model version its run went on to register or read.
+partitions, metadata, checks and errors, whichever process or worker ran each step (the instance's
+event log, SQLite embedded or PostgreSQL in production, holds them all). Events are built once the
+run is over, so a START event already names the model version its run went on to register or read.
+Datasets are named where the deployment keeps them (datasets.Naming, from its resources).
 """
 
 from __future__ import annotations
@@ -176,7 +178,8 @@ def _partitions_read(graph, node, parent: dg.AssetKey, partitions: list[str]) ->
     return sorted(mapped.partitions_subset.get_partition_keys())
 
 
-def _inputs(graph, node, partitions: list[str], models: list[datasets.ModelVersion], metadata: dict) -> list[InputDataset]:
+def _inputs(graph, node, partitions: list[str], models: list[datasets.ModelVersion], metadata: dict,
+            naming: datasets.Naming) -> list[InputDataset]:
     """Upstream datasets with the partitions read; the registered model versions read (in place of
     the registered model, where one is a parent); for bronze the delivered files. `metadata` (terminal
     events only) adds the statistics."""
@@ -185,7 +188,7 @@ def _inputs(graph, node, partitions: list[str], models: list[datasets.ModelVersi
         parent_node = graph.get(parent)
         if models and datasets.registered_model(parent_node) is not None:
             continue  # named below by the exact versions read
-        p = datasets.place(parent_node)
+        p = datasets.place(parent_node, naming)
         input_facets = {}
         if read := _partitions_read(graph, node, parent, partitions):
             input_facets["subset"] = base_subset_dataset.InputSubsetInputDatasetFacet(inputCondition=_partitions(read))
@@ -234,13 +237,13 @@ def _dead_letters(checks) -> DeadLetterDatasetFacet | None:
 
 
 def _output(graph, node, partitions: list[str], model: datasets.ModelVersion | None, materialization, meta: dict, checks,
-            complete: bool) -> OutputDataset:
-    p = model.place if model is not None else datasets.place(node)
+            complete: bool, naming: datasets.Naming) -> OutputDataset:
+    p = model.place if model is not None else datasets.place(node, naming)
     facets = {k: v for k, v in {
         "schema": datasets.schema_facet(node),
         "documentation": datasets.documentation_facet(node),
         "ownership": datasets.ownership_facet(node),
-        "columnLineage": datasets.column_lineage_facet(graph, node),
+        "columnLineage": datasets.column_lineage_facet(graph, node, naming),
         **(datasets.model_facets(model) if model is not None else {}),
     }.items() if v is not None}
     output_facets = {}
@@ -262,7 +265,11 @@ def _output(graph, node, partitions: list[str], model: datasets.ModelVersion | N
     return OutputDataset(namespace=p.namespace, name=p.name, facets=facets, outputFacets=output_facets)
 
 
-def for_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions | dg.RepositoryDefinition) -> list[RunEvent]:
+def for_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions | dg.RepositoryDefinition,
+            naming: datasets.Naming | None = None) -> list[RunEvent]:
+    """The run's events: the job's START and terminal event, and a pair per asset step. `naming`: the
+    deployment's warehouse and model registry (default: the embedded deployment's)."""
+    naming = naming or datasets.Naming()
     run = instance.get_run_by_id(run_id)
     graph = _asset_graph(defs)
     started, ended, state, run_error, steps = read_log(instance, run_id, defs)
@@ -291,7 +298,7 @@ def for_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions | dg
             mats = step.materializations.get(key, [])
             meta = partition_metadata.run_totals(mats)  # each partition's event has its own figures: the step's are their sum
             # the run is over, so START already names the model version it registered or read
-            written, read = datasets.model_written(node, meta), datasets.models_read(graph, node, meta)
+            written, read = datasets.model_written(node, meta, naming), datasets.models_read(graph, node, meta, naming)
             terminal = RunState.FAIL if step.error is not None else (RunState.COMPLETE if step.ended else RunState.ABORT)
             lineage_id = lineage_run_id(run_id, key, partitions)
             run_facets = {"parent": parent}
@@ -299,16 +306,16 @@ def for_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions | dg
                 run_facets["nominalTime"] = nominal
             job = _job(key.to_user_string().replace("/", "."), "ASSET", node)
             start = RunEvent(eventType=RunState.START, eventTime=_time(step.started), run=Run(runId=lineage_id, facets=run_facets),
-                             job=job, inputs=_inputs(graph, node, partitions, read, {}),
-                             outputs=[_output(graph, node, partitions, written, None, {}, [], False)])
+                             job=job, inputs=_inputs(graph, node, partitions, read, {}, naming),
+                             outputs=[_output(graph, node, partitions, written, None, {}, [], False, naming)])
             end_facets = dict(run_facets)
             if step.error is not None:
                 end_facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(
                     message=step.error.message.strip(), programmingLanguage="python", stackTrace=step.error.to_string())
             end = RunEvent(eventType=terminal, eventTime=_time(step.ended or ended), run=Run(runId=lineage_id, facets=end_facets),
-                           job=job, inputs=_inputs(graph, node, partitions, read, meta),
+                           job=job, inputs=_inputs(graph, node, partitions, read, meta, naming),
                            outputs=[_output(graph, node, partitions, written, mats[0] if mats else None, meta,
-                                            checks.get(key, []), terminal == RunState.COMPLETE)])
+                                            checks.get(key, []), terminal == RunState.COMPLETE, naming)])
             children.append((step.started, start))
             children.append((step.ended or ended, end))
     events += [e for _, e in sorted(children, key=lambda c: c[0])]

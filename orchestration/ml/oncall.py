@@ -39,8 +39,8 @@ def versions(con, cfg: MlConfig, model_registry: ModelRegistry) -> list[dict]:
 def versions_text(con, cfg: MlConfig, model_registry: ModelRegistry) -> str:
     found = versions(con, cfg, model_registry)
     if not found:
-        return f"model {cfg.model_name} has no versions in {model_registry.tracking()} (plumbline sync trains one)"
-    lines = [f"model {cfg.model_name} in {model_registry.tracking()}:",
+        return f"model {cfg.model_name} has no versions in {model_registry.location()} (plumbline sync trains one)"
+    lines = [f"model {cfg.model_name} in {model_registry.location()}:",
              f"  {'version':>7}  {'status':<11} {'test AUC':>8}  {'training set':<16}  reason"]
     for v in found:
         auc = v["test_auc"]

@@ -5,7 +5,11 @@ tracking store, registry and artifacts are, and every MLflow call is given those
 none is exported to the environment. Left empty (the embedded deployment), tracking and registry
 are MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI when the user set them, else a SQLite store with
 artifacts under $PLUMBLINE_HOME/mlflow. MLflow records absolute artifact URIs, so a home that was
-copied or moved has them re-based onto where it is now before the store is opened. The champion is
+copied or moved has them re-based onto where it is now before the store is opened. The production
+deployment (`from_environment`) reads its store from PLUMBLINE_MLFLOW_URL (a PostgreSQL URL: MLflow's
+SQLAlchemy store, tracking and registry in one database) and keeps artifacts under the shared data
+path, $PLUMBLINE_MLFLOW_ARTIFACTS else $PLUMBLINE_DATA_PATH/mlflow, where every worker reads them;
+nothing is re-based there. Addresses are shown through location(), which drops credentials. The champion is
 the MLflow alias `champion`; every promotion, rejection and rollback is recorded twice: as tags on
 the model version (what the MLflow UI shows) and as a row in ops.model_promotions (who, when, why).
 """
@@ -24,8 +28,10 @@ import tempfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
+import psycopg2
 
 from orchestration import settings
 from orchestration.warehouse import transaction
@@ -38,9 +44,38 @@ TRAINING_SET_TAG = "plumbline.training_set_version"
 FINGERPRINT_TAG = "plumbline.fingerprint"  # training set + parameters + code: same fingerprint, same model
 LIBRARIES = ("scikit-learn", "numpy", "pandas", "duckdb", "dagster", "mlflow-skinny", "pyarrow")
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # MLflow's only switch for its progress bars
+# The production store (from_environment): where tracking and registry are, and where artifacts go.
+STORE_VARIABLE = "PLUMBLINE_MLFLOW_URL"            # postgresql://user@host:5432/mlflow (password: PGPASSWORD or ~/.pgpass)
+ARTIFACTS_VARIABLE = "PLUMBLINE_MLFLOW_ARTIFACTS"  # a directory or an object-store URL; default below
+DATA_PATH_VARIABLE = "PLUMBLINE_DATA_PATH"         # the shared data path (the lakehouse's too): artifacts under mlflow/
 
 class RegistryError(RuntimeError):
     pass
+
+
+class RegistryNotConfigured(RegistryError):
+    """The production registry was chosen without saying where its store is."""
+
+
+def without_credentials(uri: str) -> str:
+    """A store's URI as it may be shown (lineage namespaces, metadata, messages): no user or password,
+    no query (libpq takes password=... there too), no SQLAlchemy driver (postgresql+psycopg2 is shown
+    as postgresql). Rebuilt only when there is something to drop, as urlunsplit would turn sqlite:////
+    into sqlite://."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc and not parts.query and not parts.fragment and "+" not in parts.scheme:
+        return uri
+    return urlunsplit(parts._replace(scheme=parts.scheme.split("+", 1)[0], netloc=parts.netloc.rsplit("@", 1)[-1],
+                                     query="", fragment=""))
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A PostgreSQL URL as MLflow's SQLAlchemy store opens it: with the psycopg2 driver, which is
+    installed (SQLAlchemy 2.1 takes a bare postgresql:// for psycopg 3, and no longer knows postgres://)."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg2://" + url.removeprefix(scheme)
+    return url
 
 
 def local_dir() -> Path:
@@ -88,6 +123,39 @@ def rebase_local_store() -> int:
         con.close()
 
 
+def shared_artifacts() -> str:
+    """The production artifact root, read at call time: $PLUMBLINE_MLFLOW_ARTIFACTS, else mlflow/ under
+    the shared data path ($PLUMBLINE_DATA_PATH, default $PLUMBLINE_HOME/lake as the lakehouse's). A
+    URL (s3://, gs://, file://) is taken as it is; a directory becomes its absolute file:// URI."""
+    root = os.environ.get(ARTIFACTS_VARIABLE)
+    if not root:
+        data = os.environ.get(DATA_PATH_VARIABLE) or str(settings.plumbline_home() / "lake")
+        root = data.rstrip("/") + "/mlflow" if "://" in data else str(Path(data) / "mlflow")
+    if "://" in root:
+        return root.rstrip("/")
+    return Path(root).expanduser().resolve().as_uri()
+
+
+# MLflow creates its tables when a process first opens an empty store, and two processes doing so at
+# once collide (a duplicate-key error on alembic_version): the first open of a PostgreSQL store in each
+# process holds this advisory lock on that database. MLflow keeps the store per URI for the process.
+SCHEMA_LOCK = 0x706C6D6C  # "plml": plumbline's MLflow schema
+_schema_checked: set[str] = set()
+
+
+@contextlib.contextmanager
+def _schema_lock(sqlalchemy_uri: str) -> Iterator[None]:
+    pg = psycopg2.connect(sqlalchemy_uri.replace("postgresql+psycopg2://", "postgresql://", 1),
+                          application_name=f"plumbline mlflow schema pid {os.getpid()}")
+    try:
+        pg.autocommit = True
+        with pg.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
+        yield
+    finally:
+        pg.close()  # ends the session, which releases the lock
+
+
 @contextlib.contextmanager
 def _quiet_transfers() -> Iterator[None]:
     """No MLflow progress bars in run logs while artifacts move, unless the user asked for them;
@@ -104,25 +172,49 @@ def _quiet_transfers() -> Iterator[None]:
 
 class ModelRegistry(dg.ConfigurableResource):
     """MLflow tracking and model registry. Empty settings are the embedded store (see the module
-    docstring), resolved at call time like the warehouse path, so PLUMBLINE_HOME can change."""
+    docstring), resolved at call time like the warehouse path, so PLUMBLINE_HOME can change. With
+    from_environment (the production deployment), empty settings are read at call time from
+    PLUMBLINE_MLFLOW_URL (tracking and registry) and PLUMBLINE_MLFLOW_ARTIFACTS or
+    $PLUMBLINE_DATA_PATH/mlflow (artifacts)."""
 
     tracking_uri: str = ""
     registry_uri: str = ""
     artifact_location: str = ""  # where new experiments keep their artifacts; empty: see artifacts()
+    from_environment: bool = False  # the production store: PLUMBLINE_MLFLOW_URL, artifacts on the shared data path
 
     def tracking(self) -> str:
-        return self.tracking_uri or tracking_uri()
+        """The tracking store's URI as MLflow takes it (credentials included: show location() instead)."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        if self.from_environment:
+            url = os.environ.get(STORE_VARIABLE, "")
+            if not url:
+                raise RegistryNotConfigured(
+                    f"the production model registry needs its MLflow store: set {STORE_VARIABLE} to a PostgreSQL URL "
+                    "such as postgresql://plumbline@db:5432/plumbline_mlflow (password in PGPASSWORD or ~/.pgpass)")
+            return sqlalchemy_url(url)
+        return tracking_uri()
+
+    def registry_override(self) -> str | None:
+        """The registry's URI when it is set apart from the tracking store (else the registry is the tracking store)."""
+        return self.registry_uri or (None if self.from_environment else _user_setting("MLFLOW_REGISTRY_URI"))
 
     def registry(self) -> str:
-        return self.registry_uri or _user_setting("MLFLOW_REGISTRY_URI") or self.tracking()
+        return self.registry_override() or self.tracking()
+
+    def location(self) -> str:
+        """Where the tracking store is, without credentials: for metadata and messages."""
+        return without_credentials(self.tracking())
 
     def is_local(self) -> bool:
         """The embedded SQLite store under PLUMBLINE_HOME (nothing configured elsewhere)."""
-        return not self.tracking_uri and _user_setting("MLFLOW_TRACKING_URI") is None
+        return not self.from_environment and not self.tracking_uri and _user_setting("MLFLOW_TRACKING_URI") is None
 
     def artifacts(self) -> str | None:
         if self.artifact_location:
             return self.artifact_location
+        if self.from_environment:
+            return shared_artifacts()
         # with the local store, artifacts go under PLUMBLINE_HOME too (MLflow would use ./mlruns)
         return (local_dir() / "artifacts").as_uri() if self.is_local() else None
 
@@ -135,7 +227,15 @@ class ModelRegistry(dg.ConfigurableResource):
         if self.is_local():
             local_dir().mkdir(parents=True, exist_ok=True)
             rebase_local_store()
-        return mlflow.MlflowClient(tracking_uri=self.tracking(), registry_uri=self.registry())
+        tracking, registry = self.tracking(), self.registry()
+        if tracking in _schema_checked or not tracking.startswith("postgresql+psycopg2://"):
+            return mlflow.MlflowClient(tracking_uri=tracking, registry_uri=registry)
+        # the first client of a process opens the tracking store, which creates MLflow's tables in an
+        # empty database (the registry's store, opened later, finds them): one process at a time
+        with _schema_lock(tracking):
+            client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=registry)
+        _schema_checked.add(tracking)
+        return client
 
     @contextlib.contextmanager
     def _fluent(self) -> Iterator[None]:
@@ -158,7 +258,12 @@ class ModelRegistry(dg.ConfigurableResource):
         found = c.get_experiment_by_name(cfg.experiment)
         if found is not None:
             return found.experiment_id
-        return c.create_experiment(cfg.experiment, artifact_location=self.artifacts())
+        try:
+            return c.create_experiment(cfg.experiment, artifact_location=self.artifacts())
+        except Exception as e:  # noqa: BLE001 - another worker created it first: use theirs
+            if "RESOURCE_ALREADY_EXISTS" not in str(e) and "already exists" not in str(e):
+                raise
+            return c.get_experiment_by_name(cfg.experiment).experiment_id
 
     def versions(self, cfg: MlConfig) -> list:
         """Every registered version of the model, oldest first (none when it is not registered yet)."""
@@ -188,7 +293,7 @@ class ModelRegistry(dg.ConfigurableResource):
         try:
             return c.get_model_version(cfg.model_name, str(number))
         except Exception as e:  # noqa: BLE001
-            raise RegistryError(f"model {cfg.model_name} has no version {number} in {self.tracking()} "
+            raise RegistryError(f"model {cfg.model_name} has no version {number} in {self.location()} "
                                 f"(list them: plumbline model list)") from e
 
     def run(self, run_id: str):

@@ -47,7 +47,7 @@ def evaluation_auc(con, version: str) -> float | None:
 def score(con, cfg: MlConfig, model_registry: ModelRegistry, keys: list[str]) -> Scored:
     champion = model_registry.champion(cfg)
     if champion is None:
-        raise NoChampion(f"model {cfg.model_name} has no champion in {model_registry.tracking()}: train and evaluate one "
+        raise NoChampion(f"model {cfg.model_name} has no champion in {model_registry.location()}: train and evaluate one "
                          "(materialize ml/delay_model and ml/model_evaluation; the promotion gate sets it) or "
                          "promote a version: plumbline model promote <version>")
     fitted, ref = model_registry.load(cfg, champion), model_registry.reference(cfg, champion)

@@ -80,7 +80,7 @@ def model_lines(con) -> list[str]:
     model_registry = resources()["model_registry"]
     champion = model_registry.champion(cfg)
     test = cfg.window("test")
-    lines = ["", f"Model {cfg.model_name} ({model_registry.tracking()}):"]
+    lines = ["", f"Model {cfg.model_name} ({model_registry.location()}):"]
     if champion is None:
         return lines + ["  no champion: the promotion gate rejected every version (plumbline model list)"]
     latest = con.execute("SELECT challenger_version FROM ml.model_evaluation WHERE model = 'challenger' "

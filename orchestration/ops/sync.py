@@ -72,7 +72,8 @@ class Runner:
         runs.reclaim_dead_runs(self.instance, say, self.emit_lineage)
 
     def emit_lineage(self, run_id: str) -> lineage.spool.FlushResult | None:
-        return lineage.emit_run(self.instance, run_id, self.defs, self.resources["lineage_transport"])  # the same emitter the run-status sensors use
+        return lineage.emit_run(self.instance, run_id, self.defs, self.resources["lineage_transport"],  # the same emitter the run-status sensors use
+                                self.resources["warehouse"], self.resources["model_registry"])
 
     def run(self, job_name: str, label: str, tags: dict | None = None, selection=None) -> bool:
         t0 = time.monotonic()

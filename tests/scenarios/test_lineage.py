@@ -326,7 +326,7 @@ def test_run_status_sensor_emits_for_runs_dagster_launched(lineage_home):
     success = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_SUCCESS)
     context = dg.build_run_status_sensor_context(sensor_name=sensor.name, dagster_event=success, dagster_instance=inst,
                                                  dagster_run=result.dagster_run, repository_def=defs.get_repository_def(),
-                                                 resources={"lineage_transport": LineageTransport()})
+                                                 resources=dict(defs.resources))  # as the daemon gives them
     sensor(context)
     mine = [e for e in read_events(events_file) if e["run"]["runId"] == result.run_id
             or e["run"]["facets"].get("parent", {}).get("run", {}).get("runId") == result.run_id]
