@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -68,9 +69,9 @@ def _rabbitmqctl(*args: str) -> None:
 
 def _cut_feed(home: Path) -> None:
     """Remove every delivery made after CUTOFF (the delivery time is in the file name)."""
-    for path in (home / "landing").rglob("*_2013*"):
-        stamp = path.name.split("_", 1)[1][:14]
-        if stamp > CUTOFF:
+    for path in (home / "landing").rglob("*"):
+        stamp = re.search(r"_(\d{8}T\d{4}Z)", path.name)
+        if stamp and stamp.group(1) > CUTOFF:
             path.unlink()
 
 
@@ -152,6 +153,8 @@ def profiles(tmp_path_factory):
         _wait_for_workers(app, names, procs, logs)
 
         synced = {"production": _sync(production, homes["production"]), "embedded": _sync(embedded, homes["embedded"])}
+        for name, done in synced.items():
+            (root / f"{name}-sync.log").write_text(done.output)
         print(f"\nJan-Mar sync wall time: embedded {synced['embedded'].seconds:.1f}s, production with {WORKERS} "
               f"workers {synced['production'].seconds:.1f}s", file=sys.stderr)
         yield {**synced, "env": production, "logs": logs, "instance_url": production["PLUMBLINE_INSTANCE_URL"]}
