@@ -3,6 +3,10 @@
 Ingest every pending delivery, then materialize every partition that the ingest made stale (and
 everything downstream of it), one Dagster run per contiguous range of partitions. Runs are
 recorded in the Dagster instance, so they show in the UI like any other run.
+
+Embedded, each run executes in this process. In the production profile this process creates and
+orchestrates each run against the PostgreSQL instance and its steps run on the Celery workers
+(`plumbline worker`), which rebuild the job from this module (job_for).
 """
 
 from __future__ import annotations

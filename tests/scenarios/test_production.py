@@ -252,6 +252,8 @@ def test_every_step_ran_on_a_worker_and_the_runs_are_in_postgresql(profiles, mon
     import dagster as dg
 
     from orchestration.ops import sync
+    from orchestration.ops.runs import HOST_TAG, PID_TAG
+    from orchestration.rebuild.ranges import RANGE_END, RANGE_START
 
     with monkeypatch.context() as mp:
         for k in [k for k in os.environ if k.startswith(ENV_PREFIXES)]:
@@ -270,6 +272,13 @@ def test_every_step_ran_on_a_worker_and_the_runs_are_in_postgresql(profiles, mon
                     worker = entry.engine_event_data.metadata.get("Celery worker") if entry and entry.is_engine_event else None
                     if worker is not None:  # "Executing steps ... in celery worker", reported by the worker
                         on_workers[str(worker.value).split("@")[0]] += 1
+            # the runs keep the tags an in-process run has: who executes them (never-stuck), which partition range
+            assert all(PID_TAG in r.tags and HOST_TAG in r.tags for r in runs)
+            ranged = [r for r in runs if r.job_name.startswith("rebuild_") or r.job_name == "build_features"]
+            assert ranged and all((r.tags.get(RANGE_START), r.tags.get(RANGE_END)) == ("2013-01-01", "2013-03-31")
+                                  for r in ranged), [(r.job_name, r.tags.get(RANGE_START), r.tags.get(RANGE_END)) for r in ranged]
+            built = instance.get_materialized_partitions(dg.AssetKey(["raw", "flights"]))
+            assert len(built) == 90 and min(built) == "2013-01-01" and max(built) == "2013-03-31"
             steps = sum(1 for run in runs for s in instance.get_records_for_run(
                 run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS).records)
         finally:
