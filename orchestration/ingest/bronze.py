@@ -99,19 +99,22 @@ def ingest_source(con, contract: Contract, run_id: str, log=None) -> list[Landed
         # Fixed for the whole ingestion, so files arriving together are judged alike, in any order.
         mark = lateness.watermark(con, contract)
         for i, delivery in enumerate(deliveries, 1):
-            try:
-                result = ingest_file(con, contract, delivery, run_id, mark)
-            except WriteConflict:
-                raise  # not the file's problem: the step fails retryably, the file stays pending
-            except Exception as e:  # whatever goes wrong with one file is that file's problem, never the source's
+            # one file of any source lands at a time: every source's landing deletes from and inserts into
+            # the shared ops tables, which DuckLake sees as conflicting commits (a retry alone can starve)
+            with partition_lock(con, "ops.landed_files", [SNAPSHOT_PARTITION]):
                 try:
-                    file_id = content_hash(delivery.path)[0]
-                except OSError:
-                    file_id = "-"
-                result = _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
-                                                 reason=f"{delivery.relative}: {type(e).__name__}: {str(e)[:300]}; the file was "
-                                                        "not loaded: re-deliver it (a new file or new content is picked up automatically)"),
-                                 _base(contract, delivery), None, None)
+                    result = ingest_file(con, contract, delivery, run_id, mark)
+                except WriteConflict:
+                    raise  # not the file's problem: the step fails retryably, the file stays pending
+                except Exception as e:  # whatever goes wrong with one file is that file's problem, never the source's
+                    try:
+                        file_id = content_hash(delivery.path)[0]
+                    except OSError:
+                        file_id = "-"
+                    result = _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
+                                                     reason=f"{delivery.relative}: {type(e).__name__}: {str(e)[:300]}; the file was "
+                                                            "not loaded: re-deliver it (a new file or new content is picked up automatically)"),
+                                     _base(contract, delivery), None, None)
             results.append(result)
             if log and (i % 50 == 0 or i == len(deliveries) or result.status != "loaded"):
                 log(f"{contract.name}: {i}/{len(deliveries)} files; {delivery.relative}: {result.status}"
@@ -158,8 +161,8 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, waterm
             with transaction(con):  # a file is recorded whole or not at all
                 return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark)
         except WriteConflict:
-            # another source's ingest committed to the shared ops tables first (DuckLake sees a delete
-            # and an insert on one table as a conflict): nothing was applied, so landing it again is safe
+            # another writer of the ops tables (a rebuild's dead letters) committed first: nothing was
+            # applied, so landing it again is safe
             if attempt == CONFLICT_ATTEMPTS:
                 raise
             time.sleep(CONFLICT_BACKOFF_S * attempt)
