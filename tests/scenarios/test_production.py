@@ -88,6 +88,14 @@ def _sync(env: dict, home: Path) -> Synced:
     return Synced(home, seconds, output)
 
 
+def _die_with_parent() -> None:
+    """In the worker's process before it starts: SIGTERM it when the test process dies without its
+    teardown (killed), so no worker outlives the session."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _wait_for_workers(app, names: list[str], procs: list[subprocess.Popen], logs: list[Path]) -> None:
     deadline = time.monotonic() + READY_S
     while time.monotonic() < deadline:
@@ -148,7 +156,7 @@ def profiles(tmp_path_factory):
             with open(log, "wb") as out:
                 procs.append(subprocess.Popen([str(BIN / "plumbline"), "worker", "--name", name], env=production,
                                               cwd=homes["production"], stdout=out, stderr=subprocess.STDOUT,
-                                              start_new_session=True))
+                                              start_new_session=True, preexec_fn=_die_with_parent))
         app = Celery(broker=broker)
         _wait_for_workers(app, names, procs, logs)
 
