@@ -13,7 +13,7 @@ from orchestration import catalog, names
 from orchestration.automation import sensors
 from orchestration.automation.lineage_sensors import sensors as lineage_sensors
 from orchestration.automation import ml_sensors
-from orchestration.resources import resources
+from orchestration.resources import executor, resources
 
 CONTRACTS = catalog.contracts()
 PARTITIONED = [c for c in CONTRACTS.values() if c.partitioning]
@@ -83,4 +83,5 @@ defs = dg.Definitions(
              *ml_sensors.sensors(FEATURES_JOB, TRAIN_JOB, SCORE_JOB)],
     schedules=schedules,
     resources=resources(),
+    executor=executor(),  # the deployment's: Celery workers in production (orchestration/resources.py)
 )

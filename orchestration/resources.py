@@ -1,10 +1,14 @@
 """The resources of each deployment, chosen from one mapping (as in hooli's `resource_def[get_env()]`):
-the warehouse, the MLflow model registry and the OpenLineage transport. PLUMBLINE_DEPLOYMENT names
-the deployment; nothing else reads it, so another deployment is one more entry here."""
+the warehouse, the MLflow model registry and the OpenLineage transport, and the executor its runs'
+steps go to. PLUMBLINE_DEPLOYMENT names the deployment; nothing else reads it, so another
+deployment is one more entry here."""
 
 from __future__ import annotations
 
 import os
+
+import dagster as dg
+from dagster_celery import celery_executor
 
 from orchestration.lakehouse import Lakehouse
 from orchestration.lineage.transport import LineageTransport
@@ -24,6 +28,20 @@ resources_by_deployment: dict[str, dict] = {
 }
 
 
+BROKER_VARIABLE = "PLUMBLINE_BROKER_URL"
+
+executor_by_deployment: dict[str, dg.ExecutorDefinition | None] = {
+    # Dagster's default: `plumbline sync` executes in its own process (one DuckDB writer), runs the
+    # daemon or the UI launch use the multiprocess executor under the warehouse pool
+    "embedded": None,
+    # every step is a Celery task on RabbitMQ, taken by whichever `plumbline worker` is free; the
+    # broker URL is read from the environment by the process that orchestrates the run (it is never
+    # part of the run's config or events), results come back over the broker (rpc://)
+    "production": celery_executor.configured(
+        {"broker": {"env": BROKER_VARIABLE}, "backend": "rpc://"}, name="plumbline_celery"),
+}
+
+
 class UnknownDeployment(ValueError):
     """PLUMBLINE_DEPLOYMENT names no entry of resources_by_deployment."""
 
@@ -36,6 +54,11 @@ def deployment() -> str:
 def resources(name: str | None = None) -> dict:
     """The resources of deployment `name` (default: deployment()) by resource key, as Definitions takes them."""
     return dict(resources_by_deployment[_known(name) if name else deployment()])
+
+
+def executor(name: str | None = None) -> dg.ExecutorDefinition | None:
+    """The executor of deployment `name` (default: deployment()), None for Dagster's default."""
+    return executor_by_deployment[_known(name) if name else deployment()]
 
 
 def _known(name: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,10 @@ from orchestration import settings
 from orchestration.ingest.landing import Delivery, content_hash, discover
 from orchestration.ingest.readers import TEMP_TABLE, Loaded, Reject, UnreadableFile, load_delivery
 from orchestration.warehouse import (SNAPSHOT_PARTITION, date_range, delivered_ident, ident, insert_absent_values, literal,
-                                    partition_lock, transaction)
+                                    partition_lock, transaction, WriteConflict)
+
+CONFLICT_ATTEMPTS = 5      # a file's landing transaction lost a DuckLake commit race: run it again this often
+CONFLICT_BACKOFF_S = 0.5   # times the attempt number between attempts
 
 
 @dataclass
@@ -95,17 +99,22 @@ def ingest_source(con, contract: Contract, run_id: str, log=None) -> list[Landed
         # Fixed for the whole ingestion, so files arriving together are judged alike, in any order.
         mark = lateness.watermark(con, contract)
         for i, delivery in enumerate(deliveries, 1):
-            try:
-                result = ingest_file(con, contract, delivery, run_id, mark)
-            except Exception as e:  # whatever goes wrong with one file is that file's problem, never the source's
+            # one file of any source lands at a time: every source's landing deletes from and inserts into
+            # the shared ops tables, which DuckLake sees as conflicting commits (a retry alone can starve)
+            with partition_lock(con, "ops.landed_files", [SNAPSHOT_PARTITION]):
                 try:
-                    file_id = content_hash(delivery.path)[0]
-                except OSError:
-                    file_id = "-"
-                result = _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
-                                                 reason=f"{delivery.relative}: {type(e).__name__}: {str(e)[:300]}; the file was "
-                                                        "not loaded: re-deliver it (a new file or new content is picked up automatically)"),
-                                 _base(contract, delivery), None, None)
+                    result = ingest_file(con, contract, delivery, run_id, mark)
+                except WriteConflict:
+                    raise  # not the file's problem: the step fails retryably, the file stays pending
+                except Exception as e:  # whatever goes wrong with one file is that file's problem, never the source's
+                    try:
+                        file_id = content_hash(delivery.path)[0]
+                    except OSError:
+                        file_id = "-"
+                    result = _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
+                                                     reason=f"{delivery.relative}: {type(e).__name__}: {str(e)[:300]}; the file was "
+                                                            "not loaded: re-deliver it (a new file or new content is picked up automatically)"),
+                                     _base(contract, delivery), None, None)
             results.append(result)
             if log and (i % 50 == 0 or i == len(deliveries) or result.status != "loaded"):
                 log(f"{contract.name}: {i}/{len(deliveries)} files; {delivery.relative}: {result.status}"
@@ -147,8 +156,16 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, waterm
                        base, None, None)
     if landing.file_state(delivery.path) != before:
         return _settling(contract, delivery)  # what was read may not be what was hashed
-    with transaction(con):  # a file is recorded whole or not at all
-        return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark)
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            with transaction(con):  # a file is recorded whole or not at all
+                return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark)
+        except WriteConflict:
+            # another writer of the ops tables (a rebuild's dead letters) committed first: nothing was
+            # applied, so landing it again is safe
+            if attempt == CONFLICT_ATTEMPTS:
+                raise
+            time.sleep(CONFLICT_BACKOFF_S * attempt)
 
 
 def _settling(contract: Contract, delivery: Delivery) -> LandedFile:

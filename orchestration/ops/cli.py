@@ -1,4 +1,4 @@
-"""The `plumbline` command: feed, sync, summary, restatements, dlq, backfill, contracts, deliveries, model."""
+"""The `plumbline` command: feed, sync, summary, restatements, dlq, backfill, contracts, deliveries, model, worker."""
 
 from __future__ import annotations
 
@@ -300,6 +300,40 @@ def _model(args) -> int:
     return 0
 
 
+# Where a worker takes its steps from: the production executor's broker (orchestration/resources.py).
+BROKER_VARIABLE = "PLUMBLINE_BROKER_URL"
+
+
+def _worker(args) -> int:
+    """Become one Celery worker (exec, so signals reach Celery: SIGTERM finishes the running steps
+    first) of dagster_celery's app, taking the steps of production runs from the broker."""
+    from orchestration.resources import DEPLOYMENT_VARIABLE, deployment
+
+    broker = os.environ.get(BROKER_VARIABLE)
+    if not broker:
+        print(f"plumbline worker: {BROKER_VARIABLE} is not set: set it to the Celery broker the production runs use "
+              "(e.g. amqp://guest:guest@127.0.0.1:5672//)", file=sys.stderr)
+        return 2
+    if os.environ.get(DEPLOYMENT_VARIABLE) and deployment() != "production":
+        print(f"plumbline worker: a worker runs steps of the production profile only, but {DEPLOYMENT_VARIABLE}="
+              f"{deployment()}: unset it or set it to production", file=sys.stderr)
+        return 2
+    for variable in ("PLUMBLINE_INSTANCE_URL", "PLUMBLINE_CATALOG_URL"):
+        if not os.environ.get(variable):
+            print(f"plumbline worker: {variable} is not set: a worker reads and writes the same instance and "
+                  "lakehouse as the runs it serves (docs/deploy.md)", file=sys.stderr)
+            return 2
+    # the broker (with its password) goes to Celery through the environment, never on a command line
+    env = {**os.environ, DEPLOYMENT_VARIABLE: "production", "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": "rpc://"}
+    name = args.name or f"plumbline-{os.getpid()}"
+    argv = [sys.executable, "-m", "celery", "--app", "dagster_celery.app", "worker", "--prefetch-multiplier=1",
+            f"--concurrency={args.concurrency}", "--hostname", f"{name}@%h", "--loglevel", args.loglevel]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
+    return 0  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plumbline", description="Contract-enforced, partitioned ingestion on Dagster. "
                                      "State lives under $PLUMBLINE_HOME (default ./data).")
@@ -394,6 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = m_sub.add_parser("rollback", help="restore the champion that the current one replaced (recorded)")
     rollback.add_argument("--reason", help="why, for the record")
     rollback.set_defaults(func=_model)
+
+    worker = sub.add_parser("worker", help="start one Celery worker for the steps of production-profile runs "
+                                           f"(broker: ${BROKER_VARIABLE}; docs/deploy.md)")
+    worker.add_argument("--concurrency", type=int, default=1, help="steps this worker runs at once (default 1)")
+    worker.add_argument("--name", help="the worker's name, NAME@host (default plumbline-<pid>)")
+    worker.add_argument("--loglevel", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    worker.set_defaults(func=_worker)
     return parser
 
 

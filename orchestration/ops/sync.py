@@ -3,17 +3,24 @@
 Ingest every pending delivery, then materialize every partition that the ingest made stale (and
 everything downstream of it), one Dagster run per contiguous range of partitions. Runs are
 recorded in the Dagster instance, so they show in the UI like any other run.
+
+Embedded, each run executes in this process. In the production profile this process creates and
+orchestrates each run against the PostgreSQL instance and its steps run on the Celery workers
+(`plumbline worker`), which rebuild the job from this module (job_for).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.execution.api import execute_run  # dg.execute_job's second half: runs a run created under our id
 
 from orchestration import definitions, lineage, settings
 from orchestration.ml import config, plan, training_set
@@ -22,7 +29,7 @@ from orchestration.ml.registry import ModelRegistry
 from orchestration.ops import runs
 from orchestration.rebuild import partitions
 from orchestration.rebuild.ranges import RANGE_END, RANGE_START, contiguous_ranges
-from orchestration.resources import resources
+from orchestration.resources import deployment, resources
 from orchestration.warehouse import Warehouse
 
 # The console shows plumbline's progress lines; Dagster's step events stay in the instance (UI).
@@ -30,6 +37,15 @@ RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 # The instance configuration shipped with the project (pools that serialize warehouse writers).
 DAGSTER_YAML = Path(__file__).parents[1] / "dagster.yaml"
+# The production profile's: PostgreSQL storage, queued runs, run retries, no warehouse pool limit.
+DAGSTER_PRODUCTION_YAML = Path(__file__).parents[1] / "dagster_production.yaml"
+INSTANCE_VARIABLE = "PLUMBLINE_INSTANCE_URL"
+# dagster-celery registers its step task again for every step it submits; Celery warns each time
+warnings.filterwarnings("ignore", message="Task name 'execute_plan' is already registered")
+
+
+class InstanceNotConfigured(RuntimeError):
+    """The production profile needs PLUMBLINE_INSTANCE_URL."""
 
 
 @dataclass
@@ -43,15 +59,51 @@ class SyncReport:
 
 
 def instance() -> dg.DagsterInstance:
-    """The persistent instance under PLUMBLINE_HOME (or DAGSTER_HOME), created on first use. Built
-    from that folder, so the environment stays as it was (a child process is told DAGSTER_HOME by
-    whoever starts it)."""
-    home = settings.dagster_home().expanduser().resolve()
+    """The deployment's persistent instance, created on first use. Embedded: SQLite under
+    PLUMBLINE_HOME/dagster (or DAGSTER_HOME). Production: PostgreSQL at $PLUMBLINE_INSTANCE_URL, its
+    dagster.yaml in DAGSTER_HOME or PLUMBLINE_HOME/dagster-production. Built from that folder, so the
+    environment stays as it was (a child process is told DAGSTER_HOME by whoever starts it)."""
+    production = deployment() == "production"
+    if production and not os.environ.get(INSTANCE_VARIABLE):
+        raise InstanceNotConfigured(f"the production profile keeps its runs in PostgreSQL: set {INSTANCE_VARIABLE} "
+                                    "(e.g. postgresql://user@host:5432/dagster)")
+    home = (production_dagster_home() if production else settings.dagster_home()).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        shutil.copyfile(DAGSTER_YAML, config)
+        shutil.copyfile(DAGSTER_PRODUCTION_YAML if production else DAGSTER_YAML, config)
     return dg.DagsterInstance.from_config(str(home))
+
+
+def production_dagster_home() -> Path:
+    """Where the production instance's dagster.yaml lives: DAGSTER_HOME, else PLUMBLINE_HOME/dagster-production
+    (its runs and events are in PostgreSQL; only this file, and step compute logs, are here)."""
+    env = os.environ.get("DAGSTER_HOME")
+    return Path(env) if env else settings.plumbline_home() / "dagster-production"
+
+
+def job_for(name: str) -> dg.JobDefinition:
+    """A job of the code location by name: how a Celery worker rebuilds the job of a step it runs."""
+    return definitions.defs.resolve_job_def(name)
+
+
+def reconstructable_job(name: str):
+    """A pointer to job `name` that another process (a Celery worker) rebuilds by importing this module."""
+    return dg.build_reconstructable_job(__name__, job_for.__name__, reconstructable_args=(name,))
+
+
+def _execute(instance: dg.DagsterInstance, job_name: str, run_id: str, tags: dict, selection) -> dg.ExecutionResult:
+    """Execute one run under a known run id with the deployment's executor: in this process when
+    embedded; in production this process orchestrates and every step is a task for the workers."""
+    job = definitions.defs.resolve_job_def(job_name)
+    if deployment() != "production":
+        return job.execute_in_process(run_config=RUN_CONFIG, instance=instance, run_id=run_id, tags=tags,
+                                      asset_selection=selection, raise_on_error=False)
+    recon = reconstructable_job(job_name)
+    run = instance.create_run_for_job(job_def=recon.get_definition(), run_id=run_id, run_config=RUN_CONFIG, tags=tags,
+                                      asset_selection=frozenset(selection) if selection else None,
+                                      job_code_origin=recon.get_python_origin())
+    return execute_run(recon, run, instance, raise_on_error=False)
 
 
 class Runner:
@@ -70,6 +122,11 @@ class Runner:
         self.runs: list[tuple[str, str, bool, str]] = []  # (job, label, success, run id)
         runs.install_signal_handlers()
         runs.reclaim_dead_runs(self.instance, say, self.emit_lineage)
+        if deployment() == "production":
+            # create the DuckLake catalog here, once, before steps on several workers would all find it
+            # empty and race to create its tables
+            with self.resources["warehouse"].connect():
+                pass
 
     def emit_lineage(self, run_id: str) -> lineage.spool.FlushResult | None:
         return lineage.emit_run(self.instance, run_id, self.defs, self.resources["lineage_transport"],  # the same emitter the run-status sensors use
@@ -81,9 +138,7 @@ class Runner:
         run_id = str(uuid.uuid4())
         try:
             with runs.Watch(self.instance, run_id, job_name, self.say, self.command, self.emit_lineage) as watch:
-                result = self.defs.resolve_job_def(job_name).execute_in_process(
-                    run_config=RUN_CONFIG, instance=self.instance, run_id=run_id, tags={**(tags or {}), **runs.owner_tags()},
-                    asset_selection=selection, raise_on_error=False)
+                result = _execute(self.instance, job_name, run_id, {**(tags or {}), **runs.owner_tags()}, selection)
         except runs.Stopped as e:  # the signal came before Dagster took over its handling
             canceled = runs.cancel(self.instance, run_id, e.signum, self.emit_lineage)
             raise runs.Stopped(e.signum, *((run_id, job_name) if canceled else ())) from None

@@ -72,3 +72,59 @@ def test_the_warehouse_follows_plumbline_home(home, tmp_path, monkeypatch):
     assert (home / "warehouse.duckdb").is_file()
     monkeypatch.setenv("PLUMBLINE_HOME", str(tmp_path / "other"))
     assert resources()["warehouse"].db_path() == (tmp_path / "other").resolve() / "warehouse.duckdb"
+
+
+# ---------------------------------------------------------------------------- executor and instance per deployment
+
+
+def test_the_executor_is_dagsters_default_embedded_and_celery_in_production(home):
+    from orchestration.resources import executor, executor_by_deployment
+
+    assert executor() is None and executor("embedded") is None
+    celery = executor("production")
+    assert celery is executor_by_deployment["production"] and celery.name == "plumbline_celery"
+    # the broker is an env reference, resolved by the process that orchestrates the run: no URL in the code location
+    assert celery.config_schema._config_fn(None) == {"broker": {"env": "PLUMBLINE_BROKER_URL"}, "backend": "rpc://"}
+
+
+def test_a_worker_without_a_broker_says_which_variable_to_set(home, monkeypatch, capsys):
+    from orchestration.ops.cli import main
+
+    monkeypatch.delenv("PLUMBLINE_BROKER_URL", raising=False)
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "PLUMBLINE_BROKER_URL is not set" in err
+
+
+def test_a_worker_refuses_the_embedded_deployment(home, monkeypatch, capsys):
+    from orchestration.ops.cli import main
+
+    monkeypatch.setenv("PLUMBLINE_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    monkeypatch.setenv("PLUMBLINE_DEPLOYMENT", "embedded")
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert "production profile only" in err and "guest:guest" not in err
+
+
+def test_the_production_instance_needs_its_url_and_never_stores_it(home, monkeypatch, tmp_path):
+    import yaml
+
+    from orchestration.instance_storage import psycopg2_url
+    from orchestration.ops import sync
+
+    monkeypatch.setenv("PLUMBLINE_DEPLOYMENT", "production")
+    monkeypatch.delenv("PLUMBLINE_INSTANCE_URL", raising=False)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    with pytest.raises(sync.InstanceNotConfigured, match="PLUMBLINE_INSTANCE_URL"):
+        sync.instance()
+    shipped = yaml.safe_load(sync.DAGSTER_PRODUCTION_YAML.read_text())
+    assert shipped["storage"]["custom"]["config"] == {"postgres_url": {"env": "PLUMBLINE_INSTANCE_URL"}}
+    assert shipped["run_retries"] == {"enabled": True, "max_retries": 3, "retry_on_asset_or_op_failure": True}
+    assert shipped["run_coordinator"]["class"] == "QueuedRunCoordinator" and shipped["telemetry"] == {"enabled": False}
+    assert "default_limit" not in shipped["concurrency"]["pools"], "DuckLake and the partition locks serialize writers"
+    assert sync.production_dagster_home() == home.resolve() / "dagster-production"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
+    assert sync.production_dagster_home() == tmp_path / "dh"
+    assert psycopg2_url("postgresql://u:p@h:5432/d") == "postgresql+psycopg2://u:p@h:5432/d"
+    assert psycopg2_url("postgres://h/d") == "postgresql+psycopg2://h/d"
+    assert psycopg2_url("postgresql+psycopg2://h/d") == "postgresql+psycopg2://h/d"
