@@ -80,7 +80,11 @@ def libpq(url: str) -> str:
 
 
 def redacted(url: str) -> str:
-    """The catalog's address without credentials, for lineage, logs and messages."""
+    """The catalog's address without credentials, for lineage, logs and messages: host:port/dbname
+    only, from a URL, a key=value string, or either behind DuckLake's `ducklake:postgres:` prefixes."""
+    url = url.strip()
+    while url.startswith(("ducklake:", "postgres:")) and not url.startswith("postgres://"):
+        url = url.split(":", 1)[1]  # 'postgres:postgresql://u:pw@h/d' would parse as scheme postgres, path the rest
     if "://" in url:
         parts = urlsplit(url)
         host = parts.hostname or "localhost"
