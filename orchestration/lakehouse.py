@@ -131,23 +131,28 @@ class Lakehouse(dg.ConfigurableResource):
     def connect(self, read_only: bool = False, wait_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         # wait_s is the embedded file lock's; DuckLake takes concurrent writers, so nothing waits here
         con = duckdb.connect(config={"autoinstall_known_extensions": False})
-        locker = None
+        locker = PartitionLocker(self.catalog_url())
         try:
             for name, binary in extension_files().items():
                 con.execute(f"LOAD {literal(str(_loadable(name, binary)))}")
             options = f"DATA_PATH {literal(self.data_root())}" + (", READ_ONLY" if read_only else "")
-            con.execute(f"ATTACH {literal('ducklake:postgres:' + self.catalog_url())} AS {DATABASE} ({options})")
-            con.execute(f"USE {DATABASE}")
-            con.execute("SET TimeZone = 'UTC'")
-            if not read_only:
-                _create_ops_tables(con)
-                locker = PartitionLocker(self.catalog_url())
+            # The first ATTACH creates DuckLake's metadata tables, and the ops DDL the schemas: two
+            # workers doing either at once on a new catalog fail (PostgreSQL's duplicate-type error,
+            # a DuckLake create conflict), so connecting is serialized by one advisory lock (~0.3 s).
+            with locker.setting_up():
+                con.execute(f"ATTACH {literal('ducklake:postgres:' + self.catalog_url())} AS {DATABASE} ({options})")
+                con.execute(f"USE {DATABASE}")
+                con.execute("SET TimeZone = 'UTC'")
+                if not read_only:
+                    _create_ops_tables(con)
+            if read_only:
+                locker.close()
+            else:
                 register_locker(con, locker)
             yield con
         finally:
-            if locker is not None:
-                unregister_locker(con)
-                locker.close()
+            unregister_locker(con)
+            locker.close()
             con.close()
 
 
@@ -174,6 +179,10 @@ def lock_keys(table: str, keys: list[str]) -> list[tuple[int, int]]:
     return sorted({(table_key, (dt.date.fromisoformat(str(k)) - epoch).days) for k in keys})
 
 
+# (table, day) keys are (crc32 of a table name, days since 1970); no day is -1 (1969-12-31).
+SETUP_LOCK = (_signed32(zlib.crc32(b"plumbline: DuckLake catalog set-up")), -1)
+
+
 class PartitionLocker:
     """Advisory locks on the catalog database, one session per warehouse connection: a killed
     process's session ends, and PostgreSQL frees its locks with it."""
@@ -181,6 +190,16 @@ class PartitionLocker:
     def __init__(self, catalog_url: str):
         self._url = catalog_url
         self._pg = None
+
+    @contextlib.contextmanager
+    def setting_up(self) -> Iterator[None]:
+        """Hold the catalog's set-up lock (one per catalog database) while attaching and creating."""
+        cur = self._session().cursor()
+        cur.execute("SELECT pg_advisory_lock(%s, %s)", SETUP_LOCK)
+        try:
+            yield
+        finally:
+            cur.execute("SELECT pg_advisory_unlock(%s, %s)", SETUP_LOCK)
 
     def _session(self):
         if self._pg is None:

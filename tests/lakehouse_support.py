@@ -108,25 +108,18 @@ with Lakehouse().connect() as con:
     locker = warehouse._LOCKERS.get(id(con))
     if lock == "on":
         warehouse.register_locker(proxy, locker)  # partition_lock finds the locker by connection
-    attempts = 0
-    while True:
-        attempts += 1
-        try:
-            if op == "replace":
-                from orchestration.rebuild.partitions import replace_partitions
-                table, day, rows = args
-                replace_partitions(proxy, table, f"CREATE TABLE IF NOT EXISTS {table} (event_date DATE, v BIGINT, writer VARCHAR)",
-                                   [day], f"SELECT DATE '{day}' AS event_date, i AS v, '{role}' AS writer FROM range({int(rows)}) r(i) "
-                                          "WHERE {partition_filter}")
-            else:
-                from contracts.loader import load_contracts
-                from orchestration.rebuild import partitions
-                source, day = args
-                partitions.rebuild(proxy, load_contracts()[source], [day], f"run-{role}")
-            break
-        except warehouse.WriteConflict:
-            if os.environ.get("RETRY_CONFLICTS") != "1" or attempts >= 10:
-                raise
+    if op == "replace":  # days: comma-separated; rows per day
+        from orchestration.rebuild.partitions import replace_partitions
+        table, days, rows = args
+        dates = ", ".join(f"DATE '{d}'" for d in days.split(","))
+        replace_partitions(proxy, table, f"CREATE TABLE IF NOT EXISTS {table} (event_date DATE, v BIGINT, writer VARCHAR)",
+                           days.split(","), f"SELECT d AS event_date, i AS v, '{role}' AS writer FROM unnest([{dates}]) t(d), "
+                                            f"range({int(rows)}) r(i) WHERE {{partition_filter}}")
+    else:
+        from contracts.loader import load_contracts
+        from orchestration.rebuild import partitions
+        source, day = args
+        partitions.rebuild(proxy, load_contracts()[source], [day], f"run-{role}")
     warehouse.unregister_locker(proxy)
-print(json.dumps({"role": role, "started": started, "ended": time.time(), "attempts": attempts}))
+print(json.dumps({"role": role, "started": started, "ended": time.time()}))
 '''

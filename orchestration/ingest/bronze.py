@@ -23,8 +23,8 @@ from orchestration.ingest import landing, lateness, schema_changes, schema_polic
 from orchestration import settings
 from orchestration.ingest.landing import Delivery, content_hash, discover
 from orchestration.ingest.readers import TEMP_TABLE, Loaded, Reject, UnreadableFile, load_delivery
-from orchestration.warehouse import (SNAPSHOT_PARTITION, date_range, delivered_ident, ident, insert_absent_values, literal,
-                                    partition_lock, transaction)
+from orchestration.warehouse import (SNAPSHOT_PARTITION, WriteConflict, date_range, delivered_ident, ident, insert_absent_values,
+                                    literal, partition_lock, retry_conflicts, transaction)
 
 
 @dataclass
@@ -96,7 +96,11 @@ def ingest_source(con, contract: Contract, run_id: str, log=None) -> list[Landed
         mark = lateness.watermark(con, contract)
         for i, delivery in enumerate(deliveries, 1):
             try:
-                result = ingest_file(con, contract, delivery, run_id, mark)
+                # a commit conflict with another writer of the ops tables is no fault of the file: taken again
+                result = retry_conflicts(lambda: ingest_file(con, contract, delivery, run_id, mark),
+                                         f"{contract.name}: {delivery.relative}")
+            except WriteConflict:
+                raise  # the run fails and is retried; the file stays pending, never marked unreadable
             except Exception as e:  # whatever goes wrong with one file is that file's problem, never the source's
                 try:
                     file_id = content_hash(delivery.path)[0]
