@@ -5,7 +5,10 @@ writer processes that pause at a chosen statement, for the race and kill tests."
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
+import sys
 import shutil
 import time
 import uuid
@@ -17,6 +20,7 @@ import psycopg2
 
 SERVER = os.environ.get("PLUMBLINE_TEST_PG", "host=127.0.0.1 port=5432 user=postgres")
 PREFIX = "plumbline_lh_test_"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -123,3 +127,16 @@ with Lakehouse().connect() as con:
     warehouse.unregister_locker(proxy)
 print(json.dumps({"role": role, "started": started, "ended": time.time()}))
 '''
+
+
+def start_writer(role: str, op: list[str], stop_before: str = "-", mode: str = "none", lock: str = "on",
+                 env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER, role, stop_before, mode, lock, *op], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def finish(proc: subprocess.Popen, timeout_s: float = 120) -> dict:
+    out, err = proc.communicate(timeout=timeout_s)
+    assert proc.returncode == 0, f"writer failed ({proc.returncode}):\n{out}\n{err}"
+    return json.loads(out.strip().splitlines()[-1]) | {"stderr": err}

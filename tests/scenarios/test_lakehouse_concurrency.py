@@ -7,22 +7,12 @@ and a re-run gives the same table."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import psycopg2
 import pytest
 
-from lakehouse_support import WRITER, fresh_lake, point_at, wait_for
-from orchestration.lakehouse import Lakehouse, lock_keys
+from lakehouse_support import finish, fresh_lake, point_at, start_writer
+from orchestration.lakehouse import Lakehouse
 
-REPO = Path(__file__).resolve().parents[2]
 ROWS = 1000
 
 
@@ -31,19 +21,6 @@ def lake(plumbline_home, tmp_path, monkeypatch):
     with fresh_lake(tmp_path) as made:
         point_at(monkeypatch, made)
         yield made
-
-
-def start_writer(role: str, op: list[str], stop_before: str = "-", mode: str = "none", lock: str = "on",
-                 env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WRITER, role, stop_before, mode, lock, *op], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
-
-
-def finish(proc: subprocess.Popen, timeout_s: float = 120) -> dict:
-    out, err = proc.communicate(timeout=timeout_s)
-    assert proc.returncode == 0, f"writer failed ({proc.returncode}):\n{out}\n{err}"
-    return json.loads(out.strip().splitlines()[-1]) | {"stderr": err}
 
 
 def query(sql: str) -> list[tuple]:
