@@ -106,8 +106,13 @@ class Proxy:
         self._gate(sql)
         return self.con.executemany(sql, *a, **k)
 
-started = time.time()
 with Lakehouse().connect() as con:
+    if os.environ.get("GO_DIR"):  # connected: wait for the word, so that writers start together
+        go = Path(os.environ["GO_DIR"])
+        (go / f"ready-{role}").write_text("")
+        while not (go / "go").exists():
+            time.sleep(0.01)
+    started = time.time()
     proxy = Proxy(con)
     locker = warehouse._LOCKERS.get(id(con))
     if lock == "on":
@@ -140,3 +145,15 @@ def finish(proc: subprocess.Popen, timeout_s: float = 120) -> dict:
     out, err = proc.communicate(timeout=timeout_s)
     assert proc.returncode == 0, f"writer failed ({proc.returncode}):\n{out}\n{err}"
     return json.loads(out.strip().splitlines()[-1]) | {"stderr": err}
+
+
+def start_together(roles_ops: dict[str, tuple], folder: Path, timeout_s: float = 120) -> list[subprocess.Popen]:
+    """Start one writer per role (start_writer's arguments after role), let them all connect, then
+    give them the word at once: their replaces start within milliseconds of each other."""
+    folder.mkdir(exist_ok=True)
+    procs = [start_writer(role, *args, env={**kwargs, "GO_DIR": str(folder)}) for role, (args, kwargs) in roles_ops.items()]
+    wait_for(lambda: all((folder / f"ready-{r}").exists() for r in roles_ops) or any(p.poll() is not None for p in procs),
+             timeout_s, what="the writers to connect")
+    (folder / "go").write_text("")
+    return procs
+

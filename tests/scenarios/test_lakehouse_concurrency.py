@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from lakehouse_support import finish, fresh_lake, point_at, start_writer
+from lakehouse_support import finish, fresh_lake, point_at, start_together, start_writer
 from orchestration.lakehouse import Lakehouse
 
 ROWS = 1000
@@ -35,8 +35,8 @@ def test_two_writers_replacing_the_same_empty_partition_leave_it_once(lake, tmp_
     measured; with it the second writer starts only after the first committed, and replaces it."""
     meet = tmp_path / "meet"
     meet.mkdir()
-    writers = [start_writer(role, ["replace", "core.race", "2013-01-01", str(ROWS)], "INSERT INTO", f"meet:2:{meet}", lock)
-               for role in ("a", "b")]
+    writers = start_together({role: ((["replace", "core.race", "2013-01-01", str(ROWS)], "INSERT INTO", f"meet:2:{meet}", lock), {})
+                              for role in ("a", "b")}, tmp_path / "go")
     done = [finish(w) for w in writers]
     (total, per_writer), = query("SELECT count(*), count(DISTINCT writer) FROM core.race WHERE event_date = DATE '2013-01-01'")
     if lock == "on":
@@ -61,8 +61,8 @@ def test_two_writers_racing_through_rebuild_leave_one_copy_of_each_row(lake, plu
         bronze.ingest_source(con, load_contracts()["flights"], "load")
     meet = tmp_path / "meet"
     meet.mkdir()
-    writers = [start_writer(role, ["rebuild", "flights", "2013-01-02"], "INSERT INTO raw.flights", f"meet:2:{meet}")
-               for role in ("a", "b")]
+    writers = start_together({role: ((["rebuild", "flights", "2013-01-02"], "INSERT INTO raw.flights", f"meet:2:{meet}"), {})
+                              for role in ("a", "b")}, tmp_path / "go")
     done = [finish(w) for w in writers]
     assert max(d["started"] for d in done) < min(d["ended"] for d in done)
     assert query("SELECT count(*), count(DISTINCT (year, month, day, carrier, flight, origin)) FROM raw.flights") == [
@@ -78,8 +78,8 @@ def test_writers_of_disjoint_partitions_run_at_once_and_all_commit(lake, tmp_pat
     days = ["2013-01-01", "2013-01-02", "2013-01-03"]
     with Lakehouse().connect() as con:  # the table exists, so no writer races to create it
         con.execute("CREATE TABLE core.disjoint (event_date DATE, v BIGINT, writer VARCHAR)")
-    writers = [start_writer(f"w{i}", ["replace", "core.disjoint", d, str(ROWS)], "INSERT INTO", f"meet:3:{meet}",
-                            env={"MEET_TIMEOUT_S": "60"}) for i, d in enumerate(days)]
+    writers = start_together({f"w{i}": ((["replace", "core.disjoint", d, str(ROWS)], "INSERT INTO", f"meet:3:{meet}"),
+                                        {"MEET_TIMEOUT_S": "60"}) for i, d in enumerate(days)}, tmp_path / "go")
     done = [finish(w) for w in writers]
     arrived = sorted(float(p.read_text()) for p in meet.glob("at-*"))
     assert len(arrived) == 3
@@ -100,8 +100,8 @@ def test_writers_restating_disjoint_partitions_all_commit_without_loss(lake, tmp
     assert query("SELECT count(*) FROM core.restated") == [(3 * ROWS,)]
     meet = tmp_path / "meet"
     meet.mkdir()
-    writers = [start_writer(f"w{i}", ["replace", "core.restated", d, str(ROWS)], "INSERT INTO", f"meet:3:{meet}",
-                            env={"MEET_TIMEOUT_S": "60"}) for i, d in enumerate(days)]
+    writers = start_together({f"w{i}": ((["replace", "core.restated", d, str(ROWS)], "INSERT INTO", f"meet:3:{meet}"),
+                                        {"MEET_TIMEOUT_S": "60"}) for i, d in enumerate(days)}, tmp_path / "go")
     done = [finish(w) for w in writers]
     arrived = sorted(float(p.read_text()) for p in meet.glob("at-*"))
     assert arrived[-1] < min(d["ended"] for d in done), "all three were inside their transactions at once"

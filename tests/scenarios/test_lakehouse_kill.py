@@ -30,7 +30,8 @@ def lake(plumbline_home, tmp_path, monkeypatch):
 
 def advisory_locks(lake) -> set[tuple[int, int]]:
     with contextlib.closing(psycopg2.connect(lake.catalog_url)) as pg, pg.cursor() as cur:
-        cur.execute("SELECT classid::int, objid::int FROM pg_locks WHERE locktype = 'advisory' AND granted")
+        cur.execute("SELECT classid::int, objid::int FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
         return set(cur.fetchall())
 
 

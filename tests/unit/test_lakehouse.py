@@ -164,7 +164,8 @@ def test_partition_lock_holds_a_postgres_advisory_lock_only_inside(lake):
 
     def held() -> set[tuple[int, int]]:
         with contextlib.closing(psycopg2.connect(lake.catalog_url)) as pg, pg.cursor() as cur:
-            cur.execute("SELECT classid::int, objid::int FROM pg_locks WHERE locktype = 'advisory' AND granted")
+            cur.execute("SELECT classid::int, objid::int FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
             return set(cur.fetchall())
 
     with Lakehouse().connect() as con:
@@ -176,3 +177,17 @@ def test_partition_lock_holds_a_postgres_advisory_lock_only_inside(lake):
             with partition_lock(con, "core.flights", ["2013-01-03"]):
                 raise RuntimeError("boom")
         assert held() == set()  # released on error too
+
+
+def test_a_worker_with_another_data_path_is_refused_not_split(lake, tmp_path, monkeypatch):
+    """The catalog records where its data files are: a worker pointed elsewhere (PLUMBLINE_DATA_PATH
+    unset, so its own home) fails to connect instead of writing files other workers cannot read."""
+    with Lakehouse().connect() as con:
+        con.execute("CREATE TABLE raw.t AS SELECT 1 AS x")
+    monkeypatch.setenv("PLUMBLINE_DATA_PATH", str(tmp_path / "elsewhere"))
+    with pytest.raises(Exception, match="(?i)data.path"):
+        with Lakehouse().connect():
+            pass
+    monkeypatch.setenv("PLUMBLINE_DATA_PATH", str(lake.data_path))
+    with Lakehouse().connect(read_only=True) as con:
+        assert con.execute("SELECT x FROM raw.t").fetchall() == [(1,)]
