@@ -5,8 +5,12 @@ The SQL is DuckDB's on both warehouses, so every asset runs unchanged; DuckLake 
 tables in one transaction, which keeps a partition's delete+insert, its dead letters and its
 accounting together. Snapshot isolation does not see two inserts into one empty partition as a
 conflict, so writers of the same table and partitions are serialized by a PostgreSQL advisory lock
-per (table, day), taken before the transaction starts (warehouse.partition_lock); writers of disjoint
-partitions commit concurrently. The extensions load from their PyPI wheels: nothing downloads.
+per (table, day), taken before the transaction starts (warehouse.partition_lock). Writers of disjoint
+partitions run at once; DuckLake checks commit conflicts per table, though (an insert conflicts with
+any other transaction's delete from that table, and restating a partition also rewrites its rows in
+ops.partition_accounting), so of two overlapping restatements the later commit conflicts, is rolled
+back whole and is run again (warehouse.retry_conflicts). First builds delete nothing and never
+conflict. The extensions load from their PyPI wheels: nothing downloads.
 """
 
 from __future__ import annotations
