@@ -107,31 +107,35 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
     if not keys:
         return Rebuilt([], [])
 
-    def replace() -> Rebuilt:
-        # read under the lock, again on a retry: the deliveries and held rows as they are now
+    date_list = key_list(keys)  # keys is [SNAPSHOT_PARTITION] for a snapshot
+    pk = ", ".join(ident(c) for c in contract.primary_key)
+    cols = ", ".join(ident(c.name) for c in contract.columns)
+    part_filter = "TRUE" if snapshot else f"event_date IN {date_list}"
+    dlq_partitions = None if snapshot else keys  # a snapshot's dead letters have no partition
+    event_col = "" if snapshot else ", _event_date"
+
+    def stage() -> None:
+        """Under the lock, before the transaction: the partitions' bronze rows, cast and judged, in
+        the temp table _stage (local to this connection). A retried commit starts again from here
+        rather than from bronze: nobody else replaces these partitions while the lock is held."""
         wanted = set(keys)
         files = [(fid, bp) for fid, bp, dates in loaded_files(con, contract.name)
                  if snapshot or wanted.intersection(dates)]
-        date_list = key_list(keys)  # keys is [SNAPSHOT_PARTITION] for a snapshot
         if files:
             paths = ", ".join(literal(str(home / bp)) for _, bp in files)
             where = "" if snapshot else f" WHERE _event_date IN {date_list} AND {lateness.held_filter(con, contract)}"
             source_sql = f"SELECT * FROM read_parquet([{paths}], union_by_name = true){where}"
         else:
             source_sql = stage_empty_source(contract)
-        pk = ", ".join(ident(c) for c in contract.primary_key)
-        cols = ", ".join(ident(c.name) for c in contract.columns)
-        part_filter = "TRUE" if snapshot else f"event_date IN {date_list}"
-        dlq_partitions = None if snapshot else keys  # a snapshot's dead letters have no partition
-        event_col = "" if snapshot else ", _event_date"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {stage_select(contract, source_sql)}")
 
+    def replace() -> Rebuilt:
         previous = {str(p): set(json.loads(b)) for p, b in con.execute(
             f"SELECT partition_date, built_from FROM ops.partition_accounting WHERE source = ? AND partition_date IN {date_list}",
             [contract.name]).fetchall()}
 
         with transaction(con):
             before = restatements.measure(con, contract, sorted(previous)) if previous else {}
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {stage_select(contract, source_sql)}")
             con.execute(f"DELETE FROM {contract.table} WHERE {part_filter}")
             # Only keys delivered more than once need ranking; sorting every row by key is the expensive part.
             dup_match = " AND ".join(f"s.{ident(c)} = d.{ident(c)}" for c in contract.primary_key)
@@ -169,6 +173,7 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
         return Rebuilt(accounts, restated)
 
     with partition_lock(con, contract.table, keys):  # a concurrent writer of these partitions waits
+        stage()
         return retry_conflicts(replace, f"{contract.table} {keys[0]}..{keys[-1]}")
 
 
