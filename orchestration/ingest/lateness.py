@@ -61,6 +61,7 @@ def release(con, contract: Contract, partitions: list[str] | None) -> list[str]:
     by_file: dict[str, set[str]] = {}
     for fid, day in dead_letter.open_files(con, contract.name, rule_id(contract), partitions):
         by_file.setdefault(fid, set()).add(day)
+
     def mark_released() -> None:
         with transaction(con):
             dead_letter.release(con, contract.name, rule_id(contract), partitions)
