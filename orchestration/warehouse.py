@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import random
 import re
 import sys
 import time
@@ -184,6 +185,40 @@ def transaction(con):
             raise
         raise WriteConflict(f"{e}. Nothing of this transaction was applied; running it again applies it "
                             "(the production instance retries the run)") from e
+
+
+CONFLICT_ATTEMPTS = 8  # a writer loses at most this many commits in a row to writers of other partitions
+
+
+def retry_conflicts(write, what: str, attempts: int = CONFLICT_ATTEMPTS):
+    """write() (one whole transaction, read to commit) again after a WriteConflict, with a short
+    random backoff. DuckLake checks conflicts per table: an insert conflicts with any other
+    transaction's delete from the same table committed meanwhile, even of other partitions (and
+    every partition replace also rewrites its rows in the shared ops tables). Nothing of a conflicting
+    transaction was applied, so running it again from the new snapshot is the same replace done later.
+    The embedded file has one writer and never conflicts."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return write()
+        except WriteConflict as e:
+            if attempt == attempts:
+                raise
+            print(f"{what}: another writer's commit conflicted with this one (attempt {attempt} of {attempts}); "
+                  f"nothing was applied, retrying: {str(e).splitlines()[-1][:200]}", file=sys.stderr, flush=True)
+            time.sleep(random.uniform(0.05, 0.25) * attempt)
+
+
+def create_if_absent(con, ddl: str, attempts: int = CONFLICT_ATTEMPTS) -> None:
+    """Run CREATE ... IF NOT EXISTS, again when another writer created the same thing at the same
+    moment (a DuckLake commit conflict; the second attempt finds it there)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            con.execute(ddl)
+            return
+        except duckdb.TransactionException as e:
+            if "conflict" not in str(e).lower() or attempt == attempts:
+                raise
+            time.sleep(random.uniform(0.05, 0.25) * attempt)
 
 
 # Writers of the same partitions on a warehouse that takes concurrent writers (DuckLake) are

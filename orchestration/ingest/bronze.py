@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +23,8 @@ from orchestration.ingest import landing, lateness, schema_changes, schema_polic
 from orchestration import settings
 from orchestration.ingest.landing import Delivery, content_hash, discover
 from orchestration.ingest.readers import TEMP_TABLE, Loaded, Reject, UnreadableFile, load_delivery
-from orchestration.warehouse import (SNAPSHOT_PARTITION, date_range, delivered_ident, ident, insert_absent_values, literal,
-                                    partition_lock, transaction, WriteConflict)
-
-CONFLICT_ATTEMPTS = 5      # a file's landing transaction lost a DuckLake commit race: run it again this often
-CONFLICT_BACKOFF_S = 0.5   # times the attempt number between attempts
+from orchestration.warehouse import (SNAPSHOT_PARTITION, WriteConflict, date_range, delivered_ident, ident, insert_absent_values,
+                                    literal, partition_lock, retry_conflicts, transaction)
 
 
 @dataclass
@@ -156,16 +152,14 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, waterm
                        base, None, None)
     if landing.file_state(delivery.path) != before:
         return _settling(contract, delivery)  # what was read may not be what was hashed
-    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
-        try:
-            with transaction(con):  # a file is recorded whole or not at all
-                return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark)
-        except WriteConflict:
-            # another writer of the ops tables (a rebuild's dead letters) committed first: nothing was
-            # applied, so landing it again is safe
-            if attempt == CONFLICT_ATTEMPTS:
-                raise
-            time.sleep(CONFLICT_BACKOFF_S * attempt)
+
+    def land() -> LandedFile:
+        with transaction(con):  # a file is recorded whole or not at all
+            return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark)
+
+    # another writer of the ops tables (a rebuild's dead letters) may commit first: nothing was applied,
+    # so the file, read once, is landed again from the new snapshot
+    return retry_conflicts(land, f"{contract.name}: {delivery.relative}")
 
 
 def _settling(contract: Contract, delivery: Delivery) -> LandedFile:

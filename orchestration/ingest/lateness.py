@@ -14,7 +14,7 @@ import json
 from contracts.model import Contract
 from orchestration import catalog
 from orchestration.quality import dead_letter
-from orchestration.warehouse import date_literal, literal, transaction
+from orchestration.warehouse import date_literal, literal, retry_conflicts, transaction
 
 REASON = "late beyond allowed lateness"
 
@@ -61,14 +61,18 @@ def release(con, contract: Contract, partitions: list[str] | None) -> list[str]:
     by_file: dict[str, set[str]] = {}
     for fid, day in dead_letter.open_files(con, contract.name, rule_id(contract), partitions):
         by_file.setdefault(fid, set()).add(day)
-    with transaction(con):
-        dead_letter.release(con, contract.name, rule_id(contract), partitions)
-        for fid, days in by_file.items():
-            for (ev,) in con.execute("SELECT event_dates FROM ops.landed_files WHERE source = ? AND file_id = ? AND status = 'loaded'",
-                                     [contract.name, fid]).fetchall():
-                merged = sorted(set(json.loads(ev or "[]")) | days)
-                con.execute("UPDATE ops.landed_files SET event_dates = ? WHERE source = ? AND file_id = ? AND status = 'loaded'",
-                            [json.dumps(merged), contract.name, fid])
+
+    def mark_released() -> None:
+        with transaction(con):
+            dead_letter.release(con, contract.name, rule_id(contract), partitions)
+            for fid, days in by_file.items():
+                for (ev,) in con.execute("SELECT event_dates FROM ops.landed_files WHERE source = ? AND file_id = ? AND status = 'loaded'",
+                                         [contract.name, fid]).fetchall():
+                    merged = sorted(set(json.loads(ev or "[]")) | days)
+                    con.execute("UPDATE ops.landed_files SET event_dates = ? WHERE source = ? AND file_id = ? AND status = 'loaded'",
+                                [json.dumps(merged), contract.name, fid])
+
+    retry_conflicts(mark_released, f"{contract.name}: releasing held late rows")
     return sorted({d for days in by_file.values() for d in days})
 
 

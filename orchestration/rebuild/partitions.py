@@ -20,7 +20,8 @@ from orchestration.ingest import lateness
 from orchestration.rebuild import restatements
 from orchestration import settings
 from orchestration.rebuild.conform import stage_select
-from orchestration.warehouse import SNAPSHOT_PARTITION, date_literal, ident, key_list, literal, partition_lock, transaction
+from orchestration.warehouse import (SNAPSHOT_PARTITION, create_if_absent, date_literal, ident, key_list, literal,
+                                    partition_lock, retry_conflicts, transaction)
 
 @dataclass(frozen=True)
 class PartitionAccount:
@@ -99,36 +100,42 @@ class Rebuilt:
 
 def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) -> Rebuilt:
     """Replace the given daily partitions (or the whole snapshot when partitions is None)."""
-    con.execute(raw_table_ddl(contract))
+    create_if_absent(con, raw_table_ddl(contract))
     home = settings.plumbline_home()
     snapshot = contract.partitioning is None
     keys = [SNAPSHOT_PARTITION] if snapshot else sorted(partitions or [])
     if not keys:
         return Rebuilt([], [])
-    wanted = set(keys)
-    files = [(fid, bp) for fid, bp, dates in loaded_files(con, contract.name)
-             if snapshot or wanted.intersection(dates)]
+
     date_list = key_list(keys)  # keys is [SNAPSHOT_PARTITION] for a snapshot
-    if files:
-        paths = ", ".join(literal(str(home / bp)) for _, bp in files)
-        where = "" if snapshot else f" WHERE _event_date IN {date_list} AND {lateness.held_filter(con, contract)}"
-        source_sql = f"SELECT * FROM read_parquet([{paths}], union_by_name = true){where}"
-    else:
-        source_sql = stage_empty_source(contract)
     pk = ", ".join(ident(c) for c in contract.primary_key)
     cols = ", ".join(ident(c.name) for c in contract.columns)
     part_filter = "TRUE" if snapshot else f"event_date IN {date_list}"
     dlq_partitions = None if snapshot else keys  # a snapshot's dead letters have no partition
     event_col = "" if snapshot else ", _event_date"
 
-    with partition_lock(con, contract.table, keys):  # a concurrent writer of these partitions waits
+    def stage() -> None:
+        """Under the lock, before the transaction: the partitions' bronze rows, cast and judged, in
+        the temp table _stage (local to this connection). A retried commit starts again from here
+        rather than from bronze: nobody else replaces these partitions while the lock is held."""
+        wanted = set(keys)
+        files = [(fid, bp) for fid, bp, dates in loaded_files(con, contract.name)
+                 if snapshot or wanted.intersection(dates)]
+        if files:
+            paths = ", ".join(literal(str(home / bp)) for _, bp in files)
+            where = "" if snapshot else f" WHERE _event_date IN {date_list} AND {lateness.held_filter(con, contract)}"
+            source_sql = f"SELECT * FROM read_parquet([{paths}], union_by_name = true){where}"
+        else:
+            source_sql = stage_empty_source(contract)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {stage_select(contract, source_sql)}")
+
+    def replace() -> Rebuilt:
         previous = {str(p): set(json.loads(b)) for p, b in con.execute(
             f"SELECT partition_date, built_from FROM ops.partition_accounting WHERE source = ? AND partition_date IN {date_list}",
             [contract.name]).fetchall()}
 
         with transaction(con):
             before = restatements.measure(con, contract, sorted(previous)) if previous else {}
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {stage_select(contract, source_sql)}")
             con.execute(f"DELETE FROM {contract.table} WHERE {part_filter}")
             # Only keys delivered more than once need ranking; sorting every row by key is the expensive part.
             dup_match = " AND ".join(f"s.{ident(c)} = d.{ident(c)}" for c in contract.primary_key)
@@ -163,7 +170,11 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
                 "INSERT INTO ops.partition_accounting VALUES (?, ?::DATE, ?, ?, ?, ?, ?, ?)",
                 [(contract.name, a.partition, a.delivered, a.accepted, a.dead_lettered, a.superseded,
                   json.dumps(list(a.built_from)), contract.version) for a in accounts])
-    return Rebuilt(accounts, restated)
+        return Rebuilt(accounts, restated)
+
+    with partition_lock(con, contract.table, keys):  # a concurrent writer of these partitions waits
+        stage()
+        return retry_conflicts(replace, f"{contract.table} {keys[0]}..{keys[-1]}")
 
 
 def replace_partitions(con, table: str, ddl: str, keys: list[str], select_template: str) -> dict[str, int]:
@@ -172,13 +183,17 @@ def replace_partitions(con, table: str, ddl: str, keys: list[str], select_templa
     select_template holds `{partition_filter}`, the predicate on event_date to build from.
     Returns rows per partition.
     """
-    con.execute(ddl)
+    create_if_absent(con, ddl)
     partition_filter = f"event_date IN {key_list(keys)}"
-    with partition_lock(con, table, keys), transaction(con):
-        con.execute(f"DELETE FROM {table} WHERE {partition_filter}")
-        con.execute(f"INSERT INTO {table} {select_template.format(partition_filter=partition_filter)}")
-        counts = dict(con.execute(
-            f"SELECT strftime(event_date, '%Y-%m-%d'), count(*) FROM {table} WHERE {partition_filter} GROUP BY ALL ORDER BY 1").fetchall())
+    def replace() -> dict:
+        with transaction(con):
+            con.execute(f"DELETE FROM {table} WHERE {partition_filter}")
+            con.execute(f"INSERT INTO {table} {select_template.format(partition_filter=partition_filter)}")
+            return dict(con.execute(f"SELECT strftime(event_date, '%Y-%m-%d'), count(*) FROM {table} "
+                                    f"WHERE {partition_filter} GROUP BY ALL ORDER BY 1").fetchall())
+
+    with partition_lock(con, table, keys):
+        counts = retry_conflicts(replace, f"{table} {keys[0]}..{keys[-1]}")
     return {k: counts.get(k, 0) for k in keys}
 
 
