@@ -37,6 +37,7 @@ from orchestration.warehouse import OPS_DDL, SNAPSHOT_PARTITION, literal, regist
 
 CATALOG_VARIABLE = "PLUMBLINE_CATALOG_URL"   # libpq URL or key=value string of the DuckLake catalog database
 DATA_PATH_VARIABLE = "PLUMBLINE_DATA_PATH"   # where DuckLake writes data files; default $PLUMBLINE_HOME/lake
+TABLES_FOLDER = "tables"                     # DuckLake's data files under the data path (MLflow's are in mlflow/)
 DATABASE = "lake"                            # the name the DuckLake catalog is attached as: <lake>.<schema>.<table>
 LOCK_REPORT_EVERY_S = 15.0
 # DuckLake's own defaults are kept, measured on plumbline-shaped writes (a one-day replace of 900 rows
@@ -125,12 +126,15 @@ class Lakehouse(dg.ConfigurableResource):
         return libpq(url)
 
     def data_root(self) -> str:
-        """Where data files go; a local directory is created and given with a trailing slash."""
+        """Where DuckLake's data files go: tables/ under the shared data path, beside MLflow's mlflow/
+        (DuckLake's orphan cleanup deletes any parquet file under its root that its catalog does not
+        know). A local directory is created and given with a trailing slash."""
         root = self.data_path or os.environ.get(DATA_PATH_VARIABLE) or str(settings.plumbline_home() / "lake")
         if "://" in root:
-            return root.rstrip("/") + "/"
-        Path(root).mkdir(parents=True, exist_ok=True)
-        return str(Path(root).resolve()) + "/"
+            return root.rstrip("/") + f"/{TABLES_FOLDER}/"
+        folder = Path(root) / TABLES_FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder.resolve()) + "/"
 
     def location(self) -> str:
         """Where the warehouse is, without credentials: for lineage namespaces and messages."""
