@@ -284,3 +284,107 @@ def test_three_overlapping_backfills_over_graphql(production_env):
 def _unbalanced_or_dup_free(fingerprints: dict) -> list:
     """Before the backfills: the sync's tables are themselves clean (the baseline is worth comparing to)."""
     return [*_read(_unbalanced), *[t for t, n in _read(_duplicates).items() if n]]
+
+
+def _day_counts(con) -> dict[str, int]:
+    return {str(d): n for d, n in con.execute(
+        "SELECT event_date, count(*) FROM raw.flights GROUP BY 1").fetchall()}
+
+
+def _parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _holding_lock(catalog_db: str, pid: int) -> bool:
+    """Whether process `pid` (its PartitionLocker's connection names it) holds an advisory partition lock."""
+    import psycopg2
+
+    with psycopg2.connect(f"{PG}/{catalog_db}") as pg, pg.cursor() as cur:
+        cur.execute("""SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                       WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = %s""", [f"plumbline pid {pid}"])
+        held = cur.fetchone()[0] > 0
+    pg.close()
+    return held
+
+
+def test_a_worker_killed_mid_rebuild_fails_its_run_and_the_retry_restores_the_tables(production_env):
+    import dagster as dg
+
+    from orchestration.ops import sync
+    from orchestration.ops.backfill import DONE, Plan, Server
+    from orchestration.rebuild.partitions import partition_range
+
+    dep = production_env
+    before = _read(_fingerprints)
+    counts = _read(_day_counts)
+    january = partition_range("2013-01-01", "2013-01-31")
+    assert all(counts.get(d, 0) > 0 for d in january), counts
+
+    # readers, all along: every day's row count is the full one (the old and new counts are the same
+    # deliveries'); a half-written partition would show fewer rows, or none
+    stop, reads, torn, read_errors = threading.Event(), [0], [], []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                seen = _read(_day_counts)
+            except Exception as e:  # a read must never fail either
+                read_errors.append(repr(e)[:300])
+                continue
+            reads[0] += 1
+            torn.extend((d, seen.get(d, 0), counts[d]) for d in january if seen.get(d, 0) != counts[d])
+
+    watcher = threading.Thread(target=reader, daemon=True)
+    watcher.start()
+    raw = dg.AssetKey(["raw", "flights"])
+    server = Server(dep["url"], timeout=120)
+    backfill = server.launch(Plan([raw], {raw: january}), "rebuild January, a worker dies")
+    instance = sync.instance()
+    try:
+        deadline = time.monotonic() + BACKFILL_S
+        run, step_pid = None, None
+        while step_pid is None:  # the run's raw.flights step has started on a worker
+            assert time.monotonic() < deadline, (run and run.status, (dep["logs"] / "daemon.log").read_text()[-3000:])
+            runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill}))
+            run = runs[0] if runs else None
+            if run is not None:
+                started = [r.event_log_entry.dagster_event for r in instance.get_records_for_run(
+                    run.run_id, of_type=dg.DagsterEventType.STEP_START).records]
+                step_pid = next((e.pid for e in started if e.step_key == "raw__flights"), None)
+            time.sleep(0.5)
+        assert _parent_pid(step_pid) in dep["workers"], "the step runs in a Celery pool process of this test's workers"
+        while not _holding_lock(dep["catalog_db"], step_pid):  # ... and is replacing its partitions
+            assert time.monotonic() < deadline
+            assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED, \
+                "the step finished before it was seen holding its partition lock"
+            time.sleep(0.05)
+        reads_before_kill = reads[0]
+        os.kill(step_pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        while (status := instance.get_run_by_id(run.run_id).status) not in (
+                dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.CANCELED):
+            assert time.monotonic() - killed_at < 600, f"run still {status} 600 s after its worker process died"
+            time.sleep(1)
+        assert status == dg.DagsterRunStatus.FAILURE, status
+        failed_after = time.monotonic() - killed_at
+        runs = _wait_settled(instance, dep["logs"], timeout=BACKFILL_S)
+        retries = [r for r in runs if r.tags.get("dagster/parent_run_id") == run.run_id]
+        assert [r.status for r in retries] == [dg.DagsterRunStatus.SUCCESS], [(r.run_id, r.status) for r in retries]
+        assert server.follow(backfill, say=lambda _: None, poll=5.0, timeout=BACKFILL_S) in DONE
+        assert not [r for r in instance.get_runs() if r.status == dg.DagsterRunStatus.STARTED]
+        # slots: no pool limits in this profile, and the dead run holds none
+        storage = instance.event_log_storage
+        holding = [k for k, info in storage.get_concurrency_infos(sorted(storage.get_concurrency_keys())).items()
+                   if any(s.run_id == run.run_id for s in info.claimed_slots)]
+        assert not holding, holding
+        print(f"\nworker process killed mid-rebuild: run FAILURE {failed_after:.1f}s later, retry SUCCESS; "
+              f"{reads[0]} reads ({reads[0] - reads_before_kill} after the kill), none torn", flush=True)
+    finally:
+        stop.set()
+        watcher.join(timeout=120)
+        instance.dispose()
+    assert not read_errors, read_errors[:3]
+    assert reads[0] > reads_before_kill > 0
+    assert not torn, torn[:10]
+    assert _read(_fingerprints) == before
