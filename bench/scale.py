@@ -85,13 +85,34 @@ def tables_hash() -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- the parent
 
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants, from /proc (Linux)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo.extend(int(c) for c in task.read_text().split())
+            except OSError:
+                pass
+    return found
+
+
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class Memory:
     """Peak total RSS of a set of process trees, sampled in a thread."""
 
     def __init__(self):
-        import psutil
-
-        self.psutil = psutil
         self.roots: list[int] = []
         self.peak = 0
         self._stop = threading.Event()
@@ -100,14 +121,7 @@ class Memory:
 
     def _sample(self):
         while not self._stop.is_set():
-            total = 0
-            for pid in list(self.roots):
-                try:
-                    p = self.psutil.Process(pid)
-                    total += sum(q.memory_info().rss for q in [p, *p.children(recursive=True)])
-                except self.psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+            self.peak = max(self.peak, sum(_rss(p) for root in list(self.roots) for p in _tree(root)))
             self._stop.wait(0.2)
 
     def stop(self) -> int:
@@ -177,6 +191,11 @@ def main() -> int:
     feed = work / "feed"
     if not (feed / "landing").is_dir():
         write_feed(feed, profile="demo", seed=13)
+        # deliveries made after the last day's morning are left out: the setup ingests only what the backfill reads
+        cutoff = (dt.date.fromisoformat(days[-1]) + dt.timedelta(days=1)).strftime("%Y%m%dT1200Z")
+        for path in (feed / "landing").rglob("*_2013*"):
+            if path.name.split("_", 1)[1][:14] > cutoff:
+                path.unlink()
     job = definitions.rebuild_job_name("flights")
     tag = f"plumbline_bench_{uuid.uuid4().hex[:8]}"
     created_dbs: list[str] = []
@@ -193,10 +212,12 @@ def main() -> int:
             env = {**base_env(), "PLUMBLINE_HOME": str(home), "PLUMBLINE_SETTLE_SECONDS": "0"}
             if workers:
                 dbs = {role: f"{tag}_{workers}_{role}" for role in ("instance", "catalog", "mlflow")}
-                with admin() as con, con.cursor() as cur:
+                con = admin()
+                with con.cursor() as cur:
                     for db in dbs.values():
                         cur.execute(f'CREATE DATABASE "{db}"')
                         created_dbs.append(db)
+                con.close()
                 env.update({"PLUMBLINE_DEPLOYMENT": "production", "PLUMBLINE_INSTANCE_URL": f"{PG}/{dbs['instance']}",
                             "PLUMBLINE_CATALOG_URL": f"{PG}/{dbs['catalog']}", "PLUMBLINE_MLFLOW_URL": f"{PG}/{dbs['mlflow']}",
                             "PLUMBLINE_DATA_PATH": str(home / "lake"), "PLUMBLINE_BROKER_URL": f"{AMQP}/{vhost}"})
@@ -235,9 +256,11 @@ def main() -> int:
                         p.kill()
     finally:
         if created_dbs:
-            with admin() as con, con.cursor() as cur:
+            con = admin()
+            with con.cursor() as cur:
                 for db in created_dbs:
                     cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            con.close()
         if vhost:
             rabbitmqctl("delete_vhost", vhost)
         if not args.workdir:
