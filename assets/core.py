@@ -53,11 +53,11 @@ COLUMNS = [
     ("cancelled", "BOOLEAN", ["dep_time"]), ("diverted", "BOOLEAN", ["dep_time", "arr_delay"]),
     ("event_date", "DATE", ["event_date"]),
 ]
-# Columns that come from the dimension snapshots rather than raw.flights (looked up by the raw.flights
-# columns listed in COLUMNS: carrier, tailnum, origin, dest, so impact analysis follows the join keys).
+# Columns that come from the dimension snapshots rather than raw.flights. A column looked up by a key
+# lists the key on both sides (carrier, tailnum) as a source, so impact analysis follows the join.
 DIMENSION_LINEAGE = {
-    "carrier_name": [("airlines", "name")], "plane_model": [("planes", "model")],
-    "plane_manufacturer": [("planes", "manufacturer")], "sched_dep_utc": [("airports", "tzone")],
+    "carrier_name": [("airlines", "name"), ("airlines", "carrier")], "plane_model": [("planes", "model"), ("planes", "tailnum")],
+    "plane_manufacturer": [("planes", "manufacturer"), ("planes", "tailnum")], "sched_dep_utc": [("airports", "tzone")],
     "dep_utc": [("airports", "tzone")], "sched_arr_utc": [("airports", "tzone")], "arr_utc": [("airports", "tzone")],
 }
 

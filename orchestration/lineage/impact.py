@@ -24,7 +24,7 @@ import dagster as dg
 
 from orchestration import catalog
 from orchestration.lineage import datasets
-from orchestration.ml import features
+from orchestration.ml import features, registry
 from orchestration.ml.layer import FEATURES
 from orchestration.rebuild.ranges import contiguous_ranges
 from orchestration.warehouse import ident, table_exists
@@ -204,10 +204,12 @@ def _checks(graph, columns: list[tuple[str, str]], whole: list[dg.AssetKey]) -> 
     return list({(c["check"], c["asset"]): c for c in out}.values())
 
 
-def analyse(graph, target: str, *, con=None, model_registry=None, naming: datasets.Naming | None = None) -> Impact:
+def analyse(graph, target: str, *, con=None, model_registry=None, naming: datasets.Naming | None = None,
+            columns: ColumnGraph | None = None) -> Impact:
     """The downstream impact of <schema>.<table>.<column>. `con`: a read-only warehouse connection for
-    partitions and rows (None: declarations only); `model_registry`: where registered versions are."""
-    columns = ColumnGraph(graph, naming)
+    partitions and rows (None: declarations only); `model_registry`: where registered versions are
+    (None: none listed); `columns`: the graph's ColumnGraph, when the caller analyses many columns."""
+    columns = columns or ColumnGraph(graph, naming)
     table, column = columns.resolve(target)
     reached = columns.walk(table, column)
     tables = {table} | {r.table for r in reached}
@@ -269,8 +271,6 @@ def _rows(con, impact: Impact, table: str, column: str) -> None:
 
 def _versions(model_registry, model: str, inputs: list[str], notes: list[str]) -> list[dict] | None:
     """The registered versions trained on any of `inputs` (None when no registry store is there)."""
-    from orchestration.ml import registry
-
     if model_registry is None or (model_registry.is_local() and not (registry.local_dir() / "mlflow.db").is_file()):
         notes.append(f"model versions of {model}: no model registry (plumbline sync trains and registers one)")
         return None
@@ -368,11 +368,33 @@ def summary(impact: Impact) -> str:
     return "; ".join(parts)
 
 
-def metadata(graph, table: str, naming: datasets.Naming | None = None) -> Mapping[str, list[str]]:
-    """column -> its downstream columns and models, for every column of `table`: declarations only."""
-    columns = ColumnGraph(graph, naming)
-    out = {}
+IMPACT_METADATA = "plumbline/downstream_impact"  # raw assets' metadata entry: each column's downstream impact
+
+
+def _markdown(graph, columns: ColumnGraph, table: str) -> str:
+    rows = ["| column | downstream columns | model inputs derived | registered models |", "|---|---|---|---|"]
     for column in sorted(columns.columns.get(table, {})):
-        reached = columns.walk(table, column)
-        out[column] = [r.name for r in reached]
-    return out
+        found = analyse(graph, f"{table}.{column}", columns=columns)
+        if not found.columns:
+            continue
+        models = [m["registered_model"] for m in found.models if m["trained_on"]]
+        rows.append(f"| {column} | {', '.join(found.downstream_names())} | "
+                    f"{', '.join(f['feature'] for f in found.features if f['model_input']) or '-'} | {', '.join(models) or '-'} |")
+    return ("Columns of this table and what is built from them, from the declared column lineage. "
+            "Partitions, rows and model versions: `plumbline impact " + table + ".<column>`.\n\n" + "\n".join(rows))
+
+
+def annotate(assets: list, resources: Mapping) -> list:
+    """The assets, raw ones with a markdown table of each column's downstream impact (declarations
+    only: no warehouse or registry is read, so it is cheap when the code location loads). `resources`:
+    the code location's, which the assets need to form a graph."""
+    graph = dg.Definitions(assets=assets, resources=resources).resolve_asset_graph()
+    columns = ColumnGraph(graph)
+
+    def with_impact(spec: dg.AssetSpec) -> dg.AssetSpec:
+        if spec.key.path[0] != "raw":
+            return spec
+        md = _markdown(graph, columns, _table_of(graph.get(spec.key)))
+        return spec.merge_attributes(metadata={IMPACT_METADATA: dg.MetadataValue.md(md)})
+
+    return dg.map_asset_specs(with_impact, assets)
