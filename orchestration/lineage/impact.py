@@ -196,7 +196,9 @@ def _contract_checks(table: str, column: str) -> list[dict]:
 def _checks(graph, columns: list[tuple[str, str]], whole: list[dg.AssetKey]) -> list[dict]:
     """Checks that read a reached column (contract rules of raw tables), and every check of an asset
     impacted as a whole (a check declares no columns)."""
-    out = [c for table, column in columns for c in _contract_checks(table, column)]
+    out = [c for table, column in columns for c in _contract_checks(table, column)
+           if dg.AssetCheckKey(dg.AssetKey.from_user_string(c["asset"]), c["check"]) in graph.get(
+               dg.AssetKey.from_user_string(c["asset"])).check_keys]  # only checks the asset declares
     for key in whole:
         out += [{"check": check.name, "asset": key.to_user_string(), "reads": "the whole asset",
                  "why": "on an asset impacted as a whole (checks declare no columns)"}
@@ -274,13 +276,14 @@ def _versions(model_registry, model: str, inputs: list[str], notes: list[str]) -
     if model_registry is None or (model_registry.is_local() and not (registry.local_dir() / "mlflow.db").is_file()):
         notes.append(f"model versions of {model}: no model registry (plumbline sync trains and registers one)")
         return None
-    client = model_registry.client()
     try:
+        client = model_registry.client()
         found = client.search_model_versions(f"name = '{model}'")
-    except Exception as e:  # noqa: BLE001 - MLflow raises its own exception types per store
+    except Exception as e:  # noqa: BLE001 - MLflow raises its own exception types per store; impact is still worth reading
         if "RESOURCE_DOES_NOT_EXIST" in str(e):
             return []
-        raise
+        notes.append(f"model versions of {model}: the registry at {model_registry.location()} did not answer ({e})")
+        return None
     out = []
     for v in sorted(found, key=lambda v: int(v.version)):
         params = client.get_run(v.run_id).data.params if v.run_id else {}
@@ -289,7 +292,7 @@ def _versions(model_registry, model: str, inputs: list[str], notes: list[str]) -
         if not used:
             continue
         out.append({"version": str(v.version), "aliases": sorted(v.aliases or []),
-                    "stage": v.tags.get(registry.STATUS_TAG) or v.current_stage,
+                    "stage": v.tags.get(registry.STATUS_TAG),
                     "windows": {k.removeprefix("split."): w for k, w in sorted(params.items()) if k.startswith("split.")},
                     "trained_on": used, "training_set": v.tags.get(registry.TRAINING_SET_TAG)})
     return out
