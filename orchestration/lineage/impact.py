@@ -262,7 +262,7 @@ def _rows(con, impact: Impact, table: str, column: str) -> None:
                                  "ranges": [{"from": a, "to": b, "non_null": sum(n for d, n in days.items() if a <= d <= b)}
                                             for a, b in contiguous_ranges(list(days))]}
         else:
-            total, *counts = con.execute(f"SELECT count(*)" + "".join(f", count({ident(c)})" for c in cols)
+            total, *counts = con.execute("SELECT count(*)" + "".join(f", count({ident(c)})" for c in cols)
                                          + f" FROM {target}").fetchall()[0]
             for c, n in zip(cols, counts):
                 found[(t, c)] = {"rows": total, "non_null": n, "partitions": None, "ranges": []}

@@ -5,7 +5,6 @@ naming the downstream impact of each breaking change."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import dagster as dg
 import pytest
