@@ -284,6 +284,9 @@ def _versions(model_registry, model: str, inputs: list[str], notes: list[str]) -
             return []
         notes.append(f"model versions of {model}: the registry at {model_registry.location()} did not answer ({e})")
         return None
+    aliases: dict[str, list[str]] = {}  # a version searched for does not carry its aliases: the registered model does
+    for alias, version in (client.get_registered_model(model).aliases or {}).items() if found else ():
+        aliases.setdefault(str(version), []).append(alias)
     out = []
     for v in sorted(found, key=lambda v: int(v.version)):
         params = client.get_run(v.run_id).data.params if v.run_id else {}
@@ -291,9 +294,9 @@ def _versions(model_registry, model: str, inputs: list[str], notes: list[str]) -
         used = [f for f in inputs if f in trained]
         if not used:
             continue
-        out.append({"version": str(v.version), "aliases": sorted(v.aliases or []),
+        out.append({"version": str(v.version), "aliases": sorted(aliases.get(str(v.version), [])),
                     "stage": v.tags.get(registry.STATUS_TAG),
-                    "windows": {k.removeprefix("split."): w for k, w in sorted(params.items()) if k.startswith("split.")},
+                    "windows": {k.removeprefix("split."): w for k, w in sorted(params.items(), key=lambda p: p[1]) if k.startswith("split.")},
                     "trained_on": used, "training_set": v.tags.get(registry.TRAINING_SET_TAG)})
     return out
 
