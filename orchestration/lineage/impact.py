@@ -67,7 +67,7 @@ class Impact:
     rows: dict | None
     columns: list[Reached]
     assets: list[dict]           # {"asset", "level": "column" | "asset", "columns"}
-    checks: list[dict]           # {"check", "asset", "reads"}
+    checks: list[dict]           # {"check", "asset", "reads", "why"}
     features: list[dict]         # {"feature", "model_input"}
     models: list[dict]           # {"asset", "registered_model", "trained_on", "versions"}
     notes: list[str] = field(default_factory=list)
