@@ -41,9 +41,9 @@ LEFT JOIN raw.planes pl ON pl.tailnum = f.tailnum
 
 COLUMNS = [
     ("year", "SMALLINT", ["year"]), ("month", "SMALLINT", ["month"]), ("day", "SMALLINT", ["day"]),
-    ("carrier", "VARCHAR", ["carrier"]), ("carrier_name", "VARCHAR", []), ("flight", "INTEGER", ["flight"]),
+    ("carrier", "VARCHAR", ["carrier"]), ("carrier_name", "VARCHAR", ["carrier"]), ("flight", "INTEGER", ["flight"]),
     ("origin", "VARCHAR", ["origin"]), ("dest", "VARCHAR", ["dest"]), ("tailnum", "VARCHAR", ["tailnum"]),
-    ("plane_model", "VARCHAR", []), ("plane_manufacturer", "VARCHAR", []),
+    ("plane_model", "VARCHAR", ["tailnum"]), ("plane_manufacturer", "VARCHAR", ["tailnum"]),
     ("sched_dep_utc", "TIMESTAMPTZ", ["year", "month", "day", "sched_dep_time", "origin"]),
     ("dep_utc", "TIMESTAMPTZ", ["year", "month", "day", "sched_dep_time", "dep_delay", "origin"]),
     ("sched_arr_utc", "TIMESTAMPTZ", ["year", "month", "day", "sched_arr_time", "sched_dep_time", "dest"]),
@@ -53,10 +53,11 @@ COLUMNS = [
     ("cancelled", "BOOLEAN", ["dep_time"]), ("diverted", "BOOLEAN", ["dep_time", "arr_delay"]),
     ("event_date", "DATE", ["event_date"]),
 ]
-# Columns that come from the dimension snapshots rather than raw.flights.
+# Columns that come from the dimension snapshots rather than raw.flights. A column looked up by a key
+# lists the key on both sides (carrier, tailnum) as a source, so impact analysis follows the join.
 DIMENSION_LINEAGE = {
-    "carrier_name": [("airlines", "name")], "plane_model": [("planes", "model")],
-    "plane_manufacturer": [("planes", "manufacturer")], "sched_dep_utc": [("airports", "tzone")],
+    "carrier_name": [("airlines", "name"), ("airlines", "carrier")], "plane_model": [("planes", "model"), ("planes", "tailnum")],
+    "plane_manufacturer": [("planes", "manufacturer"), ("planes", "tailnum")], "sched_dep_utc": [("airports", "tzone")],
     "dep_utc": [("airports", "tzone")], "sched_arr_utc": [("airports", "tzone")], "arr_utc": [("airports", "tzone")],
 }
 

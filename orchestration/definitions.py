@@ -13,6 +13,7 @@ from orchestration import catalog, names
 from orchestration.automation import sensors
 from orchestration.automation.lineage_sensors import sensors as lineage_sensors
 from orchestration.automation import ml_sensors
+from orchestration.lineage import impact
 from orchestration.resources import executor, resources
 
 CONTRACTS = catalog.contracts()
@@ -71,10 +72,11 @@ schedules = [
 ]
 
 defs = dg.Definitions(
-    assets=dg.map_asset_specs(platform_policy, [
+    # raw assets show each column's downstream impact in the UI (from the declared column lineage)
+    assets=impact.annotate(dg.map_asset_specs(platform_policy, [
         *(bronze_asset(c) for c in CONTRACTS.values()), *(raw_asset(c) for c in CONTRACTS.values()),
         core_flights, carrier_daily,
-        ml.flight_features, ml.training_set, ml.delay_model, ml.model_evaluation, ml.flight_predictions]),
+        ml.flight_features, ml.training_set, ml.delay_model, ml.model_evaluation, ml.flight_predictions]), resources()),
     asset_checks=[ml.promotion_gate],
     jobs=jobs,
     sensors=[*lineage_sensors, sensors.landing_sensor(INGEST_JOB),

@@ -63,7 +63,10 @@ SOURCES = {
     "sched_hour": [("core", "flights", "sched_dep_utc"), ("raw", "airports", "tzone")],
     "weekday": [("core", "flights", "event_date")], "month": [("core", "flights", "event_date")],
     "distance": [("core", "flights", "distance")],
-    "plane_age": [("raw", "planes", "year"), ("core", "flights", "event_date")], "seats": [("raw", "planes", "seats")],
+    # the plane's row is looked up by tailnum: the join key, on both sides, is a source too (impact analysis)
+    "plane_age": [("raw", "planes", "year"), ("core", "flights", "event_date"), ("core", "flights", "tailnum"),
+                  ("raw", "planes", "tailnum")],
+    "seats": [("raw", "planes", "seats"), ("core", "flights", "tailnum"), ("raw", "planes", "tailnum")],
     **{w: [("raw", "weather", w), ("raw", "weather", "time_hour")]
        for w in ("temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib")},
     "co_on_time_share": [("core", "flights", "arr_delay")], "co_flights": [("core", "flights", "flight")],

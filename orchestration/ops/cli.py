@@ -1,4 +1,4 @@
-"""The `plumbline` command: feed, sync, summary, restatements, dlq, backfill, contracts, deliveries, model, worker."""
+"""The `plumbline` command: feed, sync, summary, restatements, dlq, backfill, contracts, impact, deliveries, model, worker."""
 
 from __future__ import annotations
 
@@ -218,11 +218,61 @@ def _contracts(args) -> int:
         print(f"FAIL  {e}")
         return 2
     changes = diff(old, new)
+    impacts = _diff_impacts(old.table, changes)
+    named: set[str] = set()
     for c in changes:
         print(c.line())
+        for column in c.columns if c.breaking else ():
+            said = "as above" if column in named else impacts.get(column, "not in the lineage declarations")
+            print(f"          downstream of {old.table}.{column}: {said}")
+            named.add(column)
     ok, message = verdict(old, new, changes)
     print(message)
     return 0 if ok else 1
+
+
+def _impact(args) -> int:
+    import contextlib
+
+    from orchestration import definitions
+    from orchestration.lineage import datasets, impact
+    from orchestration.ops.summary import synced_warehouse
+    from orchestration.resources import resources
+
+    deployed = resources()
+    naming = datasets.Naming(deployed["warehouse"], deployed["model_registry"])
+    with contextlib.ExitStack() as stack:
+        try:
+            con = stack.enter_context(synced_warehouse(deployed["warehouse"]))
+        except settings.NothingSynced:
+            con = None  # declarations only: no partitions or rows to count
+        try:
+            found = impact.analyse(definitions.defs.resolve_asset_graph(), args.column, con=con,
+                                   model_registry=deployed["model_registry"], naming=naming)
+        except impact.UnknownColumn as e:
+            print(f"plumbline impact: {e}", file=sys.stderr)
+            return 2
+    print(impact.as_json(found) if args.json else impact.text(found))
+    return 0
+
+
+def _diff_impacts(table: str, changes) -> dict[str, str]:
+    """column -> one line of its downstream impact, for the columns breaking changes touch (declarations only)."""
+    from contracts.diff import impacted_columns
+
+    columns = impacted_columns(changes)
+    if not columns:
+        return {}
+    from orchestration import definitions
+    from orchestration.lineage import impact
+
+    graph, out = definitions.defs.resolve_asset_graph(), {}
+    for column in columns:
+        try:
+            out[column] = impact.summary(impact.analyse(graph, f"{table}.{column}"))
+        except impact.UnknownColumn:
+            continue
+    return out
 
 
 def _deliveries(args) -> int:
@@ -403,6 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     cdiff.add_argument("old")
     cdiff.add_argument("new")
     cdiff.set_defaults(func=_contracts)
+
+    impact = sub.add_parser("impact", help="everything downstream of a column: columns, assets, checks, ML features, "
+                                           "model versions, with the partitions and rows involved")
+    impact.add_argument("column", help="<schema>.<table>.<column>, e.g. raw.flights.tailnum")
+    impact.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    impact.set_defaults(func=_impact)
 
     deliveries = sub.add_parser("deliveries", help="deliveries quarantined by a schema change")
     d_sub = deliveries.add_subparsers(dest="deliveries_command", required=True)

@@ -31,6 +31,7 @@ LAYERS = {
     "orchestration.ingest": 2, "orchestration.rebuild": 2, "orchestration.quality": 2,
     "orchestration.ml": 3,               # trains and scores in the warehouse (rebuild's partition replacement)
     "orchestration.lineage": 4,          # describes runs of every mechanism: names model versions from ml.registry
+    "orchestration.lineage.impact": 5,   # walks the lineage the events carry (lineage.datasets) down to model versions
     "orchestration.resources": 5,        # the deployment's warehouse, model registry and lineage transport
     "assets": 6, "orchestration.automation": 6,
     "orchestration.definitions": 7,
