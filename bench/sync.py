@@ -32,7 +32,6 @@ import argparse
 import atexit
 import json
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -78,7 +77,7 @@ def child_sync(stats_path: Path) -> int:
             yield sub
             yield from subclasses(sub)
 
-    import dagster._core.storage.event_log  # noqa: F401  (registers the storages before patching)
+    # imported so that every storage class exists (and is patched) before the sync picks one
     from dagster._core.storage.event_log.sqlite import consolidated_sqlite_event_log, sqlite_event_log  # noqa: F401
 
     for cls in {EventLogStorage, *subclasses(EventLogStorage)}:
@@ -145,7 +144,7 @@ for rec in inst.get_run_records(order_by="create_timestamp", ascending=True):
         continue
     run = rec.dagster_run
     steps = [(s.step_key, (s.end_time or 0) - (s.start_time or 0)) for s in inst.get_run_step_stats(run.run_id)]
-    events = [e.dagster_event.event_type_value for e in inst.all_logs(run.run_id) if e.dagster_event]
+    events = [e.dagster_event.event_type_value if e.dagster_event else "LOG_MESSAGE" for e in inst.all_logs(run.run_id)]
     out.append({{"job": run.job_name, "wall": (rec.end_time or 0) - (rec.start_time or 0),
                 "created": rec.create_timestamp.timestamp(), "steps": steps, "events": events, "status": run.status.value}})
 json.dump(out, sys.stdout)
