@@ -1,7 +1,7 @@
 """Benchmark: `plumbline sync` of the demo year, end to end with Dagster, against a bare DuckDB
 script of the same work, then the sync after a late file touching 3 days, and Dagster's event log.
 
-    .venv/bin/python bench/sync.py [--workdir DIR] [--source DIR] [--late-days D1,D2,D3] [--skip-bare]
+    .venv/bin/python bench/sync.py [--workdir DIR] [--source DIR] [--months 12] [--late-days D1,D2,D3] [--skip-bare]
 
 One run, in temp homes (every measurement in its own subprocess, so nothing is warm that a real
 command would not have warm):
@@ -19,6 +19,9 @@ command would not have warm):
   events   per sync: Dagster events written per run and per type, and the seconds spent in the
            event-log storage's store_event (timed inside the sync process)
 
+`--months N` keeps the deliveries of the first N months of 2013 only (snapshots included), for a
+loaded machine; the late days then default to the 10th to 12th of month N. With fewer than 12 months
+the ML layer builds features but does not train (its split windows are not featured enough).
 The ML steps against their bare equivalents are bench/ml.py's (same data, same steps).
 `--source DIR` runs the plumbline code of another checkout (e.g. `git archive` of an older commit)
 under this script, for before/after figures in one machine state. This is a benchmark, not a test:
@@ -32,6 +35,7 @@ import argparse
 import atexit
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -315,6 +319,21 @@ def land_late_file(home: Path, days: tuple[str, ...]) -> Path:
     return path
 
 
+def months_only(fed: Path, out: Path, months: int) -> Path:
+    """A copy of the feed with the deliveries made before the 8th of month months+1 (snapshots included)."""
+    import datetime as dt
+
+    end = dt.date(2013 + months // 12, months % 12 + 1, 8)
+    if not (out / "landing").exists():
+        for p in (fed / "landing").rglob("*"):
+            found = re.search(r"_(\d{8})T", p.name)
+            if p.is_file() and found and dt.datetime.strptime(found.group(1), "%Y%m%d").date() < end:
+                target = out / p.relative_to(fed)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(p, target)
+    return out
+
+
 # ---------------------------------------------------------------------------- report
 
 
@@ -322,7 +341,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--source", type=Path, default=REPO, help="checkout whose plumbline code runs (default: this one)")
-    ap.add_argument("--late-days", default=",".join(LATE_DAYS))
+    ap.add_argument("--months", type=int, default=12, help="deliveries of the first N months of 2013 (default 12)")
+    ap.add_argument("--late-days", default=None, help="comma-separated event dates of the late file")
     ap.add_argument("--skip-bare", action="store_true")
     ap.add_argument("--child-sync", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -336,6 +356,8 @@ def main() -> int:
     if not (fed / "landing").exists():
         env = {**os.environ, "PLUMBLINE_HOME": str(fed), "PYTHONPATH": str(source)}
         subprocess.run([str(PLUMBLINE), "feed", "--profile", "demo"], env=env, check=True, capture_output=True)
+    if args.months < 12:
+        fed = months_only(fed, work / f"fed-{args.months}m", args.months)
     files = sum(1 for p in (fed / "landing").rglob("*") if p.is_file())
 
     home = work / "home"
@@ -346,7 +368,8 @@ def main() -> int:
     year_runs = instance_record(home, source, t_year - 1)
     bare = None if args.skip_bare else run_bare(fed, work, source)
 
-    late_days = tuple(args.late_days.split(","))
+    late_days = tuple(args.late_days.split(",")) if args.late_days else (
+        LATE_DAYS if args.months >= 12 else tuple(f"2013-{args.months:02d}-{d}" for d in (10, 11, 12)))
     land_late_file(home, late_days)
     t_late = time.time()
     late = run_sync(home, source, "late sync")
