@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 import yaml
 from dagster import DagsterInstance
+from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.sql import create_engine
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
@@ -100,8 +101,6 @@ class EmbeddedInstance(DagsterInstance):
 
     @staticmethod
     def config_defaults(base_dir: str):
-        from dagster._core.instance.ref import InstanceRef
-
         defaults = dict(InstanceRef.config_defaults(base_dir))
         defaults["storage"] = ConfigurableClassData(__name__, EmbeddedSqliteStorage.__name__,
                                                     yaml.dump({"base_dir": base_dir}, default_flow_style=False))
