@@ -41,9 +41,6 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
             accounting_ok, accounting_meta = _verify_accounting(con, contract, accounts)
             restatement_check = restatements.check_result(con, contract, [a.partition for a in accounts], rebuilt.restated)
             schema_results = schema_checks.results(con, contract, keys)
-        for a in accounts:
-            context.log.debug(f"{contract.table} {a.partition}: delivered {a.delivered}, accepted {a.accepted}, "
-                             f"dead-lettered {a.dead_lettered}, superseded {a.superseded}")
         results = checks.judge(contract, observed)
         results += schema_results
         results.append(dg.AssetCheckResult(
