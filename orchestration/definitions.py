@@ -12,7 +12,7 @@ from assets.raw import raw_asset
 from orchestration import catalog, names
 from orchestration.automation import sensors
 from orchestration.automation.lineage_sensors import sensors as lineage_sensors
-from orchestration.automation import ml_sensors
+from orchestration.automation import alerts, ml_sensors
 from orchestration.resources import executor, resources
 
 CONTRACTS = catalog.contracts()
@@ -66,7 +66,12 @@ jobs = [
 PARTITIONED_JOBS = [rebuild_job_name(c.name) for c in PARTITIONED] + [FEATURES_JOB, SCORE_JOB]
 
 schedules = [
-    dg.build_schedule_from_partitioned_job(job, hour_of_day=6, name=f"{job.name}_daily")
+    dg.build_schedule_from_partitioned_job(
+        job, hour_of_day=6, name=f"{job.name}_daily", default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=f"Off by default: the rebuild sensors already rebuild every partition a delivery changes. Turned "
+                    f"on, it runs {job.name} every day at 06:00 (the partitions' time zone) for the latest complete "
+                    "day, whether or not a delivery changed it, so that day is rebuilt and checked even when its "
+                    "delivery never came (nothing after the partitions' end date).")
     for job in jobs if job.name.startswith("rebuild_")
 ]
 
@@ -80,7 +85,7 @@ defs = dg.Definitions(
     sensors=[*lineage_sensors, sensors.landing_sensor(INGEST_JOB),
              *(sensors.rebuild_sensor(c.name, rebuild_job_name(c.name), True) for c in PARTITIONED),
              *(sensors.rebuild_sensor(c.name, SNAPSHOTS_JOB, False) for c in SNAPSHOTS),
-             *ml_sensors.sensors(FEATURES_JOB, TRAIN_JOB, SCORE_JOB)],
+             *ml_sensors.sensors(FEATURES_JOB, TRAIN_JOB, SCORE_JOB), *alerts.sensors],
     schedules=schedules,
     resources=resources(),
     executor=executor(),  # the deployment's: Celery workers in production (orchestration/resources.py)
