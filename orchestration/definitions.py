@@ -66,15 +66,23 @@ def freshness_windows(assets: list[dg.AssetsDefinition]) -> dict[dg.AssetKey, ti
 
 
 FRESHNESS = freshness_windows(ASSETS)
+EXPECTED_PARTITIONS = "plumbline/expected_partitions"  # metadata: the partitions meant to exist, and why the rest do not
+EXPECTED = {ml.PREDICTIONS: {
+    "start": ml.CFG.scoring_start.isoformat(), "end": ml.DAILY.get_last_partition_key(),
+    "why": "scoring starts at scoring.start (orchestration/ml/config.yaml): earlier days are training and "
+           "validation data, never scored, so their partitions stay empty on purpose"}}
 
 
 def platform_policy(spec: dg.AssetSpec) -> dg.AssetSpec:
     """Every asset's owners are those of the contract it is built from, its layer tag is its group
     (its pool and backfill policy: assets/policy.py), its freshness comes from the SLAs it is built
-    from, and core and marts carry their automation condition."""
+    from, core and marts carry their automation condition, and an asset with partitions empty on
+    purpose says which are meant to exist."""
     contract = CONTRACTS[spec.tags.get(names.SOURCE_TAG, BUILT_ON)]
     window = FRESHNESS.get(spec.key)
-    return spec.merge_attributes(owners=catalog.owners(contract), tags={names.LAYER_TAG: spec.group_name}).replace_attributes(
+    expected = {EXPECTED_PARTITIONS: dg.MetadataValue.json(EXPECTED[spec.key])} if spec.key in EXPECTED else {}
+    return spec.merge_attributes(owners=catalog.owners(contract), tags={names.LAYER_TAG: spec.group_name},
+                                 metadata=expected).replace_attributes(
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=window) if window else None,
         automation_condition=AUTOMATION.get(spec.group_name, spec.automation_condition))
 

@@ -88,3 +88,11 @@ def test_a_changed_snapshot_rebuilds_every_built_core_partition_with_marts_and_n
 
 def test_snapshots_followed_are_the_contracts_without_partitions():
     assert {k.path[1] for k in definitions.SNAPSHOT_KEYS} == {"airlines", "airports", "planes"}
+
+
+def test_predictions_say_which_partitions_are_meant_to_exist(specs):
+    from orchestration.ml import config
+
+    expected = specs["ml/flight_predictions"].metadata[definitions.EXPECTED_PARTITIONS].value
+    assert expected["start"] == config.load().scoring_start.isoformat() == "2013-10-16"
+    assert expected["end"] == "2013-12-31" and "scoring.start" in expected["why"]
