@@ -155,3 +155,18 @@ def test_an_unreachable_receiver_is_named_by_host_only(instance, monkeypatch):
     with pytest.raises(alerts.AlertNotDelivered) as refused:
         alerts.post(receiver.url, {"kind": "test"})
     assert TOKEN not in str(refused.value) and "127.0.0.1" in str(refused.value)
+
+
+def test_a_daemon_tick_posts_the_runs_that_failed_since_the_last_tick_once(receiver, instance):
+    def tick(cursor):
+        with dg.build_sensor_context(instance=instance, cursor=cursor) as context:
+            data = alerts.alert_on_run_failure.evaluate_tick(context)
+            return context.cursor, data
+
+    cursor, _ = tick(None)  # the first tick starts from now: history is not replayed
+    assert receiver.bodies == []
+    run_ids = [failed_run(instance), failed_run(instance)]
+    cursor, _ = tick(cursor)
+    assert [b["run_id"] for b in receiver.bodies] == run_ids
+    tick(cursor)
+    assert len(receiver.bodies) == 2, "each failed run is posted once"
