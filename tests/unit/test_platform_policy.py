@@ -96,3 +96,13 @@ def test_predictions_say_which_partitions_are_meant_to_exist(specs):
     expected = specs["ml/flight_predictions"].metadata[definitions.EXPECTED_PARTITIONS].value
     assert expected["start"] == config.load().scoring_start.isoformat() == "2013-10-16"
     assert expected["end"] == "2013-12-31" and "scoring.start" in expected["why"]
+
+
+def test_sla_durations_are_read_in_fixed_length_units_only():
+    import dataclasses
+
+    flights = definitions.CONTRACTS["flights"]
+    assert flights.sla_duration("latency") == timedelta(hours=30) and flights.sla_duration("frequency") == timedelta(days=1)
+    assert flights.sla_duration("retention") is None
+    odd = dataclasses.replace(flights, sla={"latency": (2, "weeks"), "frequency": (1, "month")})
+    assert odd.sla_duration("latency") == timedelta(days=14) and odd.sla_duration("frequency") is None
