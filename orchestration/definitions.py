@@ -39,6 +39,8 @@ ASSETS = [
 # Retrained when the split windows' features change, not on a clock: no freshness SLA.
 ON_DEMAND = {ml.TRAINING_SET, ml.MODEL, ml.EVALUATION}
 SNAPSHOT_KEYS = [dg.AssetKey(["raw", c.name]) for c in SNAPSHOTS]
+# Snapshots land at most daily; each evaluation weighs every core partition, so it runs at most this often.
+SNAPSHOT_CHECK_SECONDS = 60
 # What core and marts follow besides the rebuild jobs they are part of (assets/policy.py says why).
 AUTOMATION = {"core": policy.follows_snapshots(SNAPSHOT_KEYS), "marts": policy.FOLLOWS_REQUESTED_INPUTS}
 
@@ -137,7 +139,7 @@ defs = dg.Definitions(
              *ml_sensors.sensors(FEATURES_JOB, TRAIN_JOB, SCORE_JOB), *alerts.sensors,
              dg.AutomationConditionSensorDefinition(
                  "follow_snapshots_sensor", target=dg.AssetSelection.groups(*AUTOMATION), default_status=dg.DefaultSensorStatus.RUNNING,
-                 minimum_interval_seconds=sensors.interval_seconds(),
+                 minimum_interval_seconds=max(sensors.interval_seconds(), SNAPSHOT_CHECK_SECONDS),
                  description="Evaluates the automation conditions of core and marts: when a dimension snapshot (planes, "
                              "airlines, airports) changes, every built partition of core.flights is rebuilt, with "
                              "marts.carrier_daily in the same run.")],

@@ -123,6 +123,8 @@ def failure_payload(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict:
     """What on-call needs about a failed run: which steps, which assets and partitions, why."""
     events = _run_events(instance, run.run_id)
     steps = [e for e in events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    failed_steps = {e.step_key for e in steps}
+    # the assets of failed steps, and those downstream of them that were not run
     failed = [_asset(e.asset_key, e.partition) for e in events
               if e.event_type == dg.DagsterEventType.ASSET_FAILED_TO_MATERIALIZE]
     if not failed:  # a run that failed before its steps started: what it planned and did not write
@@ -131,7 +133,7 @@ def failure_payload(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict:
                   if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED and (e.asset_key, e.partition) not in done]
     errors = [_message(e.step_failure_data.error) for e in steps if e.step_failure_data.error]
     errors += [e.message or "" for e in events if e.event_type == dg.DagsterEventType.RUN_FAILURE]
-    return {**_common("run_failure", run), "failed_steps": sorted({e.step_key for e in steps}),
+    return {**_common("run_failure", run), "failed_steps": sorted(failed_steps),
             "failed_assets": failed, "failed_checks": _failed_checks(events),
             "error": next((m for m in errors if m), "")[:MAX_ERROR_CHARS]}
 

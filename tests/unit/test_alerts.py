@@ -74,6 +74,11 @@ def breaks() -> None:
     raise ValueError("core.breaks: the join found no airports")
 
 
+@dg.asset(key=["marts", "after_breaks"], deps=[breaks], partitions_def=DAILY)
+def after_breaks() -> None:
+    pass
+
+
 @dg.asset(key=["raw", "checked"], partitions_def=DAILY,
           check_specs=[dg.AssetCheckSpec("row_count_in_range", asset=["raw", "checked"]),
                        dg.AssetCheckSpec("has_rows", asset=["raw", "checked"])])
@@ -92,7 +97,7 @@ def terminal(instance, run_id, sensor, event_type):
 
 
 def failed_run(instance) -> str:
-    result = dg.materialize([upstream, breaks], instance=instance, partition_key="2013-01-02", raise_on_error=False)
+    result = dg.materialize([upstream, breaks, after_breaks], instance=instance, partition_key="2013-01-02", raise_on_error=False)
     assert not result.success
     return result.run_id
 
@@ -107,7 +112,9 @@ def test_a_failed_run_is_posted_with_its_steps_assets_partition_error_and_link(r
     assert body["kind"] == "run_failure" and body["run_id"] == run_id and body["status"] == "FAILURE"
     assert body["job"] == "__ephemeral_asset_job__"
     assert body["failed_steps"] == ["core__breaks"]
-    assert body["failed_assets"] == [{"asset": "core/breaks", "partition": "2013-01-02"}]
+    assert sorted(body["failed_assets"], key=lambda a: a["asset"]) == [
+        {"asset": "core/breaks", "partition": "2013-01-02"},
+        {"asset": "marts/after_breaks", "partition": "2013-01-02"}]
     assert body["partitions"] == ["2013-01-02"]
     assert "the join found no airports" in body["error"]
     assert body["url"] == f"http://ui.example:3000/runs/{run_id}"
