@@ -1,5 +1,6 @@
-"""The decorator arguments every asset shares: each one writes the warehouse. Owners and the layer tag
-are applied to every asset in one place too, by orchestration/definitions.py."""
+"""The decorator arguments every asset shares (each one writes the warehouse), and the automation
+conditions core and marts follow. Owners, the layer tag, freshness and those conditions are applied
+to every asset in one place, by orchestration/definitions.py."""
 
 import dagster as dg
 
