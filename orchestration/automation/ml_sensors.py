@@ -14,7 +14,7 @@ ml_scoring_sensor   ml/flight_features materializations from scoring.start on ->
 
 Why sensors and not automation conditions: training waits for coverage thresholds and for pending
 runs of other jobs, and scoring re-scores on a promotion, which is the promotion gate's metadata
-(a check that passes may still reject), with scoring.start read from the configuration at every
+(the check passes too when the champion is kept), with scoring.start read from the configuration at every
 tick; no condition reads either. The features sensor could be a condition (any input updated,
 through the rolling-window mapping, none missing); it stays a sensor for now because `plumbline
 sync`'s ML plan mirrors its ranges and tests/scenarios/test_ml_sensors.py pins its run keys.
