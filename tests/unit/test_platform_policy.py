@@ -106,3 +106,26 @@ def test_sla_durations_are_read_in_fixed_length_units_only():
     assert flights.sla_duration("retention") is None
     odd = dataclasses.replace(flights, sla={"latency": (2, "weeks"), "frequency": (1, "month")})
     assert odd.sla_duration("latency") == timedelta(days=14) and odd.sla_duration("frequency") is None
+
+
+def test_a_run_that_rebuilt_a_snapshot_and_core_together_is_not_followed_again(instance):
+    from orchestration.ml.layer import DAILY
+
+    # stand-ins with the real keys: one real run rebuilds raw/airlines and core/flights 2013-01-02
+    airlines = dg.AssetSpec(["raw", "airlines"])
+
+    @dg.multi_asset(specs=[airlines])
+    def stand_in_airlines():
+        pass
+
+    @dg.asset(key=CORE, partitions_def=DAILY, deps=[airlines.key])
+    def stand_in_core():
+        pass
+
+    select = dg.AssetSelection.assets(CORE, MARTS)
+    for key in (CORE, MARTS):
+        materialized(instance, key, BUILT)
+    result = dg.evaluate_automation_conditions(defs, instance, asset_selection=select)
+    assert dg.materialize([stand_in_airlines, stand_in_core], instance=instance, partition_key="2013-01-02").success
+    result = dg.evaluate_automation_conditions(defs, instance, asset_selection=select, cursor=result.cursor)
+    assert result.get_requested_partitions(CORE) == {"2013-01-01", "2013-01-03"}, "2013-01-02 was rebuilt in that run"
