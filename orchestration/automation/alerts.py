@@ -31,6 +31,7 @@ WEBHOOK_ENV = "PLUMBLINE_ALERT_WEBHOOK_URL"
 TIMEOUT_SECONDS = 10
 ATTEMPTS = 3  # a receiver that restarts gets a second and a third chance, 0.5 s and 1 s later
 MAX_ERROR_CHARS = 2000  # an error message is cut here: a chat receiver rejects huge documents
+MAX_LISTED = 50  # failed assets or checks listed; a year's range run can fail 365 partitions of each
 PARTITION_TAG, RANGE_START, RANGE_END = ("dagster/partition", "dagster/asset_partition_range_start",
                                          "dagster/asset_partition_range_end")
 NO_URL = f"{WEBHOOK_ENV} is not set: no alert sent (set it to a webhook URL that takes a JSON POST)"
@@ -131,10 +132,12 @@ def failure_payload(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict:
         done = {(e.asset_key, e.partition) for e in events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION}
         failed = [_asset(e.asset_key, e.partition) for e in events
                   if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED and (e.asset_key, e.partition) not in done]
+    checks = _failed_checks(events)
     errors = [_message(e.step_failure_data.error) for e in steps if e.step_failure_data.error]
     errors += [e.message or "" for e in events if e.event_type == dg.DagsterEventType.RUN_FAILURE]
     return {**_common("run_failure", run), "failed_steps": sorted(failed_steps),
-            "failed_assets": failed, "failed_checks": _failed_checks(events),
+            "failed_assets": failed[:MAX_LISTED], "failed_assets_total": len(failed),
+            "failed_checks": checks[:MAX_LISTED], "failed_checks_total": len(checks),
             "error": next((m for m in errors if m), "")[:MAX_ERROR_CHARS]}
 
 
@@ -144,7 +147,7 @@ def check_payload(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict | No
     if not checks:
         return None
     assets = sorted({c["asset"] for c in checks})
-    return {**_common("check_failure", run), "failed_checks": checks,
+    return {**_common("check_failure", run), "failed_checks": checks[:MAX_LISTED], "failed_checks_total": len(checks),
             "error": f"{len(checks)} asset check(s) failed on {', '.join(assets)}"}
 
 

@@ -115,7 +115,7 @@ def test_a_failed_run_is_posted_with_its_steps_assets_partition_error_and_link(r
     assert sorted(body["failed_assets"], key=lambda a: a["asset"]) == [
         {"asset": "core/breaks", "partition": "2013-01-02"},
         {"asset": "marts/after_breaks", "partition": "2013-01-02"}]
-    assert body["partitions"] == ["2013-01-02"]
+    assert body["failed_assets_total"] == 2 and body["partitions"] == ["2013-01-02"]
     assert "the join found no airports" in body["error"]
     assert body["url"] == f"http://ui.example:3000/runs/{run_id}"
     assert TOKEN not in caplog.text
@@ -128,6 +128,7 @@ def test_a_run_with_a_failed_check_is_posted_and_a_run_whose_checks_pass_is_not(
     assert sensor(terminal(instance, result.run_id, sensor, dg.DagsterEventType.RUN_SUCCESS)) is None
     [body] = receiver.bodies
     assert body["kind"] == "check_failure" and body["run_id"] == result.run_id and body["partitions"] == ["2013-03-04"]
+    assert body["failed_checks_total"] == 1
     assert body["failed_checks"] == [{"asset": "raw/checked", "check": "row_count_in_range", "severity": "WARN",
                                       "partition": None, "description": "12 rows, expected at least 100"}]
 
