@@ -26,7 +26,6 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
         code_version=catalog.code_version(contract),
         check_specs=[*checks.check_specs(contract, key), restatements.check_spec(contract, key),
                      *schema_checks.check_specs(key)],
-        freshness_policy=catalog.freshness_policy(contract),
         metadata={"dagster/column_schema": catalog.column_schema(contract, part_def is not None),
                   "dagster/table_name": f"warehouse.{contract.table}"},
         tags={names.SOURCE_TAG: contract.name},

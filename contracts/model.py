@@ -97,6 +97,11 @@ class Restatement:
     max_change_percent: float = 5.0     # a row count or measure moving more than this fails it too
 
 
+# ODCS slaProperties units plumbline reads, in hours.
+SLA_UNIT_HOURS = {"min": 1 / 60, "minutes": 1 / 60, "h": 1, "hr": 1, "hours": 1,
+                  "d": 24, "day": 24, "days": 24, "w": 168, "week": 168, "weeks": 168}
+
+
 @dataclass(frozen=True)
 class Contract:
     name: str
@@ -115,6 +120,15 @@ class Contract:
     sla: dict = field(default_factory=dict)
     restatement: Restatement = field(default_factory=Restatement)
     reject_tolerance: float = DEFAULT_REJECT_TOLERANCE  # for rules without their own (customProperties.rejectTolerance)
+
+    def sla_duration(self, prop: str) -> dt.timedelta | None:
+        """An slaProperties entry (latency, frequency) as a duration; None when absent or in a unit
+        that is not a fixed length (months, years vary)."""
+        value, unit = self.sla.get(prop, (None, None))
+        hours = SLA_UNIT_HOURS.get(str(unit).lower())
+        if value is None or hours is None:
+            return None
+        return dt.timedelta(hours=float(value) * hours)
 
     def evolution_mode(self, key: str) -> str:
         """The schemaEvolution mode for one of EVOLUTION_KEYS: the contract's, else the default."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -79,12 +78,3 @@ def bronze_schema(contract: Contract) -> dg.TableSchema:
              dg.TableColumn("_delivered_at", "TIMESTAMPTZ", description="delivery time from the file name"),
              dg.TableColumn("_event_date", "DATE", description="partition the row belongs to")]
     return dg.TableSchema(columns=cols)
-
-
-def freshness_policy(contract: Contract) -> dg.FreshnessPolicy | None:
-    """The contract's SLA latency as a freshness window: older than that, the asset shows as stale."""
-    value, unit = contract.sla.get("latency", (None, None))
-    hours = {"h": 1, "hr": 1, "hours": 1, "d": 24, "day": 24, "days": 24}.get(str(unit).lower())
-    if value is None or hours is None:
-        return None
-    return dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=float(value) * hours))

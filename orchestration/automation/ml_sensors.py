@@ -12,6 +12,12 @@ ml_scoring_sensor   ml/flight_features materializations from scoring.start on ->
                     for those days; a promotion by the promotion gate -> every featured day from
                     scoring.start re-scored, so each partition says which version scored it.
 
+Why sensors and not automation conditions: training waits for coverage thresholds and for pending
+runs of other jobs, and scoring re-scores on a promotion, which is the promotion gate's metadata
+(the check passes too when the champion is kept), with scoring.start read from the configuration
+at every tick; no condition reads either. The features sensor could be a condition (any input
+updated, through the rolling-window mapping, none missing); it stays a sensor for now because
+`plumbline sync`'s ML plan mirrors its ranges and tests/scenarios/test_ml_sensors.py pins its run keys.
 They read the Dagster instance only, never the warehouse or the MLflow registry, so a tick never
 waits for a DuckDB writer. Like the ML runs they read the configuration (split windows,
 scoring.start) at every tick; the feature window (rolling_days) is the asset's own. Each cursor

@@ -7,6 +7,11 @@ rebuild sensors  after each bronze materialization (and on their first tick), th
                  `plumbline sync` computes them) -> runs of raw.<source> and everything downstream,
                  one per contiguous range, keyed by the deliveries each partition is built from.
 schedule         rebuilds the latest partition of each partitioned source every morning.
+Why sensors and not automation conditions: a delivery is a file on disk, not a Dagster event, and
+which partitions it made stale is known only to the warehouse (ops.landed_files against what each
+partition was built from, quarantined files apart), which a condition over the instance's events
+cannot see. Core and marts are in the rebuild jobs, so they follow raw in the same run; what they
+follow besides (a dimension snapshot) is an automation condition (assets/policy.py).
 The warehouse is the truth, not the sensors' history: a sensor started on a home that `plumbline
 sync` filled finds nothing to do. The sensors read the warehouse only when a delivery or a bronze
 materialization is new to them, and never wait for it: while a run writes it, the tick is skipped
