@@ -7,9 +7,9 @@ import dagster as dg
 from assets.bronze import bronze_asset
 from assets.core import core_flights
 from assets.marts import carrier_daily
-from assets import ml
+from assets import ml, operational, table_checks
 from assets.raw import raw_asset
-from orchestration import catalog, names
+from orchestration import catalog, code_references, names
 from orchestration.automation import sensors
 from orchestration.automation.lineage_sensors import sensors as lineage_sensors
 from orchestration.automation import ml_sensors
@@ -71,11 +71,12 @@ schedules = [
 ]
 
 defs = dg.Definitions(
-    assets=dg.map_asset_specs(platform_policy, [
+    assets=code_references.with_code_references(dg.map_asset_specs(platform_policy, [
         *(bronze_asset(c) for c in CONTRACTS.values()), *(raw_asset(c) for c in CONTRACTS.values()),
         core_flights, carrier_daily,
-        ml.flight_features, ml.training_set, ml.delay_model, ml.model_evaluation, ml.flight_predictions]),
-    asset_checks=[ml.promotion_gate],
+        ml.flight_features, ml.training_set, ml.delay_model, ml.model_evaluation, ml.flight_predictions,
+        operational.operational_tables])),
+    asset_checks=[ml.promotion_gate, *table_checks.asset_checks],
     jobs=jobs,
     sensors=[*lineage_sensors, sensors.landing_sensor(INGEST_JOB),
              *(sensors.rebuild_sensor(c.name, rebuild_job_name(c.name), True) for c in PARTITIONED),
