@@ -14,11 +14,13 @@ from dataclasses import dataclass
 import dagster as dg
 
 from assets import policy
+from orchestration import catalog
 from orchestration.warehouse import Warehouse, key_list, table_exists
 
 CORE = dg.AssetKey(["core", "flights"])
 MART = dg.AssetKey(["marts", "carrier_daily"])
 EXAMPLES = 5
+PARTITIONS = catalog.partitions_def(catalog.contracts()["flights"])  # core and marts are partitioned like raw.flights
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,11 @@ CHECKS = [
 
 
 def run_partitions(context: dg.AssetCheckExecutionContext) -> list[str] | None:
-    """The partition keys of the run (a range backfill is one run), or None when it has none."""
-    if context.has_partition_key or context.has_partition_key_range:
-        return list(context.partition_keys)
-    return None
+    """The partition keys of the run (a range backfill is one run), or None when it has none. Read from
+    the run's range, which a run of the check alone carries too (it has no partitions definition)."""
+    if not (context.has_partition_key or context.has_partition_key_range):
+        return None
+    return list(PARTITIONS.get_partition_keys_in_range(context.partition_key_range))
 
 
 def evaluate(con, table_check: TableCheck, keys: list[str] | None) -> dg.AssetCheckResult:
