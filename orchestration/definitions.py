@@ -24,6 +24,7 @@ SNAPSHOTS_JOB = "refresh_snapshots"
 FEATURES_JOB = "build_features"
 TRAIN_JOB = "train_model"
 SCORE_JOB = "score_flights"
+OBSERVE_JOB = "observe_operational_tables"
 ML = dg.AssetSelection.groups("ml")
 BUILT_ON = "flights"  # the contract core, marts and ml are built from: its owners own them
 
@@ -60,6 +61,8 @@ jobs = [
                         description="Build the training set, train (or reuse) the model, evaluate it and run the promotion gate."),
     dg.define_asset_job(SCORE_JOB, selection=dg.AssetSelection.assets(ml.PREDICTIONS),
                         description="Score partitions with the champion model and measure their drift."),
+    dg.define_asset_job(OBSERVE_JOB, selection=dg.AssetSelection.assets(operational.operational_tables),
+                        description="Read the operational tables' row counts and columns, and the open dead letters of each source."),
 ]
 
 # Jobs of daily-partitioned assets, which an in-process backfill runs as partition ranges.
@@ -68,7 +71,8 @@ PARTITIONED_JOBS = [rebuild_job_name(c.name) for c in PARTITIONED] + [FEATURES_J
 schedules = [
     dg.build_schedule_from_partitioned_job(job, hour_of_day=6, name=f"{job.name}_daily")
     for job in jobs if job.name.startswith("rebuild_")
-]
+] + [dg.ScheduleDefinition(name=f"{OBSERVE_JOB}_hourly", job_name=OBSERVE_JOB, cron_schedule="0 * * * *",
+                           default_status=dg.DefaultScheduleStatus.STOPPED)]  # turned on in the UI where wanted
 
 defs = dg.Definitions(
     assets=code_references.with_code_references(dg.map_asset_specs(platform_policy, [
