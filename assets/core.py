@@ -89,7 +89,9 @@ def _description(name: str, sources: list[str]) -> str:
         return DERIVED[name]
     source, column = DIMENSION_LINEAGE[name][0] if name in DIMENSION_LINEAGE else ("flights", sources[0])
     described = {c.name: c.description for c in catalog.contracts()[source].columns}[column]
-    return described if source == "flights" else f"{described.rstrip('.')}, from raw.{source}.{column}; null when {source} has no row for it."
+    if source == "flights":
+        return described
+    return f"{described.rstrip('.')}, from raw.{source}.{column}; null when {source} has no row for it."
 
 
 COLUMN_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(n, t, description=_description(n, s)) for n, t, s in COLUMNS])

@@ -30,7 +30,8 @@ PREDICTION_DESCRIPTIONS = {
     "delayed": _FEATURE["delayed"][1],
 }
 EVALUATION_DESCRIPTIONS = {
-    "challenger_version": "Version of ml/delay_model this evaluation was made for (each challenger's rows replace its earlier ones).",
+    "challenger_version": "Version of ml/delay_model this evaluation was made for (a re-evaluation replaces "
+                          "its rows).",
     "model": "challenger, champion (the champion at evaluation time, when another version) or baseline (historical on-time share).",
     "model_version": "Registered version measured; null for the baseline.",
     "scope": "overall, or a carrier code: the test-window flights measured.",
@@ -38,8 +39,10 @@ EVALUATION_DESCRIPTIONS = {
     "auc": "Area under the ROC curve of P(delayed) against the label.",
     "log_loss": "Mean log loss of P(delayed).",
     "brier": "Brier score: mean squared error of P(delayed).",
-    "ece": "Expected calibration error: the gap between mean predicted and observed delay rate in equal-width bins of P(delayed), weighted by the bins' flights.",
-    "daily_auc": "Median AUC of single test days with enough flights (overall scope only): what a scored partition's AUC is compared with.",
+    "ece": "Expected calibration error: the gap between mean predicted and observed delay rate in equal-width bins "
+           "of P(delayed), weighted by the bins' flights.",
+    "daily_auc": "Median AUC of single test days with enough flights (overall scope only): what a scored "
+                 "partition's AUC is compared with.",
 }
 # ml.training_set as orchestration/ml/training_set.py builds it: the split, the flight's key, its features, its label.
 TRAINING_SET_COLUMNS = [

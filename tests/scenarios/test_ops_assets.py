@@ -117,10 +117,12 @@ def test_code_references_link_to_the_git_host_at_the_commit_when_there_is_a_remo
     from assets.core import core_flights
 
     repo = tmp_path / "repo.git"  # git metadata for the working tree, with a GitHub remote holding credentials
-    for args in (["init", "-q", str(repo)], ["-C", str(repo), "remote", "add", "origin", "https://ci:secret@github.com/acme/plumbline.git"],
+    for args in (["init", "-q", str(repo)],
+                 ["-C", str(repo), "remote", "add", "origin", "https://ci:secret@github.com/acme/plumbline.git"],
                  ["-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"]):
         subprocess.run(["git", *args], check=True)
-    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"],
+                            capture_output=True, text=True, check=True).stdout.strip()
     monkeypatch.setenv("GIT_DIR", str(repo / ".git"))
     monkeypatch.setenv("GIT_WORK_TREE", str(code_references.ROOT))
     [linked] = code_references.with_code_references([core_flights])

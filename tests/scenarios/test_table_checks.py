@@ -25,7 +25,8 @@ FLIGHT_INTS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay"
 ROW = f"rowid = (SELECT min(rowid) FROM {{table}} WHERE event_date = '{BROKEN_DAY}' AND {{where}})"
 # check -> how to break it, on one row of BROKEN_DAY
 BREAKAGES = {
-    "core_flights_key_unique": f"INSERT INTO core.flights SELECT * FROM core.flights WHERE {ROW.format(table='core.flights', where='TRUE')}",
+    "core_flights_key_unique": "INSERT INTO core.flights SELECT * FROM core.flights WHERE "
+                               + ROW.format(table="core.flights", where="TRUE"),
     "core_flights_arrival_after_departure": "UPDATE core.flights SET arr_utc = dep_utc - INTERVAL 1 HOUR WHERE "
                                             + ROW.format(table="core.flights", where="arr_utc IS NOT NULL"),
     "core_flights_rows_match_raw": f"DELETE FROM core.flights WHERE {ROW.format(table='core.flights', where='TRUE')}",
