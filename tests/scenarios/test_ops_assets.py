@@ -144,3 +144,22 @@ def test_code_references_link_to_the_git_host_at_the_commit_when_there_is_a_remo
 ])
 def test_remote_urls_become_browsable_urls(remote, url):
     assert code_references.web_url(remote) == url
+
+
+def test_the_ml_column_schemas_name_the_columns_the_tables_have(warehouse_con):
+    """Built empty by the code that builds them, the tables have exactly the columns their schemas describe."""
+    from assets import ml
+    from orchestration.ml import config, evaluation, scoring
+    from orchestration.ml import training_set as split
+
+    split.build(warehouse_con, config.load())
+    warehouse_con.execute(evaluation.DDL)
+    warehouse_con.execute(scoring.PREDICTIONS_DDL)
+    for key, table in ((ml.TRAINING_SET, "training_set"), (ml.EVALUATION, "model_evaluation"),
+                       (ml.PREDICTIONS, "flight_predictions")):
+        columns = warehouse_con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'ml' "
+                                        "AND table_name = ? ORDER BY ordinal_position", [table]).fetchall()
+        [assets_def] = [a for a in (ml.training_set, ml.model_evaluation, ml.flight_predictions) if key in a.keys]
+        schema = assets_def.specs_by_key[key].metadata["dagster/column_schema"]
+        assert [(c.name, c.type) for c in schema.columns] == columns, table
+        assert all(c.description for c in schema.columns), table
