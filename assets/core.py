@@ -70,7 +70,32 @@ def column_lineage() -> dg.TableColumnLineage:
     return dg.TableColumnLineage(deps_by_column=deps)
 
 
-COLUMN_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t, _ in COLUMNS])
+# Columns computed here; every other column is described as its contract column (raw.flights or a dimension).
+DERIVED = {
+    "sched_dep_utc": "Scheduled departure as a UTC instant: the local date and sched_dep_time in the origin's time zone "
+                     "(airports.tzone); null when the zone is unknown.",
+    "dep_utc": "Actual departure as a UTC instant: sched_dep_utc plus dep_delay; null when cancelled.",
+    "sched_arr_utc": "Scheduled arrival as a UTC instant: sched_arr_time in the destination's time zone on the departure "
+                     "date, moved on by whole days until it is not before sched_dep_utc (arrivals past midnight).",
+    "arr_utc": "Actual arrival as a UTC instant: arr_time in the destination's time zone on the departure date, moved on "
+               "by whole days until it is not before dep_utc; null when cancelled or diverted.",
+    "cancelled": "True when the flight never departed (no dep_time).",
+    "diverted": "True when the flight departed but has no arrival delay (diverted: it landed elsewhere).",
+    "event_date": "Partition: the scheduled-departure date local to the origin (year, month, day).",
+}
+
+
+def _description(name: str, sources: list[str]) -> str:
+    if name in DERIVED:
+        return DERIVED[name]
+    source, column = DIMENSION_LINEAGE[name][0] if name in DIMENSION_LINEAGE else ("flights", sources[0])
+    described = {c.name: c.description for c in catalog.contracts()[source].columns}[column]
+    if source == "flights":
+        return described
+    return f"{described.rstrip('.')}, from raw.{source}.{column}; null when {source} has no row for it."
+
+
+COLUMN_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(n, t, description=_description(n, s)) for n, t, s in COLUMNS])
 DDL = "CREATE TABLE IF NOT EXISTS core.flights (" + ", ".join(f"{n} {t}" for n, t, _ in COLUMNS) + ")"
 
 

@@ -27,7 +27,19 @@ GROUP BY event_date, carrier, origin
 """
 
 
-COLUMN_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in COLUMNS])
+DESCRIPTIONS = {
+    "event_date": "Partition: the scheduled-departure date local to the origin.",
+    "carrier": "Two-character carrier code.",
+    "carrier_name": "Full carrier name, from raw.airlines through core.flights; null when airlines has no row for it.",
+    "origin": "Origin airport (FAA code).",
+    "flights": "Flights of the carrier from the origin that day, cancelled and diverted ones included.",
+    "cancellations": "Of those, flights that never departed.",
+    "on_time_share": f"Share of the flights with a known arrival delay that arrived at most {ON_TIME_MINUTES} minutes late, "
+                     "in [0, 1]; null when none has a known arrival delay.",
+    "mean_dep_delay": "Mean departure delay in minutes over the flights with a known one; negative is early.",
+    "mean_arr_delay": "Mean arrival delay in minutes over the flights with a known one; negative is early.",
+}
+COLUMN_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(n, t, description=DESCRIPTIONS[n]) for n, t in COLUMNS])
 
 
 @dg.asset(

@@ -19,6 +19,42 @@ from orchestration.warehouse import Warehouse, key_list
 
 MODEL_VERSION = names.MODEL_VERSION  # materialization metadata of ml/delay_model: the registered version
 
+# Column descriptions: a flight's key and features are described as in ml.flight_features.
+_FEATURE = {n: (t, d) for n, t, d in features.COLUMNS}
+_THRESHOLD = f"arrival delay above {CFG.delay_minutes} minutes (ml config delay_minutes)"
+PREDICTION_DESCRIPTIONS = {
+    **{n: _FEATURE[n][1] for n in features.KEY},
+    "p_delayed": f"The champion model's probability of an {_THRESHOLD}.",
+    "model_version": "Registered version of the model that scored the row (the champion when scored).",
+    "outcome": _FEATURE["outcome"][1] + ", as far as known when scored",
+    "delayed": _FEATURE["delayed"][1],
+}
+EVALUATION_DESCRIPTIONS = {
+    "challenger_version": "Version of ml/delay_model this evaluation was made for (a re-evaluation replaces "
+                          "its rows).",
+    "model": "challenger, champion (the champion at evaluation time, when another version) or baseline (historical on-time share).",
+    "model_version": "Registered version measured; null for the baseline.",
+    "scope": "overall, or a carrier code: the test-window flights measured.",
+    "flights": "Test-window flights in the scope (cancelled and diverted flights have no label and are left out).",
+    "auc": "Area under the ROC curve of P(delayed) against the label.",
+    "log_loss": "Mean log loss of P(delayed).",
+    "brier": "Brier score: mean squared error of P(delayed).",
+    "ece": "Expected calibration error: the gap between mean predicted and observed delay rate in equal-width bins "
+           "of P(delayed), weighted by the bins' flights.",
+    "daily_auc": "Median AUC of single test days with enough flights (overall scope only): what a scored "
+                 "partition's AUC is compared with.",
+}
+# ml.training_set as orchestration/ml/training_set.py builds it: the split, the flight's key, its features, its label.
+TRAINING_SET_COLUMNS = [
+    ("split", "VARCHAR", "train, validation or test: the configured window the flight's day falls in."),
+    *((n, *_FEATURE[n]) for n in ["event_date", *features.KEY[1:], *[c for c in features.FEATURES if c not in features.KEY],
+                                  "delayed"]),
+]
+
+
+def _schema(columns) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(n, t, description=d) for n, t, d in columns])
+
 
 def _column_lineage() -> dg.TableColumnLineage:
     return dg.TableColumnLineage(deps_by_column={
@@ -63,7 +99,7 @@ def flight_features(context: dg.AssetExecutionContext, warehouse: Warehouse) -> 
     key=TRAINING_SET, deps=[FEATURES], kinds={"duckdb"}, code_version=training.MODEL_CODE_VERSION,
     check_specs=[dg.AssetCheckSpec(names.TRAINING_SET_SPLIT, asset=TRAINING_SET, blocking=True,
                                    description="Train, validation and test windows do not overlap and no flight is in two of them.")],
-    metadata={"dagster/table_name": "warehouse.ml.training_set"},
+    metadata={"dagster/table_name": "warehouse.ml.training_set", "dagster/column_schema": _schema(TRAINING_SET_COLUMNS)},
     group_name="ml", **policy.warehouse_writer(),
 )
 def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
@@ -124,7 +160,7 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:
 
 @dg.asset(key=EVALUATION, deps=[MODEL, TRAINING_SET], kinds={"duckdb", "mlflow"}, code_version=training.MODEL_CODE_VERSION,
           metadata={"dagster/table_name": "warehouse.ml.model_evaluation",
-                    "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in evaluation.COLUMNS])},
+                    "dagster/column_schema": _schema((n, t, EVALUATION_DESCRIPTIONS[n]) for n, t in evaluation.COLUMNS)},
           group_name="ml", **policy.warehouse_writer())
 def model_evaluation(context: dg.AssetExecutionContext, warehouse: Warehouse, model_registry: ModelRegistry) -> dg.MaterializeResult:
     """AUC, log loss, Brier score and calibration error on the test window, overall and per carrier,
@@ -186,7 +222,7 @@ DRIFT_CHECKS = {
     code_version=training.MODEL_CODE_VERSION,
     check_specs=[dg.AssetCheckSpec(name, asset=PREDICTIONS, description=d) for name, d in DRIFT_CHECKS.items()],
     metadata={"dagster/table_name": "warehouse.ml.flight_predictions",
-              "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in scoring.PREDICTION_COLUMNS])},
+              "dagster/column_schema": _schema((n, t, PREDICTION_DESCRIPTIONS[n]) for n, t in scoring.PREDICTION_COLUMNS)},
     group_name="ml", **policy.warehouse_writer(DAILY),
 )
 def flight_predictions(context: dg.AssetExecutionContext, warehouse: Warehouse, model_registry: ModelRegistry):

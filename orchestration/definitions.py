@@ -11,9 +11,9 @@ from assets import policy
 from assets.bronze import bronze_asset
 from assets.core import core_flights
 from assets.marts import carrier_daily
-from assets import ml
+from assets import ml, operational, table_checks
 from assets.raw import raw_asset
-from orchestration import catalog, names
+from orchestration import catalog, code_references, names
 from orchestration.automation import sensors
 from orchestration.automation.lineage_sensors import sensors as lineage_sensors
 from orchestration.automation import alerts, ml_sensors
@@ -29,6 +29,7 @@ SNAPSHOTS_JOB = "refresh_snapshots"
 FEATURES_JOB = "build_features"
 TRAIN_JOB = "train_model"
 SCORE_JOB = "score_flights"
+OBSERVE_JOB = "observe_operational_tables"
 ML = dg.AssetSelection.groups("ml")
 BUILT_ON = "flights"  # the contract core, marts and ml are built from: its owners own them
 
@@ -115,6 +116,8 @@ jobs = [
                         description="Build the training set, train (or reuse) the model, evaluate it and run the promotion gate."),
     dg.define_asset_job(SCORE_JOB, selection=dg.AssetSelection.assets(ml.PREDICTIONS),
                         description="Score partitions with the champion model and measure their drift."),
+    dg.define_asset_job(OBSERVE_JOB, selection=dg.AssetSelection.assets(operational.operational_tables),
+                        description="Read the operational tables' row counts and columns, and the open dead letters of each source."),
 ]
 
 # Jobs of daily-partitioned assets, which an in-process backfill runs as partition ranges.
@@ -128,12 +131,14 @@ schedules = [
                     "day, whether or not a delivery changed it, so that day is rebuilt and checked even when its "
                     "delivery never came (nothing after the partitions' end date).")
     for job in jobs if job.name.startswith("rebuild_")
-]
+] + [dg.ScheduleDefinition(name=f"{OBSERVE_JOB}_hourly", job_name=OBSERVE_JOB, cron_schedule="0 * * * *",
+                           default_status=dg.DefaultScheduleStatus.STOPPED)]  # turned on in the UI where wanted
 
 defs = dg.Definitions(
     # raw assets show each column's downstream impact in the UI (from the declared column lineage)
-    assets=impact.annotate(dg.map_asset_specs(platform_policy, ASSETS), resources()),
-    asset_checks=[ml.promotion_gate],
+    assets=code_references.with_code_references(
+        impact.annotate(dg.map_asset_specs(platform_policy, [*ASSETS, operational.operational_tables]), resources())),
+    asset_checks=[ml.promotion_gate, *table_checks.asset_checks],
     jobs=jobs,
     sensors=[*lineage_sensors, sensors.landing_sensor(INGEST_JOB),
              *(sensors.rebuild_sensor(c.name, rebuild_job_name(c.name), True) for c in PARTITIONED),

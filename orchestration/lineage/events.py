@@ -294,6 +294,8 @@ def for_run(instance: dg.DagsterInstance, run_id: str, defs: dg.Definitions | dg
             continue  # never ran (skipped after an upstream failure): nothing was materialized
         for key, partitions in step.planned.items():
             node = graph.get(key)
+            if not node.is_materializable:
+                continue  # an observed table (assets/operational.py) is read, not written: the run's pair says it ran
             partitions = sorted(partitions)
             mats = step.materializations.get(key, [])
             meta = partition_metadata.run_totals(mats)  # each partition's event has its own figures: the step's are their sum

@@ -148,6 +148,9 @@ def test_every_contract_has_bronze_and_raw_assets_plus_core_marts_and_ml(specs):
     sources = load_contracts()
     expected = {f"{layer}/{s}" for s in sources for layer in ("bronze", "raw")} | {"core/flights", "marts/carrier_daily"}
     expected |= {f"ml/{a}" for a in ("flight_features", "training_set", "delay_model", "model_evaluation", "flight_predictions")}
+    # the operational tables, observed (assets/operational.py)
+    expected |= {f"ops/{t}" for t in ("dead_letter", "landed_files", "restatements", "schema_versions",
+                                      "partition_accounting", "model_promotions")} | {"ml/drift"}
     assert set(specs) == expected
 
 
