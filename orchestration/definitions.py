@@ -131,8 +131,12 @@ schedules = [
                     "day, whether or not a delivery changed it, so that day is rebuilt and checked even when its "
                     "delivery never came (nothing after the partitions' end date).")
     for job in jobs if job.name.startswith("rebuild_")
-] + [dg.ScheduleDefinition(name=f"{OBSERVE_JOB}_hourly", job_name=OBSERVE_JOB, cron_schedule="0 * * * *",
-                           default_status=dg.DefaultScheduleStatus.STOPPED)]  # turned on in the UI where wanted
+] + [dg.ScheduleDefinition(
+    name=f"{OBSERVE_JOB}_hourly", job_name=OBSERVE_JOB, cron_schedule="0 * * * *",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Off by default: the UI's Observe button reads the operational tables on demand. Turned on, it runs "
+                f"{OBSERVE_JOB} every hour: row counts and columns of the ops tables and ml.drift, and the "
+                "open-dead-letter checks of every source (a WARN while rows wait).")]
 
 defs = dg.Definitions(
     # raw assets show each column's downstream impact in the UI (from the declared column lineage)

@@ -39,7 +39,8 @@ def test_raw_freshness_is_the_contract_sla_and_everything_built_from_it_inherits
 def test_every_schedule_or_sensor_off_by_default_says_so_and_what_turning_it_on_does():
     stopped = [s for s in defs.schedules if s.default_status == dg.DefaultScheduleStatus.STOPPED]
     stopped += [s for s in defs.sensors if s.default_status == dg.DefaultSensorStatus.STOPPED]
-    assert {s.name for s in stopped} == {"rebuild_flights_daily", "rebuild_weather_daily"}
+    assert {s.name for s in stopped} == {"rebuild_flights_daily", "rebuild_weather_daily",
+                                         "observe_operational_tables_hourly"}
     for s in stopped:
         assert s.description.startswith("Off by default") and "Turned on, it runs" in s.description, s.name
 
