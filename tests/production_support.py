@@ -267,6 +267,9 @@ def seeing(monkeypatch, env: dict, prefixes: tuple[str, ...] = ("PLUMBLINE_",)) 
     with monkeypatch.context() as mp:
         for k in [k for k in os.environ if k.startswith(ENV_PREFIXES)]:
             mp.delenv(k)
+        for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow exports them when a client opens a store:
+            mp.setenv(k, "")                                      # recorded, so that leaving removes them
+            mp.delenv(k)
         for k, v in env.items():
             if k.startswith(prefixes):
                 mp.setenv(k, v)

@@ -7,7 +7,7 @@ the same time, and the production warehouse must come out the same, table for ta
 Three weeks of March (the clean feed) with the ML split inside them (PLUMBLINE_ML_CONFIG, as
 test_home.py), so that the real training, evaluation and gate run on real data. The story:
 
-1. sync under a contract too strict for dep_delay (maximum 400 instead of 1800): a few real flights
+1. sync under a contract too strict for dep_delay (maximum 600 instead of 1800): two real flights
    are dead-lettered by flights_dep_delay_range; a model is trained and gated;
 2. the contract is fixed and deployed (the workers restarted), then `plumbline dlq replay --rule
    flights_dep_delay_range` re-validates the rows: every one resolved by the rebuild that loaded it;
@@ -43,7 +43,7 @@ HELD_BACK = 40                   # its last rows, delivered late
 LATE_FILE = f"flights_{LAST + dt.timedelta(days=2):%Y%m%d}T0600Z.csv"
 RULE = "flights_dep_delay_range"
 SHIPPED_RANGE = "{minimum: -120, maximum: 1800}\n        description: Departure delay"
-STRICT_MAX = 400
+STRICT_MAX = 600  # two real flights of the three weeks (March 17 and 18) break it
 STRICT_RANGE = SHIPPED_RANGE.replace("1800", str(STRICT_MAX))
 
 
@@ -52,8 +52,10 @@ def days(start: dt.date, end: dt.date) -> list[dt.date]:
 
 
 def ml_config(path: Path) -> Path:
-    """The shipped ML configuration with its split and scoring inside the three weeks."""
+    """The shipped ML configuration with its split and scoring inside the three weeks, and fewer
+    boosting iterations: the model is trained three times here, and its quality is not under test."""
     doc = yaml.safe_load((REPO / "orchestration" / "ml" / "config.yaml").read_text())
+    doc["model"]["params"]["max_iter"] = 50
     doc["split"] = {"train": {"start": "2013-03-01", "end": "2013-03-12"},
                     "validation": {"start": "2013-03-13", "end": "2013-03-16"},
                     "test": {"start": "2013-03-17", "end": "2013-03-21"}}
@@ -277,7 +279,7 @@ def test_a_dead_letter_replay_after_a_contract_fix_runs_on_the_workers(story, mo
                                "WHERE asset = 'raw.flights' ORDER BY 1").fetchall()
         loaded = con.execute(f"SELECT count(*) FROM raw.flights WHERE dep_delay > {STRICT_MAX}").fetchone()[0]
     rebuilds = {r.run_id for r in story.runs["replay"] if r.job_name == "rebuild_flights"}
-    assert [s for s, _, _ in resolved] == ["resolved"] and {run for _, run, _ in resolved} <= rebuilds, resolved
+    assert {s for s, _, _ in resolved} == {"resolved"} and {run for _, run, _ in resolved} <= rebuilds, resolved
     assert sum(n for _, _, n in resolved) == rejects == loaded
     assert [d for d, caused in restated if "revalidated" in caused] == replay_days, restated
     same_tables(story, "replay")
