@@ -27,6 +27,7 @@ import datetime as dt
 import hashlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -177,6 +178,7 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped (timeout, kill): drop the databases and vhost on the way out
     if args.child:
         if args.child[0] == "replace":
             print(json.dumps(replace_timing(int(args.child[1]), args.child[2])))

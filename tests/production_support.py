@@ -135,6 +135,22 @@ def stop(procs: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    # what they started in their group (a webserver's code server, a worker's pool) goes with them
+    deadline = time.monotonic() + 30
+    for proc in procs:
+        while _group_alive(proc.pid):
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.5)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
 
 
 def _tail(log: Path | None, n: int = 3000) -> str:
