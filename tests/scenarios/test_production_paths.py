@@ -194,7 +194,8 @@ def story(tmp_path_factory):
             # Definitions it imported)
             deploy_contract(contracts, STRICT_RANGE, SHIPPED_RANGE)
             stop(workers)
-            workers = start_workers(envs["production"], homes["production"], names, root)
+            (root / "fixed").mkdir()
+            workers = start_workers(envs["production"], homes["production"], names, root / "fixed")
             told.both("replay", "dlq", "replay", "--rule", RULE)
 
             for home in homes.values():
