@@ -5,9 +5,10 @@ over RabbitMQ) with 1 worker and with 2 workers. This is a benchmark, not a test
 
     .venv/bin/python bench/scale.py [--days 365] [--ranges 4] [--workdir DIR]
 
-Needs PostgreSQL (PLUMBLINE_BENCH_POSTGRES, default postgresql://postgres@127.0.0.1:5432) and RabbitMQ
-(PLUMBLINE_BENCH_AMQP, default amqp://guest:guest@127.0.0.1:5672) with `rabbitmqctl` for a vhost of
-its own; it creates its databases, vhost and directories and removes them at the end.
+Needs PostgreSQL (PLUMBLINE_TEST_POSTGRES, default postgresql://postgres@127.0.0.1:5432) and RabbitMQ
+(PLUMBLINE_TEST_AMQP, default amqp://guest:guest@127.0.0.1:5672) with `rabbitmqctl` for a vhost of
+its own; it creates its databases, vhost and directories and removes them at the end, with the
+production tests' support module (tests/production_support.py).
 
 Setup, not timed: the demo feed written once; for each mode a fresh home whose deliveries are
 ingested into bronze and whose dimension snapshots are built. Timed: the 4 `rebuild_flights` runs
@@ -21,26 +22,25 @@ Every mode must leave the same rows in the three tables; the script checks it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import json
-import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-PG = os.environ.get("PLUMBLINE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-AMQP = os.environ.get("PLUMBLINE_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672")
+from production_support import clean_env, services, start_workers, stop  # noqa: E402 (after the path)
+
 TABLES = ("raw.flights", "core.flights", "marts.carrier_daily")
-ENV_PREFIXES = ("PLUMBLINE_", "OPENLINEAGE", "MLFLOW_", "DAGSTER_", "CELERY_")
 
 
 # ----------------------------------------------------------------------------- child processes
@@ -130,10 +130,6 @@ class Memory:
         return self.peak
 
 
-def base_env() -> dict:
-    return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
-
-
 def run_child(env: dict, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, __file__, "--child", *args], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -146,21 +142,33 @@ def finish(proc: subprocess.Popen, what: str) -> bool:
     return proc.returncode == 0
 
 
-def admin():
-    import psycopg2
-
-    con = psycopg2.connect(f"{PG}/postgres")
-    con.autocommit = True
-    return con
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
-
-
 def ranges(days: list[str], n: int) -> list[tuple[str, str]]:
     size = -(-len(days) // n)
     return [(days[i], days[min(i + size, len(days)) - 1]) for i in range(0, len(days), size)]
+
+
+def measure(mode: str, env: dict, worker_procs: list, job: str, spans: list, days: list[str]) -> dict:
+    """Setup (not timed), then the timed backfill of one mode, its tables' hashes and the replace timing."""
+    from orchestration import definitions
+
+    print(f"{mode}: setup (ingest and snapshots, not timed) ...", flush=True)
+    for setup_job in (definitions.INGEST_JOB, definitions.SNAPSHOTS_JOB):
+        assert finish(run_child(env, setup_job, "setup"), setup_job)
+    memory = Memory()
+    memory.roots.extend(p.pid for p in worker_procs)
+    t0 = time.perf_counter()
+    procs = [run_child(env, job, f"[{a} .. {b}]", a, b) for a, b in spans]
+    memory.roots.extend(p.pid for p in procs)
+    ok = all([finish(p, f"{job} {a}..{b}") for p, (a, b) in zip(procs, spans)])
+    seconds = time.perf_counter() - t0
+    peak = memory.stop()
+    hashes = json.loads(subprocess.run([sys.executable, __file__, "--child", "hash"], env=env, cwd=REPO,
+                                       capture_output=True, text=True, check=True).stdout)
+    replace = json.loads(subprocess.run([sys.executable, __file__, "--child", "replace", "20", days[len(days) // 2]],
+                                        env=env, cwd=REPO, capture_output=True, text=True, check=True).stdout)
+    print(f"{mode}: {seconds:.1f} s, peak {peak / 2**20:.0f} MB, {'ok' if ok else 'FAILED'}; "
+          f"one-day replace {replace * 1000:.0f} ms", flush=True)
+    return {"seconds": seconds, "ok": ok, "peak_mb": peak / 2**20, "hashes": hashes, "replace_s": replace}
 
 
 def main() -> int:
@@ -170,6 +178,7 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped (timeout, kill): drop the databases and vhost on the way out
     if args.child:
         if args.child[0] == "replace":
             print(json.dumps(replace_timing(int(args.child[1]), args.child[2])))
@@ -197,72 +206,23 @@ def main() -> int:
             if path.name.split("_", 1)[1][:14] > cutoff:
                 path.unlink()
     job = definitions.rebuild_job_name("flights")
-    tag = f"plumbline_bench_{uuid.uuid4().hex[:8]}"
-    created_dbs: list[str] = []
-    vhost = None
     results: dict[str, dict] = {}
     try:
-        rabbitmqctl("add_vhost", tag)
-        rabbitmqctl("set_permissions", "-p", tag, "guest", ".*", ".*", ".*")
-        vhost = tag
         for mode, workers in (("embedded", 0), ("production, 1 worker", 1), ("production, 2 workers", 2)):
             home = work / f"home-{workers}"
             shutil.rmtree(home, ignore_errors=True)
             shutil.copytree(feed / "landing", home / "landing")
-            env = {**base_env(), "PLUMBLINE_HOME": str(home), "PLUMBLINE_SETTLE_SECONDS": "0"}
-            if workers:
-                dbs = {role: f"{tag}_{workers}_{role}" for role in ("instance", "catalog", "mlflow")}
-                con = admin()
-                with con.cursor() as cur:
-                    for db in dbs.values():
-                        cur.execute(f'CREATE DATABASE "{db}"')
-                        created_dbs.append(db)
-                con.close()
-                env.update({"PLUMBLINE_DEPLOYMENT": "production", "PLUMBLINE_INSTANCE_URL": f"{PG}/{dbs['instance']}",
-                            "PLUMBLINE_CATALOG_URL": f"{PG}/{dbs['catalog']}", "PLUMBLINE_MLFLOW_URL": f"{PG}/{dbs['mlflow']}",
-                            "PLUMBLINE_DATA_PATH": str(home / "lake"), "PLUMBLINE_BROKER_URL": f"{AMQP}/{vhost}"})
-            worker_procs = [subprocess.Popen([str(Path(sys.executable).parent / "plumbline"), "worker", "--name", f"bench{i}",
-                                              "--loglevel", "WARNING"], env=env, cwd=home,
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                            for i in range(workers)]
-            try:
-                if workers:
-                    wait_for_workers(env["PLUMBLINE_BROKER_URL"], workers)
-                print(f"{mode}: setup (ingest and snapshots, not timed) ...", flush=True)
-                for setup_job in (definitions.INGEST_JOB, definitions.SNAPSHOTS_JOB):
-                    assert finish(run_child(env, setup_job, "setup"), setup_job)
-                memory = Memory()
-                memory.roots.extend(p.pid for p in worker_procs)
-                t0 = time.perf_counter()
-                procs = [run_child(env, job, f"[{a} .. {b}]", a, b) for a, b in spans]
-                memory.roots.extend(p.pid for p in procs)
-                ok = all([finish(p, f"{job} {a}..{b}") for p, (a, b) in zip(procs, spans)])
-                seconds = time.perf_counter() - t0
-                peak = memory.stop()
-                hashes = json.loads(subprocess.run([sys.executable, __file__, "--child", "hash"], env=env, cwd=REPO,
-                                                   capture_output=True, text=True, check=True).stdout)
-                replace = json.loads(subprocess.run([sys.executable, __file__, "--child", "replace", "20", days[len(days) // 2]],
-                                                    env=env, cwd=REPO, capture_output=True, text=True, check=True).stdout)
-                results[mode] = {"seconds": seconds, "ok": ok, "peak_mb": peak / 2**20, "hashes": hashes, "replace_s": replace}
-                print(f"{mode}: {seconds:.1f} s, peak {peak / 2**20:.0f} MB, {'ok' if ok else 'FAILED'}; "
-                      f"one-day replace {replace * 1000:.0f} ms", flush=True)
-            finally:
-                for p in worker_procs:
-                    p.terminate()
-                for p in worker_procs:
-                    try:
-                        p.wait(30)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
+            env = {**clean_env(), "PLUMBLINE_HOME": str(home), "PLUMBLINE_SETTLE_SECONDS": "0"}
+            with contextlib.ExitStack() as stack:
+                worker_procs = []
+                if workers:  # its own databases and vhost, dropped when the mode is done
+                    svc = stack.enter_context(services("plumbline_bench_"))
+                    env = svc.env(home, base=env)
+                    worker_procs = start_workers(env, home, [f"{svc.tag}-w{i}" for i in range(workers)], None,
+                                                 loglevel="WARNING")
+                    stack.callback(stop, worker_procs)
+                results[mode] = measure(mode, env, worker_procs, job, spans, days)
     finally:
-        if created_dbs:
-            con = admin()
-            with con.cursor() as cur:
-                for db in created_dbs:
-                    cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-            con.close()
-        if vhost:
-            rabbitmqctl("delete_vhost", vhost)
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -285,17 +245,6 @@ def main() -> int:
         print(f"\nDuckLake commit overhead per partition replace: "
               f"{(one['replace_s'] - base['replace_s']) * 1000:.0f} ms (one day of marts.carrier_daily, 20 repeats)")
     return 0 if same and all(r["ok"] for r in results.values()) else 1
-
-
-def wait_for_workers(broker: str, n: int, timeout_s: float = 180) -> None:
-    from celery import Celery
-
-    app = Celery(broker=broker)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if len(app.control.ping(timeout=1.0) or []) >= n:
-            return
-    raise SystemExit(f"{n} worker(s) did not answer within {timeout_s:.0f}s")
 
 
 if __name__ == "__main__":

