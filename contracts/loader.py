@@ -14,11 +14,9 @@ import re
 import zoneinfo
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jsonschema
-import pydantic
 import yaml
-from open_data_contract_standard.model import OpenDataContractStandard
 
 from contracts.model import (
     ALLOWED_PHYSICAL,
@@ -33,6 +31,10 @@ from contracts.model import (
     Restatement,
     Rule,
 )
+
+if TYPE_CHECKING:  # the validators load with the first contract: modules that only import this one (read commands) skip them
+    import jsonschema
+    from open_data_contract_standard.model import OpenDataContractStandard
 
 # libyaml's loader when PyYAML has it: the contracts are read when the code location loads, and the
 # C parser takes a third of the pure-Python one's time (same documents, same line marks).
@@ -77,6 +79,8 @@ def _json_schema(api_version: str) -> dict:
 
 @lru_cache(maxsize=None)
 def _validator(api_version: str) -> jsonschema.protocols.Validator:
+    import jsonschema
+
     schema = _json_schema(api_version)
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema)
@@ -153,6 +157,9 @@ def _duration(value, loc, fail) -> dt.timedelta:
 
 
 def load_contract(path: str | Path) -> Contract:
+    import pydantic
+    from open_data_contract_standard.model import OpenDataContractStandard
+
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -8,14 +8,16 @@ import os
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-
-import dagster as dg
+from typing import TYPE_CHECKING
 
 from contracts.loader import load_contracts
 from contracts.model import Contract
 
 CODE_VERSION = "1"  # bump when the rebuild logic changes in a way that alters outputs
 REPOSITORY = Path(__file__).resolve().parents[1]
+
+if TYPE_CHECKING:  # Dagster is imported by the functions that build its objects: read commands use contracts() alone
+    import dagster as dg
 
 
 def contracts() -> dict[str, Contract]:
@@ -42,6 +44,8 @@ def code_version(contract: Contract) -> str:
 
 @lru_cache(maxsize=None)
 def _daily(start: str, end: str | None, timezone: str) -> dg.DailyPartitionsDefinition:
+    import dagster as dg
+
     return dg.DailyPartitionsDefinition(start_date=start, end_date=end, timezone=timezone)
 
 
@@ -54,6 +58,8 @@ def partitions_def(contract: Contract) -> dg.DailyPartitionsDefinition | None:
 
 
 def column_schema(contract: Contract, partitioned: bool) -> dg.TableSchema:
+    import dagster as dg
+
     cols = [dg.TableColumn(c.name, c.duckdb_type, description=c.description,
                            constraints=dg.TableColumnConstraints(nullable=not c.required, unique=False))
             for c in contract.columns]
@@ -70,6 +76,8 @@ def owners(contract: Contract) -> list[str]:
 
 def bronze_schema(contract: Contract) -> dg.TableSchema:
     """Bronze keeps every contract column as delivered text, plus where each row came from."""
+    import dagster as dg
+
     cols = [dg.TableColumn(c.name, "VARCHAR", description=f"as delivered; contract type {c.duckdb_type}")
             for c in contract.columns]
     cols += [dg.TableColumn("_extra", "VARCHAR", description="JSON of delivered columns the contract does not name"),
@@ -83,6 +91,8 @@ def bronze_schema(contract: Contract) -> dg.TableSchema:
 
 def freshness_policy(contract: Contract) -> dg.FreshnessPolicy | None:
     """The contract's SLA latency as a freshness window: older than that, the asset shows as stale."""
+    import dagster as dg
+
     value, unit = contract.sla.get("latency", (None, None))
     hours = {"h": 1, "hr": 1, "hours": 1, "d": 24, "day": 24, "days": 24}.get(str(unit).lower())
     if value is None or hours is None:

@@ -13,6 +13,15 @@ class NothingSynced(RuntimeError):
         super().__init__("nothing synced yet: run plumbline sync")
 
 
+DEPLOYMENT_VARIABLE = "PLUMBLINE_DEPLOYMENT"  # resources.py maps each deployment to its resources
+EMBEDDED = "embedded"  # the default deployment: one DuckDB file at warehouse_path()
+
+
+def embedded() -> bool:
+    """Whether this process runs the embedded deployment, whose warehouse read commands open with DuckDB alone."""
+    return (os.environ.get(DEPLOYMENT_VARIABLE) or EMBEDDED) == EMBEDDED
+
+
 def plumbline_home() -> Path:
     """The root of every file plumbline writes; read at call time so tests can point it elsewhere."""
     return Path(os.environ.get("PLUMBLINE_HOME", "./data")).resolve()

@@ -21,7 +21,7 @@ import pytest
 import requests
 import yaml
 
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 pytestmark = pytest.mark.slow  # a Dagster webserver and daemon run on a Postgres instance
 

@@ -217,7 +217,7 @@ def _fingerprints(con) -> dict[str, tuple[int, str]]:
 def _open(env: dict):
     """A read-only connection to one profile's warehouse, chosen as its processes choose it."""
     from orchestration.lakehouse import Lakehouse
-    from orchestration.warehouse import Warehouse
+    from orchestration.warehouse_resource import Warehouse
 
     return (Lakehouse() if env.get("PLUMBLINE_DEPLOYMENT") == "production" else Warehouse()).connect(read_only=True)
 
