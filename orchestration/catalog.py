@@ -10,8 +10,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from contracts.loader import load_contracts
+from contracts.loader import CONTRACTS_DIR, load_contracts
 from contracts.model import Contract
+from orchestration import settings
 
 CODE_VERSION = "1"  # bump when the rebuild logic changes in a way that alters outputs
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -23,7 +24,8 @@ if TYPE_CHECKING:  # Dagster is imported by the functions that build its objects
 def contracts() -> dict[str, Contract]:
     """The deployed contracts: $PLUMBLINE_CONTRACTS when set (a fixed copy under review), else the package's."""
     directory = os.environ.get("PLUMBLINE_CONTRACTS")
-    return load_contracts(Path(directory)) if directory else load_contracts()
+    # compiled once per change, not validated again by every step process that loads the definitions
+    return load_contracts(Path(directory) if directory else CONTRACTS_DIR, cache=settings.cache_dir())
 
 
 def shown_path(contract: Contract) -> str:

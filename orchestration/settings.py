@@ -39,6 +39,11 @@ def warehouse_path(home: Path | None = None) -> Path:
     return (home or plumbline_home()) / "warehouse.duckdb"
 
 
+def cache_dir(home: Path | None = None) -> Path:
+    """Files derived from the code that any process may rebuild (the compiled contracts)."""
+    return (home or plumbline_home()) / "cache"
+
+
 def dagster_home(home: Path | None = None) -> Path:
     """The Dagster instance used by `plumbline sync` and `make ui` unless DAGSTER_HOME is set."""
     env = os.environ.get("DAGSTER_HOME")
