@@ -31,6 +31,7 @@ LAYERS = {
     "contracts": 0,                      # what is allowed: knows nothing of orchestration
     "orchestration": 1,                  # the bare package: imports nothing of its own
     "orchestration.settings": 1, "orchestration.warehouse": 1, "orchestration.catalog": 1, "orchestration.names": 1,
+    "orchestration.warehouse_resource": 1,
     "orchestration.ingest": 2, "orchestration.rebuild": 2, "orchestration.quality": 2,
     "orchestration.ml": 3,               # trains and scores in the warehouse (rebuild's partition replacement)
     "orchestration.lineage": 4,          # describes runs of every mechanism: names model versions from ml.registry
@@ -44,7 +45,8 @@ LAYERS = {
 # rebuild and quality are one mechanism seen from three sides (a delivery read by ingest is
 # rebuilt into partitions whose rejects quality dead-letters), and the base modules are peers.
 PEERS = [
-    {"orchestration", "orchestration.settings", "orchestration.warehouse", "orchestration.catalog", "orchestration.names"},
+    {"orchestration", "orchestration.settings", "orchestration.warehouse", "orchestration.catalog", "orchestration.names",
+     "orchestration.warehouse_resource"},
     {"orchestration.ingest", "orchestration.rebuild", "orchestration.quality"},
 ]
 # The only third-party libraries a function may import: each costs a large share of the
