@@ -8,7 +8,7 @@ from assets import policy
 from contracts.model import Contract
 from orchestration.ingest import bronze
 from orchestration import catalog, names, settings
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 
 def bronze_asset(contract: Contract) -> dg.AssetsDefinition:

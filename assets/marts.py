@@ -5,7 +5,7 @@ import dagster as dg
 from assets import policy
 from orchestration import catalog, names
 from orchestration.rebuild import partition_metadata, partitions
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 ON_TIME_MINUTES = 15
 

@@ -15,7 +15,8 @@ from orchestration.ml import training_set as split
 from orchestration.ml.layer import (AIRPORTS, CFG, CORE_FLIGHTS, DAILY, EVALUATION, FEATURES, MODEL, PLANES, PREDICTIONS,
                                     TRAINING_SET, WEATHER)
 from orchestration.ml.registry import ModelRegistry
-from orchestration.warehouse import Warehouse, key_list
+from orchestration.warehouse import key_list
+from orchestration.warehouse_resource import Warehouse
 
 MODEL_VERSION = names.MODEL_VERSION  # materialization metadata of ml/delay_model: the registered version
 

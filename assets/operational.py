@@ -14,7 +14,8 @@ import dagster as dg
 
 from orchestration import catalog
 from orchestration.ml.scoring import DRIFT_COLUMNS
-from orchestration.warehouse import Warehouse, table_exists
+from orchestration.warehouse import table_exists
+from orchestration.warehouse_resource import Warehouse
 
 # multi_observable_source_asset is Dagster's way to observe several tables in one step; its beta notice is noise
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*multi_observable_source_asset.*")

@@ -7,7 +7,7 @@ from contracts.model import Contract
 from orchestration import catalog, names
 from orchestration.rebuild import partition_metadata, partitions, restatements
 from orchestration.quality import checks, dead_letter, schema_checks
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 
 def raw_asset(contract: Contract) -> dg.AssetsDefinition:

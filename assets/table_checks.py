@@ -15,7 +15,8 @@ import dagster as dg
 
 from assets import policy
 from orchestration import catalog
-from orchestration.warehouse import Warehouse, key_list, table_exists
+from orchestration.warehouse import key_list, table_exists
+from orchestration.warehouse_resource import Warehouse
 
 CORE = dg.AssetKey(["core", "flights"])
 MART = dg.AssetKey(["marts", "carrier_daily"])

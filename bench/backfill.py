@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 
 def tables_hash() -> str:
-    from orchestration.warehouse import Warehouse
+    from orchestration.warehouse_resource import Warehouse
 
     with Warehouse().connect(read_only=True) as con:
         h = hashlib.sha256()

@@ -170,7 +170,7 @@ def child_bare(work: Path) -> dict:
 def child_bronze(work: Path) -> dict:
     from contracts.loader import load_contracts
     from orchestration.ingest import bronze
-    from orchestration.warehouse import Warehouse
+    from orchestration.warehouse_resource import Warehouse
 
     c = load_contracts()["flights"]
     with Timer() as t, Warehouse().connect() as con:
@@ -190,7 +190,7 @@ def child_bronze_nodetect(work: Path) -> dict:
 def child_raw(work: Path) -> dict:
     from contracts.loader import load_contracts
     from orchestration.rebuild import partitions
-    from orchestration.warehouse import Warehouse
+    from orchestration.warehouse_resource import Warehouse
 
     c = load_contracts()["flights"]
     with Timer() as t, Warehouse().connect() as con:

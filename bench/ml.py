@@ -242,7 +242,7 @@ def child_plumbline(step: str, work: Path) -> dict:
     from orchestration.ml import config
     from orchestration.ops.sync import Runner
     from orchestration.rebuild.ranges import RANGE_END, RANGE_START
-    from orchestration.warehouse import Warehouse
+    from orchestration.warehouse_resource import Warehouse
 
     cfg = config.load()
     runner = Runner(say=lambda *_: None)

@@ -8,17 +8,20 @@ and what is wrong, so the fix is one edit away.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import importlib.metadata
 import importlib.resources
 import json
+import os
+import pickle
 import re
+import tempfile
 import zoneinfo
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jsonschema
-import pydantic
 import yaml
-from open_data_contract_standard.model import OpenDataContractStandard
 
 from contracts.model import (
     ALLOWED_PHYSICAL,
@@ -33,6 +36,10 @@ from contracts.model import (
     Restatement,
     Rule,
 )
+
+if TYPE_CHECKING:  # the validators load with the first contract: modules that only import this one (read commands) skip them
+    import jsonschema
+    from open_data_contract_standard.model import OpenDataContractStandard
 
 # libyaml's loader when PyYAML has it: the contracts are read when the code location loads, and the
 # C parser takes a third of the pure-Python one's time (same documents, same line marks).
@@ -77,6 +84,8 @@ def _json_schema(api_version: str) -> dict:
 
 @lru_cache(maxsize=None)
 def _validator(api_version: str) -> jsonschema.protocols.Validator:
+    import jsonschema
+
     schema = _json_schema(api_version)
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema)
@@ -153,6 +162,9 @@ def _duration(value, loc, fail) -> dt.timedelta:
 
 
 def load_contract(path: str | Path) -> Contract:
+    import pydantic
+    from open_data_contract_standard.model import OpenDataContractStandard
+
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -493,7 +505,40 @@ def contract_files(directory: Path = CONTRACTS_DIR) -> list[Path]:
 
 
 @lru_cache(maxsize=None)
-def _load_all(directory: str) -> dict[str, Contract]:
+def _load_all(directory: str, cache: str | None = None) -> dict[str, Contract]:
+    if cache is None:
+        return _validated(directory)
+    # the compiled contracts of exactly these files, loader and standard: what every step process
+    # would otherwise validate again (the JSON schema and ODCS model cost a third of its start-up)
+    stored = Path(cache) / f"contracts-{_fingerprint(directory)}.pickle"
+    try:
+        return pickle.loads(stored.read_bytes())
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError, ValueError):
+        pass  # absent or unreadable: validate and store again
+    contracts = _validated(directory)
+    try:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=stored.parent, prefix=".contracts-", delete=False) as f:
+            f.write(pickle.dumps(contracts))
+        os.replace(f.name, stored)  # whole or absent: processes starting together read one or the other
+    except OSError:
+        pass  # a read-only home still loads, validating every time
+    return contracts
+
+
+def _fingerprint(directory: str) -> str:
+    """What the compiled contracts depend on: the contract files (names and bytes), the local ODCS
+    schemas, this loader and the model, and the ODCS package's version."""
+    h = hashlib.sha256(directory.encode())
+    for f in [*contract_files(Path(directory)), *sorted(SCHEMAS_DIR.glob("*.json")), Path(__file__),
+              Path(__file__).with_name("model.py")]:
+        h.update(f"\0{f}\0".encode())
+        h.update(f.read_bytes())
+    h.update(importlib.metadata.version("open-data-contract-standard").encode())
+    return h.hexdigest()[:32]
+
+
+def _validated(directory: str) -> dict[str, Contract]:
     contracts = {}
     for f in contract_files(Path(directory)):
         c = load_contract(f)
@@ -524,6 +569,7 @@ def _relationship_loc(contract: Contract, rule_id: str) -> tuple:
     return ("schema", 0)
 
 
-def load_contracts(directory: Path = CONTRACTS_DIR) -> dict[str, Contract]:
-    """Every contract in the folder, keyed by source name (cached per process)."""
-    return _load_all(str(directory))
+def load_contracts(directory: Path = CONTRACTS_DIR, cache: Path | None = None) -> dict[str, Contract]:
+    """Every contract in the folder, keyed by source name (cached per process; with `cache`, a folder,
+    also across processes until a contract file, the loader or the ODCS package changes)."""
+    return _load_all(str(directory), str(cache) if cache else None)

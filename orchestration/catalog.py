@@ -7,20 +7,24 @@ import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dagster as dg
-
-from contracts.loader import load_contracts
+from contracts.loader import CONTRACTS_DIR, load_contracts
 from contracts.model import Contract
+from orchestration import settings
 
 CODE_VERSION = "1"  # bump when the rebuild logic changes in a way that alters outputs
 REPOSITORY = Path(__file__).resolve().parents[1]
+
+if TYPE_CHECKING:  # Dagster is imported by the functions that build its objects: read commands use contracts() alone
+    import dagster as dg
 
 
 def contracts() -> dict[str, Contract]:
     """The deployed contracts: $PLUMBLINE_CONTRACTS when set (a fixed copy under review), else the package's."""
     directory = os.environ.get("PLUMBLINE_CONTRACTS")
-    return load_contracts(Path(directory)) if directory else load_contracts()
+    # compiled once per change, not validated again by every step process that loads the definitions
+    return load_contracts(Path(directory) if directory else CONTRACTS_DIR, cache=settings.cache_dir())
 
 
 def shown_path(contract: Contract) -> str:
@@ -41,6 +45,8 @@ def code_version(contract: Contract) -> str:
 
 @lru_cache(maxsize=None)
 def _daily(start: str, end: str | None, timezone: str) -> dg.DailyPartitionsDefinition:
+    import dagster as dg
+
     return dg.DailyPartitionsDefinition(start_date=start, end_date=end, timezone=timezone)
 
 
@@ -53,6 +59,8 @@ def partitions_def(contract: Contract) -> dg.DailyPartitionsDefinition | None:
 
 
 def column_schema(contract: Contract, partitioned: bool) -> dg.TableSchema:
+    import dagster as dg
+
     cols = [dg.TableColumn(c.name, c.duckdb_type, description=c.description,
                            constraints=dg.TableColumnConstraints(nullable=not c.required, unique=False))
             for c in contract.columns]
@@ -69,6 +77,8 @@ def owners(contract: Contract) -> list[str]:
 
 def bronze_schema(contract: Contract) -> dg.TableSchema:
     """Bronze keeps every contract column as delivered text, plus where each row came from."""
+    import dagster as dg
+
     cols = [dg.TableColumn(c.name, "VARCHAR", description=f"as delivered; contract type {c.duckdb_type}")
             for c in contract.columns]
     cols += [dg.TableColumn("_extra", "VARCHAR", description="JSON of delivered columns the contract does not name"),

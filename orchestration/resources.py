@@ -11,12 +11,12 @@ import dagster as dg
 from dagster_celery import celery_executor
 
 from orchestration.lakehouse import Lakehouse
+from orchestration.settings import DEPLOYMENT_VARIABLE, EMBEDDED
 from orchestration.lineage.transport import LineageTransport
 from orchestration.ml.registry import ModelRegistry
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
-DEPLOYMENT_VARIABLE = "PLUMBLINE_DEPLOYMENT"
-DEFAULT_DEPLOYMENT = "embedded"
+DEFAULT_DEPLOYMENT = EMBEDDED
 
 resources_by_deployment: dict[str, dict] = {
     # one DuckDB file, MLflow in SQLite and lineage in JSON lines, all under $PLUMBLINE_HOME (read at

@@ -13,6 +13,15 @@ class NothingSynced(RuntimeError):
         super().__init__("nothing synced yet: run plumbline sync")
 
 
+DEPLOYMENT_VARIABLE = "PLUMBLINE_DEPLOYMENT"  # resources.py maps each deployment to its resources
+EMBEDDED = "embedded"  # the default deployment: one DuckDB file at warehouse_path()
+
+
+def embedded() -> bool:
+    """Whether this process runs the embedded deployment, whose warehouse read commands open with DuckDB alone."""
+    return (os.environ.get(DEPLOYMENT_VARIABLE) or EMBEDDED) == EMBEDDED
+
+
 def plumbline_home() -> Path:
     """The root of every file plumbline writes; read at call time so tests can point it elsewhere."""
     return Path(os.environ.get("PLUMBLINE_HOME", "./data")).resolve()
@@ -28,6 +37,11 @@ def bronze_dir(home: Path | None = None) -> Path:
 
 def warehouse_path(home: Path | None = None) -> Path:
     return (home or plumbline_home()) / "warehouse.duckdb"
+
+
+def cache_dir(home: Path | None = None) -> Path:
+    """Files derived from the code that any process may rebuild (the compiled contracts)."""
+    return (home or plumbline_home()) / "cache"
 
 
 def dagster_home(home: Path | None = None) -> Path:

@@ -10,12 +10,11 @@ import re
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import dagster as dg
 import duckdb
 
-from orchestration import settings
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -277,27 +276,25 @@ def table_exists(con, schema: str, table: str) -> bool:
                             [schema, table]).fetchall()[0][0])
 
 
-class Warehouse(dg.ConfigurableResource):
-    """DuckDB file under PLUMBLINE_HOME; every writer goes through connect()."""
+@dataclass(frozen=True)
+class DuckDBFile:
+    """A warehouse in one DuckDB file, opened with DuckDB alone: the embedded Warehouse resource
+    connects through it, and read commands open it without loading Dagster."""
 
-    path: str = ""
-
-    def db_path(self) -> Path:
-        return Path(self.path) if self.path else settings.warehouse_path()
+    path: Path
 
     def exists(self) -> bool:
         """Whether a sync has created the warehouse."""
-        return self.db_path().is_file()
+        return self.path.is_file()
 
     def location(self) -> str:
         """Where the warehouse is: for lineage namespaces and messages."""
-        return f"duckdb://{self.db_path()}"
+        return f"duckdb://{self.path}"
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = False, wait_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-        path = self.db_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        con = _connect_with_retry(path, read_only, LOCK_WAIT_S if wait_s is None else wait_s)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = _connect_with_retry(self.path, read_only, LOCK_WAIT_S if wait_s is None else wait_s)
         try:
             con.execute("SET TimeZone = 'UTC'")
             if not read_only:

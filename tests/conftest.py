@@ -26,7 +26,7 @@ def plumbline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def warehouse_con(plumbline_home: Path):
     """A writable connection to the warehouse under plumbline_home, closed after the test."""
-    from orchestration.warehouse import Warehouse
+    from orchestration.warehouse_resource import Warehouse
 
     with Warehouse().connect() as con:
         yield con

@@ -296,6 +296,6 @@ def open_warehouse(env: dict):
     """A read-only connection to a profile's warehouse, chosen as its processes choose it (call
     inside seeing(…, env))."""
     from orchestration.lakehouse import Lakehouse
-    from orchestration.warehouse import Warehouse
+    from orchestration.warehouse_resource import Warehouse
 
     return (Lakehouse() if env.get("PLUMBLINE_DEPLOYMENT") == "production" else Warehouse()).connect(read_only=True)

@@ -9,7 +9,7 @@ import dagster as dg
 from orchestration import lineage
 from orchestration.lineage.transport import LineageTransport
 from orchestration.ml.registry import ModelRegistry
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 
 def _emitter(status: dg.DagsterRunStatus, name: str) -> dg.RunStatusSensorDefinition:

@@ -49,7 +49,7 @@ from orchestration.lakehouse import DATABASE as LAKE_DATABASE
 from orchestration.lakehouse import Lakehouse
 from orchestration.ml.registry import ModelRegistry, without_credentials
 from orchestration.names import REGISTERED_MODEL
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 TABLE_NAME = "dagster/table_name"
 VERSION_WRITTEN = names.MODEL_VERSION  # materialization metadata of a REGISTERED_MODEL asset: the version it registered

@@ -8,6 +8,7 @@ import os
 
 from orchestration.ml import registry
 from orchestration.ml.config import MlConfig
+from orchestration.ml.recorded import scored_by
 from orchestration.ml.registry import ModelRegistry
 from orchestration.warehouse import table_exists
 
@@ -56,15 +57,6 @@ def history_text(con, cfg: MlConfig) -> str:
         return f"no promotions of {cfg.model_name} recorded yet (ops.model_promotions)"
     return "\n".join(f"{at:%Y-%m-%d %H:%M:%S} {action:<8} v{version:<4} (champion before: {'v' + previous if previous else 'none'}) by {who}: {why}"
                      for at, action, version, previous, who, why in rows)
-
-
-def scored_by(con) -> list[tuple[str, str, str, int]]:
-    """(model_version, first partition, last partition, partitions) of ml.flight_predictions."""
-    if not table_exists(con, "ml", "flight_predictions"):
-        return []
-    return [(v, str(a), str(b), n) for v, a, b, n in con.execute(
-        "SELECT model_version, min(event_date), max(event_date), count(DISTINCT event_date) FROM ml.flight_predictions "
-        "GROUP BY ALL ORDER BY 2").fetchall()]
 
 
 def rescore_hint(con, cfg: MlConfig, champion: str) -> str:

@@ -3,15 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import sys
+from collections.abc import Iterator
 
 from orchestration import settings
 
-# Each command imports what it uses inside its function, so read commands start without loading the definitions.
+# Each command imports what it uses inside its function: read commands (summary, restatements, dlq list,
+# contracts lint) load DuckDB and small modules only, never Dagster (bench/startup.py measures them).
 JSON_HELP = "print a JSON array of objects instead of text"
+
+
+# DuckDB checks each bound parameter against numpy, pandas and pyarrow types, importing them first
+# (half a second of CPU); commands that only read the warehouse (set_defaults(reads_only=True)) bind
+# plain values and build no frames, so they run as on an install without those libraries.
+DATAFRAME_LIBRARIES = ("pandas", "numpy", "pyarrow")
+
+
+@contextlib.contextmanager
+def _without_dataframes() -> Iterator[None]:
+    blocked = [name for name in DATAFRAME_LIBRARIES if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(blocked))  # None: `import pandas` raises ImportError, which DuckDB expects
+    try:
+        yield
+    finally:
+        for name in blocked:  # a caller in the same process (a test) imports them as usual afterwards
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
+def _warehouse():
+    """The deployment's warehouse for a read command: None means the embedded DuckDB file, which
+    summary.synced_warehouse opens without loading Dagster; other deployments' come from their resources."""
+    if settings.embedded():
+        return None
+    from orchestration.resources import resources
+
+    return resources()["warehouse"]
 
 
 def _feed(args) -> int:
@@ -33,14 +64,14 @@ def _sync(args) -> int:
     report = sync()
     if args.summary:
         print()
-        print(summary_text())
+        print(summary_text(_warehouse()))
     return 0 if report.ok else 1
 
 
 def _summary(args) -> int:
     from orchestration.ops.summary import summary_text
 
-    print(summary_text())
+    print(summary_text(_warehouse()))
     return 0
 
 
@@ -143,7 +174,7 @@ def _restatements(args) -> int:
     if args.partition:
         where.append("partition_date = ?::DATE")
         params.append(args.partition)
-    with synced_warehouse() as con:
+    with synced_warehouse(_warehouse()) as con:
         rows = con.execute(
             f"""SELECT asset, partition_date, rows_before, rows_after, measures_before, measures_after, caused_by, run_id, restated_at
             FROM ops.restatements WHERE {' AND '.join(where)} ORDER BY restated_at DESC, asset, partition_date LIMIT ?""",
@@ -167,7 +198,7 @@ def _dlq(args) -> int:
     from orchestration.quality import dead_letter
     from orchestration.ops.summary import synced_warehouse
 
-    with synced_warehouse() as con:
+    with synced_warehouse(_warehouse()) as con:
         if args.dlq_command == "list":
             rows = dead_letter.list_rows(con, args.source, args.rule, args.partition, args.status, args.limit)
             if args.json:
@@ -277,12 +308,11 @@ def _diff_impacts(table: str, changes) -> dict[str, str]:
 
 def _deliveries(args) -> int:
     from orchestration.ops import deliveries
-    from orchestration.resources import resources
 
     if args.deliveries_command == "list":
         from orchestration.ops.summary import synced_warehouse
 
-        with synced_warehouse() as con:
+        with synced_warehouse(_warehouse()) as con:
             rows = deliveries.quarantined(con, args.source)
         if args.json:
             _json([{"source": source, "file_id": file_id, "path": path, "partitions": dates, "reason": reason}
@@ -293,6 +323,8 @@ def _deliveries(args) -> int:
         for source, _, path, dates, reason in rows:
             print(f"{source:<9} {path}  partitions {dates[0] if dates else '-'}..{dates[-1] if dates else '-'}\n    {reason}")
         return 0
+    from orchestration.resources import resources
+
     warehouse = resources()["warehouse"]
     with warehouse.connect() as con:
         released = deliveries.release(con, args.source, args.file)
@@ -325,7 +357,7 @@ def _model(args) -> int:
         if args.model_command in ("list", "history"):
             from orchestration.ops.summary import synced_warehouse
 
-            with synced_warehouse() as con:
+            with synced_warehouse(deployed["warehouse"]) as con:
                 if getattr(args, "json", False):
                     _json(oncall.versions(con, cfg, model_registry))
                 else:
@@ -399,14 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     sync.set_defaults(func=_sync)
 
     summary = sub.add_parser("summary", help="print what is loaded and what was rejected, and why")
-    summary.set_defaults(func=_summary)
+    summary.set_defaults(func=_summary, reads_only=True)
 
     rs = sub.add_parser("restatements", help="partitions rebuilt with different contents, newest first (ops.restatements)")
     rs.add_argument("--source")
     rs.add_argument("--partition", type=_date, help="YYYY-MM-DD")
     rs.add_argument("--limit", type=int, default=30)
     rs.add_argument("--json", action="store_true", help=JSON_HELP)
-    rs.set_defaults(func=_restatements)
+    rs.set_defaults(func=_restatements, reads_only=True)
 
     dlq = sub.add_parser("dlq", help="inspect and repair the dead-letter queue")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -420,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "list":
             p.add_argument("--status", choices=["open", "resolved"], default="open")
             p.add_argument("--json", action="store_true", help=JSON_HELP)
-        p.set_defaults(func=_dlq)
+        p.set_defaults(func=_dlq, reads_only=True)
     release = dlq_sub.add_parser("release", help="let late rows held beyond allowedLateness in, restating their partitions")
     release.add_argument("--source", required=True)
     release.add_argument("--partition", type=_date, help="YYYY-MM-DD (default: every held partition of the source)")
@@ -495,22 +527,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestration.ops.runs import Stopped
-    from orchestration.resources import UnknownDeployment
-
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except Stopped as e:  # SIGTERM/SIGINT: the run is canceled and freed; one line, no traceback
-        print(e.line(" ".join(["plumbline", args.command, *filter(None, [getattr(args, "dlq_command", None)])])),
-              file=sys.stderr)
-        return e.exit_code
+        with _without_dataframes() if getattr(args, "reads_only", False) else contextlib.nullcontext():
+            return args.func(args)
     except settings.NothingSynced as e:  # a read command on an empty home: what to do, not a traceback
         print(e, file=sys.stderr)
         return 1
-    except UnknownDeployment as e:  # a misspelt deployment: the names there are, not a traceback
-        print(f"plumbline: {e}", file=sys.stderr)
-        return 2
+    except BaseException as e:
+        # the classes are looked up in the modules that raise them only if the command loaded those
+        # (one it did not load cannot have raised): importing them here would load Dagster for every command
+        runs, resources = sys.modules.get("orchestration.ops.runs"), sys.modules.get("orchestration.resources")
+        if runs and isinstance(e, runs.Stopped):  # SIGTERM/SIGINT: the run is canceled and freed; one line, no traceback
+            print(e.line(" ".join(["plumbline", args.command, *filter(None, [getattr(args, "dlq_command", None)])])),
+                  file=sys.stderr)
+            return e.exit_code
+        if resources and isinstance(e, resources.UnknownDeployment):  # a misspelt deployment: the names there are
+            print(f"plumbline: {e}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

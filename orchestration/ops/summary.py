@@ -1,4 +1,5 @@
-"""What the main job prints at the end: what was loaded, what was rejected and why."""
+"""What the main job prints at the end: what was loaded, what was rejected and why. Read from the
+warehouse with DuckDB alone (no Dagster, no MLflow), so `plumbline summary` answers at once."""
 
 from __future__ import annotations
 
@@ -8,20 +9,20 @@ from collections.abc import Iterator
 import duckdb
 
 from orchestration import settings
-from orchestration.ml import config, oncall
+from orchestration.ml import config, recorded
 from orchestration.quality import dead_letter
 from orchestration.settings import NothingSynced
-from orchestration.resources import resources
-from orchestration.warehouse import Warehouse, table_exists
+from orchestration.warehouse import DuckDBFile, table_exists
 
 
 NOTED = 10  # loaded files with notes shown; the rest are counted
 
 
 @contextlib.contextmanager
-def synced_warehouse(warehouse: Warehouse | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection to a warehouse that a sync has written; creates nothing on an empty home."""
-    warehouse = warehouse or resources()["warehouse"]
+def synced_warehouse(warehouse=None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection to a warehouse that a sync has written; creates nothing on an empty home.
+    `warehouse` is the deployment's (a Warehouse or Lakehouse resource); default the embedded file."""
+    warehouse = warehouse or DuckDBFile(settings.warehouse_path())
     if not warehouse.exists():
         raise NothingSynced()
     with warehouse.connect(read_only=True) as con:
@@ -30,7 +31,7 @@ def synced_warehouse(warehouse: Warehouse | None = None) -> Iterator[duckdb.Duck
         yield con
 
 
-def summary_text(warehouse: Warehouse | None = None) -> str:
+def summary_text(warehouse=None) -> str:
     lines = []
     with synced_warehouse(warehouse) as con:
         lines.append("Deliveries (ops.landed_files):")
@@ -77,10 +78,9 @@ def model_lines(con) -> list[str]:
     if not table_exists(con, "ml", "model_evaluation"):
         return []
     cfg = config.load()
-    model_registry = resources()["model_registry"]
-    champion = model_registry.champion(cfg)
+    champion = recorded.champion(con, cfg.model_name)  # ops.model_promotions records every change of MLflow's alias
     test = cfg.window("test")
-    lines = ["", f"Model {cfg.model_name} ({model_registry.location()}):"]
+    lines = ["", f"Model {cfg.model_name} (champion as recorded in ops.model_promotions; in MLflow: plumbline model list):"]
     if champion is None:
         return lines + ["  no champion: the promotion gate rejected every version (plumbline model list)"]
     latest = con.execute("SELECT challenger_version FROM ml.model_evaluation WHERE model = 'challenger' "
@@ -95,7 +95,7 @@ def model_lines(con) -> list[str]:
         name = f"{model} v{version}{' *' if version == champion else ''}" if version else "baseline (on-time share)"
         lines.append(f"    {name:<24} {flights:>8} {auc or float('nan'):>7.4f} {ll:>9.4f} {brier:>7.4f} {ece:>10.4f}")
     lines.append("    (* the current champion)")
-    for version, first, last, n in oncall.scored_by(con):
+    for version, first, last, n in recorded.scored_by(con):
         lines.append(f"  predictions {first} .. {last}: {n} partition(s) scored by v{version}")
     if table_exists(con, "ml", "drift"):
         graded = con.execute("""SELECT measure, grade, count(*) FROM ml.drift WHERE grade <> 'ok' GROUP BY ALL ORDER BY 1, 2""").fetchall()

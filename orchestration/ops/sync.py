@@ -30,7 +30,7 @@ from orchestration.ops import runs
 from orchestration.rebuild import partitions
 from orchestration.rebuild.ranges import RANGE_END, RANGE_START, contiguous_ranges
 from orchestration.resources import deployment, resources
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 # The console shows plumbline's progress lines; Dagster's step events stay in the instance (UI).
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}

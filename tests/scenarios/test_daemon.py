@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 import yaml
 
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 from production_support import start_server, stop
 
 pytestmark = pytest.mark.slow  # a Dagster webserver and daemon run on a Postgres instance

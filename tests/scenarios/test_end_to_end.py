@@ -14,7 +14,7 @@ from contracts.loader import load_contracts
 from openlineage_validation import asset_graph_edges, data_edges, errors, read_events, rebuilt_edges
 from orchestration.ops import replay
 from orchestration.ops.sync import Runner, instance, sync
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 FLIGHT_KEY = ["year", "month", "day", "carrier", "flight", "origin"]
 WEATHER_KEY = ["origin", "time_hour"]

@@ -265,7 +265,7 @@ def test_a_registered_model_loads_after_its_home_moved(tmp_path, monkeypatch):
 def test_a_sensor_skips_its_tick_while_a_run_writes_the_warehouse(plumbline_home):
     import time
 
-    from orchestration.warehouse import Warehouse
+    from orchestration.warehouse_resource import Warehouse
 
     with Warehouse().connect():
         pass  # a synced home's warehouse, with its ops tables

@@ -15,7 +15,7 @@ from orchestration.lineage import impact
 from orchestration.ml import config
 from orchestration.ml.registry import ModelRegistry
 from orchestration.ops.cli import main
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 PLANE_FEATURES = {"ml.flight_features.plane_age", "ml.flight_features.seats"}
 

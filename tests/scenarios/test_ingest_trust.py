@@ -126,7 +126,7 @@ def test_a_corrected_file_redelivered_under_the_same_name_wins(plumbline_home, w
 
 def test_same_name_time_in_two_folders_gives_the_same_table_in_either_arrival_order(tmp_path, monkeypatch, contract):
     """Invariant 4 still holds between different paths: arrival order only ranks contents of one path."""
-    from orchestration.warehouse import Warehouse
+    from orchestration.warehouse_resource import Warehouse
 
     original = day_rows(1, 3, 15)
     changed = original.copy()

@@ -153,7 +153,7 @@ def exercise(home: Path, warehouse, monkeypatch) -> dict:
 @pytest.mark.slow  # the same six steps on two warehouses, ~1 minute
 def test_the_warehouse_paths_give_the_same_tables_on_duckdb_and_ducklake(tmp_path, monkeypatch):
     from orchestration.lakehouse import Lakehouse
-    from orchestration.warehouse import Warehouse
+    from orchestration.warehouse_resource import Warehouse
 
     monkeypatch.setenv("PLUMBLINE_SETTLE_SECONDS", "0")
     started = time.monotonic()

@@ -21,7 +21,7 @@ from contracts.loader import load_contracts
 from orchestration.ingest import bronze
 from orchestration.rebuild import partitions
 from orchestration.ops.sync import Runner, instance, sync
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 REPO = Path(__file__).resolve().parents[2]
 INT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
@@ -180,7 +180,7 @@ CRASHING_REBUILD = textwrap.dedent("""
     import os, signal, sys
     from contracts.loader import load_contracts
     from orchestration.rebuild import partitions
-    from orchestration.warehouse import Warehouse
+    from orchestration.warehouse_resource import Warehouse
 
     kill_at, calls = int(sys.argv[1]), 0
 

@@ -24,7 +24,7 @@ from orchestration.demo.feed import write_feed
 from orchestration.lineage import datasets, events, spool
 from orchestration.lineage.transport import LineageTransport
 from orchestration.rebuild.ranges import RANGE_END, RANGE_START
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 pytestmark = pytest.mark.slow  # the clean year is fed and synced for the module
 

@@ -31,7 +31,7 @@ from orchestration.ops import sync
 from orchestration.definitions import defs
 from orchestration.lineage import events, spool, typed
 from orchestration.lineage.transport import LineageTransport
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 from scenarios.test_lineage import Receiver
 
 REPO = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ from orchestration.ml import config, features, oncall, registry, training
 from orchestration.ops.sync import RUN_CONFIG, instance, sync
 from orchestration.rebuild.ranges import RANGE_END, RANGE_START
 from orchestration.resources import resources
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 QUIET = dict(say=lambda *_: None)
 MODELS = resources()["model_registry"]  # the registry the assets are given

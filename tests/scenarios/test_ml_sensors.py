@@ -27,7 +27,7 @@ from orchestration.ml import config
 from orchestration.automation import ml_sensors
 from orchestration.ops.sync import Runner, instance
 from orchestration.rebuild.ranges import RANGE_END, RANGE_START
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 pytestmark = pytest.mark.slow  # six weeks synced and sensors ticked through training and scoring
 

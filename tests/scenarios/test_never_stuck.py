@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 POOL = "warehouse"
 INT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
                "arr_delay", "flight", "air_time", "distance", "hour", "minute"]
-HOLD_LOCK = ("import sys\nfrom orchestration.warehouse import Warehouse\n"
+HOLD_LOCK = ("import sys\nfrom orchestration.warehouse_resource import Warehouse\n"
              "with Warehouse().connect():\n    print('locked', flush=True)\n    sys.stdin.read()\n")
 
 

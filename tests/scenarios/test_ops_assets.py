@@ -16,7 +16,7 @@ from orchestration import code_references
 from orchestration.ingest import bronze
 from orchestration.quality import dead_letter
 from orchestration.rebuild import partitions
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 FLIGHT_INTS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
                "arr_delay", "flight", "air_time", "distance", "hour", "minute"]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from orchestration.ops.sync import instance, sync
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 from scenarios.test_bad_input import INT_COLUMNS
 from scenarios.test_late_data import deliver
 

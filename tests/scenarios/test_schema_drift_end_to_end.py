@@ -23,7 +23,7 @@ from orchestration.demo.feed import write_feed
 from orchestration import catalog
 from orchestration.ops import replay
 from orchestration.ops.sync import Runner, sync
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 pytestmark = pytest.mark.slow  # the demo year is synced twice, before and after the contract fix
 

@@ -16,7 +16,7 @@ from assets.marts import carrier_daily
 from contracts.loader import load_contracts
 from orchestration.ingest import bronze
 from orchestration.rebuild import partitions
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 DAYS = ["2013-01-01", "2013-01-02"]
 BROKEN_DAY = DAYS[1]

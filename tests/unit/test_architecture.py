@@ -6,13 +6,16 @@
 - no import inside a function, except of a heavy library by the step that uses it (HEAVY), and in
   the CLI entry module, whose commands import what they need so that read commands start fast;
 - the code location loads without the heavy libraries (a fresh interpreter, then sys.modules): the
-  robust stand-in for "importing the definitions costs little CPU".
+  robust stand-in for "importing the definitions costs little CPU";
+- the CLI's read commands (summary, restatements, dlq list, contracts lint) load neither Dagster nor
+  those libraries: the stand-in for "they answer at once" (bench/startup.py measures the time).
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from functools import cache
@@ -28,6 +31,7 @@ LAYERS = {
     "contracts": 0,                      # what is allowed: knows nothing of orchestration
     "orchestration": 1,                  # the bare package: imports nothing of its own
     "orchestration.settings": 1, "orchestration.warehouse": 1, "orchestration.catalog": 1, "orchestration.names": 1,
+    "orchestration.warehouse_resource": 1,
     "orchestration.ingest": 2, "orchestration.rebuild": 2, "orchestration.quality": 2,
     "orchestration.ml": 3,               # trains and scores in the warehouse (rebuild's partition replacement)
     "orchestration.lineage": 4,          # describes runs of every mechanism: names model versions from ml.registry
@@ -42,16 +46,23 @@ LAYERS = {
 # rebuild and quality are one mechanism seen from three sides (a delivery read by ingest is
 # rebuilt into partitions whose rejects quality dead-letters), and the base modules are peers.
 PEERS = [
-    {"orchestration", "orchestration.settings", "orchestration.warehouse", "orchestration.catalog", "orchestration.names"},
+    {"orchestration", "orchestration.settings", "orchestration.warehouse", "orchestration.catalog", "orchestration.names",
+     "orchestration.warehouse_resource"},
     {"orchestration.ingest", "orchestration.rebuild", "orchestration.quality"},
 ]
 # The only third-party libraries a function may import: each costs a large share of the
 # code location's import time and is needed by few steps only (training, scoring, quality checks).
-HEAVY = {"sklearn", "scipy", "mlflow", "skops", "great_expectations", "pandas", "numpy", "pyarrow"}
+HEAVY = {"sklearn", "scipy", "mlflow", "skops", "great_expectations", "pandas", "numpy", "pyarrow",
+         # and what modules of the read commands' path need for definitions or contract validation only:
+         # Dagster alone costs more CPU than a read command may take (bench/startup.py)
+         "dagster", "jsonschema", "pydantic", "open_data_contract_standard"}
 # Where commands import inside their functions, so that each command loads only what it uses.
 CLI = "orchestration.ops.cli"
 # Not imported when orchestration.definitions loads; imported by the steps that use them.
 NOT_AT_LOAD = ["sklearn", "scipy", "mlflow", "skops", "great_expectations", "pandas", "numpy", "pyarrow"]
+# Not imported by the read commands: they answer from DuckDB alone (contracts lint validates with the ODCS packages).
+READ_COMMANDS = [["summary"], ["restatements"], ["dlq", "list"], ["contracts", "lint"]]
+NOT_FOR_READS = ["dagster", "dagster_celery", "openlineage", "psycopg2", *NOT_AT_LOAD]
 
 
 @cache
@@ -205,6 +216,29 @@ def test_the_code_location_loads_without_heavy_libraries():
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert loaded == [], (f"importing orchestration.definitions loads {loaded}: import them inside the functions "
                           "that use them (python -X importtime -c 'import orchestration.definitions' shows who)")
+
+
+
+@pytest.mark.parametrize("argv", READ_COMMANDS, ids=" ".join)
+def test_read_commands_load_no_dagster(argv, tmp_path):
+    """Against an empty home (the command stops at NothingSynced) and a synced one alike: the modules
+    are imported before the warehouse is opened, so an empty home shows the whole import path."""
+    code = ("import json, sys; from orchestration.ops.cli import main; code = main(sys.argv[1:]); "
+            f"print(json.dumps([code, [m for m in {NOT_FOR_READS!r} if m in sys.modules]]))")
+    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PLUMBLINE_HOME": str(tmp_path), "PLUMBLINE_DEPLOYMENT": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    code, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert code in (0, 1), done.stderr[-3000:]
+    assert loaded == [], (f"plumbline {' '.join(argv)} loads {loaded}: import them inside the functions that use "
+                          f"them (python -X importtime -m orchestration.ops.cli {' '.join(argv)} shows who)")
+
+
+def test_the_read_command_check_sees_dagster():
+    """The check above can fail: a command that loads the definitions is caught."""
+    code = f"import json, sys; import orchestration.definitions; print(json.dumps([m for m in {NOT_FOR_READS!r} if m in sys.modules]))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "dagster" in json.loads(done.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

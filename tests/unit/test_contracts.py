@@ -386,6 +386,24 @@ def test_a_copied_folder_loads(tmp_path):
     assert sorted(load_contracts(copy_contracts(tmp_path))) == sorted(IDS)
 
 
+def test_compiled_contracts_are_cached_until_a_file_changes(tmp_path):
+    """Step processes read the compiled contracts from the cache; a changed contract is validated
+    again (and refused when broken), a damaged cache file is rebuilt."""
+    folder, cache = copy_contracts(tmp_path), tmp_path / "cache"
+    load = load_contracts.__globals__["_load_all"].__wrapped__  # past the per-process cache, as a new process
+    validated = load(str(folder), None)
+    assert load(str(folder), str(cache)) == validated
+    [stored] = cache.glob("contracts-*.pickle")
+    assert load(str(folder), str(cache)) == validated and list(cache.glob("contracts-*.pickle")) == [stored]
+    stored.write_bytes(b"damaged")
+    assert load(str(folder), str(cache)) == validated and stored.read_bytes() != b"damaged"
+    d = base()
+    d["name"] = "flight"
+    (folder / "flights.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    with pytest.raises(ContractError, match="must equal the file name"):
+        load(str(folder), str(cache))
+
+
 # ------------------------------------------------------------------------------ what the loader reads
 
 

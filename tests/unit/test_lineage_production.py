@@ -21,7 +21,7 @@ from orchestration.lineage import datasets, events, spool
 from orchestration.lineage.transport import LineageTransport
 from orchestration.ml.registry import ModelRegistry
 from orchestration.resources import resources_by_deployment
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 SECRETS = ("catalog-secret", "mlflow-secret", "query-secret", "recorded-secret")
 CATALOG_URL = "postgresql://plumbline:catalog-secret@db.example:6543/lake_catalog"

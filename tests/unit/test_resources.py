@@ -9,7 +9,7 @@ import pytest
 from orchestration.lineage.transport import LineageTransport
 from orchestration.ml.registry import ModelRegistry
 from orchestration.resources import UnknownDeployment, deployment, resources, resources_by_deployment
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 MLFLOW_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 

@@ -18,7 +18,7 @@ from contracts.loader import load_contracts
 from orchestration.automation.sensors import landing_sensor, rebuild_sensor, scan
 from orchestration.ingest import bronze
 from orchestration.rebuild import partitions
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 INT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
                "arr_delay", "flight", "air_time", "distance", "hour", "minute"]
