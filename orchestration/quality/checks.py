@@ -11,6 +11,10 @@ in the temp table `_stage`, with `_failed` naming the error rules each row broke
 - ERROR: in a rebuilt partition the rule rejected more than `rejectTolerance` of the delivered
   rows, or a row that breaks an error rule reached the table. Only error rules block (the spec).
 Warning and info rules never reject a row: broken, they are a WARN with the count.
+
+Great Expectations judges the distinct delivered values of each rule's column, grouped in DuckDB,
+each weighted by the rows that delivered it (_distinct_values): the verdicts and counts of judging
+every row, without copying every row into pandas.
 """
 
 from __future__ import annotations
