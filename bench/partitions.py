@@ -128,13 +128,18 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--skip-asset", action="store_true", help="time the bare load and rebuild() only")
+    ap.add_argument("--reuse", action="store_true", help="reuse the deliveries and ingested warehouse of --workdir")
     ap.add_argument("--ingest-all", action="store_true", help="ingest every day's file through plumbline (slow) "
                     "instead of cloning the first one's bronze")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="plumbline-bench-partitions-"))
-    shutil.rmtree(work / "home", ignore_errors=True)
-    shutil.rmtree(work / "contracts", ignore_errors=True)
-    contracts_copy(work / "contracts")
+    pristine = work / "ingested.duckdb"
+    reuse = args.reuse and pristine.exists()
+    if not reuse:
+        shutil.rmtree(work / "home", ignore_errors=True)
+        shutil.rmtree(work / "contracts", ignore_errors=True)
+        pristine.unlink(missing_ok=True)
+        contracts_copy(work / "contracts")
     os.environ.update(PLUMBLINE_HOME=str(work / "home"), PLUMBLINE_CONTRACTS=str(work / "contracts"),
                       PLUMBLINE_SETTLE_SECONDS="0", OPENLINEAGE_DISABLED="true", GX_ANALYTICS_ENABLED="False")
 
@@ -149,12 +154,14 @@ def main() -> int:
     from orchestration.warehouse import Warehouse
 
     contract = catalog.contracts()["flights"]
-    files = deliver(settings.landing_dir(), args.days)
     keys = partitions.partition_range(START.isoformat(), (START + dt.timedelta(days=args.days - 1)).isoformat())
-    with Warehouse().connect() as con:
-        land(con, contract, files, clone=not args.ingest_all)
-    pristine = work / "ingested.duckdb"
-    shutil.copyfile(settings.warehouse_path(), pristine)
+    if reuse:
+        files = sorted(settings.landing_dir().rglob("*.csv"))
+    else:
+        files = deliver(settings.landing_dir(), args.days)
+        with Warehouse().connect() as con:
+            land(con, contract, files, clone=not args.ingest_all)
+        shutil.copyfile(settings.warehouse_path(), pristine)
 
     figures: dict[str, list[float]] = {"bare": [], "rebuild": [], "asset": []}
     hashes = set()
