@@ -258,11 +258,15 @@ def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loa
     schema_policy.record_discards(con, contract, decision, run_id)
 
     notes = decision.notes
+    unpartitioned = False  # a row whose event date is unreadable or outside the partitions
     if contract.partitioning is not None:
-        dates = [r[0].isoformat() for r in con.execute(
-            f"SELECT DISTINCT _event_date FROM _bronze WHERE {_in_range_sql(contract)} ORDER BY 1").fetchall()]
+        # every distinct date at once: which rows the lateness and event-date checks below would catch
+        seen = con.execute(f"SELECT DISTINCT _event_date, coalesce({_in_range_sql(contract)}, false) "
+                           "FROM _bronze ORDER BY 1").fetchall()
+        dates = [d.isoformat() for d, ok in seen if ok]
+        unpartitioned = any(not ok for _, ok in seen)
     held: list[str] = []
-    if watermark is not None:
+    if watermark is not None and any(d < watermark.isoformat() for d in dates):  # else nothing to hold
         held = lateness.hold(con, contract, watermark, run_id, _in_range_sql(contract))
         if held:
             dates = [d for d in dates if d not in held]  # a held date is touched only once it is released
@@ -272,7 +276,7 @@ def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loa
         reject_dates = _attribute_rejects(con, contract, mapping, loaded.rejects)
         dates = sorted(set(dates) | (reject_dates - set(held)))
     dead_letter.record_bronze_rejects(con, contract, file_id, rel, loaded.rejects, run_id)
-    if contract.partitioning is not None:
+    if unpartitioned:
         dead_letter.record_event_date_failures(con, contract, run_id, _in_range_sql(contract))
     status = "loaded" if loaded.rows or loaded.rejects else "empty"
     if status == "empty":

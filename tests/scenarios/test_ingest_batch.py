@@ -14,12 +14,18 @@ import os
 from pathlib import Path
 
 import pytest
-from scenarios.test_bad_input import contract, csv_bytes, day_rows, file_name  # noqa: F401
+from scenarios.test_bad_input import csv_bytes, day_rows, file_name
 
+from contracts.loader import load_contracts
 from orchestration.ingest import batch, bronze
 from orchestration.warehouse import Warehouse
 
 UNSTABLE = {"landed_at", "first_seen", "last_seen"}  # wall-clock times
+
+
+@pytest.fixture(scope="module")
+def contract():
+    return load_contracts()["flights"]
 
 
 def _write(landing: Path, name: str, data: bytes) -> None:
@@ -43,7 +49,7 @@ def _deliveries(landing: Path) -> None:
         _write(landing, file_name(1, day, "csv"), csv_bytes(day_rows(1, day, 40).rename(columns={"tailnum": "tail_number"})))
 
 
-def _ingest(home: Path, contract, monkeypatch) -> dict:  # noqa: F811
+def _ingest(home: Path, contract, monkeypatch) -> dict:
     monkeypatch.setenv("PLUMBLINE_HOME", str(home))
     with Warehouse().connect() as con:
         landed = bronze.ingest_source(con, contract, "batch-test")
@@ -59,7 +65,7 @@ def _ingest(home: Path, contract, monkeypatch) -> dict:  # noqa: F811
     return out
 
 
-def test_batched_small_files_get_the_verdicts_they_get_alone(tmp_path, monkeypatch, contract):  # noqa: F811
+def test_batched_small_files_get_the_verdicts_they_get_alone(tmp_path, monkeypatch, contract):
     monkeypatch.setenv("PLUMBLINE_SETTLE_SECONDS", "0")
     for side in ("batched", "alone"):
         _deliveries(tmp_path / side / "landing" / "flights")
@@ -89,7 +95,7 @@ def test_batched_small_files_get_the_verdicts_they_get_alone(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("change", ["modified", "broken"])
-def test_a_batch_member_that_changed_or_breaks_the_batch_read_is_read_alone(tmp_path, monkeypatch, contract, change):  # noqa: F811
+def test_a_batch_member_that_changed_or_breaks_the_batch_read_is_read_alone(tmp_path, monkeypatch, contract, change):
     """A file rewritten after the batch read is not judged on the batch's rows; a batch whose read fails
     reads every file alone, which judges each as before."""
     monkeypatch.setenv("PLUMBLINE_SETTLE_SECONDS", "0")
