@@ -6,6 +6,9 @@ being written (landing.settle) is not taken and not recorded: it shows as `settl
 output and is taken by a later ingest. Lines the reader rejects are dead-lettered under stage `read`,
 in the partition their event date gives when it can still be read from the line; the file keeps
 the count (ops.landed_files: delivered lines = rows + rejected_at_read).
+
+Small csv deliveries that share a header are read and profiled together (orchestration.ingest.batch);
+each is still landed alone, in path order, in its own transaction, with the verdict it gets alone.
 """
 
 from __future__ import annotations
