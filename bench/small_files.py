@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("csv", "parquet"), default="csv")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a new one in /tmp)")
     parser.add_argument("--repeat", type=int, default=1, help="measurements per phase; the median is reported")
-    parser.add_argument("--phases", default=",".join(CHILDREN), help="comma-separated subset of: " + ", ".join(CHILDREN))
+    parser.add_argument("--phases", default=",".join(CHILDREN),
+                        help="comma-separated subset of: " + ", ".join(CHILDREN) + " (bare_each sniffs every file: slow)")
     parser.add_argument("--child", choices=sorted(CHILDREN) + ["input"], help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -170,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['files'] / r['seconds']:7.1f} files/s", flush=True)
         if "bronze" in runs and runs["bronze"][-1]["statuses"] != {"loaded": args.files}:
             raise SystemExit(f"bronze did not load every delivery: {runs['bronze'][-1]['statuses']} {runs['bronze'][-1]['not_loaded']}")
-        if set(runs) == set(CHILDREN):
-            if runs["bronze"][-1]["rows"] != runs["bare_each"][-1]["rows"]:
-                raise SystemExit(f"bronze loaded {runs['bronze'][-1]['rows']} rows, the bare read {runs['bare_each'][-1]['rows']}")
+        for bare in set(runs) - {"bronze"}:
+            if "bronze" in runs and runs["bronze"][-1]["rows"] != runs[bare][-1]["rows"]:
+                raise SystemExit(f"bronze loaded {runs['bronze'][-1]['rows']} rows, {bare} {runs[bare][-1]['rows']}")
+        if "bronze" in runs and len(runs) > 1:
             report(runs, args)
     finally:
         if args.workdir is None:
@@ -194,14 +196,17 @@ def report(runs: dict[str, list[dict]], args) -> None:
     names = {"bare_each": "bare: one `read_csv` per file into a table", "bare_all": "bare: one `read_csv` of all files",
              "bronze": "plumbline bronze"}
     for p, name in names.items():
+        if p not in runs:
+            continue
         if args.format != "csv":
             name = name.replace("read_csv", "read_parquet")
         print(f"| {name} | {wall[p]:.2f} | {args.files / wall[p]:.1f} | {wall['bronze'] / wall[p]:.2f}x | {cpu[p]:.2f} |")
     fps = args.files / wall["bronze"]
     print()
-    print(f"target >= {TARGET_FILES_PER_S} files/s: {'met' if fps >= TARGET_FILES_PER_S else 'MISSED'} ({fps:.1f}); "
-          f"target <= {TARGET_RATIO:.0f}x the per-file bare read: "
-          f"{'met' if wall['bronze'] / wall['bare_each'] <= TARGET_RATIO else 'MISSED'} ({wall['bronze'] / wall['bare_each']:.2f}x)")
+    print(f"target >= {TARGET_FILES_PER_S} files/s: {'met' if fps >= TARGET_FILES_PER_S else 'MISSED'} ({fps:.1f})")
+    for p in runs.keys() - {"bronze"}:
+        ratio = wall["bronze"] / wall[p]
+        print(f"target <= {TARGET_RATIO:.0f}x {p}: {'met' if ratio <= TARGET_RATIO else 'MISSED'} ({ratio:.2f}x)")
 
 
 if __name__ == "__main__":
