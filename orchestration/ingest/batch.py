@@ -90,8 +90,7 @@ def plan(deliveries: list[Delivery]) -> dict[str, Batch]:
 
 
 def read(con, batch: Batch) -> None:
-    """Read every file of the batch in one statement into TABLE (c0.., _file); on any error, none is."""
-
+    """Read every file of the batch in one statement into its table (c0.., _file); on any error, none is."""
     batch.states = {d.relative: landing.file_state(d.path) for d in batch.deliveries}
     files = "[" + ", ".join(literal(str(d.path)) for d in batch.deliveries) + "]"
     con.execute("DROP TABLE IF EXISTS temp._rejects")
