@@ -6,6 +6,9 @@ being written (landing.settle) is not taken and not recorded: it shows as `settl
 output and is taken by a later ingest. Lines the reader rejects are dead-lettered under stage `read`,
 in the partition their event date gives when it can still be read from the line; the file keeps
 the count (ops.landed_files: delivered lines = rows + rejected_at_read).
+
+Small csv deliveries that share a header are read and profiled together (orchestration.ingest.batch);
+each is still landed alone, in path order, in its own transaction, with the verdict it gets alone.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import duckdb
 
 from contracts.model import Contract
 from orchestration.quality import dead_letter
-from orchestration.ingest import landing, lateness, schema_changes, schema_policy
+from orchestration.ingest import batch, landing, lateness, schema_changes, schema_policy
 from orchestration import settings
 from orchestration.ingest.landing import Delivery, content_hash, discover
 from orchestration.ingest.readers import TEMP_TABLE, Loaded, Reject, UnreadableFile, load_delivery
@@ -94,28 +97,43 @@ def ingest_source(con, contract: Contract, run_id: str, log=None) -> list[Landed
                 log(f"{contract.name}: {d.relative}: settling ({results[-1].reason})")
         # Fixed for the whole ingestion, so files arriving together are judged alike, in any order.
         mark = lateness.watermark(con, contract)
-        for i, delivery in enumerate(deliveries, 1):
-            # one file of any source lands at a time: every source's landing deletes from and inserts into
-            # the shared ops tables, which DuckLake sees as conflicting commits (a retry alone can starve)
-            with partition_lock(con, "ops.landed_files", [SNAPSHOT_PARTITION]):
-                try:
-                    result = ingest_file(con, contract, delivery, run_id, mark)
-                except WriteConflict:
-                    raise  # not the file's problem: the step fails retryably, the file stays pending
-                except Exception as e:  # whatever goes wrong with one file is that file's problem, never the source's
-                    try:
-                        file_id = content_hash(delivery.path)[0]
-                    except OSError:
-                        file_id = "-"
-                    result = _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
-                                                     reason=f"{delivery.relative}: {type(e).__name__}: {str(e)[:300]}; the file was "
-                                                            "not loaded: re-deliver it (a new file or new content is picked up automatically)"),
-                                     _base(contract, delivery), None, None)
-            results.append(result)
-            if log and (i % 50 == 0 or i == len(deliveries) or result.status != "loaded"):
-                log(f"{contract.name}: {i}/{len(deliveries)} files; {delivery.relative}: {result.status}"
-                    + (f" ({result.reason})" if result.reason else ""))
+        batches = batch.plan(deliveries)  # small csv files with one header: read and profiled together
+        try:
+            results += _ingest_each(con, contract, deliveries, batches, run_id, mark, log)
+        finally:
+            for b in {id(b): b for b in batches.values()}.values():
+                batch.drop(con, b)
         return results
+
+
+def _ingest_each(con, contract: Contract, deliveries: list[Delivery], batches: dict[str, batch.Batch], run_id: str,
+                 mark: dt.date | None, log) -> list[LandedFile]:
+    results = []
+    for i, delivery in enumerate(deliveries, 1):
+        # one file of any source lands at a time: every source's landing deletes from and inserts into
+        # the shared ops tables, which DuckLake sees as conflicting commits (a retry alone can starve)
+        group = batches.get(delivery.relative)
+        with partition_lock(con, "ops.landed_files", [SNAPSHOT_PARTITION]):
+            try:
+                result = ingest_file(con, contract, delivery, run_id, mark, group)
+            except WriteConflict:
+                raise  # not the file's problem: the step fails retryably, the file stays pending
+            except Exception as e:  # whatever goes wrong with one file is that file's problem, never the source's
+                try:
+                    file_id = content_hash(delivery.path)[0]
+                except OSError:
+                    file_id = "-"
+                result = _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
+                                                 reason=f"{delivery.relative}: {type(e).__name__}: {str(e)[:300]}; the file was "
+                                                        "not loaded: re-deliver it (a new file or new content is picked up automatically)"),
+                                 _base(contract, delivery), None, None)
+        if group is not None:
+            batch.finish(con, group, delivery)
+        results.append(result)
+        if log and (i % 50 == 0 or i == len(deliveries) or result.status != "loaded"):
+            log(f"{contract.name}: {i}/{len(deliveries)} files; {delivery.relative}: {result.status}"
+                + (f" ({result.reason})" if result.reason else ""))
+    return results
 
 
 def _base(contract: Contract, delivery: Delivery) -> dict:
@@ -123,7 +141,9 @@ def _base(contract: Contract, delivery: Delivery) -> dict:
                 delivered_at=delivery.delivered_at, landed_at=dt.datetime.now(dt.timezone.utc))
 
 
-def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, watermark: dt.date | None = None) -> LandedFile:
+def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, watermark: dt.date | None = None,
+                group: batch.Batch | None = None) -> LandedFile:
+    """group: the batch the file is read with (batch.plan); its verdict is the one it gets alone."""
     base = _base(contract, delivery)
     if delivery.problem:
         return _record(con, LandedFile(contract.name, delivery.relative, "-", "rejected", reason=delivery.problem), base, None, None)
@@ -141,8 +161,14 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, waterm
     if already:
         return _record(con, LandedFile(contract.name, delivery.relative, file_id, "duplicate",
                                        reason=f"identical content already loaded from {already[0][0]}; skipped"), base, None, None)
+    rows_sql = rejects = None
+    if group is not None:
+        if not group.states:  # the first member to be read reads the whole batch
+            batch.read(con, group)
+        if group.holds(delivery, before):
+            rows_sql, rejects = batch.slice_sql(group, delivery), group.rejects.get(delivery.relative, [])
     try:
-        loaded = load_delivery(con, delivery)
+        loaded = load_delivery(con, delivery, rows_sql, rejects)
     except UnreadableFile as e:
         if landing.file_state(delivery.path) != before:
             return _settling(contract, delivery)
@@ -153,13 +179,26 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, waterm
     if landing.file_state(delivery.path) != before:
         return _settling(contract, delivery)  # what was read may not be what was hashed
 
+    stats = None
+    if rows_sql is not None and loaded.whole and loaded.rows <= schema_changes.SAMPLE_ROWS:
+        stats = _batch_stats(con, contract, group, loaded).get(str(delivery.path), schema_changes.FileStats())
+
     def land() -> LandedFile:
         with transaction(con):  # a file is recorded whole or not at all
-            return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark)
+            return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark, stats)
 
     # another writer of the ops tables (a rebuild's dead letters) may commit first: nothing was applied,
     # so the file, read once, is landed again from the new snapshot
     return retry_conflicts(land, f"{contract.name}: {delivery.relative}")
+
+
+def _batch_stats(con, contract: Contract, group: batch.Batch, loaded: Loaded) -> dict:
+    """The numbers examine reads, for every file of the batch in one pass (same header: same mapping)."""
+    if group.stats is None:
+        mapping, _, _ = _column_mapping(contract, loaded.columns)
+        group.stats = schema_changes.batch_stats(con, contract, group.table, "_file", loaded.observed_schema, mapping,
+                                                 schema_changes.null_texts(contract, mapping))
+    return group.stats
 
 
 def _settling(contract: Contract, delivery: Delivery) -> LandedFile:
@@ -182,11 +221,11 @@ def _column_mapping(contract: Contract, delivered: list[str]) -> tuple[dict[str,
 
 
 def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loaded, base: dict, run_id: str,
-          watermark: dt.date | None) -> LandedFile:
+          watermark: dt.date | None, stats: schema_changes.FileStats | None = None) -> LandedFile:
     rel = delivery.relative
     mapping, missing, extra = _column_mapping(contract, loaded.columns)
     verdict = schema_changes.examine(con, contract, TEMP_TABLE, loaded.observed_schema, mapping, missing, extra,
-                                     delivery.delivered_at, rel)
+                                     delivery.delivered_at, rel, stats)
     schema = verdict.schema
     select = [f"{delivered_ident(mapping[c.name])} AS {ident(c.name)}" if c.name in mapping else f"NULL::VARCHAR AS {ident(c.name)}"
               for c in contract.columns]
@@ -198,12 +237,12 @@ def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loa
             SELECT {', '.join(select)}, {extra_sql} AS _extra, _row_offset,
                    {literal(file_id)} AS _file_id, {literal(rel)} AS _file_path, {delivered_at} AS _delivered_at
             FROM {TEMP_TABLE})""")
-    dates = [r[0].isoformat() for r in con.execute(
-        f"SELECT DISTINCT _event_date FROM _mapped WHERE {_in_range_sql(contract)} ORDER BY 1").fetchall()] \
-        if dates_known else []
-
     decision = schema_policy.decide(contract, verdict, missing)
+    dates: list[str] = []
     if decision.quarantine:
+        if dates_known:  # the partitions the quarantined file would touch
+            dates = [r[0].isoformat() for r in con.execute(
+                f"SELECT DISTINCT _event_date FROM _mapped WHERE {_in_range_sql(contract)} ORDER BY 1").fetchall()]
         reason = schema_policy.quarantine_reason(contract, rel, decision)
         schema_changes.record_version(con, contract, verdict, rel, delivery.delivered_at, dates, "quarantined")
         return _record(con, LandedFile(contract.name, rel, file_id, "quarantined", loaded.rows, tuple(dates), reason),
@@ -222,11 +261,15 @@ def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loa
     schema_policy.record_discards(con, contract, decision, run_id)
 
     notes = decision.notes
+    unpartitioned = False  # a row whose event date is unreadable or outside the partitions
     if contract.partitioning is not None:
-        dates = [r[0].isoformat() for r in con.execute(
-            f"SELECT DISTINCT _event_date FROM _bronze WHERE {_in_range_sql(contract)} ORDER BY 1").fetchall()]
+        # every distinct date at once: which rows the lateness and event-date checks below would catch
+        seen = con.execute(f"SELECT DISTINCT _event_date, coalesce({_in_range_sql(contract)}, false) "
+                           "FROM _bronze ORDER BY 1").fetchall()
+        dates = [d.isoformat() for d, ok in seen if ok]
+        unpartitioned = any(not ok for _, ok in seen)
     held: list[str] = []
-    if watermark is not None:
+    if watermark is not None and any(d < watermark.isoformat() for d in dates):  # else nothing to hold
         held = lateness.hold(con, contract, watermark, run_id, _in_range_sql(contract))
         if held:
             dates = [d for d in dates if d not in held]  # a held date is touched only once it is released
@@ -236,7 +279,7 @@ def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loa
         reject_dates = _attribute_rejects(con, contract, mapping, loaded.rejects)
         dates = sorted(set(dates) | (reject_dates - set(held)))
     dead_letter.record_bronze_rejects(con, contract, file_id, rel, loaded.rejects, run_id)
-    if contract.partitioning is not None:
+    if unpartitioned:
         dead_letter.record_event_date_failures(con, contract, run_id, _in_range_sql(contract))
     status = "loaded" if loaded.rows or loaded.rejects else "empty"
     if status == "empty":

@@ -56,10 +56,17 @@ class Loaded:
     observed_schema: list[dict]      # [{name, type}] as delivered
     rows: int
     rejects: list[Reject] = field(default_factory=list)
+    whole: bool = True  # the view holds every row the reader parsed (False: a cut last line was dropped)
 
 
-def load_delivery(con: duckdb.DuckDBPyConnection, delivery: Delivery) -> Loaded:
-    """Expose the file as TEMP VIEW _delivery (text columns + _row_offset); raise UnreadableFile."""
+def load_delivery(con: duckdb.DuckDBPyConnection, delivery: Delivery, rows_sql: str | None = None,
+                  rejects: list[tuple] | None = None) -> Loaded:
+    """Expose the file as TEMP VIEW _delivery (text columns + _row_offset); raise UnreadableFile.
+
+    rows_sql/rejects: a csv's rows (c0.., in file order) and rejected lines already read with its batch
+    (orchestration.ingest.batch), instead of reading the file here."""
+    if rows_sql is not None:
+        return _load_csv(con, delivery, rows_sql, rejects or [])
     reader = {"csv": _load_csv, "jsonl": _load_jsonl, "parquet": _load_parquet}[delivery.format]
     try:
         return reader(con, delivery)
@@ -101,7 +108,16 @@ def _check_names(columns) -> None:
         raise UnreadableFile(f"a delivered column is named {reserved[0]!r}, a name plumbline reserves: rename it in the export")
 
 
-def _load_csv(con, delivery: Delivery) -> Loaded:
+def csv_options(columns: int) -> str:
+    """read_csv options of a delivery: a fixed dialect (a feed declares its format, so a wrong delimiter
+    is an error, not a guess), positional text columns c0.. and bad lines kept in temp._rejects."""
+    # Positional names inside DuckDB: a delivered column named rowid would otherwise hide the row id.
+    columns_sql = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(columns)) + "}"
+    return (f"""header = true, auto_detect = false, delim = ',', quote = '"', escape = '"', columns = {columns_sql}, """
+            "store_rejects = true, rejects_table = '_rejects', rejects_scan = '_rejects_scan'")
+
+
+def _load_csv(con, delivery: Delivery, rows_sql: str | None = None, batch_rejects: list[tuple] = ()) -> Loaded:
     with _open_text(delivery) as f:
         first = f.readline(MAX_LINE_BYTES + 1)
     if not first:
@@ -113,25 +129,22 @@ def _load_csv(con, delivery: Delivery) -> Loaded:
     except UnicodeDecodeError as e:
         raise UnreadableFile(f"header is not UTF-8 ({e.reason} at byte {e.start}): re-export the file as UTF-8") from e
     _check_columns(header)
-    # Positional names inside DuckDB: a delivered column named rowid would otherwise hide the row id.
-    columns_sql = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(header))) + "}"
     named = ", ".join(f"c{i} AS {delivered_ident(c)}" for i, c in enumerate(header))
-    # DuckDB appends to an existing rejects table: without this, earlier files' bad lines land on this file.
-    con.execute("DROP TABLE IF EXISTS temp._rejects")
-    con.execute("DROP TABLE IF EXISTS temp._rejects_scan")
-    # Fixed dialect: a feed declares its format, so a wrong delimiter is an error, not a guess.
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _delivery_data AS
-        SELECT * FROM read_csv({literal(str(delivery.path))}, header = true, auto_detect = false, delim = ',', quote = '"',
-            escape = '"', columns = {columns_sql}, store_rejects = true, max_line_size = {MAX_LINE_BYTES},
-            rejects_table = '_rejects', rejects_scan = '_rejects_scan')"""
-    )
+    if rows_sql is None:
+        # DuckDB appends to an existing rejects table: without this, earlier files' bad lines land on this file.
+        con.execute("DROP TABLE IF EXISTS temp._rejects")
+        con.execute("DROP TABLE IF EXISTS temp._rejects_scan")
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _delivery_data AS
+            SELECT * FROM read_csv({literal(str(delivery.path))}, {csv_options(len(header))}, max_line_size = {MAX_LINE_BYTES})"""
+        )
+        batch_rejects = con.execute("SELECT line, error_type, csv_line, error_message FROM _rejects ORDER BY line").fetchall()
+    else:  # read with its batch: the same rows, in file order, so rowid is the same
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _delivery_data AS {rows_sql}")
     rejects = [
         Reject(int(line), "csv_unparseable_line", (csv_line or "")[:2000], f"line {line}: {err_type.lower()}: {msg}",
                _csv_fields(header, csv_line))
-        for line, err_type, csv_line, msg in con.execute(
-            "SELECT line, error_type, csv_line, error_message FROM _rejects ORDER BY line"
-        ).fetchall()
+        for line, err_type, csv_line, msg in batch_rejects
     ]
     # rowid follows file order (insertion order is preserved) but skips rejected lines: add back each
     # rejected data row (line - 2, the header is line 1) that comes before, so offsets are file positions.
@@ -139,7 +152,7 @@ def _load_csv(con, delivery: Delivery) -> Loaded:
     offset = f"rowid + len(list_filter({slots}::BIGINT[], lambda s: s <= rowid))" if slots else "rowid"
     view = f"SELECT {named}, {offset} AS _row_offset FROM _delivery_data"
     con.execute(f"CREATE OR REPLACE TEMP VIEW {TEMP_TABLE} AS {view}")
-    tail = _unterminated_last_line(delivery)
+    tail, cut = _unterminated_last_line(delivery), None
     if tail is not None and tail.strip():  # trailing blanks are no record
         last_row = con.execute(f"SELECT max(_row_offset) FROM {TEMP_TABLE}").fetchone()[0]
         rejects, cut = _reject_truncated_csv_line(header, tail, rejects, last_row)
@@ -148,7 +161,7 @@ def _load_csv(con, delivery: Delivery) -> Loaded:
     rows = con.execute(f"SELECT count(*) FROM {TEMP_TABLE}").fetchone()[0]
     if len(header) == 1 and any(d in header[0] for d in ";\t|"):
         raise UnreadableFile(f"one column named {header[0][:80]!r}: the file is not comma-delimited (fix the export's delimiter to ',')")
-    return Loaded(header, [{"name": c, "type": "text"} for c in header], rows, rejects)
+    return Loaded(header, [{"name": c, "type": "text"} for c in header], rows, rejects, whole=cut is None)
 
 
 def _truncated(line: int) -> str:

