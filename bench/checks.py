@@ -116,7 +116,7 @@ def main() -> int:
     from orchestration import catalog
     from orchestration.quality import checks
     from orchestration.rebuild import partitions
-    from orchestration.warehouse import Warehouse
+    from orchestration.warehouse_resource import Warehouse
 
     work = Path(tempfile.mkdtemp(prefix="plumbline-bench-checks-"))
     shutil.copyfile(args.home / "warehouse.duckdb", work / "warehouse.duckdb")

@@ -151,7 +151,7 @@ def main() -> int:
     from orchestration import catalog, settings
     from orchestration.rebuild import partitions
     from orchestration.rebuild.ranges import RANGE_END, RANGE_START
-    from orchestration.warehouse import Warehouse
+    from orchestration.warehouse_resource import Warehouse
 
     contract = catalog.contracts()["flights"]
     keys = partitions.partition_range(START.isoformat(), (START + dt.timedelta(days=args.days - 1)).isoformat())

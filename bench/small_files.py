@@ -106,7 +106,7 @@ def child_bare_all(work: Path, fmt: str) -> dict:
 def child_bronze(work: Path, fmt: str) -> dict:
     from contracts.loader import load_contracts
     from orchestration.ingest import bronze
-    from orchestration.warehouse import Warehouse
+    from orchestration.warehouse_resource import Warehouse
 
     c = load_contracts()["flights"]
     with Timer() as t, Warehouse().connect() as con:

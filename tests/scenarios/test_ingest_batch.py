@@ -18,7 +18,7 @@ from scenarios.test_bad_input import csv_bytes, day_rows, file_name
 
 from contracts.loader import load_contracts
 from orchestration.ingest import batch, bronze
-from orchestration.warehouse import Warehouse
+from orchestration.warehouse_resource import Warehouse
 
 UNSTABLE = {"landed_at", "first_seen", "last_seen"}  # wall-clock times
 
