@@ -263,8 +263,6 @@ def _contracts(args) -> int:
 
 
 def _impact(args) -> int:
-    import contextlib
-
     from orchestration import definitions
     from orchestration.lineage import datasets, impact
     from orchestration.ops.summary import synced_warehouse
