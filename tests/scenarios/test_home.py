@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -99,11 +98,20 @@ def evaluate_every_sensor(inst: dg.DagsterInstance, cursors: dict[str, str | Non
     out = {}
     for sensor in definitions.defs.get_repository_def().sensor_defs:
         if isinstance(sensor, dg.RunStatusSensorDefinition):
-            continue  # they emit lineage for finished runs and launch nothing
+            continue  # they emit lineage or alerts for finished runs and launch nothing
+        if isinstance(sensor, dg.AutomationConditionSensorDefinition):
+            continue  # the daemon evaluates these through the asset daemon: automation_requests() does it
         with dg.build_sensor_context(instance=inst, cursor=cursors.get(sensor.name), definitions=definitions.defs,
                                      resources=definitions.defs.resources) as ctx:  # the daemon hands sensors their resources
             out[sensor.name] = sensor.evaluate_tick(ctx)
     return out
+
+
+def automation_requests(inst: dg.DagsterInstance, cursor=None) -> tuple[list, object]:
+    """One evaluation of every asset's automation condition (core and marts follow the snapshots), as
+    the automation-condition sensor makes it: what it would request, and its cursor for the next."""
+    result = dg.evaluate_automation_conditions(defs=definitions.defs, instance=inst, cursor=cursor)
+    return [r.key.to_user_string() for r in result.results if not r.true_subset.is_empty], result.cursor
 
 
 def requested(ticks: dict) -> dict[str, list]:
@@ -119,6 +127,8 @@ def test_starting_the_ui_on_a_synced_home_launches_nothing_until_a_file_lands(sy
 
     first = evaluate_every_sensor(inst, {})
     assert requested(first) == {}, {n: d.skip_message for n, d in first.items()}
+    wanted, automation_cursor = automation_requests(inst)
+    assert wanted == [], "core and marts were built after the snapshots: nothing for their conditions to do"
     cursors = {name: data.cursor for name, data in first.items()}
     assert requested(evaluate_every_sensor(inst, cursors)) == {}
 
@@ -142,6 +152,7 @@ def test_starting_the_ui_on_a_synced_home_launches_nothing_until_a_file_lands(sy
 
     after_rebuild = evaluate_every_sensor(inst, cursors)
     assert requested(after_rebuild) == {"ml_features_sensor": [(day, day)]}
+    assert automation_requests(inst, automation_cursor)[0] == [], "the rebuild run rebuilt core and marts itself"
     assert len(inst.get_runs()) == runs_after_sync + 2, "only the runs executed here"
 
 
