@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,3 +300,16 @@ def open_warehouse(env: dict):
     from orchestration.warehouse_resource import Warehouse
 
     return (Lakehouse() if env.get("PLUMBLINE_DEPLOYMENT") == "production" else Warehouse()).connect(read_only=True)
+
+
+def steps_on_workers(instance, runs) -> Counter:
+    """Per Celery worker name: the step batches it reported executing ("Executing steps ... in celery
+    worker") across these runs."""
+    executed: Counter = Counter()
+    for run in runs:
+        for record in instance.all_logs(run.run_id):
+            entry = record.dagster_event
+            worker = entry.engine_event_data.metadata.get("Celery worker") if entry and entry.is_engine_event else None
+            if worker is not None:
+                executed[str(worker.value).split("@")[0]] += 1
+    return executed

@@ -158,14 +158,20 @@ def _send(context: dg.RunStatusSensorContext, payload: dict | None, url: str | N
     context.log.info(f"{payload['kind']} alert for run {payload['run_id']} posted to {destination(url)}")
 
 
+def _alert(context, payload_of) -> dg.SkipReason | None:
+    """Post the alert payload_of(instance, run) builds, or skip and say why when no webhook is set."""
+    url = webhook_url()
+    if url is None:
+        return dg.SkipReason(NO_URL)
+    _send(context, payload_of(context.instance, context.dagster_run), url)
+    return None
+
+
 @dg.run_failure_sensor(name="alert_on_run_failure", default_status=dg.DefaultSensorStatus.RUNNING,
                        description=f"Posts every failed run (failed steps, assets and partitions, the error, failed "
                                    f"checks, a link to the run) as JSON to ${WEBHOOK_ENV}; skips when it is not set.")
 def alert_on_run_failure(context: dg.RunFailureSensorContext):
-    url = webhook_url()
-    if url is None:
-        return dg.SkipReason(NO_URL)
-    _send(context, failure_payload(context.instance, context.dagster_run), url)
+    return _alert(context, failure_payload)
 
 
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, name="alert_on_check_failure",
@@ -173,10 +179,7 @@ def alert_on_run_failure(context: dg.RunFailureSensorContext):
                       description=f"Posts the failed asset checks of every run that succeeded (WARN checks, and ERROR "
                                   f"checks that do not block) as JSON to ${WEBHOOK_ENV}; skips when it is not set.")
 def alert_on_check_failure(context: dg.RunStatusSensorContext):
-    url = webhook_url()
-    if url is None:
-        return dg.SkipReason(NO_URL)
-    _send(context, check_payload(context.instance, context.dagster_run), url)
+    return _alert(context, check_payload)
 
 
 sensors = [alert_on_run_failure, alert_on_check_failure]

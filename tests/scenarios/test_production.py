@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import pytest
 
 from openlineage_validation import errors, read_events
 from production_support import (clean_env, cut_feed, fingerprints, open_warehouse, plumbline, rows, seeing, services,
-                                start_workers, stop)
+                                start_workers, steps_on_workers, stop)
 
 pytestmark = pytest.mark.slow
 
@@ -100,13 +100,7 @@ def test_every_step_ran_on_a_worker_and_the_runs_are_in_postgresql(profiles, mon
         try:
             runs = instance.get_runs()
             assert runs and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), [(r.job_name, r.status) for r in runs]
-            on_workers: Counter = Counter()
-            for run in runs:
-                for record in instance.all_logs(run.run_id):
-                    entry = record.dagster_event
-                    worker = entry.engine_event_data.metadata.get("Celery worker") if entry and entry.is_engine_event else None
-                    if worker is not None:  # "Executing steps ... in celery worker", reported by the worker
-                        on_workers[str(worker.value).split("@")[0]] += 1
+            on_workers = steps_on_workers(instance, runs)
             # the runs keep the tags an in-process run has: who executes them (never-stuck), which partition range
             assert all(PID_TAG in r.tags and HOST_TAG in r.tags for r in runs)
             ranged = [r for r in runs if r.job_name.startswith("rebuild_") or r.job_name == "build_features"]

