@@ -12,6 +12,9 @@ in the temp table `_stage`, with `_failed` naming the error rules each row broke
   rows, or a row that breaks an error rule reached the table. Only error rules block (the spec).
 Warning and info rules never reject a row: broken, they are a WARN with the count.
 
+A partitioned asset also gets contract_by_partition (day_verdicts): each rebuilt partition judged on
+its own dead letters and row count, one result per partition (orchestration.quality.partition_checks).
+
 Great Expectations judges the distinct delivered values of each rule's column, grouped in DuckDB,
 each weighted by the rows that delivered it (_distinct_values): the verdicts and counts of judging
 every row, without copying every row into pandas.
@@ -44,6 +47,7 @@ logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
 EXAMPLES = 5
 LISTED = 20  # partitions named in a check's metadata
+DAY_EXAMPLES = 3  # values named in a partition's verdict, per rule
 
 
 def checked_rules(contract: Contract) -> list[Rule]:
@@ -420,7 +424,7 @@ def _days(con, contract: Contract, accounts) -> dict[str, _Day]:
     """Per rebuilt partition: its first dead-letter reasons, and the delivered rows (dead-lettered or
     accepted) that break each rule that rejects nothing, by the same SQL conditions that reject rows."""
     reasons = {p: r for p, r in con.execute(
-        f"""SELECT strftime(_event_date, '%Y-%m-%d'), list(_reason ORDER BY _file_path, _row_offset)[1:{EXAMPLES // 2 + 1}]
+        f"""SELECT strftime(_event_date, '%Y-%m-%d'), list(_reason ORDER BY _file_path, _row_offset)[1:{DAY_EXAMPLES}]
             FROM _stage WHERE _failed <> '' AND _event_date IS NOT NULL GROUP BY ALL""").fetchall()}
     conditions = {r.id: (r.column, c) for r in checked_rules(contract)
                   if r.column and r.severity != "error" and (c := _loaded_condition(con, contract, r))}
@@ -431,7 +435,7 @@ def _days(con, contract: Contract, accounts) -> dict[str, _Day]:
         typed = ", ".join(f"{ident(c)} AS {ident('t_' + c)}" for c in columns)
         keys = [a.partition for a in accounts]
         measures = ", ".join(f"count(*) FILTER (WHERE {cond}), list_sort(list_distinct(list({ident('t_' + col)}) "
-                             f"FILTER (WHERE {cond})))[1:3]" for col, cond in conditions.values())
+                             f"FILTER (WHERE {cond})))[1:{DAY_EXAMPLES}]" for col, cond in conditions.values())
         for row in con.execute(f"""
                 WITH delivered AS (
                     SELECT strftime(_event_date, '%Y-%m-%d') AS _p, {typed} FROM _stage WHERE _failed <> ''
@@ -471,14 +475,15 @@ def day_verdicts(contract: Contract, seen: Observed) -> dict[str, partition_chec
         accepted = seen.accepted.get(p, 0)
         short = row_count is not None and not accepted > row_count.threshold
         parts = []
-        if rejected:
-            parts.append(f"{day.dead_lettered} of {delivered} delivered row(s) dead-lettered: " + ", ".join(
+        if rejected or day.dead_lettered:  # lines that could not be read are dead-lettered by no rule
+            parts.append(f"{day.dead_lettered} of {delivered} delivered row(s) dead-lettered" + (": " + ", ".join(
                 f"{rid} {n}" + (f" ({_share(n, delivered)}, over the tolerance {contract.tolerance(by_id[rid]):.2%})"
-                                if rid in over else "") for rid, n in rejected.items()))
+                                if rid in over else "") for rid, n in rejected.items()) if rejected else " (unreadable lines)"))
+        if day.reasons:
             parts.append("e.g. " + " | ".join(day.reasons))
         if short:
             parts.append(f"{accepted} accepted row(s), not more than {row_count.threshold:g} ({row_count.id})")
-        passed = not (rejected or short)
+        passed = not (rejected or day.dead_lettered or short)
         if passed:
             parts = [f"none of {delivered} delivered row(s) was dead-lettered"]
         if day.loaded:

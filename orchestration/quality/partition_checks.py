@@ -52,6 +52,8 @@ def spec(name: str, asset_key: dg.AssetKey, partitions_def: dg.PartitionsDefinit
 def verdicts(context: dg.AssetExecutionContext, name: str, by_partition: Mapping[str, Verdict]) -> Iterator:
     """Yield after the asset's MaterializeResult: each partition's verdict aimed at its new
     materialization, then the summary (in a run of one partition, that partition's verdict)."""
+    if not by_partition:
+        return
     if context.has_partition_key:  # Dagster gives this run's AssetCheckResult the partition
         v = by_partition[context.partition_key]
         yield dg.AssetCheckResult(check_name=name, passed=v.passed, severity=v.severity, description=v.description,
