@@ -9,6 +9,7 @@ import dagster as dg
 
 from assets import core, policy
 from orchestration import catalog, names
+from orchestration.quality import partition_checks
 from orchestration.rebuild import partition_metadata, partitions
 from orchestration.ml import config, drift, evaluation, features, scoring, training
 from orchestration.ml import training_set as split
@@ -221,7 +222,11 @@ DRIFT_CHECKS = {
     key=PREDICTIONS, deps=[dg.AssetDep(FEATURES), EVALUATION],
     kinds={"duckdb", "scikit-learn"},
     code_version=training.MODEL_CODE_VERSION,
-    check_specs=[dg.AssetCheckSpec(name, asset=PREDICTIONS, description=d) for name, d in DRIFT_CHECKS.items()],
+    check_specs=[*(dg.AssetCheckSpec(name, asset=PREDICTIONS, description=d) for name, d in DRIFT_CHECKS.items()),
+                 partition_checks.spec(names.DRIFT_BY_PARTITION, PREDICTIONS, DAILY,
+                                       "Each partition a run scores, graded on its own drift measurements in ml.drift (the "
+                                       "three drift checks' thresholds): fails when one is beyond them (ERROR at a fail grade), "
+                                       "naming the features and their excess")],
     metadata={"dagster/table_name": "warehouse.ml.flight_predictions",
               "dagster/column_schema": _schema((n, t, PREDICTION_DESCRIPTIONS[n]) for n, t in scoring.PREDICTION_COLUMNS)},
     group_name="ml", **policy.warehouse_writer(DAILY),
@@ -242,6 +247,26 @@ def flight_predictions(context: dg.AssetExecutionContext, warehouse: Warehouse, 
         MODEL_VERSION: scored.version, "model_uri": f"models:/{cfg.model_name}/{scored.version}",
         names.MLFLOW_TRACKING_URI: model_registry.location()})
     yield from drift_results(measured, cfg.drift, keys)
+    yield from partition_checks.verdicts(context, names.DRIFT_BY_PARTITION, drift_verdicts(measured, keys))
+
+
+def drift_verdicts(measured, keys: list[str]) -> dict[str, partition_checks.Verdict]:
+    """Each scored partition's own verdict over its measurements of the three drift checks."""
+    graded = {check: drift.for_check(measured, check) for check in DRIFT_CHECKS}
+    out = {}
+    for key in keys:
+        beyond = [(check, r) for check, rows in graded.items()
+                  for r in rows[(rows.partition == key) & (rows.grade != "ok")].itertuples()]
+        measurements = sum(int((rows.partition == key).sum()) for rows in graded.values())
+        worst = sorted(beyond, key=lambda cr: -float(cr[1].excess))
+        out[key] = partition_checks.Verdict(
+            passed=not beyond, error=any(r.grade == "fail" for _, r in beyond),
+            description=(f"{len(beyond)} of {measurements} drift measurement(s) beyond the thresholds: " + ", ".join(
+                f"{check} {r.feature} excess {float(r.excess):.3f} ({r.grade})" for check, r in worst[:3])
+                if beyond else f"none of {measurements} drift measurement(s) is beyond the thresholds"),
+            metadata={"measurements": measurements, "beyond_threshold": len(beyond),
+                      "worst": dg.MetadataValue.json([{"check": c, **drift.described(r)} for c, r in worst[:5]])})
+    return out
 
 
 def drift_results(measured, d: dict, keys: list[str]) -> list[dg.AssetCheckResult]:

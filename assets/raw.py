@@ -6,7 +6,7 @@ from assets import policy
 from contracts.model import Contract
 from orchestration import catalog, names
 from orchestration.rebuild import partition_metadata, partitions, restatements
-from orchestration.quality import checks, dead_letter, schema_checks
+from orchestration.quality import checks, dead_letter, partition_checks, schema_checks
 from orchestration.warehouse import SNAPSHOT_PARTITION, key_list, literal
 from orchestration.warehouse_resource import Warehouse
 
@@ -26,13 +26,13 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
         kinds={"duckdb"},
         code_version=catalog.code_version(contract),
         check_specs=[*checks.check_specs(contract, key), restatements.check_spec(contract, key),
-                     *schema_checks.check_specs(key)],
+                     *schema_checks.check_specs(key), *([checks.day_spec(contract, key, part_def)] if part_def else [])],
         metadata={"dagster/column_schema": catalog.column_schema(contract, part_def is not None),
                   "dagster/table_name": f"warehouse.{contract.table}"},
         tags={names.SOURCE_TAG: contract.name},
         **policy.warehouse_writer(part_def),
     )
-    def _raw(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    def _raw(context: dg.AssetExecutionContext, warehouse: Warehouse):
         keys = list(context.partition_keys) if part_def else None
         with warehouse.connect() as con:
             rebuilt = partitions.rebuild(con, contract, keys, context.run.run_id)
@@ -51,11 +51,13 @@ def raw_asset(contract: Contract) -> dg.AssetsDefinition:
         results.append(restatement_check)
         restated = {r["partition"]: r for r in rebuilt.restated}
         partition_metadata.record(context, {a.partition: _account_metadata(a, restated.get(a.partition)) for a in accounts})
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             metadata={"dagster/column_schema": catalog.column_schema(contract, part_def is not None),
                       "contract_version": contract.version},
             check_results=results,
         )
+        if part_def:  # after the materialization: each partition's verdict points at its new materialization
+            yield from partition_checks.verdicts(context, names.CONTRACT_BY_PARTITION, checks.day_verdicts(contract, observed))
 
     return _raw
 

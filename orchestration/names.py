@@ -7,12 +7,14 @@ ACCOUNTING = "accounting"  # raw: delivered = accepted + dead-lettered + superse
 CONFORMANCE = "schema_conformance"  # raw: the contract's type and required rules, folded into one check
 SCHEMA_CHANGES = "schema_changes"  # raw: no partition built from a delivery quarantined by a schema change
 SCHEMA_VERSION_DIFF = "schema_version_diff"  # raw: how the schema versions feeding a partition differ
+CONTRACT_BY_PARTITION = "contract_by_partition"  # raw, partitioned: one verdict per partition (its partitions view)
 RESTATEMENTS = "restatements"  # raw: partitions that now read differently, within the contract's limits
 TRAINING_SET_SPLIT = "training_set_split"  # ml/training_set: disjoint train, validation and test windows
 PROMOTION_GATE = "promotion_gate"  # ml/model_evaluation: promotes the challenger (also the actor it records)
 FEATURE_DRIFT = "feature_drift"  # ml/flight_predictions: the three drift checks
 PREDICTION_DRIFT = "prediction_drift"
 PERFORMANCE_DRIFT = "performance_drift"
+DRIFT_BY_PARTITION = "drift_by_partition"  # ml/flight_predictions: the three drift checks, one verdict per partition
 
 # ------------------------------------------------------------------ asset tags
 SOURCE_TAG = "plumbline/source"  # bronze and raw: the contract (source) the asset holds

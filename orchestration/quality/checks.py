@@ -12,6 +12,9 @@ in the temp table `_stage`, with `_failed` naming the error rules each row broke
   rows, or a row that breaks an error rule reached the table. Only error rules block (the spec).
 Warning and info rules never reject a row: broken, they are a WARN with the count.
 
+A partitioned asset also gets contract_by_partition (day_verdicts): each rebuilt partition judged on
+its own dead letters and row count, one result per partition (orchestration.quality.partition_checks).
+
 Great Expectations judges the distinct delivered values of each rule's column, grouped in DuckDB,
 each weighted by the rows that delivered it (_distinct_values): the verdicts and counts of judging
 every row, without copying every row into pandas.
@@ -29,7 +32,8 @@ import dagster as dg
 from contracts.model import Contract, Rule
 from orchestration import catalog, names
 from orchestration.names import ACCOUNTING, CONFORMANCE
-from orchestration.quality import dead_letter
+from orchestration.quality import dead_letter, partition_checks
+from orchestration.rebuild.conform import rule_condition
 from orchestration.warehouse import SNAPSHOT_PARTITION, ident, key_list, literal, table_exists
 
 if TYPE_CHECKING:
@@ -43,6 +47,7 @@ logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
 EXAMPLES = 5
 LISTED = 20  # partitions named in a check's metadata
+DAY_EXAMPLES = 3  # values named in a partition's verdict, per rule
 
 
 def checked_rules(contract: Contract) -> list[Rule]:
@@ -83,6 +88,16 @@ def check_specs(contract: Contract, asset_key: dg.AssetKey) -> list[dg.AssetChec
 
 
 @dataclass(frozen=True)
+class _Day:
+    """One rebuilt partition's findings, for its own verdict (day_verdicts)."""
+
+    dead_lettered: int
+    reasons: list                      # the first dead letters' reasons (value, rule, why)
+    loaded: dict[str, int]             # rule that rejects nothing -> delivered rows breaking it
+    loaded_examples: dict[str, list]   # that rule -> example values
+
+
+@dataclass(frozen=True)
 class Observed:
     """What the checks judge, read from the warehouse once per materialization."""
 
@@ -93,6 +108,7 @@ class Observed:
     values: pd.DataFrame                       # the distinct delivered values of each rule column (_distinct_values)
     rows_checked: int                          # delivered rows of the rebuilt partitions
     references: dict[str, list | None]         # foreign key rule id -> the values it may point at
+    days: dict[str, _Day]                      # rebuilt partition -> what broke in it (partition verdicts)
 
 
 def observe(con, contract: Contract, accounts) -> Observed:
@@ -116,8 +132,9 @@ def observe(con, contract: Contract, accounts) -> Observed:
         "SELECT strftime(partition_date, '%Y-%m-%d'), accepted FROM ops.partition_accounting WHERE source = ?",
         [contract.name]).fetchall())
     values, rows = _distinct_values(con, contract, checked_rules(contract), keys) if keys else (pd.DataFrame(), 0)
+    days = _days(con, contract, accounts) if accounts and not snapshot else {}
     return Observed({a.partition: a.delivered for a in accounts}, rejected, elsewhere, accepted, values, rows,
-                    _references(con, contract))
+                    _references(con, contract), days)
 
 
 def judge(contract: Contract, seen: Observed) -> list[dg.AssetCheckResult]:
@@ -392,3 +409,91 @@ def _conformance(contract: Contract, seen: Observed) -> dg.AssetCheckResult:
                   names.DEAD_LETTERED_ROWS: sum(sum(v.values()) for v in rejected.values()),
                   "open_dead_letters_elsewhere_by_rule": dg.MetadataValue.json(elsewhere),
                   "reject_tolerance": contract.reject_tolerance})
+
+
+def day_spec(contract: Contract, asset_key: dg.AssetKey, partitions_def: dg.PartitionsDefinition) -> dg.AssetCheckSpec:
+    return partition_checks.spec(
+        names.CONTRACT_BY_PARTITION, asset_key, partitions_def,
+        f"Each partition a run rebuilds, judged on its own delivered rows against {catalog.shown_path(contract)}: fails "
+        "when rows of it were dead-lettered (ERROR over rejectTolerance) or it holds too few rows (row_count), naming "
+        "the rules, counts and first rejected values of that day. Rows that break warning and info rules are loaded "
+        "by design: counted and named, they never fail a day (the rule's own check warns)")
+
+
+def _days(con, contract: Contract, accounts) -> dict[str, _Day]:
+    """Per rebuilt partition: its first dead-letter reasons, and the delivered rows (dead-lettered or
+    accepted) that break each rule that rejects nothing, by the same SQL conditions that reject rows."""
+    reasons = {p: r for p, r in con.execute(
+        f"""SELECT strftime(_event_date, '%Y-%m-%d'), list(_reason ORDER BY _file_path, _row_offset)[1:{DAY_EXAMPLES}]
+            FROM _stage WHERE _failed <> '' AND _event_date IS NOT NULL GROUP BY ALL""").fetchall()}
+    conditions = {r.id: (r.column, c) for r in checked_rules(contract)
+                  if r.column and r.severity != "error" and (c := _loaded_condition(con, contract, r))}
+    loaded: dict[str, dict[str, int]] = {}
+    examples: dict[str, dict[str, list]] = {}
+    if conditions:
+        columns = sorted({col for col, _ in conditions.values()})
+        typed = ", ".join(f"{ident(c)} AS {ident('t_' + c)}" for c in columns)
+        keys = [a.partition for a in accounts]
+        measures = ", ".join(f"count(*) FILTER (WHERE {cond}), list_sort(list_distinct(list({ident('t_' + col)}) "
+                             f"FILTER (WHERE {cond})))[1:{DAY_EXAMPLES}]" for col, cond in conditions.values())
+        for row in con.execute(f"""
+                WITH delivered AS (
+                    SELECT strftime(_event_date, '%Y-%m-%d') AS _p, {typed} FROM _stage WHERE _failed <> ''
+                    UNION ALL SELECT strftime(event_date, '%Y-%m-%d'), {typed} FROM {contract.table} WHERE event_date IN {key_list(keys)})
+                SELECT _p, {measures} FROM delivered WHERE _p IS NOT NULL GROUP BY _p""").fetchall():
+            for i, rid in enumerate(conditions):
+                if row[1 + 2 * i]:
+                    loaded.setdefault(row[0], {})[rid] = row[1 + 2 * i]
+                    examples.setdefault(row[0], {})[rid] = [_plain(v) for v in row[2 + 2 * i]]
+    return {a.partition: _Day(a.dead_lettered, reasons.get(a.partition, []), loaded.get(a.partition, {}),
+                              examples.get(a.partition, {})) for a in accounts}
+
+
+def _loaded_condition(con, contract: Contract, rule: Rule) -> str | None:
+    """SQL true when a row breaks a rule that rejects nothing (None: it cannot be judged yet)."""
+    if rule.kind != "foreign_key":
+        return rule_condition(rule, contract)
+    table, column = rule.reference
+    if not table_exists(con, "raw", table):
+        return None
+    c = ident("t_" + rule.column)
+    return f"({c} IS NOT NULL AND {c} NOT IN (SELECT {ident(column)} FROM raw.{ident(table)} WHERE {ident(column)} IS NOT NULL))"
+
+
+def day_verdicts(contract: Contract, seen: Observed) -> dict[str, partition_checks.Verdict]:
+    """Each rebuilt partition's own verdict: its dead letters (per rule, against the tolerance) and its
+    row count. Rows that break rules rejecting nothing are named, not failed: a source breaks some every
+    day (flights to BQN, SJU, STT and PSE, which airports lacks), and would leave no day green.
+    Other partitions' dead letters play no part."""
+    by_id = {r.id: r for r in contract.rules}
+    row_count = next((r for r in contract.rules if r.kind == "row_count"), None)
+    out = {}
+    for p, delivered in seen.delivered.items():
+        day = seen.days[p]
+        rejected = {rid: parts[p] for rid, parts in sorted(seen.rejected.items()) if p in parts}
+        over = [rid for rid, n in rejected.items() if n > contract.tolerance(by_id[rid]) * delivered]
+        accepted = seen.accepted.get(p, 0)
+        short = row_count is not None and not accepted > row_count.threshold
+        parts = []
+        if rejected or day.dead_lettered:  # lines that could not be read are dead-lettered by no rule
+            parts.append(f"{day.dead_lettered} of {delivered} delivered row(s) dead-lettered" + (": " + ", ".join(
+                f"{rid} {n}" + (f" ({_share(n, delivered)}, over the tolerance {contract.tolerance(by_id[rid]):.2%})"
+                                if rid in over else "") for rid, n in rejected.items()) if rejected else " (unreadable lines)"))
+        if day.reasons:
+            parts.append("e.g. " + " | ".join(day.reasons))
+        if short:
+            parts.append(f"{accepted} accepted row(s), not more than {row_count.threshold:g} ({row_count.id})")
+        passed = not (rejected or day.dead_lettered or short)
+        if passed:
+            parts = [f"none of {delivered} delivered row(s) was dead-lettered"]
+        if day.loaded:
+            parts.append("loaded, breaking rules that reject nothing: " + ", ".join(
+                f"{rid} ({by_id[rid].severity}) {n} (e.g. {', '.join(map(repr, day.loaded_examples[rid]))})"
+                for rid, n in sorted(day.loaded.items())))
+        out[p] = partition_checks.Verdict(
+            passed=passed, error=bool(over) or (short and row_count.severity == "error"), description="; ".join(parts),
+            metadata={names.DELIVERED: delivered, "accepted": accepted, names.DEAD_LETTERED: day.dead_lettered,
+                      "rejected_by_rule": dg.MetadataValue.json(rejected), "over_tolerance": dg.MetadataValue.json(over),
+                      "breaking_loaded_by_rule": dg.MetadataValue.json(day.loaded),
+                      "examples": dg.MetadataValue.json({"dead_letters": day.reasons, **day.loaded_examples})})
+    return out

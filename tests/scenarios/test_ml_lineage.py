@@ -18,6 +18,7 @@ from assets import ml
 from openlineage_validation import asset_graph_edges, errors, read_events, rebuilt_edges
 from orchestration.ops import sync as sync_module
 from orchestration.definitions import TRAIN_JOB, defs
+from orchestration import names
 from orchestration.lineage import datasets, events
 
 MODEL_NAME = ml.CFG.model_name
@@ -148,7 +149,7 @@ def test_features_and_predictions_carry_partitions_and_column_lineage(demo):
     assert scored[0] >= ml.CFG.scoring_start.isoformat()
     feature_input = next(i for i in predictions["inputs"] if i["name"] == "warehouse.ml.flight_features")
     assert [p["identifier"] for p in feature_input["inputFacets"]["subset"]["inputCondition"]["partitions"]] == scored
-    assert {a["assertion"] for a in out["facets"]["dataQualityAssertions"]["assertions"]} == set(ml.DRIFT_CHECKS)
+    assert {a["assertion"] for a in out["facets"]["dataQualityAssertions"]["assertions"]} == {*ml.DRIFT_CHECKS, names.DRIFT_BY_PARTITION}
     training = asset_events(demo, "ml.training_set", "COMPLETE")[-1]
     assert [i["name"] for i in training["inputs"]] == ["warehouse.ml.flight_features"]
     assert "subset" not in training["inputs"][0]["inputFacets"], "the training set reads the feature table, not a range"

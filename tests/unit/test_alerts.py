@@ -14,6 +14,7 @@ import pytest
 
 from orchestration import catalog
 from orchestration.automation import alerts
+from orchestration.quality import partition_checks
 
 TOKEN = "T0KEN-s3cret-9f8e7d"
 DAILY = catalog.partitions_def(catalog.contracts()["flights"])
@@ -135,6 +136,28 @@ def test_a_run_with_a_failed_check_is_posted_and_a_run_whose_checks_pass_is_not(
     clean = dg.materialize([upstream], instance=instance, partition_key="2013-03-04")
     assert sensor(terminal(instance, clean.run_id, sensor, dg.DagsterEventType.RUN_SUCCESS)) is None
     assert len(receiver.bodies) == 1, "nothing to say about a run whose checks passed"
+
+
+@dg.asset(key=["raw", "by_day"], partitions_def=DAILY, backfill_policy=dg.BackfillPolicy.single_run(),
+          check_specs=[partition_checks.spec("day_ok", dg.AssetKey(["raw", "by_day"]), DAILY, "each day has rows")])
+def by_day(context):
+    yield dg.MaterializeResult()
+    yield from partition_checks.verdicts(context, "day_ok", {
+        day: partition_checks.Verdict(passed=day != "2013-03-05", description=f"{day}: rows" if day != "2013-03-05" else "0 rows")
+        for day in context.partition_keys})
+
+
+def test_a_range_run_with_a_bad_day_is_posted_with_that_day_and_the_runs_summary(receiver, instance):
+    tags = {alerts.RANGE_START: "2013-03-04", alerts.RANGE_END: "2013-03-06"}
+    result = dg.materialize([by_day], instance=instance, tags=tags)
+    assert result.success, "a partitioned check never blocks"
+    sensor = alerts.alert_on_check_failure
+    assert sensor(terminal(instance, result.run_id, sensor, dg.DagsterEventType.RUN_SUCCESS)) is None
+    [body] = receiver.bodies
+    assert body["partition_range"] == {"start": "2013-03-04", "end": "2013-03-06"} and body["failed_checks_total"] == 2
+    assert [(c["check"], c["partition"], c["description"]) for c in body["failed_checks"]] == [
+        ("day_ok", "2013-03-05", "0 rows"),
+        ("day_ok", None, "1 of 3 partition(s) of this run failed: 2013-03-05; 2013-03-05: 0 rows")]
 
 
 def test_without_a_url_the_sensors_skip_and_say_why(instance, monkeypatch):

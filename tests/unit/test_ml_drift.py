@@ -131,3 +131,25 @@ def test_a_measurement_is_described_with_fields_named_for_what_they_hold():
     auc_row = next(drift.for_check(MEASURED, "performance_drift").itertuples())
     assert drift.described(auc_row) == {"partition": "2013-12-10", "feature": "prediction", "grade": "warn", "model_version": "3",
                                         "auc": 0.5, "reference_auc": 0.64, "drop": 0.14}
+
+
+def test_each_scored_partition_gets_its_own_drift_verdict_naming_what_drifted():
+    from assets import ml
+
+    measured = pd.DataFrame([
+        # partition, model_version, measure, feature, value, reference, grade
+        ("2013-12-10", "3", "psi", "temp", 2.5, 0.1, "fail"),
+        ("2013-12-10", "3", "psi", "carrier", 0.1, 0.1, "ok"),
+        ("2013-12-10", "3", "psi", "prediction", 0.3, 0.1, "warn"),
+        ("2013-12-11", "3", "psi", "temp", 0.1, 0.1, "ok"),
+        ("2013-12-11", "3", "auc", "auc", 0.70, 0.71, "ok"),
+        ("2013-12-12", "3", "auc", "auc", 0.60, 0.71, "warn"),
+    ], columns=["partition", "model_version", "measure", "feature", "value", "reference", "grade"])
+    days = ml.drift_verdicts(measured, ["2013-12-10", "2013-12-11", "2013-12-12"])
+    bad = days["2013-12-10"]
+    assert not bad.passed and bad.error, "a fail grade makes the day an ERROR"
+    assert bad.description.startswith("2 of 3 drift measurement(s) beyond the thresholds: feature_drift temp excess 2.400 (fail)")
+    assert [w["feature"] for w in bad.metadata["worst"].value] == ["temp", "prediction"]
+    assert days["2013-12-11"].passed and days["2013-12-11"].metadata["measurements"] == 2
+    warned = days["2013-12-12"]
+    assert not warned.passed and not warned.error and "performance_drift auc excess 0.110 (warn)" in warned.description
