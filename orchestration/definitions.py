@@ -141,7 +141,7 @@ schedules = [
 defs = dg.Definitions(
     # raw assets show each column's downstream impact in the UI (from the declared column lineage)
     assets=code_references.with_code_references(
-        impact.annotate(dg.map_asset_specs(platform_policy, [*ASSETS, operational.operational_tables]), resources())),
+        impact.annotate(dg.map_asset_specs(platform_policy, [*ASSETS, operational.operational_tables]))),
     asset_checks=[ml.promotion_gate, *table_checks.asset_checks],
     jobs=jobs,
     sensors=[*lineage_sensors, sensors.landing_sensor(INGEST_JOB),

@@ -71,6 +71,7 @@ class Naming:
     def __init__(self, warehouse=None, model_registry: ModelRegistry | None = None):
         self.warehouse = warehouse if warehouse is not None else Warehouse()
         self.model_registry = model_registry if model_registry is not None else ModelRegistry()
+        self._warehouse: tuple[str, str] | None = None  # (namespace, database), read once: see table()
 
     def warehouse_namespace(self) -> str:
         """duckdb://<file> embedded; ducklake:postgres://<host>:<port>/<catalog db> for DuckLake (no credentials)."""
@@ -85,10 +86,14 @@ class Naming:
     def table(self, table_name: str) -> Place:
         """A table by its dagster/table_name (<database>.<schema>.<table>, as the asset declares it for the
         embedded file), named in this deployment's warehouse: <its database>.<schema>.<table>."""
+        # one Naming names the tables of one run or command, many times over: its warehouse stays put meanwhile
+        if self._warehouse is None:
+            self._warehouse = (self.warehouse_namespace(), self.database())
+        namespace, database = self._warehouse
         parts = table_name.split(".")
         if len(parts) == 3:
-            parts[0] = self.database()
-        return Place(self.warehouse_namespace(), ".".join(parts))
+            parts[0] = database
+        return Place(namespace, ".".join(parts))
 
     def registry_namespace(self, recorded_uri: str | None = None) -> str:
         """The MLflow registry's URI, without credentials: a namespace is shown to every lineage reader."""

@@ -206,28 +206,47 @@ def _checks(graph, columns: list[tuple[str, str]], whole: list[dg.AssetKey]) -> 
     return list({(c["check"], c["asset"]): c for c in out}.values())
 
 
-def analyse(graph, target: str, *, con=None, model_registry=None, naming: datasets.Naming | None = None,
-            columns: ColumnGraph | None = None) -> Impact:
-    """The downstream impact of <schema>.<table>.<column>. `con`: a read-only warehouse connection for
-    partitions and rows (None: declarations only); `model_registry`: where registered versions are
-    (None: none listed); `columns`: the graph's ColumnGraph, when the caller analyses many columns."""
-    columns = columns or ColumnGraph(graph, naming)
+@dataclass
+class _Reach:
+    """What the declarations alone say depends on one column (analyse adds checks, rows and versions)."""
+    table: str
+    column: str
+    columns: list[Reached]
+    tables: set[str]
+    whole: list[dg.AssetKey]
+    features: list[dict]
+    models: list[dict]
+
+
+def _reach(graph, columns: ColumnGraph, target: str) -> _Reach:
     table, column = columns.resolve(target)
     reached = columns.walk(table, column)
     tables = {table} | {r.table for r in reached}
     whole = columns.asset_level(tables)
-    assets = [{"asset": columns.asset_of[t].to_user_string(), "level": "column",
-               "columns": sorted(r.column for r in reached if r.table == t)} for t in sorted(tables - {table})]
-    assets += [{"asset": k.to_user_string(), "level": "asset", "columns": []} for k in whole]
-    source_asset = columns.asset_of[table].to_user_string()
-    checks = _checks(graph, [(table, column)] + [(r.table, r.column) for r in reached], whole)
     features_table = _table_of(graph.get(FEATURES)) if graph.has(FEATURES) else None
     derived = [{"feature": r.column, "model_input": r.column in features.MODEL_INPUTS}
                for r in reached if r.table == features_table]
     inputs = [f["feature"] for f in derived if f["model_input"]]
     models = [{"asset": k.to_user_string(), "registered_model": name, "trained_on": inputs, "versions": None}
               for k in whole if (name := datasets.registered_model(graph.get(k))) is not None]
-    impact = Impact(target, source_asset, columns.columns[table].get(column), None, reached, assets, checks, derived, models)
+    return _Reach(table, column, reached, tables, whole, derived, models)
+
+
+def analyse(graph, target: str, *, con=None, model_registry=None, naming: datasets.Naming | None = None,
+            columns: ColumnGraph | None = None) -> Impact:
+    """The downstream impact of <schema>.<table>.<column>. `con`: a read-only warehouse connection for
+    partitions and rows (None: declarations only); `model_registry`: where registered versions are
+    (None: none listed); `columns`: the graph's ColumnGraph, when the caller analyses many columns."""
+    columns = columns or ColumnGraph(graph, naming)
+    found = _reach(graph, columns, target)
+    table, column, reached, whole, models = found.table, found.column, found.columns, found.whole, found.models
+    inputs = [f["feature"] for f in found.features if f["model_input"]]
+    assets = [{"asset": columns.asset_of[t].to_user_string(), "level": "column",
+               "columns": sorted(r.column for r in reached if r.table == t)} for t in sorted(found.tables - {table})]
+    assets += [{"asset": k.to_user_string(), "level": "asset", "columns": []} for k in whole]
+    source_asset = columns.asset_of[table].to_user_string()
+    checks = _checks(graph, [(table, column)] + [(r.table, r.column) for r in reached], whole)
+    impact = Impact(target, source_asset, columns.columns[table].get(column), None, reached, assets, checks, found.features, models)
     if con is not None:
         _rows(con, impact, table, column)
     else:
@@ -377,30 +396,63 @@ def summary(impact: Impact) -> str:
 IMPACT_METADATA = "plumbline/downstream_impact"  # raw assets' metadata entry: each column's downstream impact
 
 
-def _markdown(graph, columns: ColumnGraph, table: str) -> str:
+def markdown(graph, columns: ColumnGraph, table: str) -> str:
+    """The IMPACT_METADATA of `table`: each column nothing is built from is left out."""
     rows = ["| column | downstream columns | model inputs derived | registered models |", "|---|---|---|---|"]
     for column in sorted(columns.columns.get(table, {})):
-        found = analyse(graph, f"{table}.{column}", columns=columns)
+        found = _reach(graph, columns, f"{table}.{column}")
         if not found.columns:
             continue
         models = [m["registered_model"] for m in found.models if m["trained_on"]]
-        rows.append(f"| {column} | {', '.join(found.downstream_names())} | "
+        rows.append(f"| {column} | {', '.join(r.name for r in found.columns)} | "
                     f"{', '.join(f['feature'] for f in found.features if f['model_input']) or '-'} | {', '.join(models) or '-'} |")
     return ("Columns of this table and what is built from them, from the declared column lineage. "
             "Partitions, rows and model versions: `plumbline impact " + table + ".<column>`.\n\n" + "\n".join(rows))
 
 
-def annotate(assets: list, resources: Mapping) -> list:
-    """The assets, raw ones with a markdown table of each column's downstream impact (declarations
-    only: no warehouse or registry is read, so it is cheap when the code location loads). `resources`:
-    the code location's, which the assets need to form a graph."""
-    graph = dg.Definitions(assets=assets, resources=resources).resolve_asset_graph()
+class DeclaredGraph:
+    """The asset graph of a list of asset definitions, read from their specs alone: what ColumnGraph
+    reads of a resolved one (nodes' keys, metadata, children, checks), without building Definitions."""
+
+    @dataclass(frozen=True)
+    class Node:
+        key: dg.AssetKey
+        metadata: Mapping
+        child_keys: frozenset
+        check_keys: frozenset
+
+    def __init__(self, assets: list):
+        specs = [s for a in assets for s in (a.specs if isinstance(a, dg.AssetsDefinition) else [a])]
+        checks = [c for a in assets if isinstance(a, dg.AssetsDefinition) for c in a.check_specs]
+        children: dict[dg.AssetKey, set] = {}
+        for s in specs:
+            for d in s.deps:
+                children.setdefault(d.asset_key, set()).add(s.key)
+        self.nodes = {s.key: self.Node(s.key, s.metadata, frozenset(children.get(s.key, ())),
+                                       frozenset(c.key for c in checks if c.asset_key == s.key)) for s in specs}
+
+    @property
+    def asset_nodes(self):
+        return list(self.nodes.values())
+
+    def get(self, key: dg.AssetKey) -> Node:
+        return self.nodes[key]
+
+    def has(self, key: dg.AssetKey) -> bool:
+        return key in self.nodes
+
+
+def annotate(assets: list) -> list:
+    """The assets, raw ones with a markdown table of each column's downstream impact. Read from the
+    assets' own declarations (no Definitions is built, no warehouse or registry is read): every
+    process that loads the code location pays it."""
+    graph = DeclaredGraph(assets)
     columns = ColumnGraph(graph)
 
     def with_impact(spec: dg.AssetSpec) -> dg.AssetSpec:
         if spec.key.path[0] != "raw":
             return spec
-        md = _markdown(graph, columns, _table_of(graph.get(spec.key)))
+        md = markdown(graph, columns, _table_of(graph.get(spec.key)))
         return spec.merge_attributes(metadata={IMPACT_METADATA: dg.MetadataValue.md(md)})
 
     return dg.map_asset_specs(with_impact, assets)

@@ -81,6 +81,15 @@ def test_raw_assets_show_each_columns_impact_in_the_ui(graph):
     assert not any(line.startswith("| hour |") for line in md.splitlines())  # nothing is built from it
 
 
+def test_the_ui_table_read_from_the_declarations_is_the_one_the_whole_code_location_gives(graph):
+    # annotate reads the assets' specs, not a resolved graph: both must say the same of every raw table
+    columns = impact.ColumnGraph(graph)
+    raw = [n for n in graph.asset_nodes if n.key.path[0] == "raw"]
+    assert len(raw) == 5
+    for node in raw:
+        assert node.metadata[impact.IMPACT_METADATA].value == impact.markdown(graph, columns, ".".join(node.key.path))
+
+
 def test_impact_on_a_synced_year_lists_rows_partitions_and_model_versions(demo_year, capsys):
     assert main(["impact", "raw.flights.tailnum", "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
