@@ -253,14 +253,22 @@ def column_lineage_facet(graph, node, naming: Naming | None = None) -> column_li
     fields: dict[str, list[tuple[Place, str, column_lineage_dataset.Transformation]]] = {}
     aggregated = set(node.metadata.get(names.AGGREGATED_COLUMNS).value
                      if node.metadata.get(names.AGGREGATED_COLUMNS) else [])
+    keys = {(asset, c) for asset, cols in (_value(node.metadata, names.JOIN_KEYS) or {}).items() for c in cols}
     declared = node.metadata.get("dagster/column_lineage")
     if declared is not None:
         lineage = declared.column_lineage if hasattr(declared, "column_lineage") else declared
         for column, deps in lineage.deps_by_column.items():
-            for dep in deps:
-                if column in aggregated:
+            # a join key where the join brings the column; a key copied as it is stays the column's DIRECT input
+            joined = [(d.asset_key.to_user_string(), d.column_name) in keys for d in deps]
+            if all(joined):
+                joined = [False] * len(deps)
+            direct = joined.count(False)
+            for dep, by_key in zip(deps, joined):
+                if by_key:
+                    t = _transformation("INDIRECT", "JOIN", "the key the input row is looked up by")
+                elif column in aggregated:
                     t = _transformation("DIRECT", "AGGREGATION", "aggregated over rows of the input (the asset's description says how)")
-                elif dep.column_name == column and len(deps) == 1:
+                elif dep.column_name == column and direct == 1:
                     t = _transformation("DIRECT", "IDENTITY", None)
                 else:
                     t = _transformation("DIRECT", "TRANSFORMATION", "computed from the input column")

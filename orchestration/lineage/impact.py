@@ -226,8 +226,13 @@ def _reach(graph, columns: ColumnGraph, target: str) -> _Reach:
     features_table = _table_of(graph.get(FEATURES)) if graph.has(FEATURES) else None
     derived = [{"feature": r.column, "model_input": r.column in features.MODEL_INPUTS}
                for r in reached if r.table == features_table]
-    inputs = [f["feature"] for f in derived if f["model_input"]]
-    models = [{"asset": k.to_user_string(), "registered_model": name, "trained_on": inputs, "versions": None}
+
+    def trained_on(model: dg.AssetKey) -> list[str]:
+        """The model inputs reached in the tables the model is trained from (its inputs' columns)."""
+        read = {_table_of(graph.get(k)) for k in graph.get(model).parent_keys}
+        return [r.column for r in reached if r.table in read and r.column in features.MODEL_INPUTS]
+
+    models = [{"asset": k.to_user_string(), "registered_model": name, "trained_on": trained_on(k), "versions": None}
               for k in whole if (name := datasets.registered_model(graph.get(k))) is not None]
     return _Reach(table, column, reached, tables, whole, derived, models)
 
@@ -240,7 +245,6 @@ def analyse(graph, target: str, *, con=None, model_registry=None, naming: datase
     columns = columns or ColumnGraph(graph, naming)
     found = _reach(graph, columns, target)
     table, column, reached, whole, models = found.table, found.column, found.columns, found.whole, found.models
-    inputs = [f["feature"] for f in found.features if f["model_input"]]
     assets = [{"asset": columns.asset_of[t].to_user_string(), "level": "column",
                "columns": sorted(r.column for r in reached if r.table == t)} for t in sorted(found.tables - {table})]
     assets += [{"asset": k.to_user_string(), "level": "asset", "columns": []} for k in whole]
@@ -252,7 +256,7 @@ def analyse(graph, target: str, *, con=None, model_registry=None, naming: datase
     else:
         impact.notes.append("partitions and rows: no synced warehouse (run plumbline sync)")
     for m in models:
-        m["versions"] = _versions(model_registry, m["registered_model"], inputs, impact.notes)
+        m["versions"] = _versions(model_registry, m["registered_model"], m["trained_on"], impact.notes)
     return impact
 
 
@@ -418,6 +422,7 @@ class DeclaredGraph:
     class Node:
         key: dg.AssetKey
         metadata: Mapping
+        parent_keys: frozenset
         child_keys: frozenset
         check_keys: frozenset
 
@@ -428,7 +433,7 @@ class DeclaredGraph:
         for s in specs:
             for d in s.deps:
                 children.setdefault(d.asset_key, set()).add(s.key)
-        self.nodes = {s.key: self.Node(s.key, s.metadata, frozenset(children.get(s.key, ())),
+        self.nodes = {s.key: self.Node(s.key, s.metadata, frozenset(d.asset_key for d in s.deps), frozenset(children.get(s.key, ())),
                                        frozenset(c.key for c in checks if c.asset_key == s.key)) for s in specs}
 
     @property
