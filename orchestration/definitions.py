@@ -74,7 +74,9 @@ EXPECTED_PARTITIONS = "plumbline/expected_partitions"  # metadata: the partition
 EXPECTED = {ml.PREDICTIONS: {
     "start": ml.CFG.scoring_start.isoformat(), "end": ml.DAILY.get_last_partition_key(),
     "why": "scoring starts at scoring.start (orchestration/ml/config.yaml): earlier days are training and "
-           "validation data, never scored, so their partitions stay empty on purpose"}}
+           "validation data, never scored, so their partitions stay empty on purpose"},
+    # raw sources whose contract says where their data starts or ends (sourceCoverage)
+    **{dg.AssetKey(["raw", c.name]): e for c in PARTITIONED if (e := catalog.expected_partitions(c))}}
 
 
 def platform_policy(spec: dg.AssetSpec) -> dg.AssetSpec:
