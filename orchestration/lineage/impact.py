@@ -5,9 +5,9 @@ over the asset graph: each asset's dagster/column_lineage, and raw's contract), 
 the other direction; there is no second map. Walking it down from <schema>.<table>.<column> gives the
 downstream columns with their transformation, the assets that hold them, the asset checks that read
 them (contract rules on the column, schema conformance), the ML features derived from them and the
-registered model versions trained on those features. Assets downstream that declare no column
-lineage (the training set, the model, evaluation, predictions) depend on the whole upstream table:
-they are listed as asset-level impact. With a synced home, the warehouse says which partitions and
+registered model versions trained on those features (the model inputs reached in the table each
+model is trained from). Assets downstream that declare no column lineage (the model, evaluation,
+predictions) depend on the whole upstream table: they are listed as asset-level impact. With a synced home, the warehouse says which partitions and
 how many rows hold values of each column, and the model registry which versions (stage, alias,
 training window) were trained on the features reached.
 """
