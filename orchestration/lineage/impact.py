@@ -7,9 +7,10 @@ downstream columns with their transformation, the assets that hold them, the ass
 them (contract rules on the column, schema conformance), the ML features derived from them and the
 registered model versions trained on those features (the model inputs reached in the table each
 model is trained from). Assets downstream that declare no column lineage (the model, evaluation,
-predictions) depend on the whole upstream table: they are listed as asset-level impact. With a synced home, the warehouse says which partitions and
-how many rows hold values of each column, and the model registry which versions (stage, alias,
-training window) were trained on the features reached.
+predictions) depend on the whole upstream table: they are listed as asset-level impact. With a
+synced home, the warehouse says which partitions and how many rows hold values of each column, and
+the model registry which versions (stage, alias, training window) were trained on the features
+reached.
 """
 
 from __future__ import annotations
