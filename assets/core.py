@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets import policy
-from orchestration import catalog
+from orchestration import catalog, names
 from orchestration.rebuild import partition_metadata, partitions
 from orchestration.warehouse_resource import Warehouse
 
@@ -62,6 +62,10 @@ DIMENSION_LINEAGE = {
 }
 
 
+# The keys the dimension rows are looked up by (origin and dest: the airports' time zones).
+JOIN_KEYS = {"raw/flights": ["carrier", "tailnum", "origin", "dest"], "raw/airlines": ["carrier"], "raw/planes": ["tailnum"]}
+
+
 def column_lineage() -> dg.TableColumnLineage:
     deps = {}
     for name, _, sources in COLUMNS:
@@ -106,7 +110,7 @@ DDL = "CREATE TABLE IF NOT EXISTS core.flights (" + ", ".join(f"{n} {t}" for n, 
     kinds={"duckdb"},
     code_version="1",
     metadata={"dagster/column_schema": COLUMN_SCHEMA,
-              "dagster/column_lineage": column_lineage(),
+              "dagster/column_lineage": column_lineage(), names.JOIN_KEYS: dg.MetadataValue.json(JOIN_KEYS),
               "dagster/table_name": "warehouse.core.flights"},
     **policy.warehouse_writer(catalog.partitions_def(FLIGHTS)),
 )

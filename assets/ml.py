@@ -64,6 +64,12 @@ def _column_lineage() -> dg.TableColumnLineage:
         for col, deps in features.SOURCES.items()})
 
 
+def _training_set_lineage() -> dg.TableColumnLineage:
+    """Each column is its ml.flight_features column as is; split is the configured window event_date falls in."""
+    return dg.TableColumnLineage(deps_by_column={
+        n: [dg.TableColumnDep(FEATURES, "event_date" if n == "split" else n)] for n, _, _ in TRAINING_SET_COLUMNS})
+
+
 @dg.asset(
     key=FEATURES,
     deps=[dg.AssetDep(CORE_FLIGHTS, partition_mapping=features.partition_mapping(CFG.rolling_days)),
@@ -71,7 +77,8 @@ def _column_lineage() -> dg.TableColumnLineage:
     kinds={"duckdb"}, code_version=training.MODEL_CODE_VERSION,
     metadata={"dagster/column_schema": features.COLUMN_SCHEMA, "dagster/column_lineage": _column_lineage(),
               "dagster/table_name": "warehouse.ml.flight_features",
-              names.AGGREGATED_COLUMNS: dg.MetadataValue.json(features.AGGREGATED)},
+              names.AGGREGATED_COLUMNS: dg.MetadataValue.json(features.AGGREGATED),
+              names.JOIN_KEYS: dg.MetadataValue.json(features.JOIN_KEYS)},
     group_name="ml", **policy.warehouse_writer(DAILY),
 )
 def flight_features(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
@@ -101,7 +108,8 @@ def flight_features(context: dg.AssetExecutionContext, warehouse: Warehouse) -> 
     key=TRAINING_SET, deps=[FEATURES], kinds={"duckdb"}, code_version=training.MODEL_CODE_VERSION,
     check_specs=[dg.AssetCheckSpec(names.TRAINING_SET_SPLIT, asset=TRAINING_SET, blocking=True,
                                    description="Train, validation and test windows do not overlap and no flight is in two of them.")],
-    metadata={"dagster/table_name": "warehouse.ml.training_set", "dagster/column_schema": _schema(TRAINING_SET_COLUMNS)},
+    metadata={"dagster/table_name": "warehouse.ml.training_set", "dagster/column_schema": _schema(TRAINING_SET_COLUMNS),
+              "dagster/column_lineage": _training_set_lineage()},
     group_name="ml", **policy.warehouse_writer(),
 )
 def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):

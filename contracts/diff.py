@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts.model import Contract, Rule
+from contracts.model import Contract, Coverage, Rule
 
 # (old, new) type pairs where every old value reads the same in the new type.
 _INT_WIDTH = {"TINYINT": 1, "SMALLINT": 2, "INTEGER": 3, "BIGINT": 4}
@@ -77,6 +77,10 @@ def _rule_change(old: Rule, new: Rule) -> list[ContractChange]:
     return out
 
 
+def _span(coverage: Coverage | None) -> str:
+    return f"{coverage.start}..{coverage.end or 'open'}" if coverage else "every partition"
+
+
 def diff(old: Contract, new: Contract) -> list[ContractChange]:
     out: list[ContractChange] = []
     old_cols = {c.name: c for c in old.columns}
@@ -130,6 +134,8 @@ def diff(old: Contract, new: Contract) -> list[ContractChange]:
     if old.partitioning != new.partitioning:
         out.append(ContractChange("partitioning_changed", "partitioning", f"{old.partitioning} -> {new.partitioning}", True,
                                   ("event_date",) if old.partitioning else ()))
+    if old.coverage != new.coverage:  # which partitions the source fills: what the UI says is empty on purpose
+        out.append(ContractChange("coverage_changed", "sourceCoverage", f"{_span(old.coverage)} -> {_span(new.coverage)}", False))
     for key in sorted(set(old.schema_evolution) | set(new.schema_evolution)):
         if old.schema_evolution.get(key) != new.schema_evolution.get(key):
             out.append(ContractChange("policy_changed", f"schemaEvolution.{key}",

@@ -32,6 +32,7 @@ from contracts.model import (
     SEVERITIES,
     Column,
     Contract,
+    Coverage,
     Partitioning,
     Restatement,
     Rule,
@@ -125,6 +126,33 @@ def _custom_at(props, name) -> tuple[int | None, object]:
         if p.property == name and p.vendor in (None, VENDOR):
             return i, p.value
     return None, None
+
+
+def _coverage(props, partitioning: Partitioning | None, fail) -> Coverage | None:
+    """customProperties.sourceCoverage: the first and last day (inclusive, either may be left out) the
+    source has data for, inside the partitions; its description says why the rest stay empty."""
+    i, value = _custom_at(props, "sourceCoverage")
+    if i is None:
+        return None
+    loc = ("customProperties", i, "value")
+    if partitioning is None:
+        fail(loc, "sourceCoverage says which daily partitions the source fills: the contract needs partitioning")
+    if not isinstance(value, dict) or not (value.keys() & {"start", "end"}) or value.keys() - {"start", "end"}:
+        fail(loc, f"sourceCoverage must be a mapping with start and/or end (ISO dates), got {value!r}")
+    try:
+        start = dt.date.fromisoformat(str(value["start"])) if "start" in value else partitioning.start
+        end = dt.date.fromisoformat(str(value["end"])) if "end" in value else None
+    except ValueError:
+        fail(loc, f"sourceCoverage start and end must be ISO dates like 2013-12-30, got {value!r}")
+    last = partitioning.end - dt.timedelta(days=1) if partitioning.end else None
+    if start < partitioning.start or (end is not None and (end < start or (last is not None and end > last))):
+        fail(loc, f"sourceCoverage {start}..{end or 'open'} must lie within the partitions {partitioning.start}.."
+                  f"{last or 'open'} (end inclusive)")
+    why = (props[i].description or "").strip()
+    if not why:
+        fail(("customProperties", i, "description"), "sourceCoverage needs a description: why the source has no data "
+                                                     "outside it (it is shown beside the empty partitions)")
+    return Coverage(start, end, why)
 
 
 def _custom(props, name):
@@ -338,6 +366,7 @@ def _compile(model: OpenDataContractStandard, file: Path, lines: dict) -> Contra
             fail(loc + ("timezone",), f"partitioning.timezone {timezone!r} is not an IANA time zone like America/New_York")
         partitioning = Partitioning(event, "day", timezone, start, end)
 
+    coverage = _coverage(custom, partitioning, fail)
     lateness_at, lateness = _custom_at(custom, "allowedLateness")
     lateness_loc = ("customProperties", lateness_at, "value")
     evolution_loc, evolution = custom_map("schemaEvolution")
@@ -374,6 +403,7 @@ def _compile(model: OpenDataContractStandard, file: Path, lines: dict) -> Contra
         columns=tuple(columns),
         rules=tuple(r for r, _ in rules),
         partitioning=partitioning,
+        coverage=coverage,
         allowed_lateness=_duration(lateness, lateness_loc, fail) if lateness is not None else None,
         dead_letter=dead_letter or {},
         schema_evolution=evolution or {},

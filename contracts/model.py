@@ -89,6 +89,16 @@ class Partitioning:
 
 
 @dataclass(frozen=True)
+class Coverage:
+    """The days the source has data for, where its contract says (customProperties.sourceCoverage):
+    partitions outside them stay empty on purpose. end None: up to the partitioning's end."""
+
+    start: dt.date
+    end: dt.date | None  # inclusive
+    why: str
+
+
+@dataclass(frozen=True)
 class Restatement:
     """What a restatement records and when it is suspicious (customProperties.restatement)."""
 
@@ -120,6 +130,7 @@ class Contract:
     sla: dict = field(default_factory=dict)
     restatement: Restatement = field(default_factory=Restatement)
     reject_tolerance: float = DEFAULT_REJECT_TOLERANCE  # for rules without their own (customProperties.rejectTolerance)
+    coverage: Coverage | None = None  # where the source starts or ends inside the partitions (customProperties.sourceCoverage)
 
     def sla_duration(self, prop: str) -> dt.timedelta | None:
         """An slaProperties entry (latency, frequency) as a duration; None when absent or in a unit

@@ -3,6 +3,7 @@ schema, owners, code version."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 from functools import lru_cache
@@ -56,6 +57,16 @@ def partitions_def(contract: Contract) -> dg.DailyPartitionsDefinition | None:
     if p is None:
         return None
     return _daily(p.start.isoformat(), p.end.isoformat() if p.end else None, p.timezone)
+
+
+def expected_partitions(contract: Contract) -> dict | None:
+    """The partitions the source fills (start, end inclusive) and why the others stay empty, where its
+    contract says where the source starts or ends (sourceCoverage); None when it fills them all."""
+    covered, p = contract.coverage, contract.partitioning
+    if covered is None or p is None:
+        return None
+    end = covered.end or (p.end - dt.timedelta(days=1) if p.end else None)
+    return {"start": covered.start.isoformat(), "end": end.isoformat() if end else None, "why": covered.why}
 
 
 def column_schema(contract: Contract, partitioned: bool) -> dg.TableSchema:

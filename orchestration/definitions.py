@@ -74,7 +74,9 @@ EXPECTED_PARTITIONS = "plumbline/expected_partitions"  # metadata: the partition
 EXPECTED = {ml.PREDICTIONS: {
     "start": ml.CFG.scoring_start.isoformat(), "end": ml.DAILY.get_last_partition_key(),
     "why": "scoring starts at scoring.start (orchestration/ml/config.yaml): earlier days are training and "
-           "validation data, never scored, so their partitions stay empty on purpose"}}
+           "validation data, never scored, so their partitions stay empty on purpose"},
+    # raw sources whose contract says where their data starts or ends (sourceCoverage)
+    **{dg.AssetKey(["raw", c.name]): e for c in PARTITIONED if (e := catalog.expected_partitions(c))}}
 
 
 def platform_policy(spec: dg.AssetSpec) -> dg.AssetSpec:
@@ -141,7 +143,7 @@ schedules = [
 defs = dg.Definitions(
     # raw assets show each column's downstream impact in the UI (from the declared column lineage)
     assets=code_references.with_code_references(
-        impact.annotate(dg.map_asset_specs(platform_policy, [*ASSETS, operational.operational_tables]), resources())),
+        impact.annotate(dg.map_asset_specs(platform_policy, [*ASSETS, operational.operational_tables]))),
     asset_checks=[ml.promotion_gate, *table_checks.asset_checks],
     jobs=jobs,
     sensors=[*lineage_sensors, sensors.landing_sensor(INGEST_JOB),

@@ -23,6 +23,8 @@ LAYER_TAG = "plumbline/layer"  # every asset: its layer, the same as its group
 # ------------------------------------------------------------------ static asset metadata
 REGISTERED_MODEL = "plumbline/registered_model"  # the asset's data is versions of that MLflow registered model
 AGGREGATED_COLUMNS = "plumbline/aggregated_columns"  # columns computed by aggregates (lineage transformation subtype)
+# {asset key: [columns]}: the keys input rows are looked up by; a column the join brings depends on them INDIRECT/JOIN
+JOIN_KEYS = "plumbline/join_keys"
 
 # ------------------------------------------------------------------ materialization metadata
 # bronze

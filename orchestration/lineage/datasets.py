@@ -71,6 +71,7 @@ class Naming:
     def __init__(self, warehouse=None, model_registry: ModelRegistry | None = None):
         self.warehouse = warehouse if warehouse is not None else Warehouse()
         self.model_registry = model_registry if model_registry is not None else ModelRegistry()
+        self._warehouse: tuple[str, str] | None = None  # (namespace, database), read once: see table()
 
     def warehouse_namespace(self) -> str:
         """duckdb://<file> embedded; ducklake:postgres://<host>:<port>/<catalog db> for DuckLake (no credentials)."""
@@ -85,10 +86,14 @@ class Naming:
     def table(self, table_name: str) -> Place:
         """A table by its dagster/table_name (<database>.<schema>.<table>, as the asset declares it for the
         embedded file), named in this deployment's warehouse: <its database>.<schema>.<table>."""
+        # one Naming names the tables of one run or command, many times over: its warehouse stays put meanwhile
+        if self._warehouse is None:
+            self._warehouse = (self.warehouse_namespace(), self.database())
+        namespace, database = self._warehouse
         parts = table_name.split(".")
         if len(parts) == 3:
-            parts[0] = self.database()
-        return Place(self.warehouse_namespace(), ".".join(parts))
+            parts[0] = database
+        return Place(namespace, ".".join(parts))
 
     def registry_namespace(self, recorded_uri: str | None = None) -> str:
         """The MLflow registry's URI, without credentials: a namespace is shown to every lineage reader."""
@@ -248,14 +253,22 @@ def column_lineage_facet(graph, node, naming: Naming | None = None) -> column_li
     fields: dict[str, list[tuple[Place, str, column_lineage_dataset.Transformation]]] = {}
     aggregated = set(node.metadata.get(names.AGGREGATED_COLUMNS).value
                      if node.metadata.get(names.AGGREGATED_COLUMNS) else [])
+    keys = {(asset, c) for asset, cols in (_value(node.metadata, names.JOIN_KEYS) or {}).items() for c in cols}
     declared = node.metadata.get("dagster/column_lineage")
     if declared is not None:
         lineage = declared.column_lineage if hasattr(declared, "column_lineage") else declared
         for column, deps in lineage.deps_by_column.items():
-            for dep in deps:
-                if column in aggregated:
+            # a join key where the join brings the column; a key copied as it is stays the column's DIRECT input
+            joined = [(d.asset_key.to_user_string(), d.column_name) in keys for d in deps]
+            if all(joined):
+                joined = [False] * len(deps)
+            direct = joined.count(False)
+            for dep, by_key in zip(deps, joined):
+                if by_key:
+                    t = _transformation("INDIRECT", "JOIN", "the key the input row is looked up by")
+                elif column in aggregated:
                     t = _transformation("DIRECT", "AGGREGATION", "aggregated over rows of the input (the asset's description says how)")
-                elif dep.column_name == column and len(deps) == 1:
+                elif dep.column_name == column and direct == 1:
                     t = _transformation("DIRECT", "IDENTITY", None)
                 else:
                     t = _transformation("DIRECT", "TRANSFORMATION", "computed from the input column")

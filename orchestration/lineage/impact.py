@@ -5,11 +5,12 @@ over the asset graph: each asset's dagster/column_lineage, and raw's contract), 
 the other direction; there is no second map. Walking it down from <schema>.<table>.<column> gives the
 downstream columns with their transformation, the assets that hold them, the asset checks that read
 them (contract rules on the column, schema conformance), the ML features derived from them and the
-registered model versions trained on those features. Assets downstream that declare no column
-lineage (the training set, the model, evaluation, predictions) depend on the whole upstream table:
-they are listed as asset-level impact. With a synced home, the warehouse says which partitions and
-how many rows hold values of each column, and the model registry which versions (stage, alias,
-training window) were trained on the features reached.
+registered model versions trained on those features (the model inputs reached in the table each
+model is trained from). Assets downstream that declare no column lineage (the model, evaluation,
+predictions) depend on the whole upstream table: they are listed as asset-level impact. With a
+synced home, the warehouse says which partitions and how many rows hold values of each column, and
+the model registry which versions (stage, alias, training window) were trained on the features
+reached.
 """
 
 from __future__ import annotations
@@ -206,34 +207,57 @@ def _checks(graph, columns: list[tuple[str, str]], whole: list[dg.AssetKey]) -> 
     return list({(c["check"], c["asset"]): c for c in out}.values())
 
 
+@dataclass
+class _Reach:
+    """What the declarations alone say depends on one column (analyse adds checks, rows and versions)."""
+    table: str
+    column: str
+    columns: list[Reached]
+    tables: set[str]
+    whole: list[dg.AssetKey]
+    features: list[dict]
+    models: list[dict]
+
+
+def _reach(graph, columns: ColumnGraph, target: str) -> _Reach:
+    table, column = columns.resolve(target)
+    reached = columns.walk(table, column)
+    tables = {table} | {r.table for r in reached}
+    whole = columns.asset_level(tables)
+    features_table = _table_of(graph.get(FEATURES)) if graph.has(FEATURES) else None
+    derived = [{"feature": r.column, "model_input": r.column in features.MODEL_INPUTS}
+               for r in reached if r.table == features_table]
+
+    def trained_on(model: dg.AssetKey) -> list[str]:
+        """The model inputs reached in the tables the model is trained from (its inputs' columns)."""
+        read = {_table_of(graph.get(k)) for k in graph.get(model).parent_keys}
+        return [r.column for r in reached if r.table in read and r.column in features.MODEL_INPUTS]
+
+    models = [{"asset": k.to_user_string(), "registered_model": name, "trained_on": trained_on(k), "versions": None}
+              for k in whole if (name := datasets.registered_model(graph.get(k))) is not None]
+    return _Reach(table, column, reached, tables, whole, derived, models)
+
+
 def analyse(graph, target: str, *, con=None, model_registry=None, naming: datasets.Naming | None = None,
             columns: ColumnGraph | None = None) -> Impact:
     """The downstream impact of <schema>.<table>.<column>. `con`: a read-only warehouse connection for
     partitions and rows (None: declarations only); `model_registry`: where registered versions are
     (None: none listed); `columns`: the graph's ColumnGraph, when the caller analyses many columns."""
     columns = columns or ColumnGraph(graph, naming)
-    table, column = columns.resolve(target)
-    reached = columns.walk(table, column)
-    tables = {table} | {r.table for r in reached}
-    whole = columns.asset_level(tables)
+    found = _reach(graph, columns, target)
+    table, column, reached, whole, models = found.table, found.column, found.columns, found.whole, found.models
     assets = [{"asset": columns.asset_of[t].to_user_string(), "level": "column",
-               "columns": sorted(r.column for r in reached if r.table == t)} for t in sorted(tables - {table})]
+               "columns": sorted(r.column for r in reached if r.table == t)} for t in sorted(found.tables - {table})]
     assets += [{"asset": k.to_user_string(), "level": "asset", "columns": []} for k in whole]
     source_asset = columns.asset_of[table].to_user_string()
     checks = _checks(graph, [(table, column)] + [(r.table, r.column) for r in reached], whole)
-    features_table = _table_of(graph.get(FEATURES)) if graph.has(FEATURES) else None
-    derived = [{"feature": r.column, "model_input": r.column in features.MODEL_INPUTS}
-               for r in reached if r.table == features_table]
-    inputs = [f["feature"] for f in derived if f["model_input"]]
-    models = [{"asset": k.to_user_string(), "registered_model": name, "trained_on": inputs, "versions": None}
-              for k in whole if (name := datasets.registered_model(graph.get(k))) is not None]
-    impact = Impact(target, source_asset, columns.columns[table].get(column), None, reached, assets, checks, derived, models)
+    impact = Impact(target, source_asset, columns.columns[table].get(column), None, reached, assets, checks, found.features, models)
     if con is not None:
         _rows(con, impact, table, column)
     else:
         impact.notes.append("partitions and rows: no synced warehouse (run plumbline sync)")
     for m in models:
-        m["versions"] = _versions(model_registry, m["registered_model"], inputs, impact.notes)
+        m["versions"] = _versions(model_registry, m["registered_model"], m["trained_on"], impact.notes)
     return impact
 
 
@@ -377,30 +401,64 @@ def summary(impact: Impact) -> str:
 IMPACT_METADATA = "plumbline/downstream_impact"  # raw assets' metadata entry: each column's downstream impact
 
 
-def _markdown(graph, columns: ColumnGraph, table: str) -> str:
+def markdown(graph, columns: ColumnGraph, table: str) -> str:
+    """The IMPACT_METADATA of `table`: each column nothing is built from is left out."""
     rows = ["| column | downstream columns | model inputs derived | registered models |", "|---|---|---|---|"]
     for column in sorted(columns.columns.get(table, {})):
-        found = analyse(graph, f"{table}.{column}", columns=columns)
+        found = _reach(graph, columns, f"{table}.{column}")
         if not found.columns:
             continue
         models = [m["registered_model"] for m in found.models if m["trained_on"]]
-        rows.append(f"| {column} | {', '.join(found.downstream_names())} | "
+        rows.append(f"| {column} | {', '.join(r.name for r in found.columns)} | "
                     f"{', '.join(f['feature'] for f in found.features if f['model_input']) or '-'} | {', '.join(models) or '-'} |")
     return ("Columns of this table and what is built from them, from the declared column lineage. "
             "Partitions, rows and model versions: `plumbline impact " + table + ".<column>`.\n\n" + "\n".join(rows))
 
 
-def annotate(assets: list, resources: Mapping) -> list:
-    """The assets, raw ones with a markdown table of each column's downstream impact (declarations
-    only: no warehouse or registry is read, so it is cheap when the code location loads). `resources`:
-    the code location's, which the assets need to form a graph."""
-    graph = dg.Definitions(assets=assets, resources=resources).resolve_asset_graph()
+class DeclaredGraph:
+    """The asset graph of a list of asset definitions, read from their specs alone: what ColumnGraph
+    reads of a resolved one (nodes' keys, metadata, children, checks), without building Definitions."""
+
+    @dataclass(frozen=True)
+    class Node:
+        key: dg.AssetKey
+        metadata: Mapping
+        parent_keys: frozenset
+        child_keys: frozenset
+        check_keys: frozenset
+
+    def __init__(self, assets: list):
+        specs = [s for a in assets for s in (a.specs if isinstance(a, dg.AssetsDefinition) else [a])]
+        checks = [c for a in assets if isinstance(a, dg.AssetsDefinition) for c in a.check_specs]
+        children: dict[dg.AssetKey, set] = {}
+        for s in specs:
+            for d in s.deps:
+                children.setdefault(d.asset_key, set()).add(s.key)
+        self.nodes = {s.key: self.Node(s.key, s.metadata, frozenset(d.asset_key for d in s.deps), frozenset(children.get(s.key, ())),
+                                       frozenset(c.key for c in checks if c.asset_key == s.key)) for s in specs}
+
+    @property
+    def asset_nodes(self):
+        return list(self.nodes.values())
+
+    def get(self, key: dg.AssetKey) -> Node:
+        return self.nodes[key]
+
+    def has(self, key: dg.AssetKey) -> bool:
+        return key in self.nodes
+
+
+def annotate(assets: list) -> list:
+    """The assets, raw ones with a markdown table of each column's downstream impact. Read from the
+    assets' own declarations (no Definitions is built, no warehouse or registry is read): every
+    process that loads the code location pays it."""
+    graph = DeclaredGraph(assets)
     columns = ColumnGraph(graph)
 
     def with_impact(spec: dg.AssetSpec) -> dg.AssetSpec:
         if spec.key.path[0] != "raw":
             return spec
-        md = _markdown(graph, columns, _table_of(graph.get(spec.key)))
+        md = markdown(graph, columns, _table_of(graph.get(spec.key)))
         return spec.merge_attributes(metadata={IMPACT_METADATA: dg.MetadataValue.md(md)})
 
     return dg.map_asset_specs(with_impact, assets)

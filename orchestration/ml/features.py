@@ -74,6 +74,8 @@ SOURCES = {
     "outcome": [("core", "flights", "cancelled"), ("core", "flights", "diverted"), ("core", "flights", "arr_delay")],
     "delayed": [("core", "flights", "arr_delay"), ("core", "flights", "cancelled"), ("core", "flights", "diverted")],
 }
+# The keys the plane's and the weather's rows are looked up by (lineage: INDIRECT/JOIN).
+JOIN_KEYS = {"core/flights": ["tailnum"], "raw/planes": ["tailnum"], "raw/weather": ["time_hour"]}
 AGGREGATED = ["co_on_time_share", "co_flights", "co_cancel_share", "origin_mean_dep_delay"]
 
 

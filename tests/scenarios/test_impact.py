@@ -18,6 +18,7 @@ from orchestration.ops.cli import main
 from orchestration.warehouse_resource import Warehouse
 
 PLANE_FEATURES = {"ml.flight_features.plane_age", "ml.flight_features.seats"}
+TRAINED_ON = {"ml.training_set.plane_age", "ml.training_set.seats"}
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +31,27 @@ def graph():
 def test_declarations_reach_the_plane_features_and_the_model_but_not_the_marts(graph):
     found = impact.analyse(graph, "raw.flights.tailnum")
     names = set(found.downstream_names())
-    assert {"core.flights.tailnum", "core.flights.plane_model", "ml.flight_features.tailnum"} | PLANE_FEATURES <= names
+    assert {"core.flights.tailnum", "core.flights.plane_model", "core.flights.plane_manufacturer", "ml.flight_features.tailnum"} \
+        | PLANE_FEATURES | TRAINED_ON == names
     assert not any(n.startswith("marts.") for n in names)  # carrier_daily declares no column built from tailnum
     assert "marts/carrier_daily" not in {a["asset"] for a in found.assets}
+    # the training set declares its columns: it is reached column by column, the model behind it as a whole
+    levels = {a["asset"]: (a["level"], a["columns"]) for a in found.assets}
+    assert levels["ml/training_set"] == ("column", ["plane_age", "seats"])
+    assert {k for k, (level, _) in levels.items() if level == "asset"} == {
+        "ml/delay_model", "ml/model_evaluation", "ml/flight_predictions"}
     assert {f["feature"]: f["model_input"] for f in found.features} == {"tailnum": False, "plane_age": True, "seats": True}
     assert [(m["asset"], m["trained_on"]) for m in found.models] == [("ml/delay_model", ["plane_age", "seats"])]
+    checks = {(c["check"], c["asset"]) for c in found.checks}
     assert {("flights_tailnum_pattern", "raw/flights"), ("flights_tailnum_in_planes", "raw/flights"),
-            ("training_set_split", "ml/training_set")} <= {(c["check"], c["asset"]) for c in found.checks}
+            ("promotion_gate", "ml/model_evaluation")} <= checks
+    assert ("training_set_split", "ml/training_set") not in checks  # it reads the split and keys, not the plane columns
+    # a column a join brings depends on the key INDIRECT/JOIN; a key copied as is, and a value, DIRECT
+    how = {r.name: r.transformation for r in found.columns}
+    assert how["core.flights.tailnum"] == how["ml.flight_features.tailnum"] == "DIRECT/IDENTITY"
+    assert how["core.flights.plane_model"] == how["core.flights.plane_manufacturer"] == "INDIRECT/JOIN"
+    assert how["ml.flight_features.plane_age"] == how["ml.flight_features.seats"] == "INDIRECT/JOIN"
+    assert how["ml.training_set.plane_age"] == how["ml.training_set.seats"] == "DIRECT/IDENTITY"
     # a column nothing is built from has no downstream impact
     alone = impact.analyse(graph, "raw.flights.hour")
     assert alone.columns == [] and alone.models == [] and alone.assets == []
@@ -45,7 +60,45 @@ def test_declarations_reach_the_plane_features_and_the_model_but_not_the_marts(g
 def test_the_foreign_key_into_a_dimension_is_impact_of_its_key(graph):
     found = impact.analyse(graph, "raw.planes.tailnum")
     assert ("flights_tailnum_in_planes", "raw/flights") in {(c["check"], c["asset"]) for c in found.checks}
-    assert PLANE_FEATURES | {"core.flights.plane_model"} <= set(found.downstream_names())
+    assert PLANE_FEATURES | TRAINED_ON | {"core.flights.plane_model"} <= set(found.downstream_names())
+    assert {r.transformation for r in found.columns if r.via == "raw.planes.tailnum"} == {"INDIRECT/JOIN"}
+    # the value the join brings is the column's DIRECT input
+    seats = impact.analyse(graph, "raw.planes.seats")
+    assert [(r.name, r.transformation) for r in seats.columns] == [
+        ("ml.flight_features.seats", "DIRECT/IDENTITY"), ("ml.training_set.seats", "DIRECT/IDENTITY")]
+    assert [m["trained_on"] for m in seats.models] == [["seats"]]
+
+
+def test_a_split_column_is_computed_from_event_date_and_a_feature_kept_out_of_training_is_no_model_input(graph):
+    found = impact.analyse(graph, "ml.flight_features.event_date")
+    split = next(r for r in found.columns if r.name == "ml.training_set.split")
+    assert split.transformation == "DIRECT/TRANSFORMATION"
+    # the features table's tailnum is not in the training set: nothing past it, no model
+    alone = impact.analyse(graph, "ml.flight_features.tailnum")
+    assert alone.columns == [] and alone.models == []
+    assert {a["asset"] for a in alone.assets} == {"ml/flight_predictions"}
+
+
+def test_the_column_lineage_of_every_asset_validates_against_the_specification(graph):
+    from openlineage.client.event_v2 import Job, OutputDataset, Run, RunEvent, RunState
+    from openlineage.client.serde import Serde
+    from openlineage_validation import errors
+
+    from orchestration.lineage import datasets
+
+    outputs = [OutputDataset(namespace=p.namespace, name=p.name, facets={"columnLineage": facet})
+               for node in graph.asset_nodes if (facet := datasets.column_lineage_facet(graph, node)) is not None
+               for p in [datasets.place(node)]]
+    assert "warehouse.ml.training_set" in {o.name for o in outputs}
+    event = RunEvent(eventType=RunState.COMPLETE, eventTime="2013-12-31T00:00:00Z",
+                     run=Run(runId="01890f1e-0000-7000-8000-000000000000"), job=Job(namespace="plumbline", name="declarations"),
+                     outputs=outputs)
+    assert errors(Serde.to_dict(event)) == []
+    core = Serde.to_dict(next(o for o in outputs if o.name == "warehouse.core.flights"))["facets"]["columnLineage"]["fields"]
+    assert {(i["name"], i["field"], i["transformations"][0]["type"], i["transformations"][0].get("subtype"))
+            for i in core["carrier_name"]["inputFields"]} == {
+        ("warehouse.raw.flights", "carrier", "INDIRECT", "JOIN"), ("warehouse.raw.airlines", "name", "DIRECT", "TRANSFORMATION"),
+        ("warehouse.raw.airlines", "carrier", "INDIRECT", "JOIN")}
 
 
 def test_an_unknown_column_names_the_nearest(capsys):
@@ -79,6 +132,15 @@ def test_raw_assets_show_each_columns_impact_in_the_ui(graph):
     row = next(line for line in md.splitlines() if line.startswith("| tailnum |"))
     assert "core.flights.tailnum" in row and "plane_age" in row and "plumbline_flight_delay" in row
     assert not any(line.startswith("| hour |") for line in md.splitlines())  # nothing is built from it
+
+
+def test_the_ui_table_read_from_the_declarations_is_the_one_the_whole_code_location_gives(graph):
+    # annotate reads the assets' specs, not a resolved graph: both must say the same of every raw table
+    columns = impact.ColumnGraph(graph)
+    raw = [n for n in graph.asset_nodes if n.key.path[0] == "raw"]
+    assert len(raw) == 5
+    for node in raw:
+        assert node.metadata[impact.IMPACT_METADATA].value == impact.markdown(graph, columns, ".".join(node.key.path))
 
 
 def test_impact_on_a_synced_year_lists_rows_partitions_and_model_versions(demo_year, capsys):

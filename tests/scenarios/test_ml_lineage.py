@@ -154,6 +154,10 @@ def test_features_and_predictions_carry_partitions_and_column_lineage(demo):
     assert [i["name"] for i in training["inputs"]] == ["warehouse.ml.flight_features"]
     assert "subset" not in training["inputs"][0]["inputFacets"], "the training set reads the feature table, not a range"
     assert training["outputs"][0]["facets"]["version"]["datasetVersion"] == latest(demo, ml.TRAINING_SET)["training_set_version"]
+    trained = training["outputs"][0]["facets"]["columnLineage"]["fields"]
+    assert set(trained) == {f["name"] for f in training["outputs"][0]["facets"]["schema"]["fields"]}
+    assert [(i["name"], i["field"], i["transformations"][0]["subtype"]) for i in trained["seats"]["inputFields"]] == [
+        ("warehouse.ml.flight_features", "seats", "IDENTITY")]
     # the promotion gate runs as a step of its own and still shows on the evaluation it judged
     evaluation = asset_events(demo, "ml.model_evaluation", "COMPLETE")[-1]["outputs"][0]
     assert [a["assertion"] for a in evaluation["facets"]["dataQualityAssertions"]["assertions"]] == ["promotion_gate"]

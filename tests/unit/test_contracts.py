@@ -193,6 +193,17 @@ def _lateness_not_a_duration(d):
     return f"customProperties[{i}].value", "value: 30 days"
 
 
+def _coverage_past_the_partitions(d):
+    d["customProperties"].append({"property": "sourceCoverage", "vendor": "plumbline", "value": {"end": "2014-01-01"},
+                                  "description": "the source ends with the year"})
+    return f"customProperties[{len(d['customProperties']) - 1}].value", "value:"
+
+
+def _coverage_without_why(d):
+    d["customProperties"].append({"property": "sourceCoverage", "vendor": "plumbline", "value": {"end": "2013-12-30"}})
+    return f"customProperties[{len(d['customProperties']) - 1}].description", "sourceCoverage"
+
+
 def _unimplemented_dedup_winner(d):
     i, c = custom(d, "deduplication")
     c["value"]["winner"] = "first_delivery"
@@ -296,6 +307,8 @@ BROKEN = [
     Broken("unknown_evolution_key", _unknown_evolution_key, "schemaEvolution.column is unknown"),
     Broken("lateness_not_a_duration", _lateness_not_a_duration, "not an ISO-8601 duration"),
     Broken("unimplemented_dedup_winner", _unimplemented_dedup_winner, "only winner: latest_delivery"),
+    Broken("coverage_past_the_partitions", _coverage_past_the_partitions, "must lie within the partitions 2013-01-01..2013-12-31"),
+    Broken("coverage_without_why", _coverage_without_why, "sourceCoverage needs a description"),
     Broken("pattern_not_a_regex", _pattern_not_a_regex, "not a valid regular expression"),
     Broken("valid_values_not_a_list", _valid_values_not_a_list, "validValues must be a list"),
     Broken("invalid_values_without_arguments", _invalid_values_without_arguments, "invalidValues needs arguments"),
@@ -484,3 +497,17 @@ def test_a_bad_reject_tolerance_is_refused_naming_file_line_and_value(tmp_path, 
     with pytest.raises(ContractError) as info:
         load_contract(file)
     assert_names_everything(info.value, file, path, token, "rejectTolerance must be a share of delivered rows from 0 to 1")
+
+
+def test_where_a_source_ends_is_read_from_its_contract():
+    import datetime as dt
+
+    from orchestration import catalog
+
+    contracts = load_contracts()
+    weather = contracts["weather"].coverage
+    assert (weather.start, weather.end) == (dt.date(2013, 1, 1), dt.date(2013, 12, 30)) and "18:00" in weather.why
+    assert contracts["flights"].coverage is None and catalog.expected_partitions(contracts["flights"]) is None
+    assert contracts["weather"].partitioning.end == dt.date(2014, 1, 1)  # the partitions still run to the year's end
+    expected = catalog.expected_partitions(contracts["weather"])
+    assert (expected["start"], expected["end"], expected["why"]) == ("2013-01-01", "2013-12-30", weather.why)

@@ -99,6 +99,15 @@ def test_predictions_say_which_partitions_are_meant_to_exist(specs):
     assert expected["end"] == "2013-12-31" and "scoring.start" in expected["why"]
 
 
+def test_raw_weather_says_its_source_ends_before_its_partitions(specs):
+    weather = specs["raw/weather"]
+    expected = weather.metadata[definitions.EXPECTED_PARTITIONS].value
+    assert (expected["start"], expected["end"]) == ("2013-01-01", "2013-12-30") and "2013-12-31" in expected["why"]
+    # the partitions keep the last day: ml/flight_features 2013-12-31 reads raw/weather 2013-12-31
+    assert weather.partitions_def.get_last_partition_key() == "2013-12-31"
+    assert definitions.EXPECTED_PARTITIONS not in specs["raw/flights"].metadata  # its source fills every partition
+
+
 def test_sla_durations_are_read_in_fixed_length_units_only():
     import dataclasses
 
