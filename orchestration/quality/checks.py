@@ -19,8 +19,10 @@ every row, without copying every row into pandas.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -222,11 +224,7 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
     (each weighted by the rows that delivered it), row_count on one row per partition."""
     import great_expectations as gx
     import pandas as pd
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    source = context.data_sources.add_pandas("plumbline")
     counts = pd.DataFrame({"partition": list(accepted), "accepted": list(accepted.values())})
     judged = [r for r in rules if r.kind != "row_count" and not (r.kind == "foreign_key" and references.get(r.id) is None)]
     # A value is in the referenced set exactly when it is in the part of it that was delivered: the rest
@@ -243,13 +241,12 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
         if data.empty:  # nothing delivered or built: nothing breaks the rule
             out.update({r.id: _Outcome(0, []) for r in batch_rules})
             continue
-        batch = (source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
-                 .get_batch(batch_parameters={"dataframe": data}))
-        suite = context.suites.add(gx.ExpectationSuite(
-            name=f"{contract.name}_{contract.version}_{name}",
-            expectations=[_expectation(r, references) for r in batch_rules]))
+        suite = gx.ExpectationSuite(name=f"{contract.name}_{contract.version}_{name}",
+                                    expectations=[_expectation(r, references) for r in batch_rules])
         fmt = {"result_format": "COMPLETE", "unexpected_index_column_names": index, "return_unexpected_index_query": False}
-        for res in batch.validate(suite, result_format=fmt).results:
+        with _GX_LOCK:  # the batches of one asset share an id: one validation at a time in a process
+            results = _batches()[name].get_batch(batch_parameters={"dataframe": data}).validate(suite, result_format=fmt)
+        for res in results.results:
             info = res.result or {}
             raised = res.exception_info and res.exception_info.get("raised_exception")
             unexpected = info.get("unexpected_index_list") or []
@@ -261,6 +258,23 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
                 count, examples, str(res.exception_info.get("exception_message")) if raised else None,
                 str(info["observed_value"]) if "observed_value" in info else None)
     return out
+
+
+_GX_LOCK = threading.Lock()
+
+
+@functools.cache
+def _batches() -> dict:
+    """(frame name -> its batch definition) in one Great Expectations context for the process: building a
+    context and its data source costs more than validating a frame, and a validation leaves them unchanged."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    source = context.data_sources.add_pandas("plumbline")
+    return {name: source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+            for name in ("delivered", "partitions")}
 
 
 def _delivered_part(values: list, delivered: pd.Series) -> list:
