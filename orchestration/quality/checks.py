@@ -139,6 +139,9 @@ def _partition(column: str, snapshot: bool) -> str:
 # one column alone. So Great Expectations judges each distinct delivered value of a rule's column once
 # (grouped where the rows are, in DuckDB), and a value it finds unexpected counts for every row that
 # delivered it: the same verdicts and counts as on a frame of every row, at the cost of the distinct values.
+_TABLE_ROWS = 1 << 48  # a table row's position: its rowid after every staged row's
+
+
 def _distinct_values(con, contract: Contract, rules: list[Rule], keys: list[str]) -> tuple[pd.DataFrame, int]:
     """(one row per distinct value of each rule column: _column, the value under its own column name
     (the other columns NULL), _rows that delivered it, _first: the positions of its first EXAMPLES rows,
@@ -152,26 +155,30 @@ def _distinct_values(con, contract: Contract, rules: list[Rule], keys: list[str]
                                            f"(SELECT count(*) FROM {contract.table} WHERE {where})").fetchall()[0][0]
     cols = ", ".join(ident(c) for c in columns)
     # The delivered rows of the rebuilt partitions, typed: the dead-lettered ones and the accepted ones
-    # (a superseded duplicate is represented by the row that won), numbered in the order they are read;
-    # one grouping set per rule column, so one scan yields every column's distinct values.
+    # (a superseded duplicate is represented by the row that won), placed in the order they are read (the
+    # staged rows, then the table's, each in rowid order); one grouping set per rule column, so one scan
+    # yields every column's distinct values.
     grouped = con.execute(f"""
-        WITH delivered AS (SELECT *, row_number() OVER () AS _pos FROM (
-            SELECT {cols} FROM _stage WHERE _failed <> '' UNION ALL SELECT {cols} FROM {contract.table} WHERE {where}))
-        SELECT {cols}, grouping({cols}) AS _set, count(*) AS _rows, min(_pos, {EXAMPLES}) AS _first, sum(count(*)) OVER () AS _all
+        WITH delivered AS (SELECT {cols}, rowid AS _pos FROM _stage WHERE _failed <> ''
+                           UNION ALL SELECT {cols}, rowid + {_TABLE_ROWS} AS _pos FROM {contract.table} WHERE {where})
+        SELECT {cols}, grouping({cols}) AS _set, count(*) AS _rows, min(_pos, {EXAMPLES}) AS _first
         FROM delivered GROUP BY GROUPING SETS ({", ".join(f"({ident(c)})" for c in columns)})
-        ORDER BY _set, min(_pos)""").fetchall()
+        ORDER BY _set, _first""").fetchall()
     if not grouped:
         return pd.DataFrame(), 0
     width = len(columns)
     # grouping() sets a bit for each column NOT grouped: the set of column i has every bit but bit (width - 1 - i)
-    column_of = {((1 << width) - 1) ^ (1 << (width - 1 - i)): c for i, c in enumerate(columns)}
-    frame = pd.DataFrame([row[:width] for row in grouped], columns=columns)
+    position_of = {((1 << width) - 1) ^ (1 << (width - 1 - i)): i for i in range(width)}
+    fields = list(zip(*grouped))
+    own = [position_of[s] for s in fields[width]]
+    frame = pd.DataFrame({c: list(fields[i]) for i, c in enumerate(columns)})
     frame.insert(0, "_value", range(len(frame)))  # names a value in Great Expectations' unexpected_index_list
-    frame["_column"] = [column_of[row[width]] for row in grouped]
-    frame["_rows"] = [row[width + 1] for row in grouped]
-    frame["_first"] = pd.Series([sorted(row[width + 2]) for row in grouped], dtype=object)
-    frame["_shown"] = pd.Series([row[columns.index(column_of[row[width]])] for row in grouped], dtype=object)
-    return frame, int(grouped[0][width + 3]) // len(columns)  # each grouping set counts every delivered row
+    frame["_column"] = [columns[i] for i in own]
+    frame["_rows"] = list(fields[width + 1])
+    frame["_first"] = pd.Series([sorted(first) for first in fields[width + 2]], dtype=object)
+    frame["_shown"] = pd.Series([row[i] for row, i in zip(grouped, own)], dtype=object)
+    # each grouping set counts every delivered row once
+    return frame, sum(row[width + 1] for row in grouped if row[width] == grouped[0][width])
 
 
 def _references(con, contract: Contract) -> dict[str, list | None]:
@@ -232,7 +239,9 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
     references = {rid: values if values is None or frame.empty else
                   _delivered_part(values, frame[frame["_column"] == rule.column][rule.column])
                   for rule in rules for rid, values in references.items() if rule.id == rid}
-    batches = [("delivered", frame, judged, ["_value"]),
+    # Great Expectations copies its frame for each metric: it gets the values and their names, not their weights
+    values = frame.drop(columns=["_rows", "_first", "_shown"], errors="ignore")
+    batches = [("delivered", values, judged, ["_value"]),
                ("partitions", counts, [r for r in rules if r.kind == "row_count"], ["partition"])]
     out = {}
     for name, data, batch_rules, index in batches:
