@@ -192,7 +192,7 @@ def _references(con, contract: Contract) -> dict[str, list | None]:
     return out
 
 
-def _expectation(rule: Rule, references: dict):
+def _expectation(rule: Rule):
     import great_expectations as gx
     from great_expectations.expectations.row_conditions import Column
 
@@ -213,7 +213,9 @@ def _expectation(rule: Rule, references: dict):
     if rule.kind == "not_null":
         return gx.expectations.ExpectColumnValuesToNotBeNull(**own)
     if rule.kind == "foreign_key":
-        return gx.expectations.ExpectColumnValuesToBeInSet(value_set=references.get(rule.id) or [], **own)
+        from orchestration.quality.references import ExpectColumnValuesToBeInReference
+
+        return ExpectColumnValuesToBeInReference(referenced=rule.id, **own)
     raise ValueError(f"no expectation for rule kind {rule.kind}")
 
 
@@ -234,11 +236,6 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
 
     counts = pd.DataFrame({"partition": list(accepted), "accepted": list(accepted.values())})
     judged = [r for r in rules if r.kind != "row_count" and not (r.kind == "foreign_key" and references.get(r.id) is None)]
-    # A value is in the referenced set exactly when it is in the part of it that was delivered: the rest
-    # changes no verdict and only costs (Great Expectations copies a value set many times per expectation).
-    references = {rid: values if values is None or frame.empty else
-                  _delivered_part(values, frame[frame["_column"] == rule.column][rule.column])
-                  for rule in rules for rid, values in references.items() if rule.id == rid}
     # Great Expectations copies its frame for each metric: it gets the values and their names, not their weights
     values = frame.drop(columns=["_rows", "_first", "_shown"], errors="ignore")
     batches = [("delivered", values, judged, ["_value"]),
@@ -251,10 +248,16 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
             out.update({r.id: _Outcome(0, []) for r in batch_rules})
             continue
         suite = gx.ExpectationSuite(name=f"{contract.name}_{contract.version}_{name}",
-                                    expectations=[_expectation(r, references) for r in batch_rules])
+                                    expectations=[_expectation(r) for r in batch_rules])
         fmt = {"result_format": "COMPLETE", "unexpected_index_column_names": index, "return_unexpected_index_query": False}
         with _GX_LOCK:  # the batches of one asset share an id: one validation at a time in a process
-            results = _batches()[name].get_batch(batch_parameters={"dataframe": data}).validate(suite, result_format=fmt)
+            from orchestration.quality.references import REFERENCED
+
+            REFERENCED.update((rid, values) for rid, values in references.items() if values is not None)
+            try:
+                results = _batches()[name].get_batch(batch_parameters={"dataframe": data}).validate(suite, result_format=fmt)
+            finally:
+                REFERENCED.clear()
         for res in results.results:
             info = res.result or {}
             raised = res.exception_info and res.exception_info.get("raised_exception")
@@ -284,11 +287,6 @@ def _batches() -> dict:
     source = context.data_sources.add_pandas("plumbline")
     return {name: source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
             for name in ("delivered", "partitions")}
-
-
-def _delivered_part(values: list, delivered: pd.Series) -> list:
-    present = set(delivered.dropna())
-    return [v for v in values if v in present]
 
 
 def _weighed(frame: pd.DataFrame, values: list[int]) -> tuple[int, list]:
