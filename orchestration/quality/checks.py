@@ -163,22 +163,23 @@ def _distinct_values(con, contract: Contract, rules: list[Rule], keys: list[str]
                            UNION ALL SELECT {cols}, rowid + {_TABLE_ROWS} AS _pos FROM {contract.table} WHERE {where})
         SELECT {cols}, grouping({cols}) AS _set, count(*) AS _rows, min(_pos, {EXAMPLES}) AS _first
         FROM delivered GROUP BY GROUPING SETS ({", ".join(f"({ident(c)})" for c in columns)})
-        ORDER BY _set, _first""").fetchall()
-    if not grouped:
+        ORDER BY _set, _first""").to_arrow_table()
+    if not grouped.num_rows:
         return pd.DataFrame(), 0
     width = len(columns)
     # grouping() sets a bit for each column NOT grouped: the set of column i has every bit but bit (width - 1 - i)
     position_of = {((1 << width) - 1) ^ (1 << (width - 1 - i)): i for i in range(width)}
-    fields = list(zip(*grouped))
-    own = [position_of[s] for s in fields[width]]
-    frame = pd.DataFrame({c: list(fields[i]) for i, c in enumerate(columns)})
+    sets = grouped.column("_set").to_pylist()
+    own = [position_of[s] for s in sets]
+    frame = grouped.select(columns).to_pandas()
     frame.insert(0, "_value", range(len(frame)))  # names a value in Great Expectations' unexpected_index_list
     frame["_column"] = [columns[i] for i in own]
-    frame["_rows"] = list(fields[width + 1])
-    frame["_first"] = pd.Series([sorted(first) for first in fields[width + 2]], dtype=object)
-    frame["_shown"] = pd.Series([row[i] for row, i in zip(grouped, own)], dtype=object)
+    frame["_rows"] = grouped.column("_rows").to_pandas()
+    frame["_first"] = pd.Series(grouped.column("_first").to_pylist(), dtype=object)
+    values = [grouped.column(c).to_pylist() for c in columns]
+    frame["_shown"] = pd.Series([values[i][n] for n, i in enumerate(own)], dtype=object)
     # each grouping set counts every delivered row once
-    return frame, sum(row[width + 1] for row in grouped if row[width] == grouped[0][width])
+    return frame, int(sum(n for s, n in zip(sets, frame["_rows"]) if s == sets[0]))
 
 
 def _references(con, contract: Contract) -> dict[str, list | None]:
