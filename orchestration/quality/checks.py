@@ -32,6 +32,7 @@ from contracts.model import Contract, Rule
 from orchestration import catalog, names
 from orchestration.names import ACCOUNTING, CONFORMANCE
 from orchestration.quality import dead_letter
+from orchestration.quality.references import REFERENCED, in_reference
 from orchestration.warehouse import SNAPSHOT_PARTITION, ident, key_list, literal, table_exists
 
 if TYPE_CHECKING:
@@ -214,9 +215,7 @@ def _expectation(rule: Rule):
     if rule.kind == "not_null":
         return gx.expectations.ExpectColumnValuesToNotBeNull(**own)
     if rule.kind == "foreign_key":
-        from orchestration.quality.references import ExpectColumnValuesToBeInReference
-
-        return ExpectColumnValuesToBeInReference(referenced=rule.id, **own)
+        return in_reference()(referenced=rule.id, **own)
     raise ValueError(f"no expectation for rule kind {rule.kind}")
 
 
@@ -252,8 +251,6 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
                                     expectations=[_expectation(r) for r in batch_rules])
         fmt = {"result_format": "COMPLETE", "unexpected_index_column_names": index, "return_unexpected_index_query": False}
         with _GX_LOCK:  # the batches of one asset share an id: one validation at a time in a process
-            from orchestration.quality.references import REFERENCED
-
             REFERENCED.update((rid, values) for rid, values in references.items() if values is not None)
             try:
                 results = _batches()[name].get_batch(batch_parameters={"dataframe": data}).validate(suite, result_format=fmt)

