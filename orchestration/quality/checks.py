@@ -136,13 +136,13 @@ def _partition(column: str, snapshot: bool) -> str:
     return f"{literal(SNAPSHOT_PARTITION)}" if snapshot else f"strftime({column}, '%Y-%m-%d')"
 
 
+_TABLE_ROWS = 1 << 48  # a table row's position: its rowid after every staged row's
+
+
 # Every checked row rule is a column-map rule: whether a row breaks it depends on that row's value in
 # one column alone. So Great Expectations judges each distinct delivered value of a rule's column once
 # (grouped where the rows are, in DuckDB), and a value it finds unexpected counts for every row that
 # delivered it: the same verdicts and counts as on a frame of every row, at the cost of the distinct values.
-_TABLE_ROWS = 1 << 48  # a table row's position: its rowid after every staged row's
-
-
 def _distinct_values(con, contract: Contract, rules: list[Rule], keys: list[str]) -> tuple[pd.DataFrame, int]:
     """(one row per distinct value of each rule column: _column, the value under its own column name
     (the other columns NULL), _rows that delivered it, _first: the positions of its first EXAMPLES rows,
@@ -251,7 +251,7 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
                                     expectations=[_expectation(r) for r in batch_rules])
         fmt = {"result_format": "COMPLETE", "unexpected_index_column_names": index, "return_unexpected_index_query": False}
         with _GX_LOCK:  # the batches of one asset share an id: one validation at a time in a process
-            REFERENCED.update((rid, values) for rid, values in references.items() if values is not None)
+            REFERENCED.update((rid, allowed) for rid, allowed in references.items() if allowed is not None)
             try:
                 results = _batches()[name].get_batch(batch_parameters={"dataframe": data}).validate(suite, result_format=fmt)
             finally:
