@@ -196,7 +196,7 @@ def models_read(graph, node, metadata: Mapping, naming: Naming | None = None) ->
 class Transformation:
     type: str
     subtype: str
-    description: str | None = None
+    description: str | None
 
 
 @dataclass(frozen=True)
@@ -220,6 +220,10 @@ class ColumnLineage:
     fields: dict[str, Fields]
 
 
+def _transformation(kind: str, subtype: str, description: str | None) -> Transformation:
+    return Transformation(type=kind, subtype=subtype, description=description)
+
+
 def column_lineage_facet(graph, node, naming: Naming | None = None) -> ColumnLineage | None:
     """From dagster/column_lineage where the asset declares it; for raw, from its contract."""
     fields: dict[str, list[tuple[Place, str, Transformation]]] = {}
@@ -231,22 +235,22 @@ def column_lineage_facet(graph, node, naming: Naming | None = None) -> ColumnLin
         for column, deps in lineage.deps_by_column.items():
             for dep in deps:
                 if column in aggregated:
-                    t = Transformation("DIRECT", "AGGREGATION", "aggregated over rows of the input (the asset's description says how)")
+                    t = _transformation("DIRECT", "AGGREGATION", "aggregated over rows of the input (the asset's description says how)")
                 elif dep.column_name == column and len(deps) == 1:
-                    t = Transformation("DIRECT", "IDENTITY")
+                    t = _transformation("DIRECT", "IDENTITY", None)
                 else:
-                    t = Transformation("DIRECT", "TRANSFORMATION", "computed from the input column")
+                    t = _transformation("DIRECT", "TRANSFORMATION", "computed from the input column")
                 fields.setdefault(column, []).append((place(graph.get(dep.asset_key), naming), dep.column_name, t))
     elif node.key.path[0] == "raw":
         contract = catalog.contracts()[node.key.path[-1]]
         bronze = place(graph.get(dg.AssetKey(["bronze", contract.name])), naming)
-        cast = Transformation("DIRECT", "TRANSFORMATION", "contract cast of the delivered text, null sentinels removed")
+        cast = _transformation("DIRECT", "TRANSFORMATION", "contract cast of the delivered text, null sentinels removed")
         for c in contract.columns:
             fields[c.name] = [(bronze, c.name, cast)]
         if contract.partitioning:
-            fields["event_date"] = [(bronze, "_event_date", Transformation("DIRECT", "IDENTITY"))]
-        fields["_source_file"] = [(bronze, "_file_id", Transformation("DIRECT", "IDENTITY"))]
-        fields["_source_row"] = [(bronze, "_row_offset", Transformation("DIRECT", "IDENTITY"))]
+            fields["event_date"] = [(bronze, "_event_date", _transformation("DIRECT", "IDENTITY", None))]
+        fields["_source_file"] = [(bronze, "_file_id", _transformation("DIRECT", "IDENTITY", None))]
+        fields["_source_row"] = [(bronze, "_row_offset", _transformation("DIRECT", "IDENTITY", None))]
     if not fields:
         return None
     return ColumnLineage(fields={
