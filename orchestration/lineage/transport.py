@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-
 from typing import TYPE_CHECKING
 
 import dagster as dg

@@ -70,7 +70,7 @@ NOT_AT_LOAD = ["sklearn", "scipy", "mlflow", "skops", "great_expectations", "pan
                "openlineage", "requests", "httpx", "httpx2", "dagster_celery"]
 # Not imported by the read commands: they answer from DuckDB alone (contracts lint validates with the ODCS packages).
 READ_COMMANDS = [["summary"], ["restatements"], ["dlq", "list"], ["contracts", "lint"]]
-NOT_FOR_READS = ["dagster", "dagster_celery", "openlineage", "psycopg2", *NOT_AT_LOAD]
+NOT_FOR_READS = ["dagster", "psycopg2", *NOT_AT_LOAD]
 
 
 @cache
