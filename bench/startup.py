@@ -1,7 +1,7 @@
 """Benchmark: how long the CLI's read commands take to answer, and what a step process spends loading
 the code location, each against a bare baseline measured in the same run.
 
-    .venv/bin/python bench/startup.py --home /tmp/startup-home [--repeat 5] [--repo DIR]
+    .venv/bin/python bench/startup.py --home /tmp/startup-home [--repeat 5] [--repo DIR] [--before DIR]
 
 --home is a home `plumbline feed --profile demo && plumbline sync` filled (not timed here). Each case
 is a fresh interpreter (what a user's command and a Dagster step process are); wall and CPU (user +
@@ -16,7 +16,10 @@ system, from wait4) are the median of --repeat runs:
                    sensor), as a step process does before it runs its step
 
 --repo measures the code of another checkout of plumbline (e.g. `git archive <commit>` unpacked)
-with this .venv's libraries: the before/after figures in docs/benchmarks.md come from one run each.
+with this .venv's libraries. --before DIR measures that checkout as well, in the same run: its
+processes take turns with those of --repo, repeat by repeat, so both columns see the same load (on
+a loaded machine even CPU seconds drift by a fifth within minutes); the table gains a before column
+and the after/before ratio.
 This is a benchmark, not a test: it prints figures and a markdown table.
 """
 
@@ -52,47 +55,73 @@ def run_once(argv: list[str], env: dict, cwd: Path) -> tuple[float, float, int]:
     return wall, usage.ru_utime + usage.ru_stime, child.returncode
 
 
-def measure(name: str, argv: list[str], env: dict, cwd: Path, repeat: int) -> dict:
-    runs = [run_once(argv, env, cwd) for _ in range(repeat)]
-    if any(code for _, _, code in runs):
-        raise SystemExit(f"{name} exited 1: is {env['PLUMBLINE_HOME']} a synced home?")
-    wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
-    print(f"{name:<28} wall {wall:6.2f} s  CPU {cpu:6.2f} s", flush=True)
-    return {"name": name, "wall": wall, "cpu": cpu}
+def measure(name: str, cases: dict[str, tuple[list[str], dict, Path]], repeat: int) -> dict:
+    """The median wall and CPU of each case (label -> argv, env, cwd), their runs interleaved."""
+    runs: dict[str, list] = {label: [] for label in cases}
+    for i in range(repeat):
+        for label in (list(cases) if i % 2 == 0 else list(cases)[::-1]):  # neither checkout always goes first
+            runs[label].append(run_once(*cases[label]))
+    row = {"name": name}
+    for label, found in runs.items():
+        if any(code for _, _, code in found):
+            raise SystemExit(f"{name} exited 1: is {cases[label][1]['PLUMBLINE_HOME']} a synced home?")
+        row[label] = (statistics.median(r[0] for r in found), statistics.median(r[1] for r in found))
+    print(f"{name:<28} " + "  ".join(f"{label}: wall {w:6.2f} s  CPU {c:6.2f} s" for label, (w, c) in
+                                     ((label, row[label]) for label in cases)), flush=True)
+    return row
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, required=True, help="a synced PLUMBLINE_HOME")
     parser.add_argument("--repo", type=Path, default=REPO, help="the plumbline checkout to measure (default this one)")
+    parser.add_argument("--before", type=Path, help="another checkout to measure beside --repo, in the same run")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    home, repo = args.home.resolve(), args.repo.resolve()
+    home = args.home.resolve()
+    repos = {"after": args.repo.resolve(), **({"before": args.before.resolve()} if args.before else {})}
     warehouse = home / "warehouse.duckdb"
     if not warehouse.is_file():
         raise SystemExit(f"{warehouse} does not exist: run plumbline feed --profile demo && plumbline sync with PLUMBLINE_HOME={home}")
-    env = {**os.environ, "PLUMBLINE_HOME": str(home), "PYTHONPATH": str(repo)}
+    base_env = dict(os.environ, PLUMBLINE_HOME=str(home))
     for variable in ("PLUMBLINE_DEPLOYMENT", "DAGSTER_HOME", "PLUMBLINE_DAGSTER_URL", "DAGSTER_WEBSERVER_URL"):
-        env.pop(variable, None)  # the embedded deployment on this home, as a user runs it
+        base_env.pop(variable, None)  # the embedded deployment on this home, as a user runs it
+    envs = {label: {**base_env, "PYTHONPATH": str(repo)} for label, repo in repos.items()}
     py = sys.executable
     bare_duckdb = (f"import duckdb; duckdb.connect({str(warehouse)!r}, read_only=True)"
                    ".sql('select count(*) from ops.dead_letter').fetchall()")
-    print(f"code {repo}, home {home}, median of {args.repeat}, load {os.getloadavg()[0]:.1f}", flush=True)
-    rows = [measure("python", [py, "-c", "pass"], env, repo, args.repeat),
-            measure("bare duckdb", [py, "-c", bare_duckdb], env, repo, args.repeat)]
+    print(f"code {', '.join(f'{label} {repo}' for label, repo in repos.items())}, home {home}, median of {args.repeat}, "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+
+    def bare(argv: list[str]) -> dict:
+        return {"after": (argv, envs["after"], repos["after"])}
+
+    def each_repo(code: str, argv: list[str] = ()) -> dict:
+        return {label: ([py, "-c", code.format(repo=str(repos[label])), *argv], envs[label], repos[label])
+                for label in repos}
+
+    rows = [measure("python", bare([py, "-c", "pass"]), args.repeat),
+            measure("bare duckdb", bare([py, "-c", bare_duckdb]), args.repeat)]
     for argv in READ_COMMANDS:
-        rows.append(measure(f"plumbline {' '.join(argv)}", [py, "-c", CLI.format(repo=str(repo)), *argv], env, repo, args.repeat))
-    rows.append(measure("bare dagster", [py, "-c", "import dagster"], env, repo, args.repeat))
-    rows.append(measure("definitions", [py, "-c", DEFINITIONS.format(repo=str(repo))], env, repo, args.repeat))
+        rows.append(measure(f"plumbline {' '.join(argv)}", each_repo(CLI, argv), args.repeat))
+    rows.append(measure("bare dagster", bare([py, "-c", "import dagster"]), args.repeat))
+    rows.append(measure("definitions", each_repo(DEFINITIONS), args.repeat))
 
     base = {"read": rows[1], "step": rows[-2]}
     print(f"\nload after: {os.getloadavg()[0]:.1f}\n")
-    print("| process | wall s | CPU s | CPU vs bare |")
-    print("|---|---:|---:|---:|")
+    before = "before" in repos
+    after = "after: " if before else ""
+    print("| process | " + ("before: CPU s | " if before else "") + f"{after}wall s | {after}CPU s | {after}CPU vs bare |"
+          + (" CPU after / before |" if before else ""))
+    print("|---|" + ("---:|" if before else "") + "---:|---:|---:|" + ("---:|" if before else ""))
     for r in rows:
         against = base["step"] if r["name"] == "definitions" else base["read"] if r["name"].startswith("plumbline") else None
-        ratio = f"{r['cpu'] / against['cpu']:.1f}x {against['name']}" if against else ""
-        print(f"| {r['name']} | {r['wall']:.2f} | {r['cpu']:.2f} | {ratio} |")
+        wall, cpu = r["after"]
+        ratio = f"{cpu / against['after'][1]:.2f}x {against['name']}" if against else ""
+        cells = [r["name"], *([f"{r['before'][1]:.2f}" if "before" in r else ""] if before else []),
+                 f"{wall:.2f}", f"{cpu:.2f}", ratio,
+                 *([f"{cpu / r['before'][1]:.2f}" if "before" in r else ""] if before else [])]
+        print("| " + " | ".join(cells) + " |")
     return 0
 
 

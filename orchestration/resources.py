@@ -6,9 +6,10 @@ deployment is one more entry here."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import cache
 
 import dagster as dg
-from dagster_celery import celery_executor
 
 from orchestration.lakehouse import Lakehouse
 from orchestration.settings import DEPLOYMENT_VARIABLE, EMBEDDED
@@ -30,15 +31,22 @@ resources_by_deployment: dict[str, dict] = {
 
 BROKER_VARIABLE = "PLUMBLINE_BROKER_URL"
 
-executor_by_deployment: dict[str, dg.ExecutorDefinition | None] = {
+
+@cache
+def _celery() -> dg.ExecutorDefinition:
+    """Every step is a Celery task on RabbitMQ, taken by whichever `plumbline worker` is free; the
+    broker URL is read from the environment by the process that orchestrates the run (it is never
+    part of the run's config or events), results come back over the broker (rpc://)."""
+    from dagster_celery import celery_executor  # Celery and kombu (0.1 s of CPU): no embedded process needs them
+
+    return celery_executor.configured({"broker": {"env": BROKER_VARIABLE}, "backend": "rpc://"}, name="plumbline_celery")
+
+
+executor_by_deployment: dict[str, Callable[[], dg.ExecutorDefinition | None]] = {
     # Dagster's default: `plumbline sync` executes in its own process (one DuckDB writer), runs the
     # daemon or the UI launch use the multiprocess executor under the warehouse pool
-    "embedded": None,
-    # every step is a Celery task on RabbitMQ, taken by whichever `plumbline worker` is free; the
-    # broker URL is read from the environment by the process that orchestrates the run (it is never
-    # part of the run's config or events), results come back over the broker (rpc://)
-    "production": celery_executor.configured(
-        {"broker": {"env": BROKER_VARIABLE}, "backend": "rpc://"}, name="plumbline_celery"),
+    "embedded": lambda: None,
+    "production": _celery,
 }
 
 
@@ -58,7 +66,7 @@ def resources(name: str | None = None) -> dict:
 
 def executor(name: str | None = None) -> dg.ExecutorDefinition | None:
     """The executor of deployment `name` (default: deployment()), None for Dagster's default."""
-    return executor_by_deployment[_known(name) if name else deployment()]
+    return executor_by_deployment[_known(name) if name else deployment()]()
 
 
 def _known(name: str) -> str:

@@ -1,5 +1,6 @@
-"""Where each asset's data lives, as OpenLineage datasets, and what is known about it before a run:
-schema, documentation, ownership, column lineage. Derived from the asset graph in one place.
+"""Where each asset's data lives, as OpenLineage datasets, and its column lineage, derived from the
+asset graph in one place. Plain data: the code location reads it when it loads (impact.py), without
+OpenLineage's client; events.py turns it and the rest of what is known before a run into facets.
 
 Names come from the deployment's resources (`Naming`: its warehouse and model registry), which the
 callers hand over (the lineage sensors and `plumbline sync` have them); nothing here chooses a
@@ -33,16 +34,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import dagster as dg
-from openlineage.client.facet_v2 import (
-    column_lineage_dataset,
-    dataset_type_dataset,
-    dataset_version_dataset,
-    documentation_dataset,
-    hierarchy_dataset,
-    ownership_dataset,
-    schema_dataset,
-)
-from openlineage.client.naming.dataset import LocalFileSystem
 
 from orchestration import catalog, names, settings
 from orchestration.lakehouse import DATABASE as LAKE_DATABASE
@@ -106,8 +97,8 @@ def warehouse_namespace(naming: Naming | None = None) -> str:
 
 
 def file_place(path: Path | str) -> Place:
-    naming = LocalFileSystem(path=str(path))
-    return Place(naming.get_namespace(), naming.get_name())
+    """openlineage-python's LocalFileSystem naming: namespace "file", name the path."""
+    return Place("file", str(path))
 
 
 def _value(metadata: Mapping, key: str):
@@ -206,51 +197,41 @@ def models_read(graph, node, metadata: Mapping, naming: Naming | None = None) ->
     return [_model_version(models[0], v, metadata, naming) for v in versions]
 
 
-def model_facets(m: ModelVersion) -> dict:
-    """What says a dataset is a registered model (version): its type and its place in the registry."""
-    levels = [hierarchy_dataset.HierarchyDatasetFacetLevel(type="REGISTERED_MODEL", name=m.model)]
-    if m.version:
-        levels.append(hierarchy_dataset.HierarchyDatasetFacetLevel(type="MODEL_VERSION", name=m.version))
-    return {"datasetType": dataset_type_dataset.DatasetTypeDatasetFacet(
-                datasetType="MODEL", subType="MODEL_VERSION" if m.version else "REGISTERED_MODEL"),
-            "hierarchy": hierarchy_dataset.HierarchyDatasetFacet(hierarchy=levels)}
+@dataclass(frozen=True)
+class Transformation:
+    type: str
+    subtype: str
+    description: str | None
 
 
-def version_facet(version: str) -> dataset_version_dataset.DatasetVersionDatasetFacet:
-    return dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=version)
+@dataclass(frozen=True)
+class InputField:
+    namespace: str
+    name: str
+    field: str
+    transformations: tuple[Transformation, ...]
 
 
-def _type_of(column: dg.TableColumn) -> str:
-    return column.type
+@dataclass(frozen=True)
+class Fields:
+    inputFields: tuple[InputField, ...]
 
 
-def schema_facet(node) -> schema_dataset.SchemaDatasetFacet | None:
-    schema = node.metadata.get("dagster/column_schema")
-    if schema is None:
-        return None
-    table_schema = schema.schema if hasattr(schema, "schema") else schema
-    return schema_dataset.SchemaDatasetFacet(fields=[
-        schema_dataset.SchemaDatasetFacetFields(name=c.name, type=_type_of(c), description=c.description or None)
-        for c in table_schema.columns])
+@dataclass(frozen=True)
+class ColumnLineage:
+    """The content of OpenLineage's column lineage facet, with its field names: events carry it as the
+    facet, and impact reads it when the code location loads, where OpenLineage's client is not loaded."""
+
+    fields: dict[str, Fields]
 
 
-def documentation_facet(node) -> documentation_dataset.DocumentationDatasetFacet | None:
-    return documentation_dataset.DocumentationDatasetFacet(description=node.description) if node.description else None
+def _transformation(kind: str, subtype: str, description: str | None) -> Transformation:
+    return Transformation(type=kind, subtype=subtype, description=description)
 
 
-def ownership_facet(node) -> ownership_dataset.OwnershipDatasetFacet | None:
-    if not node.owners:
-        return None
-    return ownership_dataset.OwnershipDatasetFacet(owners=[ownership_dataset.Owner(name=o, type="MAINTAINER") for o in node.owners])
-
-
-def _transformation(kind: str, subtype: str, description: str | None) -> column_lineage_dataset.Transformation:
-    return column_lineage_dataset.Transformation(type=kind, subtype=subtype, description=description)
-
-
-def column_lineage_facet(graph, node, naming: Naming | None = None) -> column_lineage_dataset.ColumnLineageDatasetFacet | None:
+def column_lineage_facet(graph, node, naming: Naming | None = None) -> ColumnLineage | None:
     """From dagster/column_lineage where the asset declares it; for raw, from its contract."""
-    fields: dict[str, list[tuple[Place, str, column_lineage_dataset.Transformation]]] = {}
+    fields: dict[str, list[tuple[Place, str, Transformation]]] = {}
     aggregated = set(node.metadata.get(names.AGGREGATED_COLUMNS).value
                      if node.metadata.get(names.AGGREGATED_COLUMNS) else [])
     keys = {(asset, c) for asset, cols in (_value(node.metadata, names.JOIN_KEYS) or {}).items() for c in cols}
@@ -285,9 +266,8 @@ def column_lineage_facet(graph, node, naming: Naming | None = None) -> column_li
         fields["_source_row"] = [(bronze, "_row_offset", _transformation("DIRECT", "IDENTITY", None))]
     if not fields:
         return None
-    return column_lineage_dataset.ColumnLineageDatasetFacet(fields={
-        column: column_lineage_dataset.Fields(inputFields=[
-            column_lineage_dataset.InputField(namespace=p.namespace, name=p.name, field=f, transformations=[t])
-            for p, f, t in deps])
+    return ColumnLineage(fields={
+        column: Fields(inputFields=tuple(InputField(namespace=p.namespace, name=p.name, field=f, transformations=(t,))
+                                         for p, f, t in deps))
         for column, deps in fields.items()})
 

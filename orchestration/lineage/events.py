@@ -23,15 +23,22 @@ import dagster as dg
 from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState, set_producer
 from openlineage.client.facet_v2 import (
     base_subset_dataset,
+    column_lineage_dataset,
     data_quality_assertions_dataset,
+    dataset_type_dataset,
+    dataset_version_dataset,
+    documentation_dataset,
     documentation_job,
     error_message_run,
+    hierarchy_dataset,
     input_statistics_input_dataset,
     job_type_job,
     nominal_time_run,
     output_statistics_output_dataset,
+    ownership_dataset,
     ownership_job,
     parent_run,
+    schema_dataset,
 )
 
 from orchestration import names
@@ -198,13 +205,59 @@ def _inputs(graph, node, partitions: list[str], models: list[datasets.ModelVersi
         out.append(InputDataset(namespace=p.namespace, name=p.name, inputFacets=input_facets))
     for m in models:
         out.append(InputDataset(namespace=m.place.namespace, name=m.place.name,
-                                facets={**datasets.model_facets(m), "version": datasets.version_facet(m.version)}))
+                                facets={**model_facets(m), "version": version_facet(m.version)}))
     for delivery in _value(metadata, names.DELIVERIES, []) or []:
         p = datasets.file_place(delivery["path"])
         out.append(InputDataset(namespace=p.namespace, name=p.name, inputFacets={
             "inputStatistics": input_statistics_input_dataset.InputStatisticsInputDatasetFacet(
                 rowCount=delivery.get("rows"), size=delivery.get("size_bytes"), fileCount=1)}))
     return out
+
+
+def model_facets(m: datasets.ModelVersion) -> dict:
+    """What says a dataset is a registered model (version): its type and its place in the registry."""
+    levels = [hierarchy_dataset.HierarchyDatasetFacetLevel(type="REGISTERED_MODEL", name=m.model)]
+    if m.version:
+        levels.append(hierarchy_dataset.HierarchyDatasetFacetLevel(type="MODEL_VERSION", name=m.version))
+    return {"datasetType": dataset_type_dataset.DatasetTypeDatasetFacet(
+                datasetType="MODEL", subType="MODEL_VERSION" if m.version else "REGISTERED_MODEL"),
+            "hierarchy": hierarchy_dataset.HierarchyDatasetFacet(hierarchy=levels)}
+
+
+def version_facet(version: str) -> dataset_version_dataset.DatasetVersionDatasetFacet:
+    return dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=version)
+
+
+def schema_facet(node) -> schema_dataset.SchemaDatasetFacet | None:
+    schema = node.metadata.get("dagster/column_schema")
+    if schema is None:
+        return None
+    table_schema = schema.schema if hasattr(schema, "schema") else schema
+    return schema_dataset.SchemaDatasetFacet(fields=[
+        schema_dataset.SchemaDatasetFacetFields(name=c.name, type=c.type, description=c.description or None)
+        for c in table_schema.columns])
+
+
+def documentation_facet(node) -> documentation_dataset.DocumentationDatasetFacet | None:
+    return documentation_dataset.DocumentationDatasetFacet(description=node.description) if node.description else None
+
+
+def ownership_facet(node) -> ownership_dataset.OwnershipDatasetFacet | None:
+    if not node.owners:
+        return None
+    return ownership_dataset.OwnershipDatasetFacet(owners=[ownership_dataset.Owner(name=o, type="MAINTAINER") for o in node.owners])
+
+
+def column_lineage_facet(lineage: datasets.ColumnLineage | None) -> column_lineage_dataset.ColumnLineageDatasetFacet | None:
+    if lineage is None:
+        return None
+    return column_lineage_dataset.ColumnLineageDatasetFacet(fields={
+        column: column_lineage_dataset.Fields(inputFields=[
+            column_lineage_dataset.InputField(namespace=f.namespace, name=f.name, field=f.field, transformations=[
+                column_lineage_dataset.Transformation(type=t.type, subtype=t.subtype, description=t.description)
+                for t in f.transformations])
+            for f in fields.inputFields])
+        for column, fields in lineage.fields.items()})
 
 
 def _assertions(checks) -> data_quality_assertions_dataset.DataQualityAssertionsDatasetFacet | None:
@@ -240,11 +293,11 @@ def _output(graph, node, partitions: list[str], model: datasets.ModelVersion | N
             complete: bool, naming: datasets.Naming) -> OutputDataset:
     p = model.place if model is not None else datasets.place(node, naming)
     facets = {k: v for k, v in {
-        "schema": datasets.schema_facet(node),
-        "documentation": datasets.documentation_facet(node),
-        "ownership": datasets.ownership_facet(node),
-        "columnLineage": datasets.column_lineage_facet(graph, node, naming),
-        **(datasets.model_facets(model) if model is not None else {}),
+        "schema": schema_facet(node),
+        "documentation": documentation_facet(node),
+        "ownership": ownership_facet(node),
+        "columnLineage": column_lineage_facet(datasets.column_lineage_facet(graph, node, naming)),
+        **(model_facets(model) if model is not None else {}),
     }.items() if v is not None}
     output_facets = {}
     if partitions:
@@ -257,7 +310,7 @@ def _output(graph, node, partitions: list[str], model: datasets.ModelVersion | N
         # a registered model's version is the registry's; a table's is Dagster's data version
         version = model.version if model is not None else (materialization.tags or {}).get("dagster/data_version")
         if version:
-            facets["version"] = datasets.version_facet(version)
+            facets["version"] = version_facet(version)
         if (a := _assertions(checks)) is not None:
             facets["dataQualityAssertions"] = a
         if (d := _dead_letters(checks)) is not None:

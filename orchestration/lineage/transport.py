@@ -1,22 +1,25 @@
 """Which OpenLineage transport to use, configured the standard way: openlineage.yml (OPENLINEAGE_CONFIG,
 the working directory or ~/.openlineage), OPENLINEAGE__* variables, OPENLINEAGE_URL (+ OPENLINEAGE_API_KEY),
 OPENLINEAGE_DISABLED. Only a configured transport (one with a `type`, or OPENLINEAGE_URL) replaces the
-default, JSON lines under $PLUMBLINE_HOME/lineage/; transport settings without a type are reported."""
+default, JSON lines under $PLUMBLINE_HOME/lineage/; transport settings without a type are reported.
+
+OpenLineage's client is imported by the functions that build or configure one: with its transports'
+libraries (requests, httpx2) it costs about 0.3 s of CPU, and a step process that loads the code
+location (which holds this resource) never emits."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import dagster as dg
-from openlineage.client import OpenLineageClient
-from openlineage.client.transport.console import ConsoleTransport
-from openlineage.client.transport.file import FileConfig, FileTransport
-from openlineage.client.transport.noop import NoopConfig, NoopTransport
-from openlineage.client.utils import deep_merge_dicts
 
 from orchestration import settings
+
+if TYPE_CHECKING:
+    from openlineage.client import OpenLineageClient
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,9 @@ def namespace() -> str:
 
 def transport_settings() -> dict:
     """The `transport` section the client would read from openlineage.yml and OPENLINEAGE__* variables."""
+    from openlineage.client import OpenLineageClient
+    from openlineage.client.utils import deep_merge_dicts
+
     config: dict = {}
     if path := OpenLineageClient._find_yaml_config_path():
         config = OpenLineageClient._get_config_file_content(path)
@@ -65,6 +71,11 @@ def install_hint(transport_kind: str | None) -> str:
 def client() -> OpenLineageClient:
     """A client on the configured transport, or on the default JSON-lines file. Raises when the
     configured transport cannot be built (its library is missing, its settings are wrong)."""
+    from openlineage.client import OpenLineageClient
+    from openlineage.client.transport.console import ConsoleTransport
+    from openlineage.client.transport.file import FileConfig, FileTransport
+    from openlineage.client.transport.noop import NoopConfig, NoopTransport
+
     if disabled():
         return OpenLineageClient(transport=NoopTransport(NoopConfig()))
     if configured():
@@ -95,11 +106,9 @@ class LineageTransport(dg.ConfigurableResource):
         return client()
 
 
-def is_noop(c: OpenLineageClient) -> bool:
-    return isinstance(c.transport, NoopTransport)
-
-
 def _where(partial: dict) -> str:
+    from openlineage.client import OpenLineageClient
+
     names = sorted(k for k in os.environ if k.startswith("OPENLINEAGE__TRANSPORT__"))
     path = OpenLineageClient._find_yaml_config_path()
     return ", ".join(names + ([f"`transport` in {path}"] if path else [])) or ", ".join(sorted(partial))
@@ -114,6 +123,8 @@ def _warn_once(message: str) -> None:
 def _show_console_events() -> None:
     """The console transport writes each event as an INFO log record: make sure one reaches stderr
     in a process (such as `plumbline sync`) that configured no logging."""
+    from openlineage.client.transport.console import ConsoleTransport
+
     console = logging.getLogger(ConsoleTransport.__module__)
     if console.getEffectiveLevel() > logging.INFO:
         console.setLevel(logging.INFO)

@@ -78,11 +78,11 @@ def test_the_warehouse_follows_plumbline_home(home, tmp_path, monkeypatch):
 
 
 def test_the_executor_is_dagsters_default_embedded_and_celery_in_production(home):
-    from orchestration.resources import executor, executor_by_deployment
+    from orchestration.resources import executor
 
     assert executor() is None and executor("embedded") is None
     celery = executor("production")
-    assert celery is executor_by_deployment["production"] and celery.name == "plumbline_celery"
+    assert celery is executor("production") and celery.name == "plumbline_celery"
     # the broker is an env reference, resolved by the process that orchestrates the run: no URL in the code location
     assert celery.config_schema._config_fn(None) == {"broker": {"env": "PLUMBLINE_BROKER_URL"}, "backend": "rpc://"}
 
