@@ -84,10 +84,11 @@ def test_the_column_lineage_of_every_asset_validates_against_the_specification(g
     from openlineage.client.serde import Serde
     from openlineage_validation import errors
 
-    from orchestration.lineage import datasets
+    from orchestration.lineage import datasets, events
 
-    outputs = [OutputDataset(namespace=p.namespace, name=p.name, facets={"columnLineage": facet})
-               for node in graph.asset_nodes if (facet := datasets.column_lineage_facet(graph, node)) is not None
+    # the declarations as the events carry them: events turns them into OpenLineage's facet
+    outputs = [OutputDataset(namespace=p.namespace, name=p.name, facets={"columnLineage": events.column_lineage_facet(declared)})
+               for node in graph.asset_nodes if (declared := datasets.column_lineage_facet(graph, node)) is not None
                for p in [datasets.place(node)]]
     assert "warehouse.ml.training_set" in {o.name for o in outputs}
     event = RunEvent(eventType=RunState.COMPLETE, eventTime="2013-12-31T00:00:00Z",
