@@ -13,9 +13,10 @@ each is still landed alone, in path order, in its own transaction, with the verd
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -40,6 +41,45 @@ class LandedFile:
     event_dates: tuple[str, ...] = ()
     reason: str | None = None
     rejected_at_read: int = 0  # lines the reader could not turn into rows (dead-lettered, stage read)
+    observed_schema: str | None = field(default=None, compare=False, repr=False)  # as recorded (JSON)
+    delivered_at: dt.datetime | None = field(default=None, compare=False, repr=False)
+
+
+class Ledger:
+    """The source's loaded deliveries, read once per ingest and kept current as files land: each file's
+    duplicate and previous-schema look-ups are answered without a query. Exact while the ingester holds
+    the source's lock (no one else lands its files); it is only added to after a file's commit."""
+
+    def __init__(self, con, source: str):
+        self.paths: dict[str, str] = {}   # file_id -> a path it was loaded from
+        self.schemas: list[tuple] = []    # sorted (delivered_at, path, observed_schema) of loaded files
+        for path, file_id, delivered_at, schema in con.execute(
+                "SELECT path, file_id, delivered_at, observed_schema FROM ops.landed_files "
+                "WHERE source = ? AND status = 'loaded' ORDER BY delivered_at, path", [source]).fetchall():
+            self._add(path, file_id, delivered_at, schema)
+        self.schemas.sort(key=lambda r: r[:2])
+
+    def _add(self, path: str, file_id: str, delivered_at, schema: str | None) -> None:
+        self.paths.setdefault(file_id, path)
+        if schema is not None and delivered_at is not None:
+            bisect.insort(self.schemas, (delivered_at, path, schema), key=lambda r: r[:2])
+
+    def landed(self, f: LandedFile) -> None:
+        if f.status == "loaded":
+            self._add(f.path, f.file_id, f.delivered_at, f.observed_schema)
+
+    def loaded_path(self, file_id: str) -> str | None:
+        return self.paths.get(file_id)
+
+    def previous_schema(self, delivered_at, path: str) -> list[dict] | None:
+        """schema_changes.previous_schema: the latest loaded delivery before (delivered_at, path)."""
+        if delivered_at is None:
+            return None
+        i = bisect.bisect_left(self.schemas, (delivered_at, path), key=lambda r: r[:2])
+        if i == 0:
+            return None
+        schema = json.loads(self.schemas[i - 1][2])
+        return schema if schema and "non_null" in schema[0] else None
 
 
 def event_date_sql(contract: Contract) -> str:
@@ -98,8 +138,9 @@ def ingest_source(con, contract: Contract, run_id: str, log=None) -> list[Landed
         # Fixed for the whole ingestion, so files arriving together are judged alike, in any order.
         mark = lateness.watermark(con, contract)
         batches = batch.plan(deliveries)  # small csv files with one header: read and profiled together
+        ledger = Ledger(con, contract.name)
         try:
-            results += _ingest_each(con, contract, deliveries, batches, run_id, mark, log)
+            results += _ingest_each(con, contract, deliveries, batches, run_id, mark, log, ledger)
         finally:
             for b in {id(b): b for b in batches.values()}.values():
                 batch.drop(con, b)
@@ -107,7 +148,7 @@ def ingest_source(con, contract: Contract, run_id: str, log=None) -> list[Landed
 
 
 def _ingest_each(con, contract: Contract, deliveries: list[Delivery], batches: dict[str, batch.Batch], run_id: str,
-                 mark: dt.date | None, log) -> list[LandedFile]:
+                 mark: dt.date | None, log, ledger: Ledger) -> list[LandedFile]:
     results = []
     for i, delivery in enumerate(deliveries, 1):
         # one file of any source lands at a time: every source's landing deletes from and inserts into
@@ -115,7 +156,7 @@ def _ingest_each(con, contract: Contract, deliveries: list[Delivery], batches: d
         group = batches.get(delivery.relative)
         with partition_lock(con, "ops.landed_files", [SNAPSHOT_PARTITION]):
             try:
-                result = ingest_file(con, contract, delivery, run_id, mark, group)
+                result = ingest_file(con, contract, delivery, run_id, mark, group, ledger)
             except WriteConflict:
                 raise  # not the file's problem: the step fails retryably, the file stays pending
             except Exception as e:  # whatever goes wrong with one file is that file's problem, never the source's
@@ -127,6 +168,7 @@ def _ingest_each(con, contract: Contract, deliveries: list[Delivery], batches: d
                                                  reason=f"{delivery.relative}: {type(e).__name__}: {str(e)[:300]}; the file was "
                                                         "not loaded: re-deliver it (a new file or new content is picked up automatically)"),
                                  _base(contract, delivery), None, None)
+        ledger.landed(result)
         if group is not None:
             batch.finish(con, group, delivery)
         results.append(result)
@@ -142,8 +184,9 @@ def _base(contract: Contract, delivery: Delivery) -> dict:
 
 
 def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, watermark: dt.date | None = None,
-                group: batch.Batch | None = None) -> LandedFile:
-    """group: the batch the file is read with (batch.plan); its verdict is the one it gets alone."""
+                group: batch.Batch | None = None, ledger: Ledger | None = None) -> LandedFile:
+    """group: the batch the file is read with (batch.plan); its verdict is the one it gets alone.
+    ledger: the source's loaded files, kept by the caller (read from ops.landed_files when None)."""
     base = _base(contract, delivery)
     if delivery.problem:
         return _record(con, LandedFile(contract.name, delivery.relative, "-", "rejected", reason=delivery.problem), base, None, None)
@@ -155,12 +198,15 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, waterm
                                        reason=f"{delivery.relative} cannot be read ({type(e).__name__}: {e.strerror or e}); "
                                               "fix its permissions or re-deliver it"), base, None, None)
     base["size_bytes"] = size
-    already = con.execute(
-        "SELECT path FROM ops.landed_files WHERE source = ? AND file_id = ? AND status = 'loaded' LIMIT 1",
-        [contract.name, file_id]).fetchall()
-    if already:
+    if ledger is not None:
+        already = ledger.loaded_path(file_id)
+    else:
+        already = next(iter(con.execute(
+            "SELECT path FROM ops.landed_files WHERE source = ? AND file_id = ? AND status = 'loaded' LIMIT 1",
+            [contract.name, file_id]).fetchall()), (None,))[0]
+    if already is not None:
         return _record(con, LandedFile(contract.name, delivery.relative, file_id, "duplicate",
-                                       reason=f"identical content already loaded from {already[0][0]}; skipped"), base, None, None)
+                                       reason=f"identical content already loaded from {already}; skipped"), base, None, None)
     rows_sql = rejects = None
     if group is not None:
         if not group.states:  # the first member to be read reads the whole batch
@@ -185,7 +231,7 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, waterm
 
     def land() -> LandedFile:
         with transaction(con):  # a file is recorded whole or not at all
-            return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark, stats)
+            return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark, stats, ledger)
 
     # another writer of the ops tables (a rebuild's dead letters) may commit first: nothing was applied,
     # so the file, read once, is landed again from the new snapshot
@@ -221,11 +267,12 @@ def _column_mapping(contract: Contract, delivered: list[str]) -> tuple[dict[str,
 
 
 def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loaded, base: dict, run_id: str,
-          watermark: dt.date | None, stats: schema_changes.FileStats | None = None) -> LandedFile:
+          watermark: dt.date | None, stats: schema_changes.FileStats | None = None, ledger: Ledger | None = None) -> LandedFile:
     rel = delivery.relative
     mapping, missing, extra = _column_mapping(contract, loaded.columns)
+    previous = ledger.previous_schema(delivery.delivered_at, rel) if ledger is not None else schema_changes.NOT_READ
     verdict = schema_changes.examine(con, contract, TEMP_TABLE, loaded.observed_schema, mapping, missing, extra,
-                                     delivery.delivered_at, rel, stats)
+                                     delivery.delivered_at, rel, stats, previous)
     schema = verdict.schema
     select = [f"{delivered_ident(mapping[c.name])} AS {ident(c.name)}" if c.name in mapping else f"NULL::VARCHAR AS {ident(c.name)}"
               for c in contract.columns]
@@ -314,10 +361,12 @@ def _in_range_sql(contract: Contract) -> str:
 
 
 def _record(con, f: LandedFile, base: dict, schema, bronze_path) -> LandedFile:
+    f.observed_schema = json.dumps(schema) if schema is not None else None
+    f.delivered_at = base["delivered_at"]
     insert_absent_values(
         con, "ops.landed_files", "source, path, file_id, size_bytes, format, compression, delivered_at, observed_schema, "
         "rows, event_dates, status, reason, bronze_path, landed_at, rejected_at_read", ("source", "path", "file_id"),
         [(f.source, f.path, f.file_id, base.get("size_bytes"), base["format"], base["compression"], base["delivered_at"],
-          json.dumps(schema) if schema is not None else None, f.rows, json.dumps(list(f.event_dates)), f.status,
+          f.observed_schema, f.rows, json.dumps(list(f.event_dates)), f.status,
           f.reason, bronze_path, base["landed_at"], f.rejected_at_read)])
     return f

@@ -311,13 +311,18 @@ def null_texts(contract: Contract, mapping: dict[str, str]) -> dict[str, list[st
     return {mapping[c.name]: [v for v in c.null_sentinels if isinstance(v, str)] for c in contract.columns if c.name in mapping}
 
 
+NOT_READ = object()  # examine's `previous` when the caller has not looked it up
+
+
 def examine(con, contract: Contract, table: str, delivered_schema: list[dict], mapping, missing, extra,
-            delivered_at, path: str, stats: FileStats | None = None) -> Verdict:
-    """stats: the delivery's numbers computed with its batch (batch_stats); None reads them from `table`."""
+            delivered_at, path: str, stats: FileStats | None = None, previous=NOT_READ) -> Verdict:
+    """stats: the delivery's numbers computed with its batch (batch_stats); None reads them from `table`.
+    previous: the previous_schema the caller already knows (NOT_READ: read from ops.landed_files)."""
     expected = {mapping[c]: contract_type(contract, c) for c in mapping}
     schema = observe(con, table, delivered_schema, expected, null_texts(contract, mapping),
                      stats.profiles if stats is not None else None)
-    previous = previous_schema(con, contract, delivered_at, path)
+    if previous is NOT_READ:
+        previous = previous_schema(con, contract, delivered_at, path)
     changes = compare(contract, schema, mapping, missing, extra, previous)
     changes += row_checks(con, contract, table, mapping, schema, stats)
     return Verdict(schema, schema_hash(schema), changes)

@@ -12,12 +12,13 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from scenarios.test_bad_input import csv_bytes, day_rows, file_name
 
 from contracts.loader import load_contracts
-from orchestration.ingest import batch, bronze
+from orchestration.ingest import batch, bronze, schema_changes
 from orchestration.warehouse_resource import Warehouse
 
 UNSTABLE = {"landed_at", "first_seen", "last_seen"}  # wall-clock times
@@ -49,10 +50,31 @@ def _deliveries(landing: Path) -> None:
         _write(landing, file_name(1, day, "csv"), csv_bytes(day_rows(1, day, 40).rename(columns={"tailnum": "tail_number"})))
 
 
+class _QueriedLedger(bronze.Ledger):
+    """Answers each look-up with the ops.landed_files query the ledger stands for, as a file read alone was judged."""
+
+    def __init__(self, con, source: str):
+        super().__init__(con, source)
+        self.con, self.source = con, source
+
+    def loaded_path(self, file_id: str):
+        rows = self.con.execute("SELECT path FROM ops.landed_files WHERE source = ? AND file_id = ? AND status = 'loaded' "
+                                "LIMIT 1", [self.source, file_id]).fetchall()
+        return rows[0][0] if rows else None
+
+    def previous_schema(self, delivered_at, path: str):
+        return schema_changes.previous_schema(self.con, SimpleNamespace(name=self.source), delivered_at, path)
+
+
 def _ingest(home: Path, contract, monkeypatch) -> dict:
     monkeypatch.setenv("PLUMBLINE_HOME", str(home))
     with Warehouse().connect() as con:
         landed = bronze.ingest_source(con, contract, "batch-test")
+        ledger = bronze.Ledger(con, contract.name)  # what a later ingest starts from: the queries' answers
+        for path, file_id, delivered_at in con.execute("SELECT path, file_id, delivered_at FROM ops.landed_files").fetchall():
+            assert ledger.previous_schema(delivered_at, path) == schema_changes.previous_schema(con, contract, delivered_at, path)
+            assert ledger.loaded_path(file_id) == next(iter(con.execute(
+                "SELECT path FROM ops.landed_files WHERE file_id = ? AND status = 'loaded'", [file_id]).fetchall()), (None,))[0]
         out = {"results": sorted((f.path, f.file_id, f.status, f.rows, f.event_dates, f.reason, f.rejected_at_read)
                                  for f in landed)}
         for table in ("landed_files", "schema_versions", "dead_letter"):
@@ -77,6 +99,7 @@ def test_batched_small_files_get_the_verdicts_they_get_alone(tmp_path, monkeypat
     assert sorted(reads) == [(2, True), (7, True)], "the files sharing a header were read in two batches"
 
     monkeypatch.setattr(batch, "plan", lambda deliveries: {})
+    monkeypatch.setattr(bronze, "Ledger", _QueriedLedger)  # and every look-up queried, as before the ledger
     alone = _ingest(tmp_path / "alone", contract, monkeypatch)
 
     verdicts = {r[0]: r[2] for r in batched["results"]}
