@@ -64,6 +64,11 @@ class Ledger:
         if schema is not None and delivered_at is not None:
             bisect.insort(self.schemas, (delivered_at, path, schema), key=lambda r: r[:2])
 
+    def copy(self) -> Ledger:
+        out = Ledger.__new__(Ledger)
+        out.paths, out.schemas = dict(self.paths), list(self.schemas)
+        return out
+
     def landed(self, f: LandedFile) -> None:
         if f.status == "loaded":
             self._add(f.path, f.file_id, f.delivered_at, f.observed_schema)
@@ -147,35 +152,79 @@ def ingest_source(con, contract: Contract, run_id: str, log=None) -> list[Landed
         return results
 
 
+class _NotTogether(Exception):
+    """A member of a batch is not landed with the others (read alone, or unreadable): each is landed alone."""
+
+
+def _runs(deliveries: list[Delivery], batches: dict[str, batch.Batch]) -> list[tuple[batch.Batch | None, list[Delivery]]]:
+    """Consecutive deliveries of one batch, in order; a file outside any batch is a run of its own."""
+    runs: list[tuple[batch.Batch | None, list[Delivery]]] = []
+    for d in deliveries:
+        group = batches.get(d.relative)
+        if group is not None and runs and runs[-1][0] is group:
+            runs[-1][1].append(d)
+        else:
+            runs.append((group, [d]))
+    return runs
+
+
 def _ingest_each(con, contract: Contract, deliveries: list[Delivery], batches: dict[str, batch.Batch], run_id: str,
                  mark: dt.date | None, log, ledger: Ledger) -> list[LandedFile]:
     results = []
-    for i, delivery in enumerate(deliveries, 1):
-        # one file of any source lands at a time: every source's landing deletes from and inserts into
-        # the shared ops tables, which DuckLake sees as conflicting commits (a retry alone can starve)
-        group = batches.get(delivery.relative)
-        with partition_lock(con, "ops.landed_files", [SNAPSHOT_PARTITION]):
-            try:
-                result = ingest_file(con, contract, delivery, run_id, mark, group, ledger)
-            except WriteConflict:
-                raise  # not the file's problem: the step fails retryably, the file stays pending
-            except Exception as e:  # whatever goes wrong with one file is that file's problem, never the source's
-                try:
-                    file_id = content_hash(delivery.path)[0]
-                except OSError:
-                    file_id = "-"
-                result = _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
-                                                 reason=f"{delivery.relative}: {type(e).__name__}: {str(e)[:300]}; the file was "
-                                                        "not loaded: re-deliver it (a new file or new content is picked up automatically)"),
-                                 _base(contract, delivery), None, None)
-        ledger.landed(result)
-        if group is not None:
-            batch.finish(con, group, delivery)
-        results.append(result)
-        if log and (i % 50 == 0 or i == len(deliveries) or result.status != "loaded"):
-            log(f"{contract.name}: {i}/{len(deliveries)} files; {delivery.relative}: {result.status}"
-                + (f" ({result.reason})" if result.reason else ""))
+    for group, run in _runs(deliveries, batches):
+        together = _land_together(con, contract, group, run, run_id, mark, ledger) if group is not None and len(run) > 1 else None
+        for delivery, landed in zip(run, together or [None] * len(run)):
+            results.append(landed or _ingest_alone(con, contract, delivery, group, run_id, mark, ledger))
+            i = len(results)
+            if group is not None:
+                batch.finish(con, group, delivery)
+            if log and (i % 50 == 0 or i == len(deliveries) or results[-1].status != "loaded"):
+                log(f"{contract.name}: {i}/{len(deliveries)} files; {delivery.relative}: {results[-1].status}"
+                    + (f" ({results[-1].reason})" if results[-1].reason else ""))
     return results
+
+
+def _land_together(con, contract: Contract, group: batch.Batch, run: list[Delivery], run_id: str,
+                   mark: dt.date | None, ledger: Ledger) -> list[LandedFile] | None:
+    """The run's files landed in one transaction, each judged as alone and in order, so a batch pays one
+    commit; None when any of them is not landed from the batch's rows (nothing applied: each is landed alone)."""
+    if not group.states:
+        batch.read(con, group)  # before the transaction: a rollback would drop the batch's rows
+    if not group.read:
+        return None
+    trial = ledger.copy()  # the files landed so far in the transaction count for the next ones
+    results = []
+    try:
+        with partition_lock(con, "ops.landed_files", [SNAPSHOT_PARTITION]), transaction(con):
+            for delivery in run:
+                results.append(ingest_file(con, contract, delivery, run_id, mark, group, trial, together=True))
+                trial.landed(results[-1])
+    except Exception:  # rolled back: each file is landed alone, which says what went wrong with which
+        return None
+    ledger.paths, ledger.schemas = trial.paths, trial.schemas
+    return results
+
+
+def _ingest_alone(con, contract: Contract, delivery: Delivery, group: batch.Batch | None, run_id: str,
+                  mark: dt.date | None, ledger: Ledger) -> LandedFile:
+    # one file of any source lands at a time: every source's landing deletes from and inserts into
+    # the shared ops tables, which DuckLake sees as conflicting commits (a retry alone can starve)
+    with partition_lock(con, "ops.landed_files", [SNAPSHOT_PARTITION]):
+        try:
+            result = ingest_file(con, contract, delivery, run_id, mark, group, ledger)
+        except WriteConflict:
+            raise  # not the file's problem: the step fails retryably, the file stays pending
+        except Exception as e:  # whatever goes wrong with one file is that file's problem, never the source's
+            try:
+                file_id = content_hash(delivery.path)[0]
+            except OSError:
+                file_id = "-"
+            result = _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
+                                             reason=f"{delivery.relative}: {type(e).__name__}: {str(e)[:300]}; the file was "
+                                                    "not loaded: re-deliver it (a new file or new content is picked up automatically)"),
+                             _base(contract, delivery), None, None)
+    ledger.landed(result)
+    return result
 
 
 def _base(contract: Contract, delivery: Delivery) -> dict:
@@ -184,9 +233,11 @@ def _base(contract: Contract, delivery: Delivery) -> dict:
 
 
 def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, watermark: dt.date | None = None,
-                group: batch.Batch | None = None, ledger: Ledger | None = None) -> LandedFile:
+                group: batch.Batch | None = None, ledger: Ledger | None = None, together: bool = False) -> LandedFile:
     """group: the batch the file is read with (batch.plan); its verdict is the one it gets alone.
-    ledger: the source's loaded files, kept by the caller (read from ops.landed_files when None)."""
+    ledger: the source's loaded files, kept by the caller (read from ops.landed_files when None).
+    together: inside the caller's transaction with the rest of its batch; raises _NotTogether when the
+    file is not judged from the batch's rows (it is then landed alone)."""
     base = _base(contract, delivery)
     if delivery.problem:
         return _record(con, LandedFile(contract.name, delivery.relative, "-", "rejected", reason=delivery.problem), base, None, None)
@@ -213,9 +264,13 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, waterm
             batch.read(con, group)
         if group.holds(delivery, before):
             rows_sql, rejects = batch.slice_sql(group, delivery), group.rejects.get(delivery.relative, [])
+    if together and rows_sql is None:
+        raise _NotTogether(delivery.relative)
     try:
         loaded = load_delivery(con, delivery, rows_sql, rejects)
     except UnreadableFile as e:
+        if together:
+            raise _NotTogether(delivery.relative) from e
         if landing.file_state(delivery.path) != before:
             return _settling(contract, delivery)
         return _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
@@ -228,6 +283,9 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, waterm
     stats = None
     if rows_sql is not None and loaded.whole and loaded.rows <= schema_changes.SAMPLE_ROWS:
         stats = _batch_stats(con, contract, group, loaded).get(str(delivery.path), schema_changes.FileStats())
+
+    if together:  # the caller's transaction holds the batch: its files are recorded whole or not at all
+        return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark, stats, ledger)
 
     def land() -> LandedFile:
         with transaction(con):  # a file is recorded whole or not at all

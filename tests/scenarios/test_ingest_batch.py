@@ -95,8 +95,12 @@ def test_batched_small_files_get_the_verdicts_they_get_alone(tmp_path, monkeypat
     reads = []
     real_read = batch.read
     monkeypatch.setattr(batch, "read", lambda con, b: (real_read(con, b), reads.append((len(b.deliveries), b.read)))[0])
+    together = []
+    real_together = bronze._land_together
+    monkeypatch.setattr(bronze, "_land_together", lambda *a: together.append(real_together(*a)) or together[-1])
     batched = _ingest(tmp_path / "batched", contract, monkeypatch)
     assert sorted(reads) == [(2, True), (7, True)], "the files sharing a header were read in two batches"
+    assert sorted(len(t or ()) for t in together) == [2, 7], "each batch was landed in one transaction"
 
     monkeypatch.setattr(batch, "plan", lambda deliveries: {})
     monkeypatch.setattr(bronze, "Ledger", _QueriedLedger)  # and every look-up queried, as before the ledger
