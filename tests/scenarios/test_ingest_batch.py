@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -148,3 +151,42 @@ def test_a_batch_member_that_changed_or_breaks_the_batch_read_is_read_alone(tmp_
     assert rows["flights/flights_20130101T0600Z.csv"] == ("loaded", 30)
     assert rows["flights/flights_20130103T0600Z.csv"] == ("loaded", 10 if change == "modified" else 30), \
         "the content that was hashed is the content that was read"
+
+
+KILLED_INSIDE_A_BATCH = """
+import os, signal
+from contracts.loader import load_contracts
+from orchestration.ingest import bronze
+from orchestration.warehouse_resource import Warehouse
+
+real_land, landed = bronze._land, []
+
+def land(*args):  # the crash: SIGKILL once the batch's third file is written, before the batch commits
+    landed.append(real_land(*args))
+    if len(landed) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return landed[-1]
+
+bronze._land = land
+with Warehouse().connect() as con:
+    bronze.ingest_source(con, load_contracts()["flights"], "batch-test")
+"""
+
+
+def test_an_ingest_killed_inside_a_batch_records_none_of_it_and_a_rerun_lands_each_as_alone(tmp_path, monkeypatch, contract):
+    monkeypatch.setenv("PLUMBLINE_SETTLE_SECONDS", "0")
+    for side in ("killed", "clean"):
+        _deliveries(tmp_path / side / "landing" / "flights")
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PLUMBLINE_HOME=str(tmp_path / "killed"), PYTHONPATH=str(repo))
+    killed = subprocess.run([sys.executable, "-c", KILLED_INSIDE_A_BATCH], env=env, cwd=repo, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    monkeypatch.setenv("PLUMBLINE_HOME", str(tmp_path / "killed"))
+    with Warehouse().connect() as con:
+        for table in ("landed_files", "schema_versions", "dead_letter"):
+            assert con.execute(f"SELECT count(*) FROM ops.{table}").fetchone()[0] == 0, f"part of the batch is in ops.{table}"
+
+    rerun = _ingest(tmp_path / "killed", contract, monkeypatch)
+    clean = _ingest(tmp_path / "clean", contract, monkeypatch)
+    for key in ("results", "landed_files", "schema_versions", "dead_letter", "bronze"):
+        assert rerun[key] == clean[key], key
