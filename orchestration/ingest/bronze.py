@@ -14,6 +14,7 @@ each is still landed alone, in path order, in its own transaction, with the verd
 from __future__ import annotations
 
 import bisect
+import contextvars
 import datetime as dt
 import json
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from orchestration import settings
 from orchestration.ingest.landing import Delivery, content_hash, discover
 from orchestration.ingest.readers import TEMP_TABLE, Loaded, Reject, UnreadableFile, load_delivery
 from orchestration.warehouse import (SNAPSHOT_PARTITION, WriteConflict, date_range, delivered_ident, ident, insert_absent_values,
-                                    literal, partition_lock, retry_conflicts, transaction)
+                                    insert_absent_rows, literal, partition_lock, retry_conflicts, transaction)
 
 
 @dataclass
@@ -194,13 +195,17 @@ def _land_together(con, contract: Contract, group: batch.Batch, run: list[Delive
         return None
     trial = ledger.copy()  # the files landed so far in the transaction count for the next ones
     results = []
+    rows = _LANDED_ROWS.set([])  # their ops.landed_files rows, written in one statement before the commit
     try:
         with partition_lock(con, "ops.landed_files", [SNAPSHOT_PARTITION]), transaction(con):
             for delivery in run:
                 results.append(ingest_file(con, contract, delivery, run_id, mark, group, trial, together=True))
                 trial.landed(results[-1])
+            insert_absent_rows(con, "ops.landed_files", _LANDED_COLUMNS, _LANDED_KEY, _LANDED_ROWS.get())
     except Exception:  # rolled back: each file is landed alone, which says what went wrong with which
         return None
+    finally:
+        _LANDED_ROWS.reset(rows)
     ledger.paths, ledger.schemas = trial.paths, trial.schemas
     return results
 
@@ -418,13 +423,22 @@ def _in_range_sql(contract: Contract) -> str:
     return "TRUE" if p is None else date_range("_event_date", p.start, p.end)
 
 
+_LANDED_COLUMNS = ("source, path, file_id, size_bytes, format, compression, delivered_at, observed_schema, rows, "
+                   "event_dates, status, reason, bronze_path, landed_at, rejected_at_read")
+_LANDED_KEY = ("source", "path", "file_id")
+# Set while a batch lands in one transaction: its rows are collected and inserted together.
+_LANDED_ROWS: contextvars.ContextVar[list | None] = contextvars.ContextVar("landed_rows", default=None)
+
+
 def _record(con, f: LandedFile, base: dict, schema, bronze_path) -> LandedFile:
     f.observed_schema = json.dumps(schema) if schema is not None else None
     f.delivered_at = base["delivered_at"]
-    insert_absent_values(
-        con, "ops.landed_files", "source, path, file_id, size_bytes, format, compression, delivered_at, observed_schema, "
-        "rows, event_dates, status, reason, bronze_path, landed_at, rejected_at_read", ("source", "path", "file_id"),
-        [(f.source, f.path, f.file_id, base.get("size_bytes"), base["format"], base["compression"], base["delivered_at"],
-          f.observed_schema, f.rows, json.dumps(list(f.event_dates)), f.status,
-          f.reason, bronze_path, base["landed_at"], f.rejected_at_read)])
+    row = (f.source, f.path, f.file_id, base.get("size_bytes"), base["format"], base["compression"], base["delivered_at"],
+           f.observed_schema, f.rows, json.dumps(list(f.event_dates)), f.status, f.reason, bronze_path, base["landed_at"],
+           f.rejected_at_read)
+    collected = _LANDED_ROWS.get()
+    if collected is not None:
+        collected.append(row)
+    else:
+        insert_absent_values(con, "ops.landed_files", _LANDED_COLUMNS, _LANDED_KEY, [row])
     return f
