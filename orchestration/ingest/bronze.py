@@ -197,11 +197,13 @@ def _land_together(con, contract: Contract, group: batch.Batch, run: list[Delive
     results = []
     rows = _LANDED_ROWS.set([])  # their ops.landed_files rows, written in one statement before the commit
     try:
-        with partition_lock(con, "ops.landed_files", [SNAPSHOT_PARTITION]), transaction(con):
+        with partition_lock(con, "ops.landed_files", [SNAPSHOT_PARTITION]), transaction(con), \
+                schema_changes.collecting():  # and their schema versions, merged in one or two statements
             for delivery in run:
                 results.append(ingest_file(con, contract, delivery, run_id, mark, group, trial, together=True))
                 trial.landed(results[-1])
             insert_absent_rows(con, "ops.landed_files", _LANDED_COLUMNS, _LANDED_KEY, _LANDED_ROWS.get())
+            schema_changes.record_collected(con)
     except Exception:  # rolled back: each file is landed alone, which says what went wrong with which
         return None
     finally:

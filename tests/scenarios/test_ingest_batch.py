@@ -190,3 +190,39 @@ def test_an_ingest_killed_inside_a_batch_records_none_of_it_and_a_rerun_lands_ea
     clean = _ingest(tmp_path / "clean", contract, monkeypatch)
     for key in ("results", "landed_files", "schema_versions", "dead_letter", "bronze"):
         assert rerun[key] == clean[key], key
+
+
+def test_collected_schema_versions_are_what_one_merge_per_file_in_turn_gives(tmp_path, monkeypatch, contract):
+    """A batch's versions merged together: out of delivery order, with quarantined files, a version already
+    recorded, and a file whose delivery time is unknown."""
+    import datetime as dt
+
+    def at(day):
+        return dt.datetime(2013, 1, day, 6, tzinfo=dt.timezone.utc) if day else None
+
+    def verdict(h):
+        return schema_changes.Verdict([{"name": "a", "type": "integer" if h == "h1" else "string"}], h, [])
+
+    seed = [("h1", "old/f05.csv", 5, ["2013-01-05"], "loaded")]
+    files = [("h1", "a/f09.csv", 9, ["2013-01-09"], "loaded"), ("h1", "b/f02.csv", 2, ["2013-01-02", "2013-01-05"], "loaded"),
+             ("h2", "b/f07.csv", 7, ["2013-01-07"], "quarantined"), ("h1", "c/f03.csv", 3, [], "quarantined"),
+             ("h2", "c/f01.csv", 1, ["2013-01-01"], "loaded"), ("h3", "d/f04.csv", 4, [], "loaded"),
+             ("h3", "d/fxx.csv", None, ["2013-01-04"], "loaded"), ("h1", "e/f08.csv", 8, ["2013-01-08"], "loaded")]
+    tables = {}
+    for side in ("in_turn", "collected"):
+        monkeypatch.setenv("PLUMBLINE_HOME", str(tmp_path / side))
+        with Warehouse().connect() as con:
+            for h, path, day, dates, status in seed:
+                schema_changes.record_version(con, contract, verdict(h), path, at(day), dates, status)
+            if side == "in_turn":
+                for h, path, day, dates, status in files:
+                    schema_changes.record_version(con, contract, verdict(h), path, at(day), dates, status)
+            else:
+                with schema_changes.collecting():
+                    for h, path, day, dates, status in files:
+                        schema_changes.record_version(con, contract, verdict(h), path, at(day), dates, status)
+                    schema_changes.record_collected(con)
+            cur = con.execute("SELECT * FROM ops.schema_versions ORDER BY schema_hash")
+            tables[side] = [tuple(str(v) for v in r) for r in cur.fetchall()]
+    assert len(tables["in_turn"]) == 3
+    assert tables["collected"] == tables["in_turn"]
