@@ -362,17 +362,14 @@ def collecting():
 def record_collected(con) -> None:
     """Merge the collected versions as one record_version per file in order would, in at most two statements:
     each version's first file alone, then the rest folded (earliest and latest by delivery, sums, partitions
-    united), which is exact when every delivery time in play is known; else each file is merged in turn."""
+    united), which is exact when the files' delivery times are known (after its first file a version's times
+    are known: least and greatest skip a NULL); else each file is merged in turn."""
     by_hash: dict[tuple, list[tuple]] = {}
     for r in _COLLECTED.get():
         by_hash.setdefault(r[:2], []).append(r)
-    untimed = set()  # versions whose first or last delivery time is unknown
-    for source in {s for s, _ in by_hash}:
-        untimed |= set(con.execute("SELECT source, schema_hash FROM ops.schema_versions WHERE source = ? "
-                                   "AND (first_delivered_at IS NULL OR last_delivered_at IS NULL)", [source]).fetchall())
     firsts, rests, in_turn = [], [], []
     for key, group in by_hash.items():
-        if key in untimed or any(r[4] is None for r in group):
+        if any(r[4] is None for r in group):
             in_turn += group
             continue
         firsts.append(group[0])

@@ -203,11 +203,12 @@ def test_collected_schema_versions_are_what_one_merge_per_file_in_turn_gives(tmp
     def verdict(h):
         return schema_changes.Verdict([{"name": "a", "type": "integer" if h == "h1" else "string"}], h, [])
 
-    seed = [("h1", "old/f05.csv", 5, ["2013-01-05"], "loaded")]
+    seed = [("h1", "old/f05.csv", 5, ["2013-01-05"], "loaded"), ("h2", "old/fyy.csv", None, [], "loaded")]
     files = [("h1", "a/f09.csv", 9, ["2013-01-09"], "loaded"), ("h1", "b/f02.csv", 2, ["2013-01-02", "2013-01-05"], "loaded"),
              ("h2", "b/f07.csv", 7, ["2013-01-07"], "quarantined"), ("h1", "c/f03.csv", 3, [], "quarantined"),
              ("h2", "c/f01.csv", 1, ["2013-01-01"], "loaded"), ("h3", "d/f04.csv", 4, [], "loaded"),
-             ("h3", "d/fxx.csv", None, ["2013-01-04"], "loaded"), ("h1", "e/f08.csv", 8, ["2013-01-08"], "loaded")]
+             ("h3", "d/fxx.csv", None, ["2013-01-04"], "loaded"), ("h1", "e/f08.csv", 8, ["2013-01-08"], "loaded"),
+             ("h3", "a/f06.csv", 6, ["2013-01-06"], "loaded"), ("h2", "a/f10.csv", 10, ["2013-01-10"], "loaded")]
     tables = {}
     for side in ("in_turn", "collected"):
         monkeypatch.setenv("PLUMBLINE_HOME", str(tmp_path / side))
