@@ -7,8 +7,9 @@ output and is taken by a later ingest. Lines the reader rejects are dead-lettere
 in the partition their event date gives when it can still be read from the line; the file keeps
 the count (ops.landed_files: delivered lines = rows + rejected_at_read).
 
-Small csv deliveries that share a header are read and profiled together (orchestration.ingest.batch);
-each is still landed alone, in path order, in its own transaction, with the verdict it gets alone.
+Small csv deliveries that share a header are read and profiled together (orchestration.ingest.batch)
+and landed in path order in one transaction per batch, each with the verdict it gets alone; a batch
+that cannot land whole is rolled back and each of its files landed alone in its own transaction.
 """
 
 from __future__ import annotations
