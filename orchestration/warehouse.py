@@ -264,6 +264,16 @@ def insert_absent_values(con, table: str, columns: str, key: tuple[str, ...], ro
     insert_absent(con, table, columns, key, f"SELECT {values}", rows)
 
 
+def insert_absent_rows(con, table: str, columns: str, key: tuple[str, ...], rows: list) -> None:
+    """insert_absent_values in one statement for all the rows (the landed files of a batch)."""
+    if not rows:
+        return
+    names = [c.strip() for c in columns.split(",")]
+    values = ", ".join(f"?::{_PARAM_TYPE.get(n, 'VARCHAR')} AS {ident(n)}" for n in names)
+    insert_absent(con, table, columns, key, " UNION ALL ".join([f"SELECT {values}"] * len(rows)),
+                  [[v for row in rows for v in row]])
+
+
 # Parameter types of the ops columns written from Python rows (anything else binds as VARCHAR).
 _PARAM_TYPE = {"partition_date": "DATE", "row_offset": "BIGINT", "payload": "JSON", "first_seen": "TIMESTAMPTZ",
                "last_seen": "TIMESTAMPTZ", "attempts": "INTEGER", "size_bytes": "BIGINT", "delivered_at": "TIMESTAMPTZ",

@@ -111,9 +111,11 @@ def read(con, batch: Batch) -> None:
 
 
 def slice_sql(batch: Batch, delivery: Delivery) -> str:
-    """The file's rows as read alone would give them: its columns, in file order."""
+    """The file's rows as read alone would give them: its columns, in file order, and _rid, the rowid a table
+    of them alone would give (a table made inside a transaction numbers its rows from far off)."""
     cols = ", ".join(f"c{i}" for i in range(len(batch.header)))
-    return f"SELECT {cols} FROM {batch.table} WHERE _file = {literal(str(delivery.path))} ORDER BY rowid"
+    return (f"SELECT {cols}, row_number() OVER (ORDER BY rowid) - 1 AS _rid FROM {batch.table} "
+            f"WHERE _file = {literal(str(delivery.path))} ORDER BY rowid")
 
 
 def finish(con, batch: Batch, delivery: Delivery) -> None:

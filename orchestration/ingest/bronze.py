@@ -7,15 +7,18 @@ output and is taken by a later ingest. Lines the reader rejects are dead-lettere
 in the partition their event date gives when it can still be read from the line; the file keeps
 the count (ops.landed_files: delivered lines = rows + rejected_at_read).
 
-Small csv deliveries that share a header are read and profiled together (orchestration.ingest.batch);
-each is still landed alone, in path order, in its own transaction, with the verdict it gets alone.
+Small csv deliveries that share a header are read and profiled together (orchestration.ingest.batch)
+and landed in path order in one transaction per batch, each with the verdict it gets alone; a batch
+that cannot land whole is rolled back and each of its files landed alone in its own transaction.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextvars
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -27,7 +30,7 @@ from orchestration import settings
 from orchestration.ingest.landing import Delivery, content_hash, discover
 from orchestration.ingest.readers import TEMP_TABLE, Loaded, Reject, UnreadableFile, load_delivery
 from orchestration.warehouse import (SNAPSHOT_PARTITION, WriteConflict, date_range, delivered_ident, ident, insert_absent_values,
-                                    literal, partition_lock, retry_conflicts, transaction)
+                                    insert_absent_rows, literal, partition_lock, retry_conflicts, transaction)
 
 
 @dataclass
@@ -40,6 +43,50 @@ class LandedFile:
     event_dates: tuple[str, ...] = ()
     reason: str | None = None
     rejected_at_read: int = 0  # lines the reader could not turn into rows (dead-lettered, stage read)
+    observed_schema: str | None = field(default=None, compare=False, repr=False)  # as recorded (JSON)
+    delivered_at: dt.datetime | None = field(default=None, compare=False, repr=False)
+
+
+class Ledger:
+    """The source's loaded deliveries, read once per ingest and kept current as files land: each file's
+    duplicate and previous-schema look-ups are answered without a query. Exact while the ingester holds
+    the source's lock (no one else lands its files); it is only added to after a file's commit."""
+
+    def __init__(self, con, source: str):
+        self.paths: dict[str, str] = {}   # file_id -> a path it was loaded from
+        self.schemas: list[tuple] = []    # sorted (delivered_at, path, observed_schema) of loaded files
+        for path, file_id, delivered_at, schema in con.execute(
+                "SELECT path, file_id, delivered_at, observed_schema FROM ops.landed_files "
+                "WHERE source = ? AND status = 'loaded' ORDER BY delivered_at, path", [source]).fetchall():
+            self._add(path, file_id, delivered_at, schema)
+        self.schemas.sort(key=lambda r: r[:2])
+
+    def _add(self, path: str, file_id: str, delivered_at, schema: str | None) -> None:
+        self.paths.setdefault(file_id, path)
+        if schema is not None and delivered_at is not None:
+            bisect.insort(self.schemas, (delivered_at, path, schema), key=lambda r: r[:2])
+
+    def copy(self) -> Ledger:
+        out = Ledger.__new__(Ledger)
+        out.paths, out.schemas = dict(self.paths), list(self.schemas)
+        return out
+
+    def landed(self, f: LandedFile) -> None:
+        if f.status == "loaded":
+            self._add(f.path, f.file_id, f.delivered_at, f.observed_schema)
+
+    def loaded_path(self, file_id: str) -> str | None:
+        return self.paths.get(file_id)
+
+    def previous_schema(self, delivered_at, path: str) -> list[dict] | None:
+        """schema_changes.previous_schema: the latest loaded delivery before (delivered_at, path)."""
+        if delivered_at is None:
+            return None
+        i = bisect.bisect_left(self.schemas, (delivered_at, path), key=lambda r: r[:2])
+        if i == 0:
+            return None
+        schema = json.loads(self.schemas[i - 1][2])
+        return schema if schema and "non_null" in schema[0] else None
 
 
 def event_date_sql(contract: Contract) -> str:
@@ -98,42 +145,94 @@ def ingest_source(con, contract: Contract, run_id: str, log=None) -> list[Landed
         # Fixed for the whole ingestion, so files arriving together are judged alike, in any order.
         mark = lateness.watermark(con, contract)
         batches = batch.plan(deliveries)  # small csv files with one header: read and profiled together
+        ledger = Ledger(con, contract.name)
         try:
-            results += _ingest_each(con, contract, deliveries, batches, run_id, mark, log)
+            results += _ingest_each(con, contract, deliveries, batches, run_id, mark, log, ledger)
         finally:
             for b in {id(b): b for b in batches.values()}.values():
                 batch.drop(con, b)
         return results
 
 
+class _NotTogether(Exception):
+    """A member of a batch is not landed with the others (read alone, or unreadable): each is landed alone."""
+
+
+def _runs(deliveries: list[Delivery], batches: dict[str, batch.Batch]) -> list[tuple[batch.Batch | None, list[Delivery]]]:
+    """Consecutive deliveries of one batch, in order; a file outside any batch is a run of its own."""
+    runs: list[tuple[batch.Batch | None, list[Delivery]]] = []
+    for d in deliveries:
+        group = batches.get(d.relative)
+        if group is not None and runs and runs[-1][0] is group:
+            runs[-1][1].append(d)
+        else:
+            runs.append((group, [d]))
+    return runs
+
+
 def _ingest_each(con, contract: Contract, deliveries: list[Delivery], batches: dict[str, batch.Batch], run_id: str,
-                 mark: dt.date | None, log) -> list[LandedFile]:
+                 mark: dt.date | None, log, ledger: Ledger) -> list[LandedFile]:
     results = []
-    for i, delivery in enumerate(deliveries, 1):
-        # one file of any source lands at a time: every source's landing deletes from and inserts into
-        # the shared ops tables, which DuckLake sees as conflicting commits (a retry alone can starve)
-        group = batches.get(delivery.relative)
-        with partition_lock(con, "ops.landed_files", [SNAPSHOT_PARTITION]):
-            try:
-                result = ingest_file(con, contract, delivery, run_id, mark, group)
-            except WriteConflict:
-                raise  # not the file's problem: the step fails retryably, the file stays pending
-            except Exception as e:  # whatever goes wrong with one file is that file's problem, never the source's
-                try:
-                    file_id = content_hash(delivery.path)[0]
-                except OSError:
-                    file_id = "-"
-                result = _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
-                                                 reason=f"{delivery.relative}: {type(e).__name__}: {str(e)[:300]}; the file was "
-                                                        "not loaded: re-deliver it (a new file or new content is picked up automatically)"),
-                                 _base(contract, delivery), None, None)
-        if group is not None:
-            batch.finish(con, group, delivery)
-        results.append(result)
-        if log and (i % 50 == 0 or i == len(deliveries) or result.status != "loaded"):
-            log(f"{contract.name}: {i}/{len(deliveries)} files; {delivery.relative}: {result.status}"
-                + (f" ({result.reason})" if result.reason else ""))
+    for group, run in _runs(deliveries, batches):
+        together = _land_together(con, contract, group, run, run_id, mark, ledger) if group is not None and len(run) > 1 else None
+        for delivery, landed in zip(run, together or [None] * len(run)):
+            results.append(landed or _ingest_alone(con, contract, delivery, group, run_id, mark, ledger))
+            i = len(results)
+            if group is not None:
+                batch.finish(con, group, delivery)
+            if log and (i % 50 == 0 or i == len(deliveries) or results[-1].status != "loaded"):
+                log(f"{contract.name}: {i}/{len(deliveries)} files; {delivery.relative}: {results[-1].status}"
+                    + (f" ({results[-1].reason})" if results[-1].reason else ""))
     return results
+
+
+def _land_together(con, contract: Contract, group: batch.Batch, run: list[Delivery], run_id: str,
+                   mark: dt.date | None, ledger: Ledger) -> list[LandedFile] | None:
+    """The run's files landed in one transaction, each judged as alone and in order, so a batch pays one
+    commit; None when any of them is not landed from the batch's rows (nothing applied: each is landed alone)."""
+    if not group.states:
+        batch.read(con, group)  # before the transaction: a rollback would drop the batch's rows
+    if not group.read:
+        return None
+    trial = ledger.copy()  # the files landed so far in the transaction count for the next ones
+    results = []
+    rows = _LANDED_ROWS.set([])  # their ops.landed_files rows, written in one statement before the commit
+    try:
+        with partition_lock(con, "ops.landed_files", [SNAPSHOT_PARTITION]), transaction(con), \
+                schema_changes.collecting():  # and their schema versions, merged in one or two statements
+            for delivery in run:
+                results.append(ingest_file(con, contract, delivery, run_id, mark, group, trial, together=True))
+                trial.landed(results[-1])
+            insert_absent_rows(con, "ops.landed_files", _LANDED_COLUMNS, _LANDED_KEY, _LANDED_ROWS.get())
+            schema_changes.record_collected(con)
+    except Exception:  # rolled back: each file is landed alone, which says what went wrong with which
+        return None
+    finally:
+        _LANDED_ROWS.reset(rows)
+    ledger.paths, ledger.schemas = trial.paths, trial.schemas
+    return results
+
+
+def _ingest_alone(con, contract: Contract, delivery: Delivery, group: batch.Batch | None, run_id: str,
+                  mark: dt.date | None, ledger: Ledger) -> LandedFile:
+    # one file of any source lands at a time: every source's landing deletes from and inserts into
+    # the shared ops tables, which DuckLake sees as conflicting commits (a retry alone can starve)
+    with partition_lock(con, "ops.landed_files", [SNAPSHOT_PARTITION]):
+        try:
+            result = ingest_file(con, contract, delivery, run_id, mark, group, ledger)
+        except WriteConflict:
+            raise  # not the file's problem: the step fails retryably, the file stays pending
+        except Exception as e:  # whatever goes wrong with one file is that file's problem, never the source's
+            try:
+                file_id = content_hash(delivery.path)[0]
+            except OSError:
+                file_id = "-"
+            result = _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
+                                             reason=f"{delivery.relative}: {type(e).__name__}: {str(e)[:300]}; the file was "
+                                                    "not loaded: re-deliver it (a new file or new content is picked up automatically)"),
+                             _base(contract, delivery), None, None)
+    ledger.landed(result)
+    return result
 
 
 def _base(contract: Contract, delivery: Delivery) -> dict:
@@ -142,8 +241,11 @@ def _base(contract: Contract, delivery: Delivery) -> dict:
 
 
 def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, watermark: dt.date | None = None,
-                group: batch.Batch | None = None) -> LandedFile:
-    """group: the batch the file is read with (batch.plan); its verdict is the one it gets alone."""
+                group: batch.Batch | None = None, ledger: Ledger | None = None, together: bool = False) -> LandedFile:
+    """group: the batch the file is read with (batch.plan); its verdict is the one it gets alone.
+    ledger: the source's loaded files, kept by the caller (read from ops.landed_files when None).
+    together: inside the caller's transaction with the rest of its batch; raises _NotTogether when the
+    file is not judged from the batch's rows (it is then landed alone)."""
     base = _base(contract, delivery)
     if delivery.problem:
         return _record(con, LandedFile(contract.name, delivery.relative, "-", "rejected", reason=delivery.problem), base, None, None)
@@ -155,21 +257,28 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, waterm
                                        reason=f"{delivery.relative} cannot be read ({type(e).__name__}: {e.strerror or e}); "
                                               "fix its permissions or re-deliver it"), base, None, None)
     base["size_bytes"] = size
-    already = con.execute(
-        "SELECT path FROM ops.landed_files WHERE source = ? AND file_id = ? AND status = 'loaded' LIMIT 1",
-        [contract.name, file_id]).fetchall()
-    if already:
+    if ledger is not None:
+        already = ledger.loaded_path(file_id)
+    else:
+        already = next(iter(con.execute(
+            "SELECT path FROM ops.landed_files WHERE source = ? AND file_id = ? AND status = 'loaded' LIMIT 1",
+            [contract.name, file_id]).fetchall()), (None,))[0]
+    if already is not None:
         return _record(con, LandedFile(contract.name, delivery.relative, file_id, "duplicate",
-                                       reason=f"identical content already loaded from {already[0][0]}; skipped"), base, None, None)
+                                       reason=f"identical content already loaded from {already}; skipped"), base, None, None)
     rows_sql = rejects = None
     if group is not None:
         if not group.states:  # the first member to be read reads the whole batch
             batch.read(con, group)
         if group.holds(delivery, before):
             rows_sql, rejects = batch.slice_sql(group, delivery), group.rejects.get(delivery.relative, [])
+    if together and rows_sql is None:
+        raise _NotTogether(delivery.relative)
     try:
         loaded = load_delivery(con, delivery, rows_sql, rejects)
     except UnreadableFile as e:
+        if together:
+            raise _NotTogether(delivery.relative) from e
         if landing.file_state(delivery.path) != before:
             return _settling(contract, delivery)
         return _record(con, LandedFile(contract.name, delivery.relative, file_id, "unreadable",
@@ -183,9 +292,12 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, waterm
     if rows_sql is not None and loaded.whole and loaded.rows <= schema_changes.SAMPLE_ROWS:
         stats = _batch_stats(con, contract, group, loaded).get(str(delivery.path), schema_changes.FileStats())
 
+    if together:  # the caller's transaction holds the batch: its files are recorded whole or not at all
+        return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark, stats, ledger)
+
     def land() -> LandedFile:
         with transaction(con):  # a file is recorded whole or not at all
-            return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark, stats)
+            return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark, stats, ledger)
 
     # another writer of the ops tables (a rebuild's dead letters) may commit first: nothing was applied,
     # so the file, read once, is landed again from the new snapshot
@@ -221,11 +333,12 @@ def _column_mapping(contract: Contract, delivered: list[str]) -> tuple[dict[str,
 
 
 def _land(con, contract: Contract, delivery: Delivery, file_id: str, loaded: Loaded, base: dict, run_id: str,
-          watermark: dt.date | None, stats: schema_changes.FileStats | None = None) -> LandedFile:
+          watermark: dt.date | None, stats: schema_changes.FileStats | None = None, ledger: Ledger | None = None) -> LandedFile:
     rel = delivery.relative
     mapping, missing, extra = _column_mapping(contract, loaded.columns)
+    previous = ledger.previous_schema(delivery.delivered_at, rel) if ledger is not None else schema_changes.NOT_READ
     verdict = schema_changes.examine(con, contract, TEMP_TABLE, loaded.observed_schema, mapping, missing, extra,
-                                     delivery.delivered_at, rel, stats)
+                                     delivery.delivered_at, rel, stats, previous)
     schema = verdict.schema
     select = [f"{delivered_ident(mapping[c.name])} AS {ident(c.name)}" if c.name in mapping else f"NULL::VARCHAR AS {ident(c.name)}"
               for c in contract.columns]
@@ -313,11 +426,22 @@ def _in_range_sql(contract: Contract) -> str:
     return "TRUE" if p is None else date_range("_event_date", p.start, p.end)
 
 
+_LANDED_COLUMNS = ("source, path, file_id, size_bytes, format, compression, delivered_at, observed_schema, rows, "
+                   "event_dates, status, reason, bronze_path, landed_at, rejected_at_read")
+_LANDED_KEY = ("source", "path", "file_id")
+# Set while a batch lands in one transaction: its rows are collected and inserted together.
+_LANDED_ROWS: contextvars.ContextVar[list | None] = contextvars.ContextVar("landed_rows", default=None)
+
+
 def _record(con, f: LandedFile, base: dict, schema, bronze_path) -> LandedFile:
-    insert_absent_values(
-        con, "ops.landed_files", "source, path, file_id, size_bytes, format, compression, delivered_at, observed_schema, "
-        "rows, event_dates, status, reason, bronze_path, landed_at, rejected_at_read", ("source", "path", "file_id"),
-        [(f.source, f.path, f.file_id, base.get("size_bytes"), base["format"], base["compression"], base["delivered_at"],
-          json.dumps(schema) if schema is not None else None, f.rows, json.dumps(list(f.event_dates)), f.status,
-          f.reason, bronze_path, base["landed_at"], f.rejected_at_read)])
+    f.observed_schema = json.dumps(schema) if schema is not None else None
+    f.delivered_at = base["delivered_at"]
+    row = (f.source, f.path, f.file_id, base.get("size_bytes"), base["format"], base["compression"], base["delivered_at"],
+           f.observed_schema, f.rows, json.dumps(list(f.event_dates)), f.status, f.reason, bronze_path, base["landed_at"],
+           f.rejected_at_read)
+    collected = _LANDED_ROWS.get()
+    if collected is not None:
+        collected.append(row)
+    else:
+        insert_absent_values(con, "ops.landed_files", _LANDED_COLUMNS, _LANDED_KEY, [row])
     return f

@@ -63,7 +63,7 @@ def load_delivery(con: duckdb.DuckDBPyConnection, delivery: Delivery, rows_sql: 
                   rejects: list[tuple] | None = None) -> Loaded:
     """Expose the file as TEMP VIEW _delivery (text columns + _row_offset); raise UnreadableFile.
 
-    rows_sql/rejects: a csv's rows (c0.., in file order) and rejected lines already read with its batch
+    rows_sql/rejects: a csv's rows (c0.., in file order, _rid their position) and rejected lines already read with its batch
     (orchestration.ingest.batch), instead of reading the file here."""
     if rows_sql is not None:
         return _load_csv(con, delivery, rows_sql, rejects or [])
@@ -149,7 +149,8 @@ def _load_csv(con, delivery: Delivery, rows_sql: str | None = None, batch_reject
     # rowid follows file order (insertion order is preserved) but skips rejected lines: add back each
     # rejected data row (line - 2, the header is line 1) that comes before, so offsets are file positions.
     slots = [line - 2 - i for i, line in enumerate(sorted({r.row_offset for r in rejects}))]
-    offset = f"rowid + len(list_filter({slots}::BIGINT[], lambda s: s <= rowid))" if slots else "rowid"
+    rid = "rowid" if rows_sql is None else "_rid"
+    offset = f"{rid} + len(list_filter({slots}::BIGINT[], lambda s: s <= {rid}))" if slots else rid
     view = f"SELECT {named}, {offset} AS _row_offset FROM _delivery_data"
     con.execute(f"CREATE OR REPLACE TEMP VIEW {TEMP_TABLE} AS {view}")
     tail, cut = _unterminated_last_line(delivery), None

@@ -8,6 +8,8 @@ version seen, ordered by delivery time so that any order of arrival gives the sa
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -311,13 +313,18 @@ def null_texts(contract: Contract, mapping: dict[str, str]) -> dict[str, list[st
     return {mapping[c.name]: [v for v in c.null_sentinels if isinstance(v, str)] for c in contract.columns if c.name in mapping}
 
 
+NOT_READ = object()  # examine's `previous` when the caller has not looked it up
+
+
 def examine(con, contract: Contract, table: str, delivered_schema: list[dict], mapping, missing, extra,
-            delivered_at, path: str, stats: FileStats | None = None) -> Verdict:
-    """stats: the delivery's numbers computed with its batch (batch_stats); None reads them from `table`."""
+            delivered_at, path: str, stats: FileStats | None = None, previous=NOT_READ) -> Verdict:
+    """stats: the delivery's numbers computed with its batch (batch_stats); None reads them from `table`.
+    previous: the previous_schema the caller already knows (NOT_READ: read from ops.landed_files)."""
     expected = {mapping[c]: contract_type(contract, c) for c in mapping}
     schema = observe(con, table, delivered_schema, expected, null_texts(contract, mapping),
                      stats.profiles if stats is not None else None)
-    previous = previous_schema(con, contract, delivered_at, path)
+    if previous is NOT_READ:
+        previous = previous_schema(con, contract, delivered_at, path)
     changes = compare(contract, schema, mapping, missing, extra, previous)
     changes += row_checks(con, contract, table, mapping, schema, stats)
     return Verdict(schema, schema_hash(schema), changes)
@@ -326,15 +333,70 @@ def examine(con, contract: Contract, table: str, delivered_schema: list[dict], m
 # ---------------------------------------------------------------------------- versions
 
 
+# Set while a batch lands in one transaction: its versions are collected and merged by record_collected.
+_COLLECTED: contextvars.ContextVar[list | None] = contextvars.ContextVar("versions", default=None)
+
+
 def record_version(con, contract: Contract, verdict: Verdict, path: str, delivered_at, dates, status: str) -> None:
     """Upsert the delivery's schema version: first/last delivery by delivery time, partitions touched."""
     shape = json.dumps([{"name": c["name"], "type": c["type"]} for c in verdict.schema])
+    row = (contract.name, verdict.schema_hash, shape, path, delivered_at, path, delivered_at,
+           0 if status == "quarantined" else 1, json.dumps(sorted(dates)), 1 if status == "quarantined" else 0)
+    collected = _COLLECTED.get()
+    if collected is not None:
+        collected.append(row)
+    else:
+        _merge(con, [row])
+
+
+@contextlib.contextmanager
+def collecting():
+    """record_version calls inside are only collected; record_collected merges them."""
+    token = _COLLECTED.set([])
+    try:
+        yield
+    finally:
+        _COLLECTED.reset(token)
+
+
+def record_collected(con) -> None:
+    """Merge the collected versions as one record_version per file in order would, in at most two statements:
+    each version's first file alone, then the rest folded (earliest and latest by delivery, sums, partitions
+    united), which is exact when the files' delivery times are known (after its first file a version's times
+    are known: least and greatest skip a NULL); else each file is merged in turn."""
+    by_hash: dict[tuple, list[tuple]] = {}
+    for r in _COLLECTED.get():
+        by_hash.setdefault(r[:2], []).append(r)
+    firsts, rests, in_turn = [], [], []
+    for key, group in by_hash.items():
+        if any(r[4] is None for r in group):
+            in_turn += group
+            continue
+        firsts.append(group[0])
+        if len(group) > 1:
+            rest = group[1:]
+            first = min(rest, key=lambda r: (r[4], r[3]))
+            last = max(rest, key=lambda r: (r[6], r[5]))
+            dates = sorted({d for r in rest for d in json.loads(r[8])})
+            rests.append((*key, group[0][2], first[3], first[4], last[5], last[6], sum(r[7] for r in rest),
+                          json.dumps(dates), sum(r[9] for r in rest)))
+    _merge(con, firsts)
+    _merge(con, rests)
+    for r in in_turn:
+        _merge(con, [r])
+
+
+def _merge(con, rows: list[tuple]) -> None:
+    """The upsert of record_version for rows of distinct versions, in one statement."""
+    if not rows:
+        return
+    one = """SELECT ? AS source, ? AS schema_hash, ?::JSON AS observed_schema, ? AS first_file,
+                    ?::TIMESTAMPTZ AS first_delivered_at, ? AS last_file, ?::TIMESTAMPTZ AS last_delivered_at,
+                    ?::BIGINT AS files, ?::JSON AS partitions, ?::BIGINT AS quarantined_files"""
     # MERGE, not ON CONFLICT: the same upsert on DuckLake, which has no primary keys.
     con.execute(
-        """MERGE INTO ops.schema_versions AS v
-           USING (SELECT ? AS source, ? AS schema_hash, ?::JSON AS observed_schema, ? AS first_file,
-                         ?::TIMESTAMPTZ AS first_delivered_at, ? AS last_file, ?::TIMESTAMPTZ AS last_delivered_at,
-                         ?::BIGINT AS files, ?::JSON AS partitions, ?::BIGINT AS quarantined_files) AS n
+        f"""MERGE INTO ops.schema_versions AS v
+           USING ({" UNION ALL ".join([one] * len(rows))}) AS n
            ON v.source = n.source AND v.schema_hash = n.schema_hash
            WHEN MATCHED THEN UPDATE SET
              first_file = CASE WHEN (n.first_delivered_at, n.first_file) < (v.first_delivered_at, v.first_file)
@@ -349,8 +411,7 @@ def record_version(con, contract: Contract, verdict: Verdict, path: str, deliver
              quarantined_files = v.quarantined_files + n.quarantined_files
            WHEN NOT MATCHED THEN INSERT VALUES (n.source, n.schema_hash, n.observed_schema, n.first_file,
              n.first_delivered_at, n.last_file, n.last_delivered_at, n.files, n.partitions, n.quarantined_files)""",
-        [contract.name, verdict.schema_hash, shape, path, delivered_at, path, delivered_at,
-         0 if status == "quarantined" else 1, json.dumps(sorted(dates)), 1 if status == "quarantined" else 0])
+        [v for row in rows for v in row])
 
 
 def versions(con, source: str) -> list[dict]:

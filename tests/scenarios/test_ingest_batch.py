@@ -11,13 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from scenarios.test_bad_input import csv_bytes, day_rows, file_name
 
 from contracts.loader import load_contracts
-from orchestration.ingest import batch, bronze
+from orchestration.ingest import batch, bronze, schema_changes
 from orchestration.warehouse_resource import Warehouse
 
 UNSTABLE = {"landed_at", "first_seen", "last_seen"}  # wall-clock times
@@ -49,10 +53,31 @@ def _deliveries(landing: Path) -> None:
         _write(landing, file_name(1, day, "csv"), csv_bytes(day_rows(1, day, 40).rename(columns={"tailnum": "tail_number"})))
 
 
+class _QueriedLedger(bronze.Ledger):
+    """Answers each look-up with the ops.landed_files query the ledger stands for, as a file read alone was judged."""
+
+    def __init__(self, con, source: str):
+        super().__init__(con, source)
+        self.con, self.source = con, source
+
+    def loaded_path(self, file_id: str):
+        rows = self.con.execute("SELECT path FROM ops.landed_files WHERE source = ? AND file_id = ? AND status = 'loaded' "
+                                "LIMIT 1", [self.source, file_id]).fetchall()
+        return rows[0][0] if rows else None
+
+    def previous_schema(self, delivered_at, path: str):
+        return schema_changes.previous_schema(self.con, SimpleNamespace(name=self.source), delivered_at, path)
+
+
 def _ingest(home: Path, contract, monkeypatch) -> dict:
     monkeypatch.setenv("PLUMBLINE_HOME", str(home))
     with Warehouse().connect() as con:
         landed = bronze.ingest_source(con, contract, "batch-test")
+        ledger = bronze.Ledger(con, contract.name)  # what a later ingest starts from: the queries' answers
+        for path, file_id, delivered_at in con.execute("SELECT path, file_id, delivered_at FROM ops.landed_files").fetchall():
+            assert ledger.previous_schema(delivered_at, path) == schema_changes.previous_schema(con, contract, delivered_at, path)
+            assert ledger.loaded_path(file_id) == next(iter(con.execute(
+                "SELECT path FROM ops.landed_files WHERE file_id = ? AND status = 'loaded'", [file_id]).fetchall()), (None,))[0]
         out = {"results": sorted((f.path, f.file_id, f.status, f.rows, f.event_dates, f.reason, f.rejected_at_read)
                                  for f in landed)}
         for table in ("landed_files", "schema_versions", "dead_letter"):
@@ -73,10 +98,15 @@ def test_batched_small_files_get_the_verdicts_they_get_alone(tmp_path, monkeypat
     reads = []
     real_read = batch.read
     monkeypatch.setattr(batch, "read", lambda con, b: (real_read(con, b), reads.append((len(b.deliveries), b.read)))[0])
+    together = []
+    real_together = bronze._land_together
+    monkeypatch.setattr(bronze, "_land_together", lambda *a: together.append(real_together(*a)) or together[-1])
     batched = _ingest(tmp_path / "batched", contract, monkeypatch)
     assert sorted(reads) == [(2, True), (7, True)], "the files sharing a header were read in two batches"
+    assert sorted(len(t or ()) for t in together) == [2, 7], "each batch was landed in one transaction"
 
     monkeypatch.setattr(batch, "plan", lambda deliveries: {})
+    monkeypatch.setattr(bronze, "Ledger", _QueriedLedger)  # and every look-up queried, as before the ledger
     alone = _ingest(tmp_path / "alone", contract, monkeypatch)
 
     verdicts = {r[0]: r[2] for r in batched["results"]}
@@ -121,3 +151,79 @@ def test_a_batch_member_that_changed_or_breaks_the_batch_read_is_read_alone(tmp_
     assert rows["flights/flights_20130101T0600Z.csv"] == ("loaded", 30)
     assert rows["flights/flights_20130103T0600Z.csv"] == ("loaded", 10 if change == "modified" else 30), \
         "the content that was hashed is the content that was read"
+
+
+KILLED_INSIDE_A_BATCH = """
+import os, signal
+from contracts.loader import load_contracts
+from orchestration.ingest import bronze
+from orchestration.warehouse_resource import Warehouse
+
+real_land, landed = bronze._land, []
+
+def land(*args):  # the crash: SIGKILL once the batch's third file is written, before the batch commits
+    landed.append(real_land(*args))
+    if len(landed) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return landed[-1]
+
+bronze._land = land
+with Warehouse().connect() as con:
+    bronze.ingest_source(con, load_contracts()["flights"], "batch-test")
+"""
+
+
+def test_an_ingest_killed_inside_a_batch_records_none_of_it_and_a_rerun_lands_each_as_alone(tmp_path, monkeypatch, contract):
+    monkeypatch.setenv("PLUMBLINE_SETTLE_SECONDS", "0")
+    for side in ("killed", "clean"):
+        _deliveries(tmp_path / side / "landing" / "flights")
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PLUMBLINE_HOME=str(tmp_path / "killed"), PYTHONPATH=str(repo))
+    killed = subprocess.run([sys.executable, "-c", KILLED_INSIDE_A_BATCH], env=env, cwd=repo, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    monkeypatch.setenv("PLUMBLINE_HOME", str(tmp_path / "killed"))
+    with Warehouse().connect() as con:
+        for table in ("landed_files", "schema_versions", "dead_letter"):
+            assert con.execute(f"SELECT count(*) FROM ops.{table}").fetchone()[0] == 0, f"part of the batch is in ops.{table}"
+
+    rerun = _ingest(tmp_path / "killed", contract, monkeypatch)
+    clean = _ingest(tmp_path / "clean", contract, monkeypatch)
+    for key in ("results", "landed_files", "schema_versions", "dead_letter", "bronze"):
+        assert rerun[key] == clean[key], key
+
+
+def test_collected_schema_versions_are_what_one_merge_per_file_in_turn_gives(tmp_path, monkeypatch, contract):
+    """A batch's versions merged together: out of delivery order, with quarantined files, a version already
+    recorded, and a file whose delivery time is unknown."""
+    import datetime as dt
+
+    def at(day):
+        return dt.datetime(2013, 1, day, 6, tzinfo=dt.timezone.utc) if day else None
+
+    def verdict(h):
+        return schema_changes.Verdict([{"name": "a", "type": "integer" if h == "h1" else "string"}], h, [])
+
+    seed = [("h1", "old/f05.csv", 5, ["2013-01-05"], "loaded"), ("h2", "old/fyy.csv", None, [], "loaded")]
+    files = [("h1", "a/f09.csv", 9, ["2013-01-09"], "loaded"), ("h1", "b/f02.csv", 2, ["2013-01-02", "2013-01-05"], "loaded"),
+             ("h2", "b/f07.csv", 7, ["2013-01-07"], "quarantined"), ("h1", "c/f03.csv", 3, [], "quarantined"),
+             ("h2", "c/f01.csv", 1, ["2013-01-01"], "loaded"), ("h3", "d/f04.csv", 4, [], "loaded"),
+             ("h3", "d/fxx.csv", None, ["2013-01-04"], "loaded"), ("h1", "e/f08.csv", 8, ["2013-01-08"], "loaded"),
+             ("h3", "a/f06.csv", 6, ["2013-01-06"], "loaded"), ("h2", "a/f10.csv", 10, ["2013-01-10"], "loaded")]
+    tables = {}
+    for side in ("in_turn", "collected"):
+        monkeypatch.setenv("PLUMBLINE_HOME", str(tmp_path / side))
+        with Warehouse().connect() as con:
+            for h, path, day, dates, status in seed:
+                schema_changes.record_version(con, contract, verdict(h), path, at(day), dates, status)
+            if side == "in_turn":
+                for h, path, day, dates, status in files:
+                    schema_changes.record_version(con, contract, verdict(h), path, at(day), dates, status)
+            else:
+                with schema_changes.collecting():
+                    for h, path, day, dates, status in files:
+                        schema_changes.record_version(con, contract, verdict(h), path, at(day), dates, status)
+                    schema_changes.record_collected(con)
+            cur = con.execute("SELECT * FROM ops.schema_versions ORDER BY schema_hash")
+            tables[side] = [tuple(str(v) for v in r) for r in cur.fetchall()]
+    assert len(tables["in_turn"]) == 3
+    assert tables["collected"] == tables["in_turn"]
