@@ -9,6 +9,7 @@ SCHEMA_CHANGES = "schema_changes"  # raw: no partition built from a delivery qua
 SCHEMA_VERSION_DIFF = "schema_version_diff"  # raw: how the schema versions feeding a partition differ
 RESTATEMENTS = "restatements"  # raw: partitions that now read differently, within the contract's limits
 TRAINING_SET_SPLIT = "training_set_split"  # ml/training_set: disjoint train, validation and test windows
+TRAINING_DATA_CURRENT = "training_data_current"  # ml/delay_model: WARN while retraining on restated data is deferred
 PROMOTION_GATE = "promotion_gate"  # ml/model_evaluation: promotes the challenger (also the actor it records)
 FEATURE_DRIFT = "feature_drift"  # ml/flight_predictions: the three drift checks
 PREDICTION_DRIFT = "prediction_drift"
