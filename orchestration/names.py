@@ -10,6 +10,7 @@ SCHEMA_VERSION_DIFF = "schema_version_diff"  # raw: how the schema versions feed
 CONTRACT_BY_PARTITION = "contract_by_partition"  # raw, partitioned: one verdict per partition (its partitions view)
 RESTATEMENTS = "restatements"  # raw: partitions that now read differently, within the contract's limits
 TRAINING_SET_SPLIT = "training_set_split"  # ml/training_set: disjoint train, validation and test windows
+TRAINING_DATA_CURRENT = "training_data_current"  # ml/delay_model: WARN while retraining on restated data is deferred
 PROMOTION_GATE = "promotion_gate"  # ml/model_evaluation: promotes the challenger (also the actor it records)
 FEATURE_DRIFT = "feature_drift"  # ml/flight_predictions: the three drift checks
 PREDICTION_DRIFT = "prediction_drift"

@@ -45,6 +45,7 @@ class MlConfig:
     scoring_start: dt.date
     drift: dict
     min_window_coverage: float
+    retrain_min_changed_share: float
 
     def window(self, name: str) -> Window:
         return next(w for w in self.windows if w.name == name)
@@ -82,6 +83,14 @@ def load(file: Path | None = None) -> MlConfig:
         except ValueError:
             raise MlConfigError(f"{file}: {'.'.join(keys)} is not a date (YYYY-MM-DD): {value!r}") from None
 
+    def share(*keys, absent: float) -> float:
+        if keys[-1] not in (raw.get(keys[0]) or {}):
+            return absent
+        value = float(get(*keys, kind=(int, float)))
+        if not 0 <= value <= 1:
+            raise MlConfigError(f"{file}: {'.'.join(keys)} is a share of rows, between 0 and 1: {value!r}")
+        return value
+
     windows = []
     for name in SPLITS:
         w = Window(name, date("split", name, "start"), date("split", name, "end"))
@@ -97,4 +106,5 @@ def load(file: Path | None = None) -> MlConfig:
         params=dict(get("model", "params", kind=dict)), rolling_days=get("features", "rolling_days", kind=int),
         delay_minutes=get("features", "delay_minutes", kind=int), windows=tuple(windows),
         promotion=dict(get("promotion", kind=dict)), scoring_start=date("scoring", "start"), drift=dict(get("drift", kind=dict)),
-        min_window_coverage=float(get("training", "min_window_coverage", kind=(int, float))))
+        min_window_coverage=float(get("training", "min_window_coverage", kind=(int, float))),
+        retrain_min_changed_share=share("training", "retrain_min_changed_share", absent=0.0))  # a file from before it: any change retrains

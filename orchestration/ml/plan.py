@@ -1,6 +1,9 @@
 """Which ML partitions a change in the data makes stale, in one place for `plumbline sync` and the
 sensors: feature days that read a changed day (its rolling window included), whether the training
-set's windows are touched, and which days need scoring."""
+set's windows are touched, and which days need scoring. Then, once those features are built,
+whether the change is worth retraining for (retraining): a late file of a hundred flights does not
+make a model trained on a few hundred thousand stale, so below training.retrain_min_changed_share
+retraining is deferred and said so."""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from orchestration.ml import features
+from orchestration.ml import features, training_set
 from orchestration.ml.config import MlConfig
+from orchestration.ml.layer import FEATURES, TRAINING_SET
 from orchestration.warehouse import table_exists
 
 
@@ -51,3 +55,57 @@ def plan(con, cfg: MlConfig, partitions_def: dg.PartitionsDefinition, changed_fl
     start = cfg.scoring_start.isoformat()
     score_days = sorted(d for d in (set(feature_days) | (built - scored)) if d >= start and d in built)
     return MlPlan(feature_days, retrain and not short, score_days, waiting)
+
+
+@dataclass(frozen=True)
+class Retraining:
+    """How far the features have moved from the training set the model was last trained on."""
+    changed: dict[str, int]  # day -> labelled flights added, removed or relabelled since the training set
+    reshaped: dict[str, int]  # day -> flights whose features alone changed (rolling aggregates of a restated day)
+    shares: dict[str, float]  # split window -> changed flights / the window's flights in the training set
+    threshold: float  # training.retrain_min_changed_share
+    reason: str = ""  # set when retraining is due whatever the shares (no training set, other windows)
+
+    @property
+    def due(self) -> bool:
+        return bool(self.reason) or any(share > self.threshold for share in self.shares.values())
+
+    @property
+    def flights(self) -> int:
+        return sum(self.changed.values())
+
+    def summary(self) -> str:
+        shares = ", ".join(f"{w} {s:.2%}" for w, s in self.shares.items() if s) or "no window"
+        return (f"{self.flights} labelled flight(s) added, removed or relabelled on {len(self.changed)} day(s) since the "
+                f"last training set ({shares}; retraining above {self.threshold:.2%} of a split window), "
+                f"{sum(self.reshaped.values())} more with changed features only")
+
+
+def retraining(con, cfg: MlConfig, days: set[str]) -> Retraining:
+    """Judge the split days whose features were rebuilt since the last training set (`days`) against
+    that set: retraining is due when a window's labelled flights changed (added, removed, relabelled)
+    by more than the configured share, or when there is no training set or its windows are not the
+    configured ones. Rolling aggregates move for every flight a restated day feeds, so flights whose
+    features alone changed are counted and shown but do not decide."""
+    provenance = training_set.current_provenance(con)
+    if provenance is None:
+        return Retraining({}, {}, {}, cfg.retrain_min_changed_share, "no training set yet")
+    held = provenance["splits"]
+    configured = {w.name: {"start": w.start.isoformat(), "end": w.end.isoformat()} for w in cfg.windows}
+    if {n: {"start": s["start"], "end": s["end"]} for n, s in held.items()} != configured:
+        return Retraining({}, {}, {}, cfg.retrain_min_changed_share, "the split windows changed in the ML configuration")
+    split_days = {d for w in cfg.windows for d in w.days()}
+    found = training_set.changed_flights(con, sorted(days & split_days))
+    changed = {d: n for d, (n, _) in found.items() if n}
+    shares = {w.name: sum(n for d, n in changed.items() if w.start.isoformat() <= d <= w.end.isoformat())
+              / max(held[w.name]["rows"], 1) for w in cfg.windows}
+    return Retraining(changed, {d: n for d, (_, n) in found.items() if n}, shares, cfg.retrain_min_changed_share)
+
+
+def featured_since_training(instance: dg.DagsterInstance) -> set[str]:
+    """Feature days materialized after the last training set: what the latest model has not seen as it is
+    now (read from the instance, so deferred changes add up until a retraining)."""
+    featured = instance.event_log_storage.get_latest_storage_id_by_partition(FEATURES, dg.DagsterEventType.ASSET_MATERIALIZATION)
+    trained = instance.fetch_materializations(TRAINING_SET, limit=1, ascending=False).records
+    since = trained[0].storage_id if trained else 0
+    return {day for day, storage_id in featured.items() if storage_id > since}

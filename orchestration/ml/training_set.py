@@ -35,9 +35,13 @@ def partition_versions(con, days: list[str]) -> dict[str, str]:
     return dict(rows)
 
 
+# What a training-set row holds besides its split: the flight's key and features (then its label).
+_ROW = [*features.KEY[1:], *[c for c in features.FEATURES if c not in features.KEY]]
+
+
 def build(con, cfg: MlConfig) -> dict:
     """Replace ml.training_set from ml.flight_features; return its provenance."""
-    cols = ", ".join(f"f.{ident(c)}" for c in [*features.KEY[1:], *[c for c in features.FEATURES if c not in features.KEY]])
+    cols = ", ".join(f"f.{ident(c)}" for c in _ROW)
     con.execute("CREATE SCHEMA IF NOT EXISTS ml")
     con.execute(features.DDL)
     con.execute(DDL_PROVENANCE)
@@ -84,6 +88,25 @@ def current_provenance(con) -> dict | None:
         return None
     rows = con.execute("SELECT provenance FROM ml.training_set_provenance").fetchall()
     return json.loads(rows[0][0]) if rows else None
+
+
+def changed_flights(con, days: list[str]) -> dict[str, tuple[int, int]]:
+    """event_date -> (labelled flights added, removed or relabelled; flights with only a feature changed)
+    between ml.training_set and the features of those days as they are now."""
+    if not days or not table_exists(con, "ml", "training_set"):
+        return {}
+    key = ", ".join(features.KEY)
+    row = ", ".join(ident(c) for c in _ROW if c not in features.KEY)
+    scope = f"event_date IN {key_list(days)}"
+    rows = con.execute(f"""
+        WITH held AS (SELECT {key}, delayed, ROW({row}) AS features FROM ml.training_set WHERE {scope}),
+             now AS (SELECT {key}, delayed, ROW({row}) AS features FROM ml.flight_features WHERE {scope} AND delayed IS NOT NULL)
+        SELECT strftime(event_date, '%Y-%m-%d'),
+               count(*) FILTER (WHERE h.delayed IS NULL OR n.delayed IS NULL OR h.delayed <> n.delayed),
+               count(*) FILTER (WHERE h.delayed = n.delayed AND h.features IS DISTINCT FROM n.features)
+        FROM held h FULL JOIN now n USING ({key}) GROUP BY ALL HAVING count(*) FILTER (WHERE h.delayed IS NULL OR
+            n.delayed IS NULL OR h.delayed <> n.delayed OR h.features IS DISTINCT FROM n.features) > 0 ORDER BY 1""").fetchall()
+    return {day: (changed, reshaped) for day, changed, reshaped in rows}
 
 
 def split_problems(con, cfg: MlConfig) -> dict:

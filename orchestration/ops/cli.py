@@ -61,7 +61,7 @@ def _sync(args) -> int:
     from orchestration.ops.summary import summary_text
     from orchestration.ops.sync import sync
 
-    report = sync()
+    report = sync(retrain=args.retrain)
     if args.summary:
         print()
         print(summary_text(_warehouse()))
@@ -426,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sync = sub.add_parser("sync", help="ingest every pending delivery and rebuild every partition it made stale")
     sync.add_argument("--summary", action="store_true", help="print what was loaded and rejected at the end")
+    sync.add_argument("--retrain", action="store_true",
+                      help="retrain the model even when the data changed less than training.retrain_min_changed_share "
+                           "of a split window since the last training (sync defers retraining then)")
     sync.set_defaults(func=_sync)
 
     summary = sub.add_parser("summary", help="print what is loaded and what was rejected, and why")

@@ -22,9 +22,9 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.execution.api import execute_run  # dg.execute_job's second half: runs a run created under our id
 
-from orchestration import definitions, lineage, settings
+from orchestration import definitions, lineage, names, settings
 from orchestration.ml import config, plan, training_set
-from orchestration.ml.layer import DAILY
+from orchestration.ml.layer import DAILY, MODEL
 from orchestration.ml.registry import ModelRegistry
 from orchestration.ops import runs
 from orchestration.rebuild import partitions
@@ -159,17 +159,18 @@ class Runner:
         run per contiguous range."""
         if not definitions.CONTRACTS[source].partitioning:
             ok = self.run(definitions.SNAPSHOTS_JOB, f"({source})", selection=selection or [dg.AssetKey(["raw", source])])
-            return refresh_ml(self.resources["warehouse"], self.resources["model_registry"], self.run, self.say, {},
-                              snapshots_changed=True) and ok
+            return refresh_ml(self.resources["warehouse"], self.resources["model_registry"], self.instance, self.run, self.say,
+                              {}, snapshots_changed=True) and ok
         ok = True
         for start, end in contiguous_ranges(keys or []):
             ok &= self.run(definitions.rebuild_job_name(source), f"[{start} .. {end}]",
                            tags={RANGE_START: start, RANGE_END: end}, selection=selection)
-        return refresh_ml(self.resources["warehouse"], self.resources["model_registry"], self.run, self.say,
+        return refresh_ml(self.resources["warehouse"], self.resources["model_registry"], self.instance, self.run, self.say,
                           {source: list(keys or [])}, snapshots_changed=False) and ok
 
 
-def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncReport:
+def sync(say=print, dagster_instance: dg.DagsterInstance | None = None, retrain: bool = False) -> SyncReport:
+    """retrain: train even when the data changed too little since the last training set (training is deferred then)."""
     runner = Runner(say, dagster_instance, command="plumbline sync")
     report = SyncReport()
     started = runner.started
@@ -208,7 +209,8 @@ def sync(say=print, dagster_instance: dg.DagsterInstance | None = None) -> SyncR
 
     if stale_snapshots:
         _refresh_downstream_of_snapshots(con_factory=warehouse, run=run, stale_partitioned=report.stale)
-    refresh_ml(warehouse, runner.resources["model_registry"], run, say, report.stale, bool(stale_snapshots))
+    refresh_ml(warehouse, runner.resources["model_registry"], runner.instance, run, say, report.stale, bool(stale_snapshots),
+               retrain)
     say(f"sync finished in {time.monotonic() - started:.1f}s: {len(report.runs)} run(s), "
         f"{'all succeeded' if report.ok else 'SOME FAILED'}")
     return report
@@ -232,10 +234,11 @@ def _refresh_downstream_of_snapshots(con_factory: Warehouse, run, stale_partitio
             run(job, f"downstream [{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end}, selection=downstream)
 
 
-def refresh_ml(warehouse: Warehouse, model_registry: ModelRegistry, run, say, stale: dict[str, list[str]],
-               snapshots_changed: bool) -> bool:
+def refresh_ml(warehouse: Warehouse, model_registry: ModelRegistry, instance: dg.DagsterInstance, run, say,
+               stale: dict[str, list[str]], snapshots_changed: bool, retrain: bool = False) -> bool:
     """Features for every day the data changed (and the days whose rolling window reads it), then
-    training, evaluation and the promotion gate when the training windows changed, then scoring.
+    training, evaluation and the promotion gate when the training windows changed by more than the
+    configured share since the last training set (or always with retrain), then scoring.
     Returns whether every run succeeded."""
     cfg = config.load()
     with warehouse.connect(read_only=True) as con:
@@ -250,19 +253,48 @@ def refresh_ml(warehouse: Warehouse, model_registry: ModelRegistry, run, say, st
         ok &= run(definitions.FEATURES_JOB, f"[{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end})
     if todo.waiting:
         say(f"ml: {todo.waiting}")
-    if not todo.retrain and not todo.score_days:
+    train = not todo.waiting and (retrain or todo.retrain)
+    if train and has_set and not retrain:
+        with warehouse.connect(read_only=True) as con:
+            judged = plan.retraining(con, cfg, plan.featured_since_training(instance))
+        train = judged.due
+        if not train:
+            _record_deferral(instance, judged, say)
+    if not train and not todo.score_days:
         return ok
-    before = model_registry.champion(cfg)
-    if todo.retrain:
+    before = model_registry.champion(cfg) if train else None
+    if train:
         ok &= run(definitions.TRAIN_JOB, "(training set, model, evaluation, promotion gate)")
     after = model_registry.champion(cfg)
     score_days = todo.score_days
     if after is None:
         say("ml: no champion model, nothing scored (plumbline model list; plumbline summary)")
         return ok
-    if after != before:  # a new champion re-scores every scoring partition, so each says which version scored it
+    if train and after != before:  # a new champion re-scores every scoring partition, so each says which version scored it
         say(f"ml: champion is now v{after} (was {'v' + before if before else 'none'}): re-scoring from {cfg.scoring_start}")
         score_days = [d for d in built if d >= cfg.scoring_start.isoformat()]
     for start, end in contiguous_ranges(score_days):
         ok &= run(definitions.SCORE_JOB, f"[{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end})
     return ok
+
+
+def _record_deferral(instance: dg.DagsterInstance, judged: plan.Retraining, say) -> None:
+    """ml/delay_model's training_data_current check, reported without a run: WARN naming the restated
+    days and flights while retraining waits, passing again when the features equal the training set."""
+    days = sorted(judged.changed)
+    if judged.flights:
+        say(f"ml: retraining deferred: {judged.summary()}; the champion keeps serving "
+            "(retrain now: plumbline sync --retrain)")
+        description = (f"trained on data restated since: {judged.summary()}. Retraining is deferred; "
+                       "`plumbline sync --retrain` retrains now")
+    else:
+        description = ("no labelled flight of the split windows was added, removed or relabelled since the training set "
+                       f"the model was trained on ({sum(judged.reshaped.values())} with changed features only)")
+    instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+        asset_key=MODEL, check_name=names.TRAINING_DATA_CURRENT, passed=not judged.flights,
+        severity=dg.AssetCheckSeverity.WARN, description=description,
+        metadata={"restated_days": dg.MetadataValue.json(days), "changed_flights": judged.flights,
+                  "changed_flights_by_day": dg.MetadataValue.json(judged.changed),
+                  "features_changed_only_by_day": dg.MetadataValue.json(judged.reshaped),
+                  "changed_share_by_window": dg.MetadataValue.json({w: round(v, 6) for w, v in judged.shares.items()}),
+                  "retrain_min_changed_share": judged.threshold, "retrain_with": "plumbline sync --retrain"}))

