@@ -11,6 +11,8 @@ $(BIN)/plumbline: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# an editable install leaves plumbline's own modules uncompiled: compile them once, so every step process need not
+	$(BIN)/python -m compileall -q orchestration assets contracts
 	touch $@
 
 demo: $(BIN)/plumbline
