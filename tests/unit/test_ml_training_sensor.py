@@ -5,6 +5,9 @@ training_data_current WARN once and says why; a larger one asks for the training
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import dagster as dg
 import pytest
 import yaml
@@ -107,3 +110,24 @@ def test_moved_split_windows_or_no_training_set_retrain_whatever_changed(trained
     with wh.connect() as con:
         con.execute("DROP TABLE ml.training_set_provenance")
     assert len(tick(instance, wh, None).run_requests) == 1
+
+
+def test_a_tick_never_waits_for_a_writer_and_judges_the_change_later(trained):
+    instance, wh = trained
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=FEATURES, partition="2013-01-19"))
+    start = tick(instance, wh, None).cursor
+    with wh.connect() as con:
+        con.execute("UPDATE ml.flight_features SET delayed = NOT delayed WHERE event_date = '2013-01-19'")
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=FEATURES, partition="2013-01-19"))
+    # DuckDB allows one writing process per file: another process holds it, as a rebuild run would
+    writer = subprocess.Popen([sys.executable, "-c", "import duckdb, sys; con = duckdb.connect(sys.argv[1]); "
+                               "print('open', flush=True); sys.stdin.read()", str(wh.db_path())],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        busy = tick(instance, wh, start)
+        assert busy.skip_message.startswith("the warehouse is busy, retraining is judged at a later tick")
+        assert busy.cursor == start, "the cursor is kept, so the change is judged when the file is free"
+    finally:
+        writer.communicate("")
+    assert len(tick(instance, wh, start).run_requests) == 1
