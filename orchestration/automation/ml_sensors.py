@@ -153,7 +153,9 @@ def _judge(warehouse: Warehouse, cfg: config.MlConfig, instance: dg.DagsterInsta
 def training_sensor(job_name: str, features_job: str) -> dg.SensorDefinition:
     @dg.sensor(name="ml_training_sensor", job_name=job_name, minimum_interval_seconds=interval_seconds(), default_status=RUNNING,
                description="Retrains, evaluates and runs the promotion gate when feature partitions inside the split "
-                           "windows change, once every window is featured enough (training.min_window_coverage).")
+                           "windows change, once every window is featured enough (training.min_window_coverage) and, "
+                           "as `plumbline sync`, when a window's labelled flights changed by more than "
+                           "training.retrain_min_changed_share (else the deferral is recorded on ml/delay_model).")
     def _sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse):
         # train once on the finished features, not once per features run of a batch: while it waits
         # the cursor stays where it was, so the changes are still there when it stops waiting
