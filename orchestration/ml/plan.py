@@ -3,7 +3,7 @@ sensors: feature days that read a changed day (its rolling window included), whe
 set's windows are touched, and which days need scoring. Then, once those features are built,
 whether the change is worth retraining for (retraining): a late file of a hundred flights does not
 make a model trained on a few hundred thousand stale, so below training.retrain_min_changed_share
-retraining is deferred and said so."""
+retraining is deferred and said so (record_deferral: the same record from sync and the training sensor)."""
 
 from __future__ import annotations
 
