@@ -7,7 +7,9 @@ ml_features_sensor  core/flights and raw/weather materializations -> build_featu
 ml_training_sensor  ml/flight_features materializations inside the split windows -> one train_model
                     run (training set, model, evaluation, promotion gate), once no build_features or
                     train_model run is still pending and every split window is featured enough
-                    (training.min_window_coverage, as `plumbline sync` waits for).
+                    (training.min_window_coverage, as `plumbline sync` waits for), and when the change
+                    is worth it by sync's rule (plan.retraining: training.retrain_min_changed_share);
+                    else no run, the deferral recorded on ml/delay_model's training_data_current.
 ml_scoring_sensor   ml/flight_features materializations from scoring.start on -> score_flights runs
                     for those days; a promotion by the promotion gate -> every featured day from
                     scoring.start re-scored, so each partition says which version scored it.
@@ -18,8 +20,9 @@ runs of other jobs, and scoring re-scores on a promotion, which is the promotion
 at every tick; no condition reads either. The features sensor could be a condition (any input
 updated, through the rolling-window mapping, none missing); it stays a sensor for now because
 `plumbline sync`'s ML plan mirrors its ranges and tests/scenarios/test_ml_sensors.py pins its run keys.
-They read the Dagster instance only, never the warehouse or the MLflow registry, so a tick never
-waits for a DuckDB writer. Like the ML runs they read the configuration (split windows,
+They read the Dagster instance, never the MLflow registry; only the training sensor reads the
+warehouse (the training set, to judge a restatement), read-only and without waiting: while a writer
+holds the file it skips the tick with its cursor kept. Like the ML runs they read the configuration (split windows,
 scoring.start) at every tick; the feature window (rolling_days) is the asset's own. Each cursor
 remembers where every stream was read up to; run keys are built from the events a tick saw, so a
 tick evaluated twice submits nothing twice. What the events point at is asked for only while the
@@ -35,6 +38,7 @@ import json
 from collections.abc import Iterable
 
 import dagster as dg
+import duckdb
 
 from orchestration import names
 from orchestration.automation.sensors import interval_seconds
@@ -42,6 +46,7 @@ from orchestration.ml import config, features, plan
 from orchestration.ml.layer import (CFG, CORE_FLIGHTS, DAILY, EVALUATION, FEATURE_INPUTS, FEATURES, PREDICTIONS,
                                     TRAINING_SET, WEATHER)
 from orchestration.rebuild.ranges import RANGE_END, RANGE_START, contiguous_ranges
+from orchestration.warehouse_resource import Warehouse
 
 PROMOTION_GATE = dg.AssetCheckKey(EVALUATION, names.PROMOTION_GATE)
 PAGE = 1000  # materialization records read per query; a tick reads every page there is
@@ -137,11 +142,21 @@ def features_sensor(job_name: str) -> dg.SensorDefinition:
     return _sensor
 
 
+def _judge(warehouse: Warehouse, cfg: config.MlConfig, instance: dg.DagsterInstance) -> plan.Retraining:
+    """plan.retraining on the warehouse as it is, without waiting for a writer's lock (a tick must not block)."""
+    if not warehouse.exists():
+        return plan.Retraining({}, {}, {}, cfg.retrain_min_changed_share, "no warehouse yet")
+    with warehouse.connect(read_only=True, wait_s=0) as con:
+        return plan.retraining(con, cfg, plan.featured_since_training(instance))
+
+
 def training_sensor(job_name: str, features_job: str) -> dg.SensorDefinition:
     @dg.sensor(name="ml_training_sensor", job_name=job_name, minimum_interval_seconds=interval_seconds(), default_status=RUNNING,
                description="Retrains, evaluates and runs the promotion gate when feature partitions inside the split "
-                           "windows change, once every window is featured enough (training.min_window_coverage).")
-    def _sensor(context: dg.SensorEvaluationContext):
+                           "windows change, once every window is featured enough (training.min_window_coverage) and, "
+                           "as `plumbline sync`, when a window's labelled flights changed by more than "
+                           "training.retrain_min_changed_share (else the deferral is recorded on ml/delay_model).")
+    def _sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse):
         # train once on the finished features, not once per features run of a batch: while it waits
         # the cursor stays where it was, so the changes are still there when it stops waiting
         waiting = _pending(context.instance, [features_job, job_name])
@@ -163,10 +178,22 @@ def training_sensor(job_name: str, features_job: str) -> dg.SensorDefinition:
         # only features newer than the last training set are a reason to train
         days = sorted(d for d in (featured if first else _days(records))
                       if d in split_days and featured.get(d, 0) > trained_id)
-        context.update_cursor(json.dumps(cursor))
         if not days:
+            context.update_cursor(json.dumps(cursor))
             return dg.SkipReason(f"{len(records)} new ml/flight_features materialization(s), none inside the split "
                                  "windows and newer than the last training set")
+        # the rule `plumbline sync` follows: a restatement that moves no window by more than
+        # training.retrain_min_changed_share defers retraining (every feature day since the last training
+        # set is judged, so deferred changes add up until one retrains)
+        try:
+            judged = _judge(warehouse, cfg, context.instance)
+        except duckdb.IOException as e:  # a writer holds the file: judge at a later tick, cursor kept
+            return dg.SkipReason(f"the warehouse is busy, retraining is judged at a later tick: {e}")
+        context.update_cursor(json.dumps(cursor))
+        if not judged.due:
+            plan.record_deferral(context.instance, judged)
+            return dg.SkipReason(f"retraining deferred: {judged.summary()}; the champion keeps serving "
+                                 f"(retrain now: {plan.RETRAIN_WITH})")
         return dg.RunRequest(run_key=f"train:{_seen(featured[d] for d in days)}",
                              tags={"plumbline/changed_feature_days": f"{days[0]} .. {days[-1]} ({len(days)})"})
 

@@ -3,17 +3,19 @@ sensors: feature days that read a changed day (its rolling window included), whe
 set's windows are touched, and which days need scoring. Then, once those features are built,
 whether the change is worth retraining for (retraining): a late file of a hundred flights does not
 make a model trained on a few hundred thousand stale, so below training.retrain_min_changed_share
-retraining is deferred and said so."""
+retraining is deferred and said so (record_deferral: the same record from sync and the training sensor)."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import dagster as dg
 
+from orchestration import names
 from orchestration.ml import features, training_set
 from orchestration.ml.config import MlConfig
-from orchestration.ml.layer import FEATURES, TRAINING_SET
+from orchestration.ml.layer import FEATURES, MODEL, TRAINING_SET
 from orchestration.warehouse import table_exists
 
 
@@ -102,10 +104,49 @@ def retraining(con, cfg: MlConfig, days: set[str]) -> Retraining:
     return Retraining(changed, {d: n for d, (_, n) in found.items() if n}, shares, cfg.retrain_min_changed_share)
 
 
-def featured_since_training(instance: dg.DagsterInstance) -> set[str]:
-    """Feature days materialized after the last training set: what the latest model has not seen as it is
-    now (read from the instance, so deferred changes add up until a retraining)."""
+def _featured_ids(instance: dg.DagsterInstance) -> dict[str, int]:
+    """Feature day -> storage id of its materialization, for the days materialized after the last training set."""
     featured = instance.event_log_storage.get_latest_storage_id_by_partition(FEATURES, dg.DagsterEventType.ASSET_MATERIALIZATION)
     trained = instance.fetch_materializations(TRAINING_SET, limit=1, ascending=False).records
     since = trained[0].storage_id if trained else 0
-    return {day for day, storage_id in featured.items() if storage_id > since}
+    return {day: storage_id for day, storage_id in featured.items() if storage_id > since}
+
+
+def featured_since_training(instance: dg.DagsterInstance) -> set[str]:
+    """Feature days materialized after the last training set: what the latest model has not seen as it is
+    now (read from the instance, so deferred changes add up until a retraining)."""
+    return set(_featured_ids(instance))
+
+
+RETRAIN_WITH = "plumbline sync --retrain, or launch the train_model job from the UI"
+JUDGED = "judged_features"  # the check's metadata: which feature materializations a deferral judged
+
+
+def record_deferral(instance: dg.DagsterInstance, judged: Retraining) -> bool:
+    """ml/delay_model's training_data_current check, reported without a run: WARN naming the restated
+    days and flights while retraining waits, passing again when the features equal the training set.
+    `plumbline sync` and the training sensor both record it here; a deferral already recorded for the
+    same feature materializations is not recorded again. Returns whether it was recorded."""
+    ids = _featured_ids(instance)
+    seen = hashlib.sha256(",".join(f"{d}:{i}" for d, i in sorted(ids.items())).encode()).hexdigest()[:16]
+    key = dg.AssetCheckKey(MODEL, names.TRAINING_DATA_CURRENT)
+    latest = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
+    if latest and isinstance(latest[0].evaluation, dg.AssetCheckEvaluation) \
+            and latest[0].evaluation.metadata.get(JUDGED) == dg.MetadataValue.text(seen):
+        return False
+    if judged.flights:
+        description = (f"trained on data restated since: {judged.summary()}. Retraining is deferred; "
+                       f"{RETRAIN_WITH} retrains now")
+    else:
+        description = ("no labelled flight of the split windows was added, removed or relabelled since the training set "
+                       f"the model was trained on ({sum(judged.reshaped.values())} with changed features only)")
+    instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+        asset_key=MODEL, check_name=names.TRAINING_DATA_CURRENT, passed=not judged.flights,
+        severity=dg.AssetCheckSeverity.WARN, description=description,
+        metadata={"restated_days": dg.MetadataValue.json(sorted(judged.changed)), "changed_flights": judged.flights,
+                  "changed_flights_by_day": dg.MetadataValue.json(judged.changed),
+                  "features_changed_only_by_day": dg.MetadataValue.json(judged.reshaped),
+                  "changed_share_by_window": dg.MetadataValue.json({w: round(v, 6) for w, v in judged.shares.items()}),
+                  "retrain_min_changed_share": judged.threshold, "retrain_with": RETRAIN_WITH,
+                  JUDGED: dg.MetadataValue.text(seen)}))
+    return True

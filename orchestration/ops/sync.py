@@ -22,9 +22,9 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.execution.api import execute_run  # dg.execute_job's second half: runs a run created under our id
 
-from orchestration import definitions, lineage, names, settings
+from orchestration import definitions, lineage, settings
 from orchestration.ml import config, plan, training_set
-from orchestration.ml.layer import DAILY, MODEL
+from orchestration.ml.layer import DAILY
 from orchestration.ml.registry import ModelRegistry
 from orchestration.ops import runs
 from orchestration.rebuild import partitions
@@ -259,7 +259,10 @@ def refresh_ml(warehouse: Warehouse, model_registry: ModelRegistry, instance: dg
             judged = plan.retraining(con, cfg, plan.featured_since_training(instance))
         train = judged.due
         if not train:
-            _record_deferral(instance, judged, say)
+            if judged.flights:
+                say(f"ml: retraining deferred: {judged.summary()}; the champion keeps serving "
+                    "(retrain now: plumbline sync --retrain)")
+            plan.record_deferral(instance, judged)
     if not train and not todo.score_days:
         return ok
     before = model_registry.champion(cfg) if train else None
@@ -276,25 +279,3 @@ def refresh_ml(warehouse: Warehouse, model_registry: ModelRegistry, instance: dg
     for start, end in contiguous_ranges(score_days):
         ok &= run(definitions.SCORE_JOB, f"[{start} .. {end}]", tags={RANGE_START: start, RANGE_END: end})
     return ok
-
-
-def _record_deferral(instance: dg.DagsterInstance, judged: plan.Retraining, say) -> None:
-    """ml/delay_model's training_data_current check, reported without a run: WARN naming the restated
-    days and flights while retraining waits, passing again when the features equal the training set."""
-    days = sorted(judged.changed)
-    if judged.flights:
-        say(f"ml: retraining deferred: {judged.summary()}; the champion keeps serving "
-            "(retrain now: plumbline sync --retrain)")
-        description = (f"trained on data restated since: {judged.summary()}. Retraining is deferred; "
-                       "`plumbline sync --retrain` retrains now")
-    else:
-        description = ("no labelled flight of the split windows was added, removed or relabelled since the training set "
-                       f"the model was trained on ({sum(judged.reshaped.values())} with changed features only)")
-    instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-        asset_key=MODEL, check_name=names.TRAINING_DATA_CURRENT, passed=not judged.flights,
-        severity=dg.AssetCheckSeverity.WARN, description=description,
-        metadata={"restated_days": dg.MetadataValue.json(days), "changed_flights": judged.flights,
-                  "changed_flights_by_day": dg.MetadataValue.json(judged.changed),
-                  "features_changed_only_by_day": dg.MetadataValue.json(judged.reshaped),
-                  "changed_share_by_window": dg.MetadataValue.json({w: round(v, 6) for w, v in judged.shares.items()}),
-                  "retrain_min_changed_share": judged.threshold, "retrain_with": "plumbline sync --retrain"}))

@@ -77,7 +77,8 @@ class Loaded:
 
     def tick(self, name: str, cursor: str | None = None, sensor: dg.SensorDefinition | None = None):
         sensor = sensor or definitions.defs.get_repository_def().get_sensor_def(name)
-        with dg.build_sensor_context(instance=self.instance, cursor=cursor, definitions=definitions.defs) as context:
+        with dg.build_sensor_context(instance=self.instance, cursor=cursor, definitions=definitions.defs,
+                                     resources=definitions.defs.resources) as context:  # as the daemon hands them
             return sensor.evaluate_tick(context)
 
     def execute(self, job: str, requests) -> None:

@@ -39,8 +39,8 @@ def daily():
     return catalog.partitions_def(catalog.contracts()["flights"])
 
 
-def warehouse(built: list[str], featured: list[str] | None = None, scored: list[str] | None = None):
-    con = duckdb.connect()
+def warehouse(built: list[str], featured: list[str] | None = None, scored: list[str] | None = None, path: str = ":memory:"):
+    con = duckdb.connect(path)
     con.execute("CREATE SCHEMA core; CREATE SCHEMA ml")
     for table, present in (("core.flights", built), ("ml.flight_features", featured), ("ml.flight_predictions", scored)):
         if present is not None:
