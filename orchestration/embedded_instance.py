@@ -102,8 +102,8 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
             self._batch.connections = {}
             try:
                 self._batch_connection(self._batch.connections, INDEX_SHARD_NAME)
-                for event in events:
-                    super().store_event(event)
+                for entry in events:
+                    super().store_event(entry)
             finally:
                 self._batch.connections = None
                 self._batch.stack = None
