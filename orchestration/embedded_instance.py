@@ -31,7 +31,14 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
 from dagster._core.storage.sql import create_engine
-from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
+from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
+from dagster._core.storage.sqlite_storage import (
+    DagsterSqliteStorage,
+    _event_logs_directory,
+    _runs_directory,
+    _schedule_directory,
+)
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy import event
 from sqlalchemy.pool import QueuePool
@@ -48,12 +55,12 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
     """SqliteEventLogStorage whose shard engines (one pooled connection each) outlive an event."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
-        super().__init__(base_dir, inst_data)
         self._engines: OrderedDict[str, object] = OrderedDict()
         self._engines_lock = threading.Lock()
         self._batch = threading.local()  # .connections: shard -> the open transaction of the batch being stored
         self._tables_present: set[str] = set()
         self._asset_key_index_cols = False
+        super().__init__(base_dir, inst_data)  # last: it already connects (migrations of the index shard)
 
     def _engine(self, shard: str):
         with self._engines_lock:
@@ -138,8 +145,13 @@ class EmbeddedSqliteStorage(DagsterSqliteStorage):
     """DagsterSqliteStorage (same folders and databases) with the kept-open event log."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
-        super().__init__(base_dir, inst_data)
+        # DagsterSqliteStorage.__init__ minus its plain event log, which it would open, check and migrate for nothing
+        self.base_dir = base_dir
+        self._run_storage = SqliteRunStorage.from_local(_runs_directory(base_dir))
         self._event_log_storage = KeptOpenSqliteEventLogStorage(_event_logs_directory(base_dir))
+        self._schedule_storage = SqliteScheduleStorage.from_local(_schedule_directory(base_dir))
+        self._inst_data = inst_data
+        super(DagsterSqliteStorage, self).__init__()
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData, config_value) -> EmbeddedSqliteStorage:
