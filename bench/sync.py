@@ -27,12 +27,16 @@ The ML steps against their bare equivalents are bench/ml.py's (same data, same s
 under this script, for before/after figures in one machine state. This is a benchmark, not a test:
 it prints figures and a markdown table, and exits 0 whatever they are (1 if a sync fails).
 `--child-sync` runs one `plumbline sync` in-process with the event-log timer (used by the parent).
+`--replay-events HOME` (with --source) times the event-log storage alone: the events of the largest run
+in the instance at HOME stored into fresh embedded instances one at a time, then in the batches
+Dagster hands over, best of 3 each (wall and CPU seconds).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import importlib
 import json
 import os
 import re
@@ -81,8 +85,10 @@ def child_sync(stats_path: Path) -> int:
             yield sub
             yield from subclasses(sub)
 
-    # imported so that every storage class exists (and is patched) before the sync picks one
+    # imported so that every storage class exists (and is patched) before the sync picks one, the
+    # embedded instance's own included (its store_event_batch is only in its class)
     from dagster._core.storage.event_log.sqlite import consolidated_sqlite_event_log, sqlite_event_log  # noqa: F401
+    importlib.import_module("orchestration.embedded_instance")
 
     for cls in {EventLogStorage, *subclasses(EventLogStorage)}:
         for name in ("store_event", "store_event_batch"):
@@ -117,6 +123,45 @@ def run_sync(home: Path, source: Path, label: str) -> dict:
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def replay_events(dagster_home: Path) -> int:
+    """The largest run's events into fresh instances: one store_event each, against Dagster's batches
+    (consecutive planned events, consecutive materializations, at most the instance's batch size)."""
+    from itertools import groupby
+
+    import dagster as dg
+
+    from orchestration.ops.sync import DAGSTER_YAML
+
+    source = dg.DagsterInstance.from_config(str(dagster_home))
+    run = max(source.get_runs(), key=lambda r: len(source.all_logs(r.run_id)))
+    events = [r.event_log_entry for r in source.get_records_for_run(run.run_id).records]
+    size = source._get_event_batch_size() or 500  # the base commit's instance has none: the same 500
+    batched = (dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, dg.DagsterEventType.ASSET_MATERIALIZATION)
+    first, rest = events[0], events[1:]  # the first creates the run's shard, timed in neither mode
+    groups = []
+    for event_type, group in groupby(rest, key=lambda e: e.dagster_event_type):
+        group = list(group)
+        groups += [group[i:i + size] for i in range(0, len(group), size)] if event_type in batched else [[e] for e in group]
+    best: dict[str, tuple[float, float]] = {}
+    for mode in ("one at a time", "batches") * 3:
+        home = Path(tempfile.mkdtemp(prefix="plumbline-bench-replay-"))
+        shutil.copyfile(DAGSTER_YAML, home / "dagster.yaml")
+        storage = dg.DagsterInstance.from_config(str(home)).event_log_storage
+        storage.store_event(first)
+        w0, c0 = time.perf_counter(), time.process_time()
+        for group in ([[e] for e in rest] if mode == "one at a time" else groups):
+            storage.store_event_batch(group) if len(group) > 1 else storage.store_event(group[0])
+        took = (time.perf_counter() - w0, time.process_time() - c0)
+        storage.dispose()
+        shutil.rmtree(home)
+        best[mode] = min(best.get(mode, took), took)
+    print(f"{run.job_name}: {len(events)} events; after the first, {sum(len(g) for g in groups if len(g) > 1)} "
+          f"of them in {sum(len(g) > 1 for g in groups)} batches")
+    for mode, (wall, cpu) in best.items():
+        print(f"{mode}: {wall:.2f} s wall, {cpu:.2f} s CPU, {1000 * cpu / len(rest):.2f} ms CPU per event")
+    return 0
 
 
 # ---------------------------------------------------------------------------- the instance's record
@@ -345,7 +390,11 @@ def main() -> int:
     ap.add_argument("--late-days", default=None, help="comma-separated event dates of the late file")
     ap.add_argument("--skip-bare", action="store_true")
     ap.add_argument("--child-sync", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--replay-events", type=Path, default=None, metavar="DAGSTER_HOME")
     args = ap.parse_args()
+    if args.replay_events:
+        sys.path.insert(0, str(args.source.resolve()))
+        return replay_events(args.replay_events)
     if args.child_sync:
         sys.path.insert(0, str(args.source.resolve()))
         return child_sync(args.child_sync)
@@ -414,7 +463,8 @@ def main() -> int:
     print(f"| runs | {ys['runs']} | {ls['runs']} |")
     print(f"| events | {ys['events']} | {ls['events']} |")
     print(f"| events per run | {ys['events'] / max(ys['runs'], 1):.0f} | {ls['events'] / max(ls['runs'], 1):.0f} |")
-    print(f"| store_event calls | {year.get('store_event_calls', 0)} | {late.get('store_event_calls', 0)} |")
+    print(f"| event-log writes (store_event or store_event_batch) | {year.get('store_event_calls', 0)} | "
+          f"{late.get('store_event_calls', 0)} |")
     print(f"| seconds writing the event log | {year.get('store_event_s', 0):.1f} | {late.get('store_event_s', 0):.1f} |")
     print()
     print("year events by type:", json.dumps(ys["events_by_type"]))

@@ -9,37 +9,58 @@ recommends for WAL) a commit is not fsynced, so a power cut can lose the last ev
 corrupts the database, and a crashed process loses nothing. The files, tables and layout are
 Dagster's own (a home made before this class opens unchanged, and `dagster dev` reads it).
 
+A batch of events (the planned events of a run, the per-partition materializations of a range
+step; Dagster sends them to store_event_batch when the instance's event batch size is above 0, as
+EmbeddedInstance's is) is written by Dagster's own per-event code, each event as store_event writes
+it, but into one transaction per shard: the run's shard and the index shard commit once per batch.
+
 orchestration/dagster.yaml names EmbeddedInstance as its instance_class; DagsterInstance asks it
 for the default storage of the instance's folder (config_defaults)."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 import yaml
 from dagster import DagsterInstance
+from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import InstanceRef
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
+from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
 from dagster._core.storage.sql import create_engine
-from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
+from dagster._core.storage.sqlite_storage import (
+    DagsterSqliteStorage,
+    _event_logs_directory,
+    _runs_directory,
+    _schedule_directory,
+)
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy import event
 from sqlalchemy.pool import QueuePool
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30  # as Dagster's own SQLite storages wait for a writer in another process
 OPEN_SHARDS = 4  # the index shard and the few runs being written; older run shards are closed
+# Events per store_event_batch: a range run's planned events and a range step's materializations
+# (one per partition) in a few transactions, a bounded buffer for the year's range runs.
+EVENT_BATCH_SIZE = 500
+BATCH_SIZE_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"  # Dagster's own setting; when set, it wins (0 turns batches off)
 
 
 class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
     """SqliteEventLogStorage whose shard engines (one pooled connection each) outlive an event."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
-        super().__init__(base_dir, inst_data)
         self._engines: OrderedDict[str, object] = OrderedDict()
         self._engines_lock = threading.Lock()
+        self._batch = threading.local()  # .connections: shard -> the open transaction of the batch being stored
+        self._tables_present: set[str] = set()
+        self._asset_key_index_cols = False
+        super().__init__(base_dir, inst_data)  # last: it already connects (migrations of the index shard)
 
     def _engine(self, shard: str):
         with self._engines_lock:
@@ -57,14 +78,54 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator:
-        with self._db_lock:
-            engine = self._engine(shard)
-            if shard not in self._initialized_dbs:
-                self._initdb(engine)
-                self._initialized_dbs.add(shard)
-            with engine.connect() as conn:
-                with conn.begin():
-                    yield conn
+        batch = getattr(self._batch, "connections", None)
+        if batch is not None:  # inside store_event_batch: the batch's transaction on that shard
+            yield self._batch_connection(batch, shard)
+            return
+        with self._db_lock, self._transaction(shard) as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self, shard: str) -> Iterator:
+        engine = self._engine(shard)
+        if shard not in self._initialized_dbs:
+            self._initdb(engine)
+            self._initialized_dbs.add(shard)
+        with engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    def _batch_connection(self, batch: dict, shard: str):
+        if shard not in batch:
+            batch[shard] = self._batch.stack.enter_context(self._transaction(shard))
+        return batch[shard]
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """Each event written by Dagster's store_event, all in one transaction per shard. The index
+        shard's transaction opens first and commits last, as store_event writes the run's shard
+        first; an error rolls every shard back, so Dagster's fallback (one event at a time) starts clean."""
+        with self._db_lock, ExitStack() as stack:
+            self._batch.stack = stack
+            self._batch.connections = {}
+            try:
+                self._batch_connection(self._batch.connections, INDEX_SHARD_NAME)
+                for entry in events:
+                    super().store_event(entry)
+            finally:
+                self._batch.connections = None
+                self._batch.stack = None
+
+    def has_table(self, table_name: str) -> bool:
+        # Dagster asks per asset event with tags, on a new engine each time; a table, once there, stays
+        if table_name not in self._tables_present and super().has_table(table_name):
+            self._tables_present.add(table_name)
+        return table_name in self._tables_present
+
+    def _has_asset_key_index_cols_on_connection(self, conn) -> bool:
+        # Dagster inspects the asset_keys table per asset event; its migrated columns, once there, stay
+        if not self._asset_key_index_cols:
+            self._asset_key_index_cols = super()._has_asset_key_index_cols_on_connection(conn)
+        return self._asset_key_index_cols
 
     def dispose(self) -> None:
         with self._engines_lock:
@@ -84,8 +145,13 @@ class EmbeddedSqliteStorage(DagsterSqliteStorage):
     """DagsterSqliteStorage (same folders and databases) with the kept-open event log."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
-        super().__init__(base_dir, inst_data)
+        # DagsterSqliteStorage.__init__ minus its plain event log, which it would open, check and migrate for nothing
+        self.base_dir = base_dir
+        self._run_storage = SqliteRunStorage.from_local(_runs_directory(base_dir))
         self._event_log_storage = KeptOpenSqliteEventLogStorage(_event_logs_directory(base_dir))
+        self._schedule_storage = SqliteScheduleStorage.from_local(_schedule_directory(base_dir))
+        self._inst_data = inst_data
+        super(DagsterSqliteStorage, self).__init__()
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData, config_value) -> EmbeddedSqliteStorage:
@@ -93,7 +159,11 @@ class EmbeddedSqliteStorage(DagsterSqliteStorage):
 
 
 class EmbeddedInstance(DagsterInstance):
-    """DagsterInstance whose default storage, in the instance's folder, is EmbeddedSqliteStorage."""
+    """DagsterInstance whose default storage, in the instance's folder, is EmbeddedSqliteStorage, and
+    which hands Dagster's event batches to it (store_event_batch) unless DAGSTER_EVENT_BATCH_SIZE says otherwise."""
+
+    def _get_event_batch_size(self) -> int:
+        return int(os.environ.get(BATCH_SIZE_VARIABLE, EVENT_BATCH_SIZE))
 
     @classmethod
     def config_schema(cls):
