@@ -407,6 +407,7 @@ class ModelRegistry(dg.ConfigurableResource):
 # kept under the home's cache, named by the checksum of the artifact bytes it was read from and the
 # libraries that read it, so the registry still decides which bytes are the model.
 MODEL_CACHE_LIBRARIES = ("scikit-learn", "skops", "numpy", "scipy", "mlflow-skinny")
+MODEL_CACHE_KEEP = 4
 
 
 def _cached_model(artifacts: Path):
@@ -425,9 +426,17 @@ def _cached_model(artifacts: Path):
         with tempfile.NamedTemporaryFile(dir=stored.parent, prefix=".model-", delete=False) as f:
             f.write(pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL))
         os.replace(f.name, stored)  # whole or absent: processes scoring together read one or the other
+        _prune_models(stored.parent)
     except OSError:
         pass  # a read-only home still scores, deserializing every time
     return fitted
+
+
+def _prune_models(folder: Path) -> None:
+    """Keep the MODEL_CACHE_KEEP models stored last (the champion and the latest challengers)."""
+    stored = sorted(folder.glob("model-*.pickle"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in stored[MODEL_CACHE_KEEP:]:
+        old.unlink(missing_ok=True)
 
 
 def _artifact_checksum(artifacts: Path) -> str:
