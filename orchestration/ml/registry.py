@@ -405,7 +405,8 @@ class ModelRegistry(dg.ConfigurableResource):
 # Deserializing a skops model imports skops, which imports every scikit-learn estimator to list the
 # types it may trust (about 2 s of CPU for each process that scores): a model deserialized once is
 # kept under the home's cache, named by the checksum of the artifact bytes it was read from and the
-# libraries that read it, so the registry still decides which bytes are the model.
+# libraries that read it, so the registry still decides which bytes are the model. Only plumbline
+# writes there, as it writes the compiled contracts (also pickles) next to it.
 MODEL_CACHE_LIBRARIES = ("scikit-learn", "skops", "numpy", "scipy", "mlflow-skinny")
 MODEL_CACHE_KEEP = 4
 
@@ -416,8 +417,8 @@ def _cached_model(artifacts: Path):
     stored = settings.cache_dir() / "models" / f"model-{_artifact_checksum(artifacts)}.pickle"
     try:
         return pickle.loads(stored.read_bytes())
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError, ValueError):
-        pass  # absent or unreadable: deserialize and store again
+    except Exception:  # noqa: BLE001 - absent, truncated or unreadable: deserialize and store again
+        pass
     import mlflow.sklearn
 
     fitted = mlflow.sklearn.load_model(str(artifacts))
