@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
+import pickle
 import platform
 import sqlite3
 import subprocess
@@ -300,8 +302,9 @@ class ModelRegistry(dg.ConfigurableResource):
         return self.client().get_run(run_id)
 
     def load(self, cfg: MlConfig, number: str):
+        """The version's fitted model, from the artifacts the registry serves for it now. The model
+        deserialized from exactly those bytes is kept in the home's cache (_cached_model)."""
         import mlflow.artifacts
-        import mlflow.sklearn
 
         # not a models:/ URI: MLflow resolves those on its process-wide registry, whatever URI it is given
         c = self.client()
@@ -311,7 +314,7 @@ class ModelRegistry(dg.ConfigurableResource):
         with _quiet_transfers(), tempfile.TemporaryDirectory() as tmp:
             path = mlflow.artifacts.download_artifacts(artifact_uri=where, dst_path=tmp,
                                                        tracking_uri=self.tracking(), registry_uri=self.registry())
-            return mlflow.sklearn.load_model(path)
+            return _cached_model(Path(path))
 
     def artifact(self, run_id: str, name: str) -> dict:
         """A JSON artifact logged with a run (provenance.json, drift_reference.json)."""
@@ -397,6 +400,59 @@ class ModelRegistry(dg.ConfigurableResource):
         c.set_model_version_tag(cfg.model_name, current, STATUS_TAG, "rolled_back")
         c.set_model_version_tag(cfg.model_name, current, REASON_TAG, reason)
         return previous, current
+
+
+# Deserializing a skops model imports skops, which imports every scikit-learn estimator to list the
+# types it may trust (about 2 s of CPU for each process that scores): a model deserialized once is
+# kept under the home's cache, named by the checksum of the artifact bytes it was read from and the
+# libraries that read it, so the registry still decides which bytes are the model. Only plumbline
+# writes there, as it writes the compiled contracts (also pickles) next to it.
+MODEL_CACHE_LIBRARIES = ("scikit-learn", "skops", "numpy", "scipy", "mlflow-skinny")
+MODEL_CACHE_KEEP = 4
+
+
+def _cached_model(artifacts: Path):
+    """The model of a downloaded MLflow model directory: from the cache when these exact bytes were
+    deserialized before, else through MLflow (skops, with the types the model was logged to trust)."""
+    stored = settings.cache_dir() / "models" / f"model-{_artifact_checksum(artifacts)}.pickle"
+    try:
+        return pickle.loads(stored.read_bytes())
+    except Exception:  # noqa: BLE001 - absent, truncated or unreadable: deserialize and store again
+        pass
+    import mlflow.sklearn
+
+    fitted = mlflow.sklearn.load_model(str(artifacts))
+    try:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=stored.parent, prefix=".model-", delete=False) as f:
+            f.write(pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(f.name, stored)  # whole or absent: processes scoring together read one or the other
+        _prune_models(stored.parent)
+    except OSError:
+        pass  # a read-only home still scores, deserializing every time
+    return fitted
+
+
+def _prune_models(folder: Path) -> None:
+    """Keep the MODEL_CACHE_KEEP models stored last (the champion and the latest challengers)."""
+    stored = sorted(folder.glob("model-*.pickle"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in stored[MODEL_CACHE_KEEP:]:
+        old.unlink(missing_ok=True)
+
+
+def _artifact_checksum(artifacts: Path) -> str:
+    """sha256 of every file of the model directory (relative names and bytes) and of the versions of
+    Python and the libraries that deserialize it."""
+    h = hashlib.sha256(platform.python_version().encode())
+    for lib in MODEL_CACHE_LIBRARIES:
+        try:
+            h.update(f"\0{lib}={metadata.version(lib)}".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"\0{lib}=".encode())
+    for f in sorted(p for p in artifacts.rglob("*") if p.is_file()):
+        h.update(f"\0{f.relative_to(artifacts).as_posix()}\0{f.stat().st_size}\0".encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def code_version() -> str:

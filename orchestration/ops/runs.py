@@ -192,11 +192,20 @@ class Watch:
 
     def __exit__(self, *exc) -> None:
         self._done.set()
+        self._wake()
         self._thread.join()
         if self._old_fd is not None:
             signal.set_wakeup_fd(self._old_fd)
         self._r.close()
         self._w.close()
+
+    def _wake(self) -> None:
+        """End the loop's select now rather than at its next CHECK_EVERY_S: every run would otherwise
+        end up to that long after its last step (0 is no signal number, so it reads as none)."""
+        try:
+            self._w.send(b"\0")
+        except OSError:
+            pass  # the buffer is full of signal numbers: the loop is awake already
 
     def _loop(self) -> None:
         last_report = None
