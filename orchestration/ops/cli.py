@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import gc
 import json
 import os
 import sys
@@ -65,7 +66,16 @@ def _sync(args) -> int:
     if args.summary:
         print()
         print(summary_text(_warehouse()))
+    _skip_final_collection()
     return 0 if report.ok else 1
+
+
+def _skip_final_collection() -> None:
+    """The command's work is done and its files are closed: spare the exit Python's collection of the
+    whole heap the imports built (Dagster, pandas, Great Expectations), about 1.5 s for memory the
+    process's end frees anyway. Objects still alive are only exempt from the cycle collector; atexit
+    handlers, logging's flush and reference-counted finalizers run as before."""
+    gc.freeze()
 
 
 def _summary(args) -> int:
