@@ -115,6 +115,7 @@ class Runner:
     def __init__(self, say=print, dagster_instance: dg.DagsterInstance | None = None, command: str = "plumbline"):
         self.defs = definitions.defs
         self.resources = resources()  # the deployment's warehouse and model registry, as the runs get them
+        self.owns_instance = dagster_instance is None  # opened here, so closed here (close())
         self.instance = dagster_instance or instance()
         self.say = say
         self.command = command  # names the command in the line a signal prints
@@ -127,6 +128,12 @@ class Runner:
             # empty and race to create its tables
             with self.resources["warehouse"].connect():
                 pass
+
+    def close(self) -> None:
+        """Close the instance this runner opened: its storages' connections, so the run shards'
+        write-ahead logs are checkpointed now rather than whenever the process's exit frees them."""
+        if self.owns_instance:
+            self.instance.dispose()
 
     def emit_lineage(self, run_id: str) -> lineage.spool.FlushResult | None:
         return lineage.emit_run(self.instance, run_id, self.defs, self.resources["lineage_transport"],  # the same emitter the run-status sensors use
@@ -172,6 +179,13 @@ class Runner:
 def sync(say=print, dagster_instance: dg.DagsterInstance | None = None, retrain: bool = False) -> SyncReport:
     """retrain: train even when the data changed too little since the last training set (training is deferred then)."""
     runner = Runner(say, dagster_instance, command="plumbline sync")
+    try:
+        return _sync(runner, say, retrain)
+    finally:
+        runner.close()
+
+
+def _sync(runner: Runner, say, retrain: bool) -> SyncReport:
     report = SyncReport()
     started = runner.started
 
