@@ -200,13 +200,13 @@ CLOCKED = {
                  ("orchestration.ml.model", "frame", "frames from DuckDB"), ("orchestration.ml.model", "fit", "sklearn fit"),
                  ("orchestration.ml.model", "predict", "predict train + validation"),
                  ("orchestration.ml.drift", "reference", "drift reference (per-day PSI of training days)"),
-                 ("orchestration.ml.registry", "register", "MLflow run, model logging, registration")],
+                 ("orchestration.ml.registry", "ModelRegistry.register", "MLflow run, model logging, registration")],
     "evaluation": [("orchestration.ml.model", "frame", "frames from DuckDB"),
-                   ("orchestration.ml.registry", "load", "models from MLflow"),
+                   ("orchestration.ml.registry", "ModelRegistry.load", "models from MLflow"),
                    ("orchestration.ml.model", "predict", "predict"),
                    ("orchestration.ml.evaluation", "measure", "metrics overall, per carrier, per day")],
-    "score": [("orchestration.ml.registry", "load", "model from MLflow"),
-              ("orchestration.ml.registry", "reference", "drift reference from MLflow"),
+    "score": [("orchestration.ml.registry", "ModelRegistry.load", "model from MLflow"),
+              ("orchestration.ml.registry", "ModelRegistry.reference", "drift reference from MLflow"),
               ("orchestration.ml.model", "frame", "frame from DuckDB"), ("orchestration.ml.model", "predict", "predict"),
               ("orchestration.ml.scoring", "measure", "drift (PSI per feature and day, daily AUC)"),
               ("orchestration.rebuild.partitions", "replace_partitions", "writes (predictions, ml.drift)"),
@@ -221,8 +221,11 @@ def clock(step: str) -> dict[str, float]:
 
     spent: dict[str, float] = {}
     for module, attr, label in CLOCKED["score" if step.startswith("score") else step] + EVERY_STEP:
-        mod = importlib.import_module(module)
-        inner = getattr(mod, attr)
+        owner = importlib.import_module(module)
+        *path, attr = attr.split(".")  # a module's function, or a method of one of its classes (Class.method)
+        for name in path:
+            owner = getattr(owner, name)
+        inner = getattr(owner, attr)
 
         def timed(*args, _inner=inner, _label=label, **kwargs):
             t0 = time.perf_counter()
@@ -231,7 +234,7 @@ def clock(step: str) -> dict[str, float]:
             finally:
                 spent[_label] = spent.get(_label, 0.0) + time.perf_counter() - t0
 
-        setattr(mod, attr, timed)
+        setattr(owner, attr, timed)
         spent[label] = 0.0
     return spent
 
