@@ -94,15 +94,9 @@ def _ingest(home: Path, contract, monkeypatch) -> dict:
 
 
 def test_batched_small_files_get_the_verdicts_they_get_alone(tmp_path, monkeypatch, contract):
-    monkeypatch.setenv("PLUMBLINE_SETTLE_SECONDS", "0")
-    for side in ("batched", "alone"):
-        _deliveries(tmp_path / side / "landing" / "flights")
-
-    reads, together = _watch(monkeypatch)
-    batched = _ingest(tmp_path / "batched", contract, monkeypatch)
+    batched, alone, reads, together = _ingest_both_ways(tmp_path, monkeypatch, contract, _deliveries)
     assert reads == [(9, [(True, 2), (True, 7)])], "one batch, the files sharing a header read in one part each"
     assert [len(t or ()) for t in together] == [9], "the batch was landed in one transaction"
-    alone = _ingest_alone(tmp_path / "alone", contract, monkeypatch)
 
     verdicts = {r[0]: r[2] for r in batched["results"]}
     assert verdicts == {
@@ -115,6 +109,23 @@ def test_batched_small_files_get_the_verdicts_they_get_alone(tmp_path, monkeypat
     assert by_path["flights/flights_20130105T0600Z.csv"][6] == 1, "the unparseable line is counted at read"
     assert by_path["flights/flights_20130106T0600Z.csv"][6] == 1, "the cut last line is rejected"
     assert "dep_delay" in by_path["flights/flights_20130104T0600Z.csv"][5]
+    _assert_same_outcome(batched, alone)
+
+
+def _ingest_both_ways(tmp_path, monkeypatch, contract, deliver):
+    """The same deliveries ingested in two homes: batched, then each file alone; with what _watch saw of
+    the batched side (its batch reads and the batches landed in one transaction)."""
+    monkeypatch.setenv("PLUMBLINE_SETTLE_SECONDS", "0")
+    for side in ("batched", "alone"):
+        deliver(tmp_path / side / "landing" / "flights")
+    reads, together = _watch(monkeypatch)
+    batched = _ingest(tmp_path / "batched", contract, monkeypatch)
+    reads_batched, together_batched = list(reads), list(together)
+    alone = _ingest_alone(tmp_path / "alone", contract, monkeypatch)
+    return batched, alone, reads_batched, together_batched
+
+
+def _assert_same_outcome(batched: dict, alone: dict) -> None:
     for key in ("results", "landed_files", "schema_versions", "dead_letter", "bronze"):
         assert batched[key] == alone[key], key
 
@@ -167,18 +178,13 @@ def _mixed_deliveries(landing: Path) -> None:
 
 
 def test_batched_jsonl_and_parquet_deliveries_get_the_verdicts_they_get_alone(tmp_path, monkeypatch, contract):
-    monkeypatch.setenv("PLUMBLINE_SETTLE_SECONDS", "0")
-    for side in ("batched", "alone"):
-        _mixed_deliveries(tmp_path / side / "landing" / "flights")
-    reads, together = _watch(monkeypatch)
-    batched = _ingest(tmp_path / "batched", contract, monkeypatch)
+    batched, alone, reads, together = _ingest_both_ways(tmp_path, monkeypatch, contract, _mixed_deliveries)
     assert len(reads) == 1 and reads[0][0] == 15, reads
     shapes = reads[0][1]
     assert sum(n for _, n in shapes) == 14, "every member but the unreadable one was read with the batch"
     assert (True, 2) in shapes, "the csv.gz files sharing a header are one part"
     assert sum(1 for is_csv, n in shapes if not is_csv and n > 1) >= 3, f"jsonl and parquet parts of several files: {shapes}"
     assert [len(t or ()) for t in together] == [10, 4], "the members before and after the unreadable one landed together"
-    alone = _ingest_alone(tmp_path / "alone", contract, monkeypatch)
 
     verdicts = {r[0].removeprefix("flights/flights_2013"): r[2] for r in batched["results"]}
     assert verdicts == {
@@ -191,8 +197,7 @@ def test_batched_jsonl_and_parquet_deliveries_get_the_verdicts_they_get_alone(tm
     by_path = {r[0].removeprefix("flights/flights_2013"): r for r in batched["results"]}
     assert by_path["0105T0600Z.jsonl"][6] == 1, "the unparseable line is counted at read"
     assert "dep_delay" in by_path["0104T0600Z.jsonl"][5] and "dep_delay" in by_path["0104T0600Z.parquet"][5]
-    for key in ("results", "landed_files", "schema_versions", "dead_letter", "bronze"):
-        assert batched[key] == alone[key], key
+    _assert_same_outcome(batched, alone)
 
 
 @pytest.mark.parametrize("change", ["modified", "broken"])
