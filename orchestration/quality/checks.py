@@ -26,7 +26,7 @@ import functools
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -34,7 +34,7 @@ import dagster as dg
 from contracts.model import Contract, Rule
 from orchestration import catalog, names
 from orchestration.names import ACCOUNTING, CONFORMANCE
-from orchestration.quality import dead_letter, partition_checks
+from orchestration.quality import dead_letter, partition_checks, verdicts
 from orchestration.quality.references import REFERENCED, in_reference
 from orchestration.rebuild.conform import rule_condition
 from orchestration.warehouse import SNAPSHOT_PARTITION, ident, key_list, literal, table_exists
@@ -242,13 +242,15 @@ class _Outcome:
     examples: list                  # example values (row_count: the partitions)
     error: str | None = None        # Great Expectations could not evaluate the rule
     observed: str | None = None
+    recorded: bool = field(default=False, compare=False)  # its verdicts are Great Expectations' from an earlier run
 
 
 def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, references: dict,
               accepted: dict[str, int]) -> dict[str, _Outcome]:
     """Run the rules with Great Expectations: row rules on the distinct delivered values of their columns
-    (each weighted by the rows that delivered it), row_count on one row per partition."""
-    import great_expectations as gx
+    (each weighted by the rows that delivered it), row_count on one row per partition. When Great
+    Expectations has judged every one of a frame's values under the same rules before, its recorded
+    verdicts answer instead (orchestration.quality.verdicts)."""
     import pandas as pd
 
     counts = pd.DataFrame({"partition": list(accepted), "accepted": list(accepted.values())})
@@ -257,6 +259,8 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
     values = frame.drop(columns=["_rows", "_first", "_shown"], errors="ignore")
     batches = [("delivered", values, judged, ["_value"]),
                ("partitions", counts, [r for r in rules if r.kind == "row_count"], ["partition"])]
+    names_of = {r.id: verdicts.fingerprint(r, references.get(r.id), _JUDGES) for r in rules}
+    kept = verdicts.Verdicts(names_of.values())
     out = {}
     for name, data, batch_rules, index in batches:
         if not batch_rules:
@@ -264,30 +268,73 @@ def _validate(contract: Contract, rules: list[Rule], frame: pd.DataFrame, refere
         if data.empty:  # nothing delivered or built: nothing breaks the rule
             out.update({r.id: _Outcome(0, []) for r in batch_rules})
             continue
-        suite = gx.ExpectationSuite(name=f"{contract.name}_{contract.version}_{name}",
-                                    expectations=[_expectation(r) for r in batch_rules])
-        fmt = {"result_format": "COMPLETE", "unexpected_index_column_names": index, "return_unexpected_index_query": False}
-        with _GX_LOCK:  # the batches of one asset share an id: one validation at a time in a process
-            REFERENCED.update((rid, allowed) for rid, allowed in references.items() if allowed is not None)
-            try:
-                results = _batches()[name].get_batch(batch_parameters={"dataframe": data}).validate(suite, result_format=fmt)
-            finally:
-                REFERENCED.clear()
-        for res in results.results:
-            info = res.result or {}
-            raised = res.exception_info and res.exception_info.get("raised_exception")
-            unexpected = info.get("unexpected_index_list") or []
-            if name == "partitions":
-                count, examples = int(info.get("unexpected_count") or 0), sorted(str(i["partition"]) for i in unexpected)
-            else:
-                count, examples = _weighed(frame, [int(i["_value"]) for i in unexpected])
-            out[res.expectation_config.meta["rule_id"]] = _Outcome(
-                count, examples, str(res.exception_info.get("exception_message")) if raised else None,
-                str(info["observed_value"]) if "observed_value" in info else None)
+        own = {r.id: _own_values(data, r) for r in batch_rules}
+        recalled = {r.id: kept.lookup(names_of[r.id], [k for _, k in own[r.id]]) for r in batch_rules}
+        if all(v is not None for v in recalled.values()):
+            for r in batch_rules:
+                out[r.id] = _outcome(name, frame, data, [p for (p, _), bad in zip(own[r.id], recalled[r.id]) if bad],
+                                     recorded=True)
+            continue
+        for rule_id, (positions, error, observed) in _expect(contract, name, data, batch_rules, index, references).items():
+            out[rule_id] = _outcome(name, frame, data, positions, error, observed)
+            if error is None and observed is None:
+                hit = set(positions)
+                kept.record(names_of[rule_id], {k: p in hit for p, k in own[rule_id]})
+    kept.save()
+    return out
+
+
+def _own_values(data: pd.DataFrame, rule: Rule) -> list[tuple[int, str]]:
+    """(position, value key) of the rows whose value Great Expectations judges for the rule: the rows of its
+    column's own grouping set (the other sets' rows are NULL in it), or every partition for row_count."""
+    column = "accepted" if rule.kind == "row_count" else rule.column
+    dtype = str(data[column].dtype)
+    cells = data[column].tolist()
+    rows = range(len(data)) if rule.kind == "row_count" else (i for i, c in enumerate(data["_column"].tolist()) if c == rule.column)
+    return [(i, verdicts.value_key(dtype, cells[i])) for i in rows]
+
+
+def _outcome(name: str, frame: pd.DataFrame, data: pd.DataFrame, positions: list[int], error: str | None = None,
+             observed: str | None = None, recorded: bool = False) -> _Outcome:
+    """What a rule's unexpected rows (positions in the validated frame) come to."""
+    if name == "partitions":
+        count, examples = len(positions), sorted(str(data["partition"].iloc[p]) for p in positions)
+    else:
+        count, examples = _weighed(frame, positions)
+    return _Outcome(count, examples, error, observed, recorded)
+
+
+def _expect(contract: Contract, name: str, data: pd.DataFrame, rules: list[Rule], index: list[str],
+            references: dict) -> dict[str, tuple[list[int], str | None, str | None]]:
+    """Great Expectations' validation of one frame: rule id -> (positions of its unexpected rows, the
+    error it raised, the value it observed)."""
+    import great_expectations as gx
+
+    suite = gx.ExpectationSuite(name=f"{contract.name}_{contract.version}_{name}",
+                                expectations=[_expectation(r) for r in rules])
+    fmt = {"result_format": "COMPLETE", "unexpected_index_column_names": index, "return_unexpected_index_query": False}
+    with _GX_LOCK:  # the batches of one asset share an id: one validation at a time in a process
+        REFERENCED.update((rid, allowed) for rid, allowed in references.items() if allowed is not None)
+        try:
+            results = _batches()[name].get_batch(batch_parameters={"dataframe": data}).validate(suite, result_format=fmt)
+        finally:
+            REFERENCED.clear()
+    position_of = {p: i for i, p in enumerate(data["partition"].tolist())} if name == "partitions" else None
+    out = {}
+    for res in results.results:
+        info = res.result or {}
+        raised = res.exception_info and res.exception_info.get("raised_exception")
+        unexpected = info.get("unexpected_index_list") or []
+        positions = ([position_of[i["partition"]] for i in unexpected] if position_of is not None
+                     else [int(i["_value"]) for i in unexpected])
+        out[res.expectation_config.meta["rule_id"]] = (
+            positions, str(res.exception_info.get("exception_message")) if raised else None,
+            str(info["observed_value"]) if "observed_value" in info else None)
     return out
 
 
 _GX_LOCK = threading.Lock()
+_JUDGES = (_expectation, in_reference)  # the code behind a verdict: part of its name in the recorded verdicts
 
 
 @functools.cache
@@ -333,6 +380,7 @@ def _result(contract: Contract, rule: Rule, outcome: _Outcome, seen: Observed, r
     error_rule = rule.severity == "error"
     keys = set(seen.delivered)
     metadata = {names.RULE: rule.description, "contract_severity": rule.severity, "engine": "great_expectations",
+                "verdicts": "recorded in an earlier validation" if outcome.recorded else "judged in this run",
                 "examples": dg.MetadataValue.json(outcome.examples)}
     if rule.kind == "row_count":
         in_run = [p for p in outcome.examples if p in keys]

