@@ -346,7 +346,7 @@ class ModelRegistry(dg.ConfigurableResource):
             # the model was built in this process: trust exactly the types it is made of, nothing else
             trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
             info = mlflow.sklearn.log_model(model, name="model", registered_model_name=cfg.model_name,
-                                            skops_trusted_types=trusted)
+                                            skops_trusted_types=trusted, pip_requirements=model_requirements())
         number = str(info.registered_model_version)
         c = self.client()
         for key, value in {STATUS_TAG: "candidate", TRAINING_SET_TAG: provenance["version"], FINGERPRINT_TAG: fingerprint,
@@ -464,6 +464,22 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{version}+{commit}" if commit else version
+
+
+# What serving the model needs installed, pinned to this process's versions. Naming them spares MLflow's
+# inference, which loads the model again in a child process (about 4 s per training) and lists whatever
+# else that child happened to import (the test runner, the console library).
+MODEL_REQUIREMENTS = ("mlflow-skinny", "scikit-learn", "skops", "numpy", "scipy", "pandas")
+
+
+def model_requirements() -> list[str]:
+    out = []
+    for lib in MODEL_REQUIREMENTS:
+        try:
+            out.append(f"{lib}=={metadata.version(lib)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def library_versions() -> dict[str, str]:

@@ -82,3 +82,20 @@ def test_only_the_models_stored_last_are_kept(tmp_path):
         os.utime(p, (1000 + n, 1000 + n))
     _prune_models(tmp_path)
     assert sorted(p.name for p in tmp_path.glob("model-*.pickle")) == [f"model-{n}.pickle" for n in range(2, MODEL_CACHE_KEEP + 2)]
+
+
+def test_a_registered_model_names_what_serving_it_needs(store):
+    """The requirements MLflow records are plumbline's pinned list (no inference in a child process, so
+    nothing that process happened to import), and MLflow's own loader serves the model from them."""
+    import mlflow
+    from importlib import metadata
+
+    registry, cfg, models, versions = store
+    uri = f"models:/{cfg.model_name}/{versions[0]}"
+    with registry._fluent():
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/requirements.txt")
+        pyfunc = mlflow.pyfunc.load_model(uri)
+    listed = open(path).read().split()
+    assert listed == [f"{lib}=={metadata.version(lib)}" for lib in ("mlflow-skinny", "scikit-learn", "skops", "numpy", "scipy", "pandas")]
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    assert np.array_equal(pyfunc.predict(x), models[0].predict(x))
