@@ -286,7 +286,7 @@ def _jsonl_table(delivery: Delivery) -> tuple[pa.Table, Loaded]:
     records: list[dict] = []
     offsets: list[int] = []
     rejects: list[Reject] = []
-    columns: dict[str, str] = {}
+    names: dict = {}
     with _open_text(delivery) as f:
         for offset, line in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b"")):
             # MAX_LINE_BYTES + 1 bytes ending in a newline is a line of exactly MAX_LINE_BYTES: not over-long.
@@ -308,11 +308,7 @@ def _jsonl_table(delivery: Delivery) -> tuple[pa.Table, Loaded]:
                 rejects.append(Reject(offset, "jsonl_not_an_object", line[:2000].decode("utf-8", "replace"),
                                       f"line {offset + 1} is a JSON {type(obj).__name__}, expected an object"))
                 continue
-            for k, v in obj.items():
-                if v is not None and columns.get(k, "null") == "null":
-                    columns[k] = _json_type(v)
-                else:
-                    columns.setdefault(k, _json_type(v))
+            names.update(obj)  # every key, in the order it first appears (the values are not kept)
             records.append(obj)
             offsets.append(offset)
     if not records and not rejects:
@@ -320,11 +316,26 @@ def _jsonl_table(delivery: Delivery) -> tuple[pa.Table, Loaded]:
     if not records:
         # No record means no columns: say why the lines failed, not that required columns are missing.
         raise UnreadableFile(f"no line is a readable record ({len(rejects)} tried); first: {rejects[0].message}")
-    names = list(columns)
+    names = list(names)
     _check_names(names)
-    arrays = {n: pa.array([_text(r.get(n)) for r in records], type=pa.string()) for n in names}
+    arrays, columns = {}, []
+    for n in names:
+        values = [r.get(n) for r in records]
+        # a column's type is its first value that is not null
+        columns.append({"name": n, "type": _json_type(next((v for v in values if v is not None), None))})
+        arrays[n] = pa.array(_texts(values), type=pa.string())
     arrays["_row_offset"] = pa.array(offsets, type=pa.int64())
-    return pa.table(arrays), Loaded(names, [{"name": n, "type": t} for n, t in columns.items()], len(records), rejects)
+    return pa.table(arrays), Loaded(names, columns, len(records), rejects)
+
+
+def _texts(values: list) -> list:
+    """_text of every value; a column of strings (the usual case) is its own text."""
+    kinds = set(map(type, values))
+    if kinds <= {str, type(None)}:
+        return values
+    if kinds <= {int, type(None)}:
+        return [None if v is None else str(v) for v in values]
+    return list(map(_text, values))
 
 
 def _jsonl_reject(offset: int, line: bytes, e: ValueError) -> Reject:
