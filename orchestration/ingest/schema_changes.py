@@ -136,13 +136,16 @@ def _profile_sql(values_sql: str, delivered: list[dict], nulls: dict[str, list[s
     sentinels = [f"(col = 'c{i}' AND {text} IN ({', '.join(literal(t) for t in nulls[c['name']])}))"
                  for i, c in enumerate(delivered) if nulls.get(c["name"])]
     value = f"CASE WHEN {' OR '.join(sentinels)} THEN NULL ELSE {text} END" if sentinels else text
-    misses = [f"count(v) FILTER (WHERE NOT regexp_full_match(v, {literal(p)}))" for p in PATTERNS.values()]
+    # each distinct value is matched once and counts for its n rows (values repeat: codes, hours, dates)
+    misses = [f"coalesce(sum(n) FILTER (WHERE NOT regexp_full_match(v, {literal(p)})), 0)" for p in PATTERNS.values()]
     on = "COLUMNS(*)" if by is None else f"COLUMNS(* EXCLUDE ({by}))"
     group = "col" if by is None else f"{by}, col"
     return f"""
-        SELECT {group}, count(v), {', '.join(misses)}, min(v), max(v), approx_count_distinct(v)
-        FROM (SELECT {group}, {value} AS v
-              FROM (UNPIVOT ({values_sql}) ON {on} INTO NAME col VALUE v))
+        SELECT {group}, coalesce(sum(n), 0), {', '.join(misses)}, min(v), max(v), approx_count_distinct(v)
+        FROM (SELECT {group}, v, count(v) AS n
+              FROM (SELECT {group}, {value} AS v
+                    FROM (UNPIVOT ({values_sql}) ON {on} INTO NAME col VALUE v))
+              GROUP BY ALL)
         GROUP BY {group}"""
 
 
