@@ -23,10 +23,10 @@ sets up (imports, Dagster definitions, input tables), resets its peak-RSS high-w
                plain scikit-learn fit of the same pipeline and parameters
   evaluation   plumbline: ml/model_evaluation and its promotion_gate check: challenger v2, champion
                v1 and the baseline on the test window, overall, per carrier and per day
-               bare: predict_proba of two models and the baseline on the test rows; AUC, log loss,
+               bare: the two models read from their pickle, predict_proba of both and the baseline on the test rows; AUC, log loss,
                Brier score and calibration error overall, per carrier and per day
   score test   plumbline: the score_flights job for the test window (predictions and ml.drift)
-  score year   the same for every day of 2013; bare: the rows into pandas and predict_proba
+  score year   the same for every day of 2013; bare: the model read from its pickle, the rows into pandas and predict_proba
 
 Bare outputs are checked against plumbline's: the same feature rows (a hash of every row), the
 same training rows and test AUC, the same number of rows scored. This is a benchmark, not a test:
@@ -163,15 +163,17 @@ def child_bare(step: str, work: Path) -> dict:
             fitted = model.build(cfg.params).fit(train[features.MODEL_INPUTS], train["delayed"].astype(int))
         model_file.write_bytes(pickle.dumps(fitted))
         return s.result(train_rows=len(train))
-    fitted = pickle.loads(model_file.read_bytes())
+    # reading the models is part of the step on both sides (plumbline reads them from MLflow): the first
+    # read imports scikit-learn, as plumbline's does
     if step == "evaluation":
         with Step() as s:
+            challenger, champion = pickle.loads(model_file.read_bytes()), pickle.loads(model_file.read_bytes())
             test, train = model.frame(con, "ml.flight_features", _window(cfg, "test")), model.frame(con, "ml.flight_features", _window(cfg, "train"))
             y = test["delayed"].astype(int).to_numpy()
             rates = train.groupby(["carrier", "origin"])["delayed"].mean().astype(float).to_dict()
             overall = float(train["delayed"].mean())
-            predictions = {"challenger": fitted.predict_proba(test[features.MODEL_INPUTS])[:, 1],
-                           "champion": fitted.predict_proba(test[features.MODEL_INPUTS])[:, 1],
+            predictions = {"challenger": challenger.predict_proba(test[features.MODEL_INPUTS])[:, 1],
+                           "champion": champion.predict_proba(test[features.MODEL_INPUTS])[:, 1],
                            "baseline": [rates.get(k, overall) for k in zip(test["carrier"], test["origin"])]}
             measured = {}
             for name, p in predictions.items():
@@ -184,6 +186,7 @@ def child_bare(step: str, work: Path) -> dict:
         return s.result(test_rows=len(test), test_auc=measured["challenger"]["auc"], baseline_auc=measured["baseline"]["auc"])
     where = _window(cfg, "test", labelled=False) if step == "score_test" else f"event_date BETWEEN DATE '{YEAR[0]}' AND DATE '{YEAR[1]}'"
     with Step() as s:
+        fitted = pickle.loads(model_file.read_bytes())
         rows = model.frame(con, "ml.flight_features", where)
         p = fitted.predict_proba(rows[features.MODEL_INPUTS])[:, 1]
     return s.result(rows=len(rows), mean_p=float(p.mean()))
