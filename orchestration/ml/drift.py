@@ -44,25 +44,36 @@ def _numeric(values: pd.Series, bins: int) -> dict:
 
 def shares(ref: dict, values: pd.Series) -> np.ndarray:
     """The share of values in each of the reference's bins (missing values last)."""
+    return _shares(ref, bin_of(ref, values), len(values))
+
+
+def bin_of(ref: dict, values: pd.Series) -> np.ndarray:
+    """Each value's bin in the reference, in shares' order; bin_count(ref) for a value no bin counts."""
     import numpy as np
 
-    n = max(len(values), 1)
     if ref["kind"] == "categorical":
         v = values.astype(object).where(values.notna(), MISSING).astype(str)
         cats = list(ref["categories"])
-        counts = v.value_counts()
-        other = len(v) - sum(int(counts.get(c, 0)) for c in cats)
-        return np.array([counts.get(c, 0) for c in cats] + [other], dtype=float) / n
+        return v.map(dict(zip(cats, range(len(cats))))).fillna(len(cats)).to_numpy(dtype=np.int64)  # not listed: other
     v = values.to_numpy(dtype=float)
-    missing = np.isnan(v)
-    known = v[~missing]
     edges = np.asarray(ref["edges"], dtype=float)
-    if "min" not in ref:
-        return np.array([0.0] * (len(edges) + 3) + [missing.sum() / n])
-    below, above = known < ref["min"], known > ref["max"]
-    inside = known[~below & ~above]
-    counts = np.bincount(np.searchsorted(edges, inside, side="right"), minlength=len(edges) + 1).astype(float)
-    return np.concatenate([[below.sum()], counts, [above.sum(), missing.sum()]]) / n
+    missing = np.isnan(v)
+    if "min" not in ref:  # no training value: only the missing ones are counted
+        return np.where(missing, len(edges) + 3, len(edges) + 4)
+    # [< min] [min, q1) ... [q_last, max] (> max] [missing]
+    inside = 1 + np.searchsorted(edges, np.where(missing, 0.0, v), side="right")
+    return np.select([missing, v < ref["min"], v > ref["max"]], [len(edges) + 3, 0, len(edges) + 2], inside)
+
+
+def bin_count(ref: dict) -> int:
+    return len(ref["categories"]) + 1 if ref["kind"] == "categorical" else len(ref["edges"]) + 4
+
+
+def _shares(ref: dict, binned: np.ndarray, n: int) -> np.ndarray:
+    import numpy as np
+
+    count = bin_count(ref)
+    return np.bincount(binned, minlength=count + 1)[:count].astype(float) / max(n, 1)
 
 
 def psi(expected, actual) -> float:
@@ -87,8 +98,9 @@ def reference(train: pd.DataFrame, predictions: np.ndarray, bins: int, quantile:
             ref = {"kind": "categorical", "categories": cats}
         else:
             ref = _numeric(values, bins)
-        ref["shares"] = [float(s) for s in shares(ref, values)]
-        daily = [psi(ref["shares"], shares(ref, values[idx])) for _, idx in train.groupby("event_date").groups.items()]
+        binned = bin_of(ref, values)
+        ref["shares"] = [float(s) for s in _shares(ref, binned, len(binned))]
+        daily = [psi(ref["shares"], _shares(ref, binned[at], len(at))) for at in train.groupby("event_date").indices.values()]
         ref["typical_daily_psi"] = float(np.quantile(daily, quantile)) if daily else 0.0
         out[name] = ref
     return out
@@ -96,13 +108,18 @@ def reference(train: pd.DataFrame, predictions: np.ndarray, bins: int, quantile:
 
 def stability(ref: dict, df: pd.DataFrame, predictions: np.ndarray) -> dict[str, tuple[float, float]]:
     """feature -> (PSI of this partition, typical daily PSI in training)."""
+    import numpy as np
+
+    return daily_stability(ref, df.reset_index(drop=True), predictions, {None: np.arange(len(df))})[None]
+
+
+def daily_stability(ref: dict, df: pd.DataFrame, predictions: np.ndarray, days: dict) -> dict:
+    """day -> stability() of the rows at those positions (days: day -> positions); each value binned once."""
     import pandas as pd
 
-    out = {}
-    for name, r in ref.items():
-        values = pd.Series(predictions, dtype=float) if name == "prediction" else df[name].reset_index(drop=True)
-        out[name] = (psi(r["shares"], shares(r, values)), float(r.get("typical_daily_psi", 0.0)))
-    return out
+    binned = {name: bin_of(r, pd.Series(predictions, dtype=float) if name == "prediction" else df[name]) for name, r in ref.items()}
+    return {day: {name: (psi(r["shares"], _shares(r, binned[name][at], len(at))), float(r.get("typical_daily_psi", 0.0)))
+                  for name, r in ref.items()} for day, at in days.items()}
 
 
 def grade(value: float, warn: float, fail: float) -> str:

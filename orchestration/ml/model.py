@@ -93,15 +93,29 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> t
 def metrics(y, p) -> dict:
     """AUC, log loss, Brier score and calibration error; AUC is None when only one class is present."""
     import numpy as np
-    from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+    from sklearn.metrics import brier_score_loss, log_loss
 
-    y, p = np.asarray(y, dtype=int), np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    y, p = np.asarray(y, dtype=int), _clipped(p)
     if len(y) == 0:
         return {"flights": 0, "auc": None, "log_loss": None, "brier": None, "ece": None}
     two = len(np.unique(y)) == 2
     ece, _ = calibration(y, p)
-    return {"flights": int(len(y)), "auc": float(roc_auc_score(y, p)) if two else None,
+    return {"flights": int(len(y)), "auc": auc(y, p) if two else None,
             "log_loss": float(log_loss(y, p, labels=[0, 1])), "brier": float(brier_score_loss(y, p)), "ece": ece}
+
+
+def auc(y, p) -> float:
+    """metrics()' AUC alone (both classes present), on the same clipped probabilities."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.asarray(y, dtype=int), _clipped(p)))
+
+
+def _clipped(p):
+    import numpy as np
+
+    return np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
 
 
 class Baseline:

@@ -82,16 +82,18 @@ def measure(cfg: MlConfig, ref: dict, scored: pd.DataFrame, df: pd.DataFrame, re
     d = cfg.drift
     out = []
     version = scored["model_version"].iloc[0] if len(scored) else None
-    for day, idx in scored.groupby("event_date").groups.items():
-        part = df.loc[idx]
-        for name, (value, typical) in drift.stability(ref, part, scored.loc[idx, "p_delayed"].to_numpy()).items():
+    days = scored.groupby("event_date").indices  # day -> row positions (scored and df share their rows)
+    stable = drift.daily_stability(ref, df.reset_index(drop=True), scored["p_delayed"].to_numpy(), days)
+    delayed, p = df["delayed"].to_numpy(dtype=float, na_value=np.nan), scored["p_delayed"].to_numpy()
+    for day, at in days.items():
+        for name, (value, typical) in stable[day].items():
             # graded on the excess over what an ordinary training day shows
             out.append((day, version, "psi", name, value, typical,
                         drift.grade(value - typical, float(d["psi_warn"]), float(d["psi_fail"]))))
-        labelled = part["delayed"].notna()
-        y = part.loc[labelled, "delayed"].astype(int).to_numpy()
-        if reference_auc is not None and labelled.sum() >= int(d["min_labelled_flights"]) and len(np.unique(y)) == 2:
-            auc = model.metrics(y, scored.loc[idx][labelled.to_numpy()]["p_delayed"].to_numpy())["auc"]
+        labelled = at[~np.isnan(delayed[at])]
+        y = delayed[labelled].astype(int)
+        if reference_auc is not None and len(labelled) >= int(d["min_labelled_flights"]) and len(np.unique(y)) == 2:
+            auc = model.auc(y, p[labelled])
             out.append((day, version, "auc", "prediction", auc, reference_auc,
                         drift.grade(reference_auc - auc, float(d["auc_drop_warn"]), float(d["auc_drop_fail"]))))
     return pd.DataFrame(out, columns=[c for c, _ in DRIFT_COLUMNS])
