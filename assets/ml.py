@@ -268,11 +268,13 @@ def flight_predictions(context: dg.AssetExecutionContext, warehouse: Warehouse, 
 def drift_verdicts(measured, keys: list[str]) -> dict[str, partition_checks.Verdict]:
     """Each scored partition's own verdict over its measurements of the three drift checks."""
     graded = {check: drift.for_check(measured, check) for check in DRIFT_CHECKS}
+    # each check's measurements and those beyond its thresholds, by partition (in the check's order)
+    counts = {check: rows.partition.value_counts().to_dict() for check, rows in graded.items()}
+    beyond_by = {check: dict(tuple(rows[rows.grade != "ok"].groupby("partition", sort=False))) for check, rows in graded.items()}
     out = {}
     for key in keys:
-        beyond = [(check, r) for check, rows in graded.items()
-                  for r in rows[(rows.partition == key) & (rows.grade != "ok")].itertuples()]
-        measurements = sum(int((rows.partition == key).sum()) for rows in graded.values())
+        beyond = [(check, r) for check, parts in beyond_by.items() if key in parts for r in parts[key].itertuples()]
+        measurements = sum(int(c.get(key, 0)) for c in counts.values())
         worst = sorted(beyond, key=lambda cr: -float(cr[1].excess))
         out[key] = partition_checks.Verdict(
             passed=not beyond, error=any(r.grade == "fail" for _, r in beyond),
