@@ -372,7 +372,6 @@ def land_late_file(home: Path, days: tuple[str, ...], correction: bool = False) 
 
 def months_only(fed: Path, out: Path, months: int) -> Path:
     """A copy of the feed with the deliveries made before the 8th of month months+1 (snapshots included)."""
-
     end = dt.date(2013 + months // 12, months % 12 + 1, 8)
     if not (out / "landing").exists():
         for p in (fed / "landing").rglob("*"):
