@@ -30,7 +30,7 @@ from contracts.model import Rule
 from orchestration import settings
 
 FORMAT = 1
-KEPT_PER_RULE = 200_000  # a rule whose values never repeat (a continuous measure) stops being recorded here
+KEPT_PER_RULE = 50_000  # about 1.5 MB; a rule whose values never repeat (a continuous measure) stops being recorded here
 
 
 def directory() -> Path:
