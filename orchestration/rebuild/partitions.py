@@ -169,11 +169,13 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
 ROWS_PER_INSERT = 500_000
 
 
-def insert_batches(con, snapshot: bool, limit: int = ROWS_PER_INSERT) -> list[tuple | None]:
-    """(first, last) event dates of consecutive partitions of _stage holding about `limit` passing
-    rows each, in date order; [None] (everything at once) for a snapshot."""
+def insert_batches(con, snapshot: bool, limit: int | None = None) -> list[tuple | None]:
+    """(first, last) event dates of consecutive partitions of _stage holding about `limit` (by default
+    ROWS_PER_INSERT) passing rows each, a partition never split, in date order; [None] (everything at
+    once) for a snapshot."""
     if snapshot:
         return [None]
+    limit = ROWS_PER_INSERT if limit is None else limit
     batches, first, last, rows = [], None, None, 0
     for day, n in con.execute("SELECT _event_date, count(*) FROM _stage WHERE _failed = '' "
                               "GROUP BY ALL ORDER BY 1").fetchall():
