@@ -108,11 +108,8 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
         return Rebuilt([], [])
 
     date_list = key_list(keys)  # keys is [SNAPSHOT_PARTITION] for a snapshot
-    pk = ", ".join(ident(c) for c in contract.primary_key)
-    cols = ", ".join(ident(c.name) for c in contract.columns)
     part_filter = "TRUE" if snapshot else f"event_date IN {date_list}"
     dlq_partitions = None if snapshot else keys  # a snapshot's dead letters have no partition
-    event_col = "" if snapshot else ", _event_date"
 
     def stage() -> None:
         """Under the lock, before the transaction: the partitions' bronze rows, cast and judged, in
@@ -137,20 +134,7 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
         with transaction(con):
             before = restatements.measure(con, contract, sorted(previous)) if previous else {}
             con.execute(f"DELETE FROM {contract.table} WHERE {part_filter}")
-            # Only keys delivered more than once need ranking; sorting every row by key is the expensive part.
-            dup_match = " AND ".join(f"s.{ident(c)} = d.{ident(c)}" for c in contract.primary_key)
-            con.execute(f"""
-                INSERT INTO {contract.table}
-                WITH dup AS (SELECT {pk} FROM _stage WHERE _failed = '' GROUP BY ALL HAVING count(*) > 1)
-                SELECT {cols}{event_col}, _file_id, _row_offset FROM (
-                    SELECT * FROM _stage s WHERE _failed = '' AND NOT EXISTS (SELECT 1 FROM dup d WHERE {dup_match})
-                    UNION ALL
-                    SELECT * EXCLUDE (_rank, _arrival) FROM (
-                        SELECT s.*, a._arrival, row_number() OVER (PARTITION BY {pk} ORDER BY {WINNER_ORDER}) AS _rank
-                        FROM _stage s LEFT JOIN ({arrivals_sql(contract.name)}) a USING (_file_id)
-                        WHERE _failed = '' AND EXISTS (SELECT 1 FROM dup d WHERE {dup_match}))
-                    WHERE _rank = 1)
-                ORDER BY {'' if snapshot else '_event_date, '}{pk}""")
+            insert_deduplicated(con, contract, snapshot)
             dead_letter.record_stage_failures(con, contract, run_id, dlq_partitions)
             if not snapshot:
                 lateness.resolve_released(con, contract, keys, run_id)
@@ -178,6 +162,60 @@ def rebuild(con, contract: Contract, partitions: list[str] | None, run_id: str) 
     with partition_lock(con, contract.table, keys):  # a concurrent writer of these partitions waits
         stage()
         return retry_conflicts(replace, f"{contract.table} {keys[0]}..{keys[-1]}")
+
+
+# Rows of _stage sorted by one INSERT: the sort holds every column of its rows, so a large rebuild is
+# inserted a range of partitions at a time, each range sorted alone, in partition order.
+ROWS_PER_INSERT = 500_000
+
+
+def insert_batches(con, snapshot: bool, limit: int | None = None) -> list[tuple | None]:
+    """(first, last) event dates of consecutive partitions of _stage holding about `limit` (by default
+    ROWS_PER_INSERT) passing rows each, a partition never split, in date order; [None] (everything at
+    once) for a snapshot."""
+    if snapshot:
+        return [None]
+    limit = ROWS_PER_INSERT if limit is None else limit
+    batches, first, last, rows = [], None, None, 0
+    for day, n in con.execute("SELECT _event_date, count(*) FROM _stage WHERE _failed = '' "
+                              "GROUP BY ALL ORDER BY 1").fetchall():
+        if first is not None and rows + n > limit:
+            batches.append((first, last))
+            first, rows = None, 0
+        first, last, rows = first or day, day, rows + n
+    if first is not None:
+        batches.append((first, last))
+    return batches
+
+
+def insert_deduplicated(con, contract: Contract, snapshot: bool) -> None:
+    """INSERT the passing rows of _stage into the raw table, one row per primary key (WINNER_ORDER
+    picks it among the rows of a key delivered more than once), ORDER BY event date, primary key.
+
+    Only keys delivered more than once are ranked (sorting every row by key is the expensive part):
+    _dup holds those keys and _winners the row each keeps. The joins are uncorrelated: a correlated
+    EXISTS makes DuckDB group every staged key again. Equality on the key never matches a NULL, so a
+    key with a NULL part is never ranked and all its rows are kept."""
+    pk = ", ".join(ident(c) for c in contract.primary_key)
+    match = " AND ".join(f"s.{ident(c)} = d.{ident(c)}" for c in contract.primary_key)
+    out = ", ".join(ident(c.name) for c in contract.columns) + ("" if snapshot else ", _event_date") + ", _file_id, _row_offset"
+    staged = ", ".join(f"s.{c}" for c in out.split(", "))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _dup AS SELECT {pk} FROM _stage WHERE _failed = '' GROUP BY ALL HAVING count(*) > 1")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _winners AS SELECT {out} FROM (
+        SELECT s.*, a._arrival, row_number() OVER (PARTITION BY {pk} ORDER BY {WINNER_ORDER}) AS _rank
+        FROM _stage s SEMI JOIN _dup d ON ({match}) LEFT JOIN ({arrivals_sql(contract.name)}) a USING (_file_id)
+        WHERE _failed = '') WHERE _rank = 1""")
+    for batch in insert_batches(con, snapshot):
+        within = "" if batch is None else f" AND _event_date BETWEEN {date_literal(batch[0])} AND {date_literal(batch[1])}"
+        con.execute(f"""
+            INSERT INTO {contract.table}
+            SELECT {out} FROM (
+                SELECT {staged} FROM _stage s ANTI JOIN _dup d ON ({match}) WHERE _failed = ''{within}
+                UNION ALL
+                SELECT {out} FROM _winners WHERE TRUE{within})
+            ORDER BY {'' if snapshot else '_event_date, '}{pk}""")
+    con.execute("DROP TABLE _winners")
+    con.execute("DROP TABLE _dup")
 
 
 def replace_partitions(con, table: str, ddl: str, keys: list[str], select_template: str) -> dict[str, int]:

@@ -646,3 +646,56 @@ def test_jsonl_with_no_readable_line_is_unreadable(plumbline_home, warehouse_con
     assert f["status"] == "unreadable"
     assert "no line is a readable record (3 tried)" in f["reason"] and "line 1 is not UTF-8" in f["reason"]
     assert_good_day_loaded(warehouse_con, good)
+
+
+def single_statement_rows(con, contract) -> list[tuple]:
+    """What the raw table of the rebuilt partitions holds, computed from the temp table _stage the
+    last rebuild left by one statement: rows of keys delivered once, the WINNER_ORDER winner of each
+    other key, all ORDER BY event date, primary key (the order the table's rows must be read in)."""
+    pk = ", ".join(PK)
+    match = " AND ".join(f"s.{c} = d.{c}" for c in PK)
+    cols = ", ".join(c.name for c in contract.columns)
+    return con.execute(f"""
+        WITH dup AS (SELECT {pk} FROM _stage WHERE _failed = '' GROUP BY ALL HAVING count(*) > 1)
+        SELECT {cols}, _event_date, _file_id, _row_offset FROM (
+            SELECT * FROM _stage s WHERE _failed = '' AND NOT EXISTS (SELECT 1 FROM dup d WHERE {match})
+            UNION ALL
+            SELECT * EXCLUDE (_rank, _arrival) FROM (
+                SELECT s.*, a._arrival, row_number() OVER (PARTITION BY {pk} ORDER BY {partitions.WINNER_ORDER}) AS _rank
+                FROM _stage s LEFT JOIN ({partitions.arrivals_sql(contract.name)}) a USING (_file_id)
+                WHERE _failed = '' AND EXISTS (SELECT 1 FROM dup d WHERE {match}))
+            WHERE _rank = 1)
+        ORDER BY _event_date, {pk}""").fetchall()
+
+
+def test_partitions_inserted_in_ranges_hold_the_rows_of_one_sorted_insert(plumbline_home, warehouse_con, contract,
+                                                                          monkeypatch):
+    write_good(plumbline_home)
+    write_duplicate_keys(plumbline_home)
+    write_nan_inf(plumbline_home)
+    write_bad_dates(plumbline_home)
+    # A later delivery of part of the good day (its rows win), and one file spanning three days whose
+    # rows arrive out of order, one of them twice.
+    later = day_rows(*GOOD_DAY, 40)
+    later["arr_delay"] = later["arr_delay"] + 5
+    (landing(plumbline_home) / file_name(*GOOD_DAY, "csv", "0900")).write_bytes(csv_bytes(later))
+    span = pd.concat([day_rows(1, 5, 30), day_rows(1, 3, 30), day_rows(1, 4, 30)], ignore_index=True)
+    span = pd.concat([span, span.iloc[[7]]], ignore_index=True).iloc[::-1]
+    (landing(plumbline_home) / file_name(1, 5, "csv", "1200")).write_bytes(csv_bytes(span))
+    monkeypatch.setattr(partitions, "ROWS_PER_INSERT", 25)  # ranges of one or a few partitions
+    _, accounts = ingest(warehouse_con, contract, "run-1")
+    assert len(partitions.insert_batches(warehouse_con, snapshot=False, limit=25)) > 3
+    assert sum(a.superseded for a in accounts.values()) == 40 + 1 + 1
+    assert sum(a.dead_lettered for a in accounts.values()) > 0
+    expected = single_statement_rows(warehouse_con, contract)
+    read = warehouse_con.execute("SELECT * FROM raw.flights").fetchall()
+    assert read == expected, "the same rows, read in event date, primary key order"
+    before = snapshot(warehouse_con)
+
+    monkeypatch.setattr(partitions, "ROWS_PER_INSERT", 10**9)  # one insert
+    every = [str(p) for (p,) in warehouse_con.execute(
+        "SELECT partition_date FROM ops.partition_accounting WHERE source = 'flights' ORDER BY 1").fetchall()]
+    partitions.rebuild(warehouse_con, contract, every, "run-1")
+    assert warehouse_con.execute("SELECT * FROM raw.flights").fetchall() == read
+    assert snapshot(warehouse_con) == before
+    assert_accounting_balances(warehouse_con)
