@@ -198,8 +198,8 @@ def insert_deduplicated(con, contract: Contract, snapshot: bool) -> None:
     key with a NULL part is never ranked and all its rows are kept."""
     pk = ", ".join(ident(c) for c in contract.primary_key)
     match = " AND ".join(f"s.{ident(c)} = d.{ident(c)}" for c in contract.primary_key)
-    out = ", ".join(ident(c.name) for c in contract.columns) + ("" if snapshot else ", _event_date") + ", _file_id, _row_offset"
-    staged = ", ".join(f"s.{c}" for c in out.split(", "))
+    names = [ident(c.name) for c in contract.columns] + ([] if snapshot else ["_event_date"]) + ["_file_id", "_row_offset"]
+    out, staged = ", ".join(names), ", ".join(f"s.{n}" for n in names)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _dup AS SELECT {pk} FROM _stage WHERE _failed = '' GROUP BY ALL HAVING count(*) > 1")
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _winners AS SELECT {out} FROM (
         SELECT s.*, a._arrival, row_number() OVER (PARTITION BY {pk} ORDER BY {WINNER_ORDER}) AS _rank
