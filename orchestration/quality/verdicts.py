@@ -30,6 +30,7 @@ from contracts.model import Rule
 from orchestration import settings
 
 FORMAT = 1
+KEY_CHARS = 200
 KEPT_PER_RULE = 50_000  # about 1.5 MB; a rule whose values never repeat (a continuous measure) stops being recorded here
 
 
@@ -68,7 +69,9 @@ def value_key(dtype: str, value) -> str:
         value = value.item()
     if isinstance(value, float) and math.isnan(value):
         value = None  # every NaN is the same missing value
-    return f"{dtype}|{type(value).__name__}|{value!r}"
+    key = f"{dtype}|{type(value).__name__}|{value!r}"
+    # a long delivered value (free text) is kept by its digest: the file stays small whatever arrives
+    return key if len(key) <= KEY_CHARS else f"{dtype}|{type(value).__name__}|sha256:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 class Verdicts:

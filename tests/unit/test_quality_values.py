@@ -17,7 +17,7 @@ import pytest
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from contracts.loader import load_contracts
-from orchestration.quality import checks
+from orchestration.quality import checks, verdicts
 from orchestration.quality.references import REFERENCED
 from orchestration.rebuild.partitions import raw_table_ddl
 from orchestration.warehouse import ident
@@ -204,3 +204,10 @@ def test_unreadable_recorded_verdicts_are_judged_again(con, flights, plumbline_h
     assert outcomes_of(again) == outcomes_of(judged)
     assert all(json.loads(f.read_text())["format"] == 1 for f in files)
     assert all(o.recorded for o in checks._validate(flights, rules, values, REFERENCES, ACCEPTED).values())
+
+
+def test_a_long_value_is_recorded_by_its_digest():
+    long_a, long_b = "x" * 100_000, "x" * 99_999 + "y"
+    keys = {verdicts.value_key("str", v) for v in (long_a, long_b, "AA", 1.0, 1, None, float("nan"))}
+    assert len(keys) == 6, "NaN and None are one missing value; every other value its own key"
+    assert max(len(k) for k in keys) <= verdicts.KEY_CHARS
