@@ -101,6 +101,7 @@ class Verdicts:
             if not added or len(kept) >= KEPT_PER_RULE:
                 continue
             kept.update(added)
+            tmp = None
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{fp[:12]}-", suffix=".tmp")
@@ -108,8 +109,9 @@ class Verdicts:
                 with os.fdopen(fd, "w") as f:
                     json.dump({"format": FORMAT, "verdicts": kept}, f)
                 os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-            except OSError:
-                pass  # a cache that cannot be written only means judging again
+            except OSError:  # a cache that cannot be written (read-only home, full disk) only means judging again
+                if tmp is not None:
+                    Path(tmp).unlink(missing_ok=True)
         self.new.clear()
 
 
