@@ -444,11 +444,9 @@ def _artifact_checksum(artifacts: Path) -> str:
     """sha256 of every file of the model directory (relative names and bytes) and of the versions of
     Python and the libraries that deserialize it."""
     h = hashlib.sha256(platform.python_version().encode())
+    installed = _installed(MODEL_CACHE_LIBRARIES)
     for lib in MODEL_CACHE_LIBRARIES:
-        try:
-            h.update(f"\0{lib}={metadata.version(lib)}".encode())
-        except metadata.PackageNotFoundError:
-            h.update(f"\0{lib}=".encode())
+        h.update(f"\0{lib}={installed.get(lib, '')}".encode())
     for f in sorted(p for p in artifacts.rglob("*") if p.is_file()):
         h.update(f"\0{f.relative_to(artifacts).as_posix()}\0{f.stat().st_size}\0".encode())
         h.update(f.read_bytes())
@@ -473,18 +471,17 @@ MODEL_REQUIREMENTS = ("mlflow-skinny", "scikit-learn", "skops", "numpy", "scipy"
 
 
 def model_requirements() -> list[str]:
-    out = []
-    for lib in MODEL_REQUIREMENTS:
-        try:
-            out.append(f"{lib}=={metadata.version(lib)}")
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return [f"{lib}=={version}" for lib, version in _installed(MODEL_REQUIREMENTS).items()]
 
 
 def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for lib in LIBRARIES:
+    return {"python": platform.python_version(), **_installed(LIBRARIES)}
+
+
+def _installed(libs) -> dict[str, str]:
+    """lib -> its installed version, for those of `libs` that are installed, in their order."""
+    out = {}
+    for lib in libs:
         try:
             out[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:

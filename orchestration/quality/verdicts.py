@@ -47,14 +47,19 @@ def _judge_code(*judges: Callable) -> str:
     return h.hexdigest()
 
 
+@functools.cache
+def _gx_version() -> str:
+    """Read once per process: every rule's fingerprint names it, and each look-up scans the installed packages."""
+    try:
+        return metadata.version("great_expectations")
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
 def fingerprint(rule: Rule, referenced: list | None, judges: tuple[Callable, ...]) -> str:
     """The name of a rule's verdicts: everything Great Expectations' verdict on one value depends on."""
-    try:
-        gx_version = metadata.version("great_expectations")
-    except metadata.PackageNotFoundError:
-        gx_version = "absent"
     definition = {
-        "format": FORMAT, "great_expectations": gx_version, "code": _judge_code(*judges),
+        "format": FORMAT, "great_expectations": _gx_version(), "code": _judge_code(*judges),
         "kind": rule.kind, "column": rule.column, "minimum": rule.minimum, "maximum": rule.maximum,
         "values": [repr(v) for v in rule.values], "pattern": rule.pattern, "threshold": rule.threshold,
         "reference": list(rule.reference) if rule.reference else None,
