@@ -176,3 +176,25 @@ def test_content_hash_is_the_sha256_and_size_of_the_bytes(tmp_path):
     path = tmp_path / "f.parquet"
     path.write_bytes(data)
     assert landing.content_hash(path) == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_jsonl_values_are_kept_as_the_text_each_kind_renders_to_and_a_column_typed_by_its_first_value(tmp_path):
+    """Each column's text and observed type, whatever mix of kinds its lines give: strings as delivered,
+    integers in full, floats by repr, booleans lower-case, objects and arrays as sorted JSON."""
+    from orchestration.ingest import readers
+
+    lines = ['{"s": "a", "i": 1, "f": 1.5, "b": true, "o": {"z": 1, "y": [2]}, "m": 1, "n": null}',
+             '{"s": null, "i": 12345678901234567890123, "f": 1e16, "b": false, "o": null, "m": 2.0, "n": null}',
+             '{"s": "caf\\u00e9", "i": null, "f": -0.0, "b": null, "o": [1, {"k": "v"}], "m": "x", "n": null, "late": 3}']
+    root = tmp_path / "landing"
+    (root / "flights").mkdir(parents=True)
+    (root / "flights" / "f_20130101T0000Z.jsonl").write_text("\n".join(lines) + "\n")
+    [d] = landing.discover(root, "flights")
+    table, loaded = readers._jsonl_table(d)
+    assert table.to_pydict() == {
+        "s": ["a", None, "café"], "i": ["1", "12345678901234567890123", None], "f": ["1.5", "1e+16", "-0.0"],
+        "b": ["true", "false", None], "o": ['{"y": [2], "z": 1}', None, '[1, {"k": "v"}]'], "m": ["1", "2.0", "x"],
+        "n": [None, None, None], "late": [None, None, "3"], "_row_offset": [0, 1, 2]}
+    assert loaded.observed_schema == [{"name": n, "type": t} for n, t in [
+        ("s", "string"), ("i", "integer"), ("f", "number"), ("b", "boolean"), ("o", "object"), ("m", "integer"),
+        ("n", "null"), ("late", "integer")]]
