@@ -28,6 +28,8 @@ from contextlib import ExitStack, contextmanager
 import yaml
 from dagster import DagsterInstance
 from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
@@ -39,7 +41,7 @@ from dagster._core.storage.sqlite_storage import (
     _runs_directory,
     _schedule_directory,
 )
-from dagster._serdes import ConfigurableClassData
+from dagster._serdes import ConfigurableClassData, serialize_value
 from sqlalchemy import event
 from sqlalchemy.pool import QueuePool
 
@@ -114,6 +116,22 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
             finally:
                 self._batch.connections = None
                 self._batch.stack = None
+
+    def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id: int | None) -> None:
+        """Dagster's rows (one per partition of the planned check), with the event serialized once and
+        inserted as one executemany: Dagster serializes the whole event, its partitions subset included,
+        once per partition into a multi-row VALUES statement (365 x 365 keys for a year's range run)."""
+        planned = event.dagster_event.event_specific_data
+        keys = planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
+        if not keys:
+            return super()._store_asset_check_evaluation_planned(event, event_id)
+        row = dict(asset_key=planned.asset_key.to_string(), check_name=planned.check_name, run_id=event.run_id,
+                   execution_status=AssetCheckExecutionRecordStatus.PLANNED.value,
+                   evaluation_event=serialize_value(event),
+                   evaluation_event_timestamp=self._event_insert_timestamp(event),
+                   evaluation_event_storage_id=event_id)
+        with self.index_connection() as conn:
+            conn.execute(AssetCheckExecutionsTable.insert(), [dict(row, partition=key) for key in keys])
 
     def has_table(self, table_name: str) -> bool:
         # Dagster asks per asset event with tags, on a new engine each time; a table, once there, stays

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
 from orchestration.embedded_instance import BATCH_SIZE_VARIABLE, EVENT_BATCH_SIZE, KeptOpenSqliteEventLogStorage
@@ -139,6 +139,28 @@ def test_a_batch_writes_the_rows_storing_one_event_at_a_time_writes(tmp_path, ba
     kinds = event_types(tmp_path / "batch" / "history" / "runs" / shards["run"])
     assert kinds["ASSET_MATERIALIZATION_PLANNED"] == kinds["ASSET_MATERIALIZATION"] == 2 * len(DAYS)
     assert kinds["ASSET_CHECK_EVALUATION"] == len(DAYS) + 1  # a verdict per day and the run's summary
+
+
+def test_the_embedded_storage_writes_the_rows_dagsters_own_storage_writes(tmp_path):
+    """Event by event, against Dagster's SqliteEventLogStorage: the planned check of a range (one row
+    per day in asset_check_executions, its event serialized once here) and every other row."""
+    source = embedded_instance(tmp_path / "source")
+    run = range_run(source, DAYS)
+    assert run.success
+    events = [r.event_log_entry for r in source.get_records_for_run(run.run_id).records]
+    stores = {"dagster": SqliteEventLogStorage(str(tmp_path / "dagster")),
+              "embedded": KeptOpenSqliteEventLogStorage(str(tmp_path / "embedded"))}
+    for store in stores.values():
+        for event in events:
+            store.store_event(event)
+        store.dispose()
+    for name in (f"{run.run_id}.db", f"{INDEX_SHARD_NAME}.db"):
+        for table in INDEX_TABLES if name.startswith(INDEX_SHARD_NAME) else ("event_logs",):
+            written = rows(tmp_path / "dagster" / name, table)
+            assert rows(tmp_path / "embedded" / name, table) == written, (name, table)
+            assert written, (name, table)
+    planned = [r for r in rows(tmp_path / "embedded" / f"{INDEX_SHARD_NAME}.db", "asset_check_executions")]
+    assert len(planned) == len(DAYS) + 1  # a row per day of the planned check, and the run's summary
 
 
 def test_the_partitions_view_after_batched_range_runs(tmp_path, batches):
