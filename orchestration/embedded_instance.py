@@ -13,6 +13,8 @@ A batch of events (the planned events of a run, the per-partition materializatio
 step; Dagster sends them to store_event_batch when the instance's event batch size is above 0, as
 EmbeddedInstance's is) is written by Dagster's own per-event code, each event as store_event writes
 it, but into one transaction per shard: the run's shard and the index shard commit once per batch.
+Two writes are made once where Dagster repeats them, with the same rows: an asset's asset_keys row
+(once per batch, not per event) and a planned partitioned check's event (serialized once, not per partition).
 
 orchestration/dagster.yaml names EmbeddedInstance as its instance_class; DagsterInstance asks it
 for the default storage of the instance's folder (config_defaults)."""
@@ -29,7 +31,7 @@ import yaml
 from dagster import DagsterInstance
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, AssetKeyTable
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
@@ -43,6 +45,7 @@ from dagster._core.storage.sqlite_storage import (
 )
 from dagster._serdes import ConfigurableClassData, serialize_value
 from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import QueuePool
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30  # as Dagster's own SQLite storages wait for a writer in another process
@@ -109,13 +112,42 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
         with self._db_lock, ExitStack() as stack:
             self._batch.stack = stack
             self._batch.connections = {}
+            self._batch.asset_rows = {}
             try:
-                self._batch_connection(self._batch.connections, INDEX_SHARD_NAME)
+                index = self._batch_connection(self._batch.connections, INDEX_SHARD_NAME)
                 for entry in events:
                     super().store_event(entry)
+                self._write_asset_rows(index, self._batch.asset_rows)
             finally:
                 self._batch.connections = None
                 self._batch.stack = None
+                self._batch.asset_rows = None
+
+    def _store_asset_event(self, conn, event: EventLogEntry, event_id: int) -> None:
+        """Inside a batch, an asset's asset_keys row is written once, after the batch's events: Dagster
+        rewrites it per event (a range step's 365 materializations serialize and store 364 rows that the
+        next one replaces)."""
+        rows = getattr(self._batch, "asset_rows", None)
+        if rows is None or not (event.dagster_event and event.dagster_event.asset_key):
+            return super()._store_asset_event(conn, event, event_id)
+        by_type = rows.setdefault(event.dagster_event.asset_key, {})
+        by_type.pop(event.dagster_event_type, None)  # the last event of each type, in the order they came
+        by_type[event.dagster_event_type] = (event, event_id)
+
+    def _write_asset_rows(self, conn, rows: dict) -> None:
+        """The asset_keys rows as Dagster's per-event writes leave them: an event type always sets the same
+        columns, so each column holds what the last event of the batch that sets it gives."""
+        has_index_cols = self._has_asset_key_index_cols_on_connection(conn)
+        for asset_key, by_type in rows.items():  # in the order of each asset's first event, as Dagster inserts them
+            values = {}
+            for event, event_id in by_type.values():
+                values.update(self._get_asset_entry_values(event, event_id, has_index_cols))
+            if not values:
+                continue
+            try:
+                conn.execute(AssetKeyTable.insert().values(asset_key=asset_key.to_string(), **values))
+            except IntegrityError:
+                conn.execute(AssetKeyTable.update().values(**values).where(AssetKeyTable.c.asset_key == asset_key.to_string()))
 
     def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id: int | None) -> None:
         """Dagster's rows (one per partition of the planned check), with the event serialized once and
