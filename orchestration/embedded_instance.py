@@ -140,8 +140,8 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
         has_index_cols = self._has_asset_key_index_cols_on_connection(conn)
         for asset_key, by_type in rows.items():  # in the order of each asset's first event, as Dagster inserts them
             values = {}
-            for event, event_id in by_type.values():
-                values.update(self._get_asset_entry_values(event, event_id, has_index_cols))
+            for entry, event_id in by_type.values():
+                values.update(self._get_asset_entry_values(entry, event_id, has_index_cols))
             if not values:
                 continue
             try:
