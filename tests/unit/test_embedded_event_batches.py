@@ -159,8 +159,8 @@ def test_the_embedded_storage_writes_the_rows_dagsters_own_storage_writes(tmp_pa
             written = rows(tmp_path / "dagster" / name, table)
             assert rows(tmp_path / "embedded" / name, table) == written, (name, table)
             assert written, (name, table)
-    planned = [r for r in rows(tmp_path / "embedded" / f"{INDEX_SHARD_NAME}.db", "asset_check_executions")]
-    assert len(planned) == len(DAYS) + 1  # a row per day of the planned check, and the run's summary
+    checks = rows(tmp_path / "embedded" / f"{INDEX_SHARD_NAME}.db", "asset_check_executions")
+    assert len(checks) == len(DAYS) + 1  # a row per day of the partitioned check, and the run's summary
 
 
 def test_the_partitions_view_after_batched_range_runs(tmp_path, batches):
