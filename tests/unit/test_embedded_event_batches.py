@@ -115,28 +115,32 @@ def test_a_range_run_is_stored_in_batches(tmp_path, batches):
 @pytest.mark.parametrize("grouping", ["as Dagster batches them", "the whole run in one batch"])
 def test_a_batch_writes_the_rows_storing_one_event_at_a_time_writes(tmp_path, batches, grouping):
     source = embedded_instance(tmp_path / "source")
-    run = range_run(source, DAYS)
-    assert run.success
-    records = source.get_records_for_run(run.run_id).records
-    events = [r.event_log_entry for r in records]
+    # a second run over the same days: the assets' asset_keys rows exist already and are updated
+    runs = [range_run(source, DAYS), range_run(source, DAYS)]
+    assert all(run.success for run in runs)
     one_by_one, batched = embedded_instance(tmp_path / "one"), embedded_instance(tmp_path / "batch")
-    for event in events:
-        one_by_one.event_log_storage.store_event(event)
     del batches[:]
-    groups = dagster_batches(records) if grouping == "as Dagster batches them" else [events]
-    for group in groups:
-        batched.event_log_storage.store_event_batch(group)
+    groups = []
+    for run in runs:
+        records = source.get_records_for_run(run.run_id).records
+        events = [r.event_log_entry for r in records]
+        for event in events:
+            one_by_one.event_log_storage.store_event(event)
+        run_groups = dagster_batches(records) if grouping == "as Dagster batches them" else [events]
+        for group in run_groups:
+            batched.event_log_storage.store_event_batch(group)
+        groups += run_groups
     assert len(batches) == len(groups)
     one_by_one.dispose()
     batched.dispose()
 
-    shards = {"run": f"{run.run_id}.db", "index": f"{INDEX_SHARD_NAME}.db"}
+    shards = {**{f"run {i}": f"{run.run_id}.db" for i, run in enumerate(runs)}, "index": f"{INDEX_SHARD_NAME}.db"}
     for shard, name in shards.items():
         for table in INDEX_TABLES if shard == "index" else ("event_logs",):
             written = rows(tmp_path / "one" / "history" / "runs" / name, table)
             assert rows(tmp_path / "batch" / "history" / "runs" / name, table) == written, (shard, table)
             assert written, (shard, table)  # every table has rows to compare
-    kinds = event_types(tmp_path / "batch" / "history" / "runs" / shards["run"])
+    kinds = event_types(tmp_path / "batch" / "history" / "runs" / shards["run 1"])
     assert kinds["ASSET_MATERIALIZATION_PLANNED"] == kinds["ASSET_MATERIALIZATION"] == 2 * len(DAYS)
     assert kinds["ASSET_CHECK_EVALUATION"] == len(DAYS) + 1  # a verdict per day and the run's summary
 
